@@ -1,0 +1,1 @@
+"""Simulated-user evaluation of pointseg against the tools users would pick instead."""

@@ -1,0 +1,1 @@
+"""The interactive web app: ``pointseg serve``."""
