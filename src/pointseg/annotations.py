@@ -1,0 +1,274 @@
+"""Points, scribbles and the JSON annotation file that carries them between tools.
+
+File format (version 1)::
+
+    {
+      "version": 1,
+      "classes": [{"name": "normal", "color": "#2ca02c"}, {"name": "defect", "color": "#d62728"}],
+      "images": [
+        {"path": "parts/p001.png",                       # relative to the JSON file, or absolute
+         "points": [[120.5, 88, 0], [301, 40, "defect"]],   # [x, y, class]; class = index or name
+         "scribbles": [{"class": 1, "width": 6, "points": [[10, 10], [60, 42], [90, 45]]}]}
+      ]
+    }
+
+``x`` is the column and ``y`` the row, in pixels of that image (see :mod:`pointseg.sampling`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pointseg.errors import AnnotationError
+
+FORMAT_VERSION = 1
+
+#: colours for classes without one (tab10, starting with a calm green for the usual "normal" class)
+DEFAULT_COLORS = (
+    "#2ca02c", "#d62728", "#1f77b4", "#ff7f0e", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+
+
+def default_colors(n: int) -> list[str]:
+    return [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)]
+
+
+def parse_color(value: str, where: str = "color") -> tuple[int, int, int]:
+    text = str(value).strip().lstrip("#")
+    if len(text) != 6 or any(ch not in "0123456789abcdefABCDEF" for ch in text):
+        raise AnnotationError(f"{where}: {value!r} is not a colour; write it as '#rrggbb'")
+    return tuple(int(text[i: i + 2], 16) for i in (0, 2, 4))
+
+
+@dataclass
+class Scribble:
+    """A polyline of one class drawn with a brush ``width`` pixels wide."""
+
+    label: int
+    width: float
+    points: np.ndarray  # (m, 2) [x, y]
+
+    def as_dict(self) -> dict:
+        return {"class": int(self.label), "width": float(self.width), "points": self.points.tolist()}
+
+
+def rasterize_scribble(scribble: Scribble, spacing: float) -> np.ndarray:
+    """Turn a scribble into points ``(n, 2)`` about ``spacing`` apart (one feature cell) along and across it.
+
+    Sampling at the feature-cell pitch gives each covered cell roughly one vote, so a long scribble does
+    not drown out the clicks of other classes while still teaching every cell it crosses.
+    """
+    pts = np.asarray(scribble.points, dtype=np.float64).reshape(-1, 2)
+    half = max(scribble.width, 0.0) / 2.0
+    offsets = np.arange(-half, half + 1e-9, spacing) if half >= spacing / 2 else np.zeros(1)
+    offsets = offsets - (offsets.mean() if len(offsets) else 0.0)
+    out = []
+    if len(pts) == 1:
+        segments = [(pts[0], pts[0])]
+    else:
+        segments = list(zip(pts[:-1], pts[1:]))
+    for a, b in segments:
+        d = b - a
+        length = float(np.hypot(*d))
+        steps = max(1, int(np.ceil(length / spacing)))
+        t = np.linspace(0.0, 1.0, steps + 1)
+        centre = a[None, :] + t[:, None] * d[None, :]
+        normal = np.array([-d[1], d[0]]) / length if length > 0 else np.array([0.0, 0.0])
+        for off in offsets:
+            out.append(centre + off * normal[None, :])
+    points = np.concatenate(out, axis=0)
+    # drop near-duplicates at segment joints
+    keys = np.round(points / (spacing / 2)).astype(np.int64)
+    _, unique = np.unique(keys, axis=0, return_index=True)
+    return points[np.sort(unique)]
+
+
+def validate_points(points, n_classes: int, image_size: tuple[int, int], where: str = "points") -> np.ndarray:
+    """Return points as ``(n, 3)`` float64 [x, y, class] or raise an :class:`AnnotationError` naming the entry."""
+    arr = np.asarray(points if points is not None else np.zeros((0, 3)), dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 3))
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise AnnotationError(f"{where}: expected an (n, 3) array of [x, y, class], got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise AnnotationError(f"{where}: contains NaN or infinite values")
+    h, w = image_size
+    for i, (x, y, c) in enumerate(arr):
+        if not (0 <= x < w and 0 <= y < h):
+            raise AnnotationError(
+                f"{where}[{i}]: point ({x:g}, {y:g}) lies outside the {w}x{h} image "
+                f"(x must be in [0, {w}), y in [0, {h}))"
+            )
+        if c != int(c) or not 0 <= c < n_classes:
+            raise AnnotationError(
+                f"{where}[{i}]: class {c:g} is out of range; there are {n_classes} classes (0..{n_classes - 1})"
+            )
+    return arr
+
+
+def validate_scribbles(scribbles, n_classes: int, image_size: tuple[int, int],
+                       where: str = "scribbles") -> list[Scribble]:
+    out = []
+    for i, s in enumerate(scribbles or []):
+        here = f"{where}[{i}]"
+        if isinstance(s, Scribble):
+            label, width, pts = s.label, s.width, s.points
+        elif isinstance(s, dict):
+            missing = {"class", "points"} - set(s)
+            if missing:
+                raise AnnotationError(f"{here}: missing {', '.join(sorted(missing))}; a scribble needs class, width, points")
+            label, width, pts = s["class"], s.get("width", 1.0), s["points"]
+        else:
+            raise AnnotationError(f"{here}: expected an object with class, width and points")
+        try:
+            width = float(width)
+            pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            raise AnnotationError(f"{here}: points must be a list of [x, y] pairs and width a number") from None
+        if len(pts) == 0:
+            raise AnnotationError(f"{here}: has no points")
+        if width <= 0 or not np.isfinite(width):
+            raise AnnotationError(f"{here}: width {width:g} must be a positive number of pixels")
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise AnnotationError(f"{here}: class must be a class index, got {label!r}")
+        validate_points(np.column_stack([pts, np.full(len(pts), label)]), n_classes, image_size,
+                        where=f"{here}.points")
+        out.append(Scribble(int(label), width, pts))
+    return out
+
+
+@dataclass
+class ImageAnnotation:
+    path: Path
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    scribbles: list[Scribble] = field(default_factory=list)
+
+
+@dataclass
+class AnnotationSet:
+    """Classes plus per-image points and scribbles: what ``pointseg train`` reads."""
+
+    classes: list[str]
+    colors: list[str]
+    images: list[ImageAnnotation]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AnnotationSet":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise AnnotationError(f"annotation file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AnnotationError(f"{path.name} is not valid JSON: {exc}") from None
+        return cls.from_dict(raw, base_dir=path.parent, source=path.name)
+
+    @classmethod
+    def from_dict(cls, raw: dict, base_dir: Path = Path("."), source: str = "annotations") -> "AnnotationSet":
+        if not isinstance(raw, dict):
+            raise AnnotationError(f"{source}: top level must be an object with 'classes' and 'images'")
+        version = raw.get("version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise AnnotationError(f"{source}: format version {version} is not supported (this pointseg reads {FORMAT_VERSION})")
+        classes_raw = raw.get("classes")
+        if not isinstance(classes_raw, list) or len(classes_raw) < 2:
+            raise AnnotationError(f"{source}: 'classes' must list at least two classes, e.g. [{{\"name\": \"normal\"}}, {{\"name\": \"defect\"}}]")
+        names, colors = [], []
+        palette = default_colors(len(classes_raw))
+        for i, c in enumerate(classes_raw):
+            if isinstance(c, str):
+                c = {"name": c}
+            if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"].strip():
+                raise AnnotationError(f"{source}: classes[{i}] needs a non-empty 'name'")
+            if c["name"] in names:
+                raise AnnotationError(f"{source}: classes[{i}] repeats the name {c['name']!r}; class names must be unique")
+            names.append(c["name"])
+            color = c.get("color", palette[i])
+            parse_color(color, f"{source}: classes[{i}].color")
+            colors.append(color)
+        images_raw = raw.get("images")
+        if not isinstance(images_raw, list) or not images_raw:
+            raise AnnotationError(f"{source}: 'images' must be a non-empty list of {{path, points, scribbles}}")
+        images = []
+        for i, entry in enumerate(images_raw):
+            where = f"{source}: images[{i}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                raise AnnotationError(f"{where} needs a 'path' string")
+            img_path = Path(entry["path"])
+            if not img_path.is_absolute():
+                img_path = base_dir / img_path
+            points = []
+            for j, p in enumerate(entry.get("points", [])):
+                if not isinstance(p, (list, tuple)) or len(p) != 3:
+                    raise AnnotationError(f"{where}.points[{j}]: expected [x, y, class], got {p!r}")
+                label = p[2]
+                if isinstance(label, str):
+                    if label not in names:
+                        raise AnnotationError(f"{where}.points[{j}]: unknown class {label!r}; known: {', '.join(names)}")
+                    label = names.index(label)
+                try:
+                    points.append([float(p[0]), float(p[1]), float(label)])
+                except (TypeError, ValueError):
+                    raise AnnotationError(f"{where}.points[{j}]: x, y must be numbers, got {p!r}") from None
+            scribbles = []
+            for j, s in enumerate(entry.get("scribbles", [])):
+                if isinstance(s, dict) and isinstance(s.get("class"), str):
+                    if s["class"] not in names:
+                        raise AnnotationError(f"{where}.scribbles[{j}]: unknown class {s['class']!r}; known: {', '.join(names)}")
+                    s = {**s, "class": names.index(s["class"])}
+                scribbles.append(s)
+            images.append(ImageAnnotation(img_path, np.asarray(points, dtype=np.float64).reshape(-1, 3), scribbles))
+        return cls(names, colors, images)
+
+    def to_dict(self, base_dir: Path | None = None) -> dict:
+        def rel(p: Path) -> str:
+            if base_dir is not None:
+                try:
+                    return os.path.relpath(p, base_dir)
+                except ValueError:
+                    pass
+            return str(p)
+
+        return {
+            "version": FORMAT_VERSION,
+            "classes": [{"name": n, "color": c} for n, c in zip(self.classes, self.colors)],
+            "images": [
+                {
+                    "path": rel(img.path),
+                    "points": [[float(x), float(y), int(c)] for x, y, c in img.points],
+                    "scribbles": [s.as_dict() if isinstance(s, Scribble) else s for s in img.scribbles],
+                }
+                for img in self.images
+            ],
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(base_dir=path.parent.resolve()), indent=2))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

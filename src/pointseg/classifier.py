@@ -1,0 +1,191 @@
+"""The trainable part: a linear head on standardised features (or a random forest, as an anchor).
+
+Why standardise with statistics over *all* pixels of the training images rather than the clicked points:
+with five clicks per class the point statistics are noise, while the image statistics are free and stable
+(measured 0.01–0.10 mIoU better at 5 clicks per class). Why balance classes: users click the rare defect as
+often as the background, but not always; balancing keeps the decision from tracking click counts.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pointseg.errors import PointsegError
+
+#: L2 strength of the logistic regression on standardised features. Chosen on the evaluation harness
+#: (see BENCHMARKS.md): few points in a few hundred dimensions need firm regularisation.
+DEFAULT_C = 0.1
+
+CLASSIFIERS = ("logistic", "random_forest")
+
+
+@dataclass
+class TrainingReport:
+    """What the user sees after each fit (method step 3) plus a cross-validated estimate."""
+
+    point_accuracy: float
+    cv_accuracy: float | None
+    cv_method: str | None
+    points_per_class: dict[str, int]
+    n_points: int
+    n_images: int
+    fit_seconds: float
+    per_class_accuracy: dict[str, float | None] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        cv = f"{self.cv_accuracy:.1%} ({self.cv_method})" if self.cv_accuracy is not None else "n/a (too few points)"
+        counts = ", ".join(f"{k}: {v}" for k, v in self.points_per_class.items())
+        return (
+            f"accuracy on the marked points {self.point_accuracy:.1%}; cross-validated {cv}; "
+            f"{self.n_points} points on {self.n_images} image(s) [{counts}]; fit {self.fit_seconds * 1000:.0f} ms"
+        )
+
+
+@dataclass
+class Standardizer:
+    mean: np.ndarray  # (C,)
+    scale: np.ndarray  # (C,)
+
+    @classmethod
+    def from_moments(cls, moments) -> "Standardizer":
+        total = sum(m[0] for m in moments)
+        total_sq = sum(m[1] for m in moments)
+        count = sum(m[2] for m in moments)
+        mean = total / count
+        var = np.maximum(total_sq / count - mean**2, 0.0)
+        scale = np.sqrt(var)
+        scale[scale < 1e-6] = 1.0  # dead channels (ReLU that never fires): leave unscaled
+        return cls(mean.astype(np.float32), scale.astype(np.float32))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.scale
+
+
+@dataclass
+class LinearHead:
+    """Logits = coef · standardise(f) + intercept, for all K classes (absent classes get -inf)."""
+
+    coef: np.ndarray  # (K, C) on standardised features
+    intercept: np.ndarray  # (K,)
+    standardizer: Standardizer
+
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """Weights and bias on raw features, so prediction is one matrix product."""
+        w = (self.coef / self.standardizer.scale[None, :]).astype(np.float32)
+        b = (self.intercept - w @ self.standardizer.mean).astype(np.float32)
+        return w, b
+
+
+class PointClassifier:
+    """Fits a head on point features ``X (n, C)`` with labels ``y (n,)`` in ``0..K-1``."""
+
+    def __init__(self, kind: str = "logistic", C: float | None = None, class_weight: str | None = "balanced",
+                 random_state: int = 0, n_estimators: int = 100):
+        if kind not in CLASSIFIERS:
+            raise PointsegError(f"unknown classifier {kind!r}; choose one of: {', '.join(CLASSIFIERS)}")
+        self.kind = kind
+        self.C = DEFAULT_C if C is None else float(C)
+        if self.C <= 0:
+            raise PointsegError(f"C must be positive, got {self.C}")
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.n_estimators = n_estimators
+
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, standardizer: Standardizer):
+        present = np.unique(y)
+        if len(present) < 2:
+            raise PointsegError(
+                f"need points of at least two classes to train, got only class {int(present[0]) if len(present) else '-'}; "
+                "mark some points of another class"
+            )
+        Xs = standardizer.transform(X)
+        if self.kind == "random_forest":
+            from sklearn.ensemble import RandomForestClassifier
+
+            model = RandomForestClassifier(
+                n_estimators=self.n_estimators, class_weight=self.class_weight, n_jobs=-1,
+                random_state=self.random_state, min_samples_leaf=1,
+            ).fit(Xs, y)
+            return ForestHead(model, n_classes, standardizer)
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=300, tol=1e-4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning: 300 iterations are plenty for prediction
+            model.fit(Xs, y)
+        coef = np.zeros((n_classes, X.shape[1]), dtype=np.float32)
+        intercept = np.full(n_classes, -np.inf, dtype=np.float32)
+        if len(model.classes_) == 2:  # sklearn stores one row for binary problems
+            a, b = model.classes_
+            coef[b], intercept[b] = model.coef_[0] / 2, model.intercept_[0] / 2
+            coef[a], intercept[a] = -model.coef_[0] / 2, -model.intercept_[0] / 2
+        else:
+            coef[model.classes_] = model.coef_
+            intercept[model.classes_] = model.intercept_
+        return LinearHead(coef, intercept, standardizer)
+
+
+class ForestHead:
+    """Random forest on standardised features: the classifier family of ilastik and napari-convpaint."""
+
+    def __init__(self, model, n_classes: int, standardizer: Standardizer):
+        self.model = model
+        self.n_classes = n_classes
+        self.standardizer = standardizer
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Log-probabilities ``(n, K)`` so that softmax after interpolation gives probabilities back."""
+        proba = np.zeros((features.shape[0], self.n_classes), dtype=np.float32)
+        proba[:, self.model.classes_] = self.model.predict_proba(self.standardizer.transform(features))
+        return np.log(proba + 1e-4)
+
+
+def head_scores(head, features: np.ndarray) -> np.ndarray:
+    """Class scores ``(n, K)`` for raw feature rows, for either kind of head."""
+    if isinstance(head, LinearHead):
+        w, b = head.folded()
+        return features @ w.T + b
+    return head.scores(features)
+
+
+def cross_validate(classifier: PointClassifier, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                   n_classes: int, standardizer: Standardizer) -> tuple[float | None, str | None]:
+    """Leave-one-image-out accuracy when points span several images, else stratified k-fold.
+
+    Returns ``(None, None)`` when there are too few points for an estimate worth showing.
+    """
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
+
+    labels, counts = np.unique(y, return_counts=True)
+    if len(np.unique(groups)) >= 2:
+        splits, method = LeaveOneGroupOut().split(X, y, groups), "leave-one-image-out"
+    elif len(labels) >= 2 and counts.min() >= 2:
+        k = int(min(5, counts.min()))
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=0).split(X, y)
+        method = f"{k}-fold"
+    else:
+        return None, None
+    correct = total = 0
+    for train, test in splits:
+        if len(np.unique(y[train])) < 2:
+            continue
+        head = classifier.fit(X[train], y[train], n_classes, standardizer)
+        pred = head_scores(head, X[test]).argmax(axis=1)
+        correct += int((pred == y[test]).sum())
+        total += len(test)
+    if total == 0:
+        return None, None
+    return correct / total, method
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start

@@ -1,0 +1,25 @@
+"""One exception type for everything a user can get wrong.
+
+Every message is a single line that names the problem and says how to fix it, so the CLI and the
+server can show ``str(error)`` as is, without a traceback.
+"""
+
+
+class PointsegError(Exception):
+    """A problem with the user's input, files or set-up (not a bug in pointseg)."""
+
+
+class WeightsNotFoundError(PointsegError):
+    """Backbone weights could not be found in any of the places pointseg looks."""
+
+
+class ModelFileError(PointsegError):
+    """A .pointseg model file is unreadable, of another version, or for other weights."""
+
+
+class AnnotationError(PointsegError):
+    """An annotation (file, point, scribble or class) is invalid."""
+
+
+class ImageError(PointsegError):
+    """An image cannot be read or is too large to read safely."""

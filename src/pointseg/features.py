@@ -1,0 +1,335 @@
+"""Images → cached multi-scale feature maps: the one expensive step of the method.
+
+Everything interactive in pointseg rests on computing an image's features once: retraining after a click
+only re-reads them. :class:`FeatureExtractor` runs a backbone (tiled for large images, bf16 + channels-last
+where the CPU has native bf16, CUDA when present) and :class:`FeatureCache` keeps the results, bounded in
+memory and optionally on disk as float16.
+
+Geometry. An image of ``H x W`` is padded (reflecting) at the bottom/right to a multiple of
+``spec.pad_multiple`` pixels, ``Hp x Wp``; the feature map has ``Hp/4 x Wp/4`` cells and covers exactly that
+padded extent, so formula (1) of the method, ``x_f = x * w_f / w``, holds with ``w = Wp`` and a constant
+ratio of 1/4 on every image. See :mod:`pointseg.sampling` for the pixel-centre convention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pointseg.backbones import build_backbone
+from pointseg.errors import PointsegError
+from pointseg.imageio import load_image
+
+#: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches)
+PREPROCESSING_VERSION = 1
+
+
+@dataclass
+class FeatureMap:
+    """One image's features: ``data`` is ``C x h_f x w_f`` float32 covering the padded image extent."""
+
+    data: np.ndarray
+    image_size: tuple[int, int]  # (H, W) of the original image
+    extent: tuple[int, int]  # (Hp, Wp): padded size the grid covers
+    key: str  # cache key: image hash + extractor id
+    extractor_id: str
+    _stats: tuple[np.ndarray, np.ndarray, int] | None = field(default=None, repr=False)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.data.shape[1], self.data.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Per-channel sum and sum of squares over the cells that cover the real image (memoised).
+
+        Standardisation statistics over all pixels of the training images are built from these, so a refit
+        after a click costs no pass over the feature maps.
+        """
+        if self._stats is None:
+            hf, wf = self.valid_grid_size
+            valid = self.data[:, :hf, :wf].reshape(self.data.shape[0], -1).astype(np.float64)
+            self._stats = (valid.sum(axis=1), np.square(valid).sum(axis=1), valid.shape[1])
+        return self._stats
+
+    @property
+    def valid_grid_size(self) -> tuple[int, int]:
+        """Cells whose centre lies inside the original image (the rest cover padding)."""
+        h, w = self.image_size
+        hp, wp = self.extent
+        hf, wf = self.grid_size
+        return max(1, int(np.ceil(h * hf / hp))), max(1, int(np.ceil(w * wf / wp)))
+
+
+class FeatureCache:
+    """LRU cache of feature maps, bounded in bytes, with an optional float16 disk layer.
+
+    Thread-safe: the server computes features in a worker thread while requests read them.
+    """
+
+    def __init__(self, max_bytes: int = 2_000_000_000, disk_dir: str | os.PathLike | None = None):
+        self.max_bytes = int(max_bytes)
+        self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self._items: OrderedDict[str, FeatureMap] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items or (self._disk_path(key) is not None and self._disk_path(key).is_file())
+
+    def get(self, key: str) -> FeatureMap | None:
+        with self._lock:
+            fmap = self._items.get(key)
+            if fmap is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return fmap
+        fmap = self._read_disk(key)
+        if fmap is not None:
+            self.hits += 1
+            self._put_memory(fmap)
+        else:
+            self.misses += 1
+        return fmap
+
+    def put(self, fmap: FeatureMap) -> None:
+        self._put_memory(fmap)
+        self._write_disk(fmap)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def _put_memory(self, fmap: FeatureMap) -> None:
+        with self._lock:
+            if fmap.key in self._items:
+                self._items.move_to_end(fmap.key)
+                return
+            if fmap.nbytes > self.max_bytes:
+                return
+            self._items[fmap.key] = fmap
+            self._bytes += fmap.nbytes
+            while self._bytes > self.max_bytes and self._items:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def _disk_path(self, key: str) -> Path | None:
+        return None if self.disk_dir is None else self.disk_dir / f"{key}.npz"
+
+    def _write_disk(self, fmap: FeatureMap) -> None:
+        path = self._disk_path(fmap.key)
+        if path is None or path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                data=fmap.data.astype(np.float16),
+                image_size=np.array(fmap.image_size),
+                extent=np.array(fmap.extent),
+                extractor_id=np.array(fmap.extractor_id),
+            )
+        os.replace(tmp, path)
+
+    def _read_disk(self, key: str) -> FeatureMap | None:
+        path = self._disk_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                return FeatureMap(
+                    data=z["data"].astype(np.float32),
+                    image_size=tuple(int(v) for v in z["image_size"]),
+                    extent=tuple(int(v) for v in z["extent"]),
+                    key=key,
+                    extractor_id=str(z["extractor_id"]),
+                )
+        except Exception:
+            path.unlink(missing_ok=True)  # a torn or stale cache file is recomputed, never trusted
+            return None
+
+
+def image_digest(image: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """AVX-512-BF16 or AMX: bf16 convolutions are then several times faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise PointsegError(f"unknown precision {precision!r}; use 'auto', 'fp32' or 'bf16'")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+class FeatureExtractor:
+    """Runs one backbone over images and caches the feature maps.
+
+    Parameters
+    ----------
+    backbone : name in :func:`pointseg.backbones.available_backbones`.
+    weights : weights file or folder (see :mod:`pointseg.backbones.weights`).
+    precision : ``"auto"`` uses bf16 autocast + channels-last where the hardware has native bf16.
+    tile_size : images larger than this (plus the backbone's context margin) are processed in tiles whose
+        overlap covers the receptive field, so tiled features equal whole-image features.
+    cache : a :class:`FeatureCache` shared between extractors; a private one is made if omitted.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite2", weights=None, precision: str = "auto",
+                 device: str | None = None, tile_size: int = 1024, cache: FeatureCache | None = None,
+                 download: bool = False):
+        self.module, self.spec, self.weights_source, self.weights_sha256 = build_backbone(
+            backbone, weights, download=download
+        )
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if tile_size < self.spec.pad_multiple:
+            raise PointsegError(f"tile_size {tile_size} is too small; use at least {self.spec.pad_multiple}")
+        self.tile_size = int(tile_size) // self.spec.pad_multiple * self.spec.pad_multiple
+        self.cache = cache if cache is not None else FeatureCache()
+        self.module.to(self.device)
+        if self.precision == "bf16":
+            self.module.to(memory_format=torch.channels_last)
+        self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
+        self.id = (
+            f"{self.spec.name}-{self.weights_sha256[:16]}-{self.precision}-p{PREPROCESSING_VERSION}"
+        )
+        self._run_lock = threading.Lock()
+
+    @property
+    def backbone(self) -> str:
+        return self.spec.name
+
+    @property
+    def channels(self) -> int:
+        return self.spec.channels
+
+    def key_for(self, image: np.ndarray) -> str:
+        return f"{image_digest(image)}-{self.id}"
+
+    def extract(self, image) -> FeatureMap:
+        """Features of one image (path or array), from the cache when possible."""
+        if isinstance(image, FeatureMap):
+            self.check_compatible(image)
+            return image
+        rgb = load_image(image)
+        key = self.key_for(rgb)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        data = self.compute(rgb)
+        fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id)
+        self.cache.put(fmap)
+        return fmap
+
+    def check_compatible(self, fmap: FeatureMap) -> None:
+        if fmap.extractor_id != self.id:
+            raise PointsegError(
+                f"feature map was computed by {fmap.extractor_id}, not {self.id}; "
+                "extract features with this Segmenter"
+            )
+
+    def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        m = self.spec.pad_multiple
+        return (-(-size[0] // m) * m, -(-size[1] // m) * m)
+
+    def compute(self, rgb: np.ndarray) -> np.ndarray:
+        """Run the backbone over ``rgb`` (tiled when large); returns ``C x Hp/4 x Wp/4`` float32."""
+        h, w = rgb.shape[:2]
+        hp, wp = self.padded_size((h, w))
+        stride = self.spec.stride
+        out = np.empty((self.channels, hp // stride, wp // stride), dtype=np.float32)
+        for (y0, y1, x0, x1), tile in self.iter_tiles(rgb):
+            out[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = tile
+        return out
+
+    def iter_tiles(self, rgb: np.ndarray):
+        """Yield ``((y0, y1, x0, x1), features)`` for core regions (padded-image pixels) covering the image.
+
+        Each core is computed with ``spec.tile_margin`` pixels of real context around it (where the image
+        has them), which covers the receptive field; the margins are cropped off again. Streaming tiles
+        lets prediction on huge images run in bounded memory.
+        """
+        h, w = rgb.shape[:2]
+        hp, wp = self.padded_size((h, w))
+        padded = _pad_reflect(rgb, hp, wp)
+        margin, core = self.spec.tile_margin, self.tile_size
+        if hp <= core + 2 * margin and wp <= core + 2 * margin:
+            yield (0, hp, 0, wp), self._run(padded)
+            return
+        stride = self.spec.stride
+        for y0 in range(0, hp, core):
+            for x0 in range(0, wp, core):
+                y1, x1 = min(y0 + core, hp), min(x0 + core, wp)
+                ty0, tx0 = max(0, y0 - margin), max(0, x0 - margin)
+                ty1, tx1 = min(hp, y1 + margin), min(wp, x1 + margin)
+                feats = self._run(padded[ty0:ty1, tx0:tx1])
+                fy, fx = (y0 - ty0) // stride, (x0 - tx0) // stride
+                yield (y0, y1, x0, x1), feats[:, fy: fy + (y1 - y0) // stride, fx: fx + (x1 - x0) // stride]
+
+    @torch.inference_mode()
+    def _run(self, rgb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None]
+        x = (x.float() / self.spec.input_scale - self._mean) / self._std
+        with self._run_lock:  # one forward at a time: two would only fight over the same cores
+            if self.precision == "bf16":
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                    y = self.module(x)
+            else:
+                y = self.module(x)
+        return y[0].float().contiguous().cpu().numpy()
+
+
+def _pad_reflect(rgb: np.ndarray, hp: int, wp: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if (h, w) == (hp, wp):
+        return rgb
+    mode = "reflect" if h > hp - h and w > wp - w else "edge"
+    return np.pad(rgb, ((0, hp - h), (0, wp - w), (0, 0)), mode=mode)
+
+
+def upsample(grid: torch.Tensor, extent: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly upsample ``K x h_f x w_f`` to the padded extent and crop to the image."""
+    up = F.interpolate(grid[None], size=extent, mode="bilinear", align_corners=False)[0]
+    return up[:, : image_size[0], : image_size[1]]

@@ -1,0 +1,129 @@
+"""The ``.pointseg`` model file: safetensors tensors plus JSON metadata, never pickle.
+
+A model file is shared between colleagues and machines, so loading it must not execute code, and it must
+refuse to run on backbone weights other than the ones it was trained with (the numbers would be silently
+meaningless). Tensors: ``coef`` (K x C, on standardised features), ``intercept`` (K), ``mean`` and ``scale`` (C).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pointseg._version import __version__
+from pointseg.annotations import atomic_write_bytes
+from pointseg.classifier import LinearHead, Standardizer, TrainingReport
+from pointseg.errors import ModelFileError, PointsegError
+
+FORMAT = "pointseg-model"
+FORMAT_VERSION = 1
+
+
+def save_model(seg, path: str | os.PathLike) -> None:
+    from safetensors.numpy import save
+
+    if not isinstance(seg.head_, LinearHead):
+        raise PointsegError(
+            f"only logistic-regression models can be saved; this one uses {seg.classifier!r} "
+            "(train with classifier='logistic' to get a model file)"
+        )
+    ext = seg.extractor
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pointseg_version": __version__,
+        "backbone": ext.backbone,
+        "weights_sha256": ext.weights_sha256,
+        "feature_precision": ext.precision,
+        "preprocessing": {
+            "input_scale": ext.spec.input_scale,
+            "mean": list(ext.spec.mean),
+            "std": list(ext.spec.std),
+            "pad_multiple": ext.spec.pad_multiple,
+            "stride": ext.spec.stride,
+            "preprocessing_version": _preprocessing_version(),
+        },
+        "classes": seg.classes_,
+        "colors": seg.colors_,
+        "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
+                   "tile_size": seg.tile_size},
+        "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
+    }
+    head = seg.head_
+    tensors = {
+        "coef": np.ascontiguousarray(head.coef, dtype=np.float32),
+        "intercept": np.ascontiguousarray(head.intercept, dtype=np.float32),
+        "mean": np.ascontiguousarray(head.standardizer.mean, dtype=np.float32),
+        "scale": np.ascontiguousarray(head.standardizer.scale, dtype=np.float32),
+    }
+    atomic_write_bytes(Path(path), save(tensors, metadata={"pointseg": json.dumps(meta)}))
+
+
+def _preprocessing_version() -> int:
+    from pointseg.features import PREPROCESSING_VERSION
+
+    return PREPROCESSING_VERSION
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Return ``(metadata, tensors)`` or raise :class:`ModelFileError` with what is wrong."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    data = path.read_bytes()
+    try:
+        tensors = load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8: 8 + header_len])
+        meta = json.loads(header.get("__metadata__", {}).get("pointseg", "null"))
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError, Exception) as exc:
+        raise ModelFileError(f"{path.name} is not a pointseg model file ({type(exc).__name__}); train one with `pointseg train`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path.name} is a safetensors file but not a pointseg model; train one with `pointseg train`")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path.name} has model format {meta.get('format_version')}, this pointseg {__version__} reads "
+            f"{FORMAT_VERSION}; upgrade pointseg or retrain the model"
+        )
+    missing = {"coef", "intercept", "mean", "scale"} - set(tensors)
+    if missing:
+        raise ModelFileError(f"{path.name} lacks tensors {sorted(missing)}; the file is damaged, retrain the model")
+    return meta, tensors
+
+
+def load_model(cls, path, weights=None, cache=None, device=None, precision=None):
+    meta, tensors = read_metadata(path)
+    params = meta.get("params", {})
+    seg = cls(
+        backbone=meta["backbone"], classes=meta["classes"], colors=meta["colors"], weights=weights,
+        classifier="logistic", C=params.get("C"), class_weight=params.get("class_weight"),
+        precision=precision or meta.get("feature_precision", "auto"), device=device,
+        tile_size=params.get("tile_size", 1024), cache=cache,
+    )
+    ext = seg.extractor  # resolves the weights: a clear error if they are not available
+    if ext.weights_sha256 != meta["weights_sha256"]:
+        raise ModelFileError(
+            f"{Path(path).name} was trained with other {meta['backbone']} weights (sha256 {meta['weights_sha256'][:12]}…) "
+            f"than those found at {ext.weights_source.path} (sha256 {ext.weights_sha256[:12]}…); "
+            "pass --weights with the file the model was trained with"
+        )
+    coef = tensors["coef"]
+    if coef.shape != (len(meta["classes"]), ext.channels):
+        raise ModelFileError(
+            f"{Path(path).name}: coefficients have shape {coef.shape}, expected "
+            f"({len(meta['classes'])}, {ext.channels}) for {meta['backbone']}; the file is damaged"
+        )
+    seg.head_ = LinearHead(coef, tensors["intercept"], Standardizer(tensors["mean"], tensors["scale"]))
+    seg.n_features_in_ = coef.shape[1]
+    seg.classes_ = list(meta["classes"])
+    seg.colors_ = list(meta["colors"])
+    if meta.get("training_report"):
+        seg.training_report_ = TrainingReport(**meta["training_report"])
+    seg.model_metadata_ = meta
+    return seg

@@ -1,0 +1,21 @@
+"""Named configurations. ``seed`` is frozen: it is the reference every improvement is measured against."""
+
+from __future__ import annotations
+
+from pointseg.errors import PointsegError
+
+DEFAULT_BACKBONE = "efficientnet_lite2"
+
+PRESETS: dict[str, dict] = {
+    # The method exactly as first described: ResNet-18 layer1+layer2+layer3 at stride 4, logistic regression.
+    # Never change these values; add a new preset instead.
+    "seed": {"backbone": "resnet18", "classifier": "logistic", "C": 0.1, "class_weight": "balanced"},
+    # What pointseg uses when nothing is specified.
+    "default": {"backbone": DEFAULT_BACKBONE, "classifier": "logistic"},
+}
+
+
+def preset_params(name: str) -> dict:
+    if name not in PRESETS:
+        raise PointsegError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dict(PRESETS[name])

@@ -1,0 +1,305 @@
+"""The scikit-learn-style facade every part of pointseg uses: fit on clicks, predict every pixel.
+
+>>> seg = Segmenter(classes=["normal", "defect"])                  # doctest: +SKIP
+>>> seg.fit([image], [np.array([[10, 12, 0], [40, 33, 1]])])      # doctest: +SKIP
+>>> labels = seg.predict(image)                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pointseg.annotations import default_colors, parse_color, rasterize_scribble, validate_points, validate_scribbles
+from pointseg.classifier import (
+    LinearHead,
+    PointClassifier,
+    Standardizer,
+    TrainingReport,
+    cross_validate,
+    head_scores,
+)
+from pointseg.errors import PointsegError
+from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, upsample
+from pointseg.imageio import load_image
+from pointseg.presets import DEFAULT_BACKBONE, preset_params
+from pointseg.sampling import sample_points
+
+#: images up to this many pixels are extracted whole and cached; larger ones stream tile by tile
+STREAM_ABOVE_PIXELS = 16_000_000
+#: output rows per band when turning scores into labels, to bound memory on huge images
+BAND_ROWS = 1024
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # (H, W) int64
+    probabilities: np.ndarray | None  # (K, H, W) float32, when asked for
+    uncertainty: np.ndarray  # (H, W) float32: 1 - max probability
+
+
+class Segmenter:
+    """Point-supervised semantic segmentation on pretrained CNN features.
+
+    Parameters
+    ----------
+    backbone : feature network (``pointseg.backbones.available_backbones()``).
+    classes : class names; a point's class is its index in this list.
+    colors : ``"#rrggbb"`` per class (defaults to a tab10 palette).
+    weights : weights file or folder for backbones whose weights do not ship with pointseg (ResNet).
+    classifier : ``"logistic"`` (the method) or ``"random_forest"`` (an anchor for evaluation).
+    C : inverse L2 strength of the logistic regression (default :data:`pointseg.classifier.DEFAULT_C`).
+    class_weight : ``"balanced"`` or ``None``.
+    precision : ``"auto"`` (bf16 where native), ``"fp32"`` or ``"bf16"``.
+    device : ``"cpu"``, ``"cuda"``; default CUDA when available.
+    tile_size : core size of tiles for large images (pixels).
+    cache : :class:`FeatureCache` to share between Segmenters (features are computed once per image).
+    cross_validate : compute the cross-validated accuracy in the training report.
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
+                 classifier: str = "logistic", C: float | None = None, class_weight: str | None = "balanced",
+                 precision: str = "auto", device: str | None = None, tile_size: int = 1024,
+                 cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False):
+        self.backbone = backbone
+        self.classes = list(classes) if classes is not None else None
+        self.colors = list(colors) if colors is not None else None
+        self.weights = weights
+        self.classifier = classifier
+        self.C = C
+        self.class_weight = class_weight
+        self.precision = precision
+        self.device = device
+        self.tile_size = tile_size
+        self.cache = cache
+        self.cross_validate = cross_validate
+        self.download = download
+        self._extractor: FeatureExtractor | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "Segmenter":
+        """A named configuration (``"seed"``: the reference ResNet-18 set-up; ``"default"``)."""
+        return cls(**{**preset_params(name), **overrides})
+
+    def get_params(self) -> dict:
+        return {
+            k: getattr(self, k)
+            for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
+                      "precision", "device", "tile_size", "cross_validate")
+        }
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = FeatureExtractor(
+                self.backbone, self.weights, precision=self.precision, device=self.device,
+                tile_size=self.tile_size, cache=self.cache, download=self.download,
+            )
+            if self.cache is None:
+                self.cache = self._extractor.cache
+        return self._extractor
+
+    def extract_features(self, image) -> FeatureMap:
+        """Features of an image (path, array or FeatureMap), computed once and cached."""
+        return self.extractor.extract(image)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, images, points, scribbles=None) -> "Segmenter":
+        """Train on points (and scribbles) marked on ``images``.
+
+        Parameters
+        ----------
+        images : list of arrays (``H x W`` or ``H x W x 3``), paths, or FeatureMaps.
+        points : list, one per image, of ``(n_i, 3)`` arrays ``[x, y, class]``.
+        scribbles : optional list, one per image, of lists of ``{"class", "width", "points"}``.
+        """
+        start = time.perf_counter()
+        if len(images) != len(points):
+            raise PointsegError(f"got {len(images)} images but {len(points)} point arrays; give one per image")
+        if scribbles is not None and len(scribbles) != len(images):
+            raise PointsegError(f"got {len(images)} images but {len(scribbles)} scribble lists; give one per image")
+        n_classes = self._resolve_classes(points, scribbles)
+        X, y, groups, moments = [], [], [], []
+        for i, image in enumerate(images):
+            pts = np.asarray(points[i], dtype=np.float64) if points[i] is not None else np.zeros((0, 3))
+            scrib = scribbles[i] if scribbles is not None else None
+            if len(pts) == 0 and not scrib:
+                continue
+            fmap = self.extract_features(image)
+            where = f"image {i}"
+            pts = validate_points(pts, n_classes, fmap.image_size, where=f"{where} points")
+            xy, labels = pts[:, :2], pts[:, 2].astype(np.int64)
+            for s in validate_scribbles(scrib, n_classes, fmap.image_size, where=f"{where} scribbles"):
+                raster = rasterize_scribble(s, spacing=float(self.extractor.spec.stride))
+                h, w = fmap.image_size
+                raster = raster[(raster[:, 0] >= 0) & (raster[:, 0] < w) & (raster[:, 1] >= 0) & (raster[:, 1] < h)]
+                xy = np.concatenate([xy, raster])
+                labels = np.concatenate([labels, np.full(len(raster), s.label, dtype=np.int64)])
+            X.append(sample_points(fmap, xy))
+            y.append(labels)
+            groups.append(np.full(len(labels), i))
+            moments.append(fmap.moments())
+        if not X:
+            raise PointsegError("no points to train on; mark at least one point of two classes")
+        X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
+        standardizer = Standardizer.from_moments(moments)
+        clf = PointClassifier(self.classifier, self.C, self.class_weight)
+        head = clf.fit(X, y, n_classes, standardizer)
+        point_pred = head_scores(head, X).argmax(axis=1)
+        fit_seconds = time.perf_counter() - start
+        cv_acc, cv_method = (None, None)
+        if self.cross_validate:
+            cv_acc, cv_method = cross_validate(clf, X, y, groups, n_classes, standardizer)
+        self.head_ = head
+        self.n_features_in_ = X.shape[1]
+        names = self.classes_
+        per_class = {}
+        for k, name in enumerate(names):
+            mask = y == k
+            per_class[name] = float((point_pred[mask] == k).mean()) if mask.any() else None
+        self.training_report_ = TrainingReport(
+            point_accuracy=float((point_pred == y).mean()),
+            cv_accuracy=cv_acc,
+            cv_method=cv_method,
+            points_per_class={name: int((y == k).sum()) for k, name in enumerate(names)},
+            n_points=int(len(y)),
+            n_images=int(len(np.unique(groups))),
+            fit_seconds=fit_seconds,
+            per_class_accuracy=per_class,
+        )
+        return self
+
+    def _resolve_classes(self, points, scribbles) -> int:
+        if self.classes is not None:
+            names = list(self.classes)
+        else:
+            top = -1
+            for pts in points:
+                if pts is not None and len(pts):
+                    top = max(top, int(np.max(np.asarray(pts)[:, 2])))
+            for scrib in scribbles or []:
+                for s in scrib or []:
+                    top = max(top, int(s["class"] if isinstance(s, dict) else s.label))
+            names = [f"class {k}" for k in range(max(top + 1, 2))]
+        if len(names) < 2:
+            raise PointsegError("need at least two classes (e.g. classes=['normal', 'defect'])")
+        if len(set(names)) != len(names):
+            raise PointsegError(f"class names must be unique, got {names}")
+        colors = list(self.colors) if self.colors is not None else default_colors(len(names))
+        if len(colors) != len(names):
+            raise PointsegError(f"got {len(colors)} colours for {len(names)} classes; give one per class")
+        for i, c in enumerate(colors):
+            parse_color(c, f"colour of class {names[i]!r}")
+        self.classes_ = names
+        self.colors_ = colors
+        return len(names)
+
+    # ------------------------------------------------------------------ prediction
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "head_"):
+            raise PointsegError("this Segmenter is not trained yet; call fit() or Segmenter.load() first")
+
+    def decision_grid(self, image) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """Class scores on the feature grid ``(K, h_f, w_f)`` plus the extent and image size.
+
+        Large uncached images stream through the backbone tile by tile, so only the K-channel score grid
+        is ever held for the whole image.
+        """
+        self._check_fitted()
+        extractor = self.extractor
+        if isinstance(image, FeatureMap):
+            extractor.check_compatible(image)
+            return self._scores(image.data), image.extent, image.image_size
+        rgb = load_image(image)
+        key = extractor.key_for(rgb)
+        fmap = extractor.cache.get(key)
+        if fmap is None and rgb.shape[0] * rgb.shape[1] <= STREAM_ABOVE_PIXELS:
+            fmap = extractor.extract(rgb)
+        if fmap is not None:
+            return self._scores(fmap.data), fmap.extent, fmap.image_size
+        h, w = rgb.shape[:2]
+        extent = extractor.padded_size((h, w))
+        stride = extractor.spec.stride
+        grid = torch.empty((len(self.classes_), extent[0] // stride, extent[1] // stride))
+        for (y0, y1, x0, x1), tile in extractor.iter_tiles(rgb):
+            grid[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = self._scores(tile)
+        return grid, extent, (h, w)
+
+    def _scores(self, data: np.ndarray) -> torch.Tensor:
+        c, hf, wf = data.shape
+        if c != self.n_features_in_:
+            raise PointsegError(f"features have {c} channels but the model expects {self.n_features_in_}")
+        if isinstance(self.head_, LinearHead):
+            w, b = self.head_.folded()
+            flat = torch.from_numpy(data).reshape(c, -1)
+            return (torch.from_numpy(w) @ flat + torch.from_numpy(b)[:, None]).reshape(-1, hf, wf)
+        scores = self.head_.scores(data.reshape(c, -1).T)
+        return torch.from_numpy(np.ascontiguousarray(scores.T)).reshape(-1, hf, wf)
+
+    def predict_proba(self, image) -> np.ndarray:
+        """Class probabilities ``(K, H, W)`` float32."""
+        grid, extent, size = self.decision_grid(image)
+        return torch.softmax(upsample(grid, extent, size), dim=0).numpy()
+
+    def predict(self, image) -> np.ndarray:
+        """Class index per pixel ``(H, W)`` int64."""
+        return self.predict_full(image, probabilities=False).labels
+
+    def predict_full(self, image, probabilities: bool = True) -> Prediction:
+        """Labels, uncertainty (1 − max probability) and optionally probabilities in one pass.
+
+        Without probabilities the upsampling runs in bands of rows, so memory stays bounded on huge images.
+        """
+        grid, extent, size = self.decision_grid(image)
+        if probabilities:
+            proba = torch.softmax(upsample(grid, extent, size), dim=0)
+            top, labels = proba.max(dim=0)
+            return Prediction(labels.numpy().astype(np.int64), proba.numpy(), (1 - top).numpy())
+        labels = np.empty(size, dtype=np.int64)
+        uncertainty = np.empty(size, dtype=np.float32)
+        for r0, r1, band in _bands(grid, extent, size):
+            top, lab = torch.softmax(band, dim=0).max(dim=0)
+            labels[r0:r1] = lab.numpy()
+            uncertainty[r0:r1] = (1 - top).numpy()
+        return Prediction(labels, None, uncertainty)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a ``.pointseg`` model file (safetensors + JSON metadata; no pickle)."""
+        from pointseg.modelfile import save_model
+
+        self._check_fitted()
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, weights=None, cache: FeatureCache | None = None,
+             device: str | None = None, precision: str | None = None) -> "Segmenter":
+        """Read a model file; the backbone weights must be the ones it was trained with."""
+        from pointseg.modelfile import load_model
+
+        return load_model(cls, path, weights=weights, cache=cache, device=device, precision=precision)
+
+
+def _bands(grid: torch.Tensor, extent: tuple[int, int], size: tuple[int, int]):
+    """Yield ``(row0, row1, scores)`` of the upsampled score map, ``BAND_ROWS`` output rows at a time.
+
+    Each band upsamples its grid rows plus one halo row each side; with an integer scale and
+    ``align_corners=False`` this reproduces the whole-image interpolation exactly.
+    """
+    import torch.nn.functional as F
+
+    h, w = size
+    hf = grid.shape[1]
+    scale = extent[0] // hf
+    step = max(scale, BAND_ROWS // scale * scale)
+    for r0 in range(0, h, step):
+        r1 = min(h, r0 + step)
+        g0, g1 = max(0, r0 // scale - 1), min(hf, -(-r1 // scale) + 1)
+        up = F.interpolate(grid[None, :, g0:g1], size=((g1 - g0) * scale, extent[1]), mode="bilinear",
+                           align_corners=False)[0]
+        yield r0, r1, up[:, r0 - g0 * scale: r1 - g0 * scale, :w]
