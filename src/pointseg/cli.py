@@ -1,0 +1,201 @@
+"""The ``pointseg`` command line: thin wrappers over the library's public API."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from pointseg.errors import PointsegError
+from pointseg.evaluation.command import evaluate_command
+from pointseg.server.command import serve_command
+
+app = typer.Typer(
+    name="pointseg",
+    help="Interactive few-shot semantic segmentation: click a few points per class, label every pixel.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+WeightsOption = Annotated[
+    Optional[Path],
+    typer.Option("--weights", help="Backbone weights file or folder (needed for resnet*; see `pointseg info`)."),
+]
+
+
+class ProbabilityFormat(str, Enum):
+    npy = "npy"
+    tiff = "tiff"
+
+
+@app.command()
+def train(
+    annotations: Annotated[Path, typer.Argument(help="Annotation JSON: classes and per-image points/scribbles.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model file to write (.pointseg).")],
+    backbone: Annotated[Optional[str], typer.Option(help="Feature backbone (default: the default preset's).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Named configuration, e.g. 'seed' (ResNet-18, the reference).")] = None,
+    weights: WeightsOption = None,
+    c: Annotated[Optional[float], typer.Option("--C", help="Inverse regularisation strength of the logistic regression.")] = None,
+    download: Annotated[bool, typer.Option(help="Download missing torchvision weights (needs internet).")] = False,
+) -> None:
+    """Train a model on annotated images and print the training report."""
+    from pointseg.annotations import AnnotationSet
+    from pointseg.presets import preset_params
+    from pointseg.segmenter import Segmenter
+
+    ann = AnnotationSet.load(annotations)
+    params = preset_params(preset or "default")
+    if backbone:
+        params["backbone"] = backbone
+    if c is not None:
+        params["C"] = c
+    seg = Segmenter(**params, classes=ann.classes, colors=ann.colors, weights=weights, download=download)
+    images = [img.path for img in ann.images]
+    with console.status(f"extracting {params['backbone']} features of {len(images)} image(s) and training…"):
+        seg.fit(images, [img.points for img in ann.images], [img.scribbles for img in ann.images])
+    seg.save(output)
+    _print_report(seg)
+    console.print(f"model written to [bold]{output}[/bold]")
+
+
+def _print_report(seg) -> None:
+    from rich.table import Table
+
+    r = seg.training_report_
+    table = Table(title="training report", show_header=True)
+    table.add_column("class")
+    table.add_column("points", justify="right")
+    table.add_column("accuracy on its points", justify="right")
+    for name in seg.classes_:
+        acc = r.per_class_accuracy.get(name)
+        table.add_row(name, str(r.points_per_class[name]), "-" if acc is None else f"{acc:.1%}")
+    Console().print(table)
+    Console().print(r.summary(), markup=False, highlight=False)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Model file from `pointseg train`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Images and/or folders of images.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for label PNGs and summary.csv.")],
+    overlay: Annotated[bool, typer.Option(help="Also write <name>_overlay.png.")] = False,
+    probabilities: Annotated[Optional[ProbabilityFormat], typer.Option(help="Also write float16 probabilities (npy or tiff).")] = None,
+    ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the first class.")] = None,
+    weights: WeightsOption = None,
+) -> None:
+    """Label every pixel of new images with a trained model."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pointseg.imageio import list_images, read_image
+    from pointseg.outputs import save_label_png, save_overlay, save_probabilities, summarize, write_summary_csv
+    from pointseg.segmenter import Segmenter
+
+    if ng_area is not None and not 0.0 <= ng_area <= 1.0:
+        raise PointsegError(f"--ng-area must be a fraction between 0 and 1, got {ng_area}")
+    seg = Segmenter.load(model, weights=weights)
+    files = list_images(inputs)
+    if not files:
+        raise PointsegError("no images found in the given paths (supported: png, jpg, bmp, tif)")
+    output.mkdir(parents=True, exist_ok=True)
+    rows, failed = [], 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("predicting", total=len(files))
+        for path in files:
+            try:
+                image = read_image(path)
+                result = seg.predict_full(image, probabilities=probabilities is not None)
+            except PointsegError as exc:
+                console.print(f"[yellow]skipped[/yellow] {path}: {exc}")
+                rows.append({"image": path.name, "error": str(exc)})
+                failed += 1
+                progress.advance(task)
+                continue
+            save_label_png(result.labels, seg.colors_, output / f"{path.stem}.png")
+            if overlay:
+                save_overlay(image, result.labels, seg.colors_, output / f"{path.stem}_overlay.png")
+            if probabilities is not None:
+                suffix = ".npy" if probabilities is ProbabilityFormat.npy else ".tif"
+                save_probabilities(result.probabilities, output / f"{path.stem}_proba{suffix}")
+            rows.append({"image": path.name, "height": image.shape[0], "width": image.shape[1],
+                         **summarize(result.labels, seg.classes_, ng_area)})
+            progress.advance(task)
+    write_summary_csv(rows, output / "summary.csv")
+    console.print(f"{len(files) - failed} image(s) labelled into [bold]{output}[/bold] (summary.csv)"
+                  + (f"; {failed} skipped" if failed else ""))
+    if failed == len(files):
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo's outputs.")] = Path("demo-output"),
+    backbone: Annotated[Optional[str], typer.Option(help="Feature backbone (default: the default preset's).")] = None,
+    weights: WeightsOption = None,
+) -> None:
+    """Run the whole job on a built-in example (a tissue image from scikit-image; no download)."""
+    from pointseg.demo import DEMO_POINTS, run_demo
+
+    with console.status("training on the demo clicks and labelling the image…"):
+        result = run_demo(output, backbone=backbone, weights=weights)
+    console.print(f"{len(DEMO_POINTS)} clicks → {result['report'].summary()}", markup=False, highlight=False)
+    for name, path in result["paths"].items():
+        console.print(f"  {name:8s} {path}")
+
+
+@app.command()
+def info() -> None:
+    """Backbones, where their weights were found, and the device and precision in use."""
+    import torch
+    from rich.table import Table
+
+    from pointseg import __version__
+    from pointseg.backbones import available_backbones, get_spec
+    from pointseg.backbones.weights import resolve_weights
+    from pointseg.features import resolve_device, resolve_precision
+    from pointseg.presets import DEFAULT_BACKBONE
+
+    device = resolve_device(None)
+    out = Console()
+    out.print(f"pointseg {__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    out.print(f"device: {device}; precision: {resolve_precision('auto', device)} (auto)")
+    table = Table(show_header=True)
+    missing: list[str] = []
+    for col in ("backbone", "channels", "weights", "found via"):
+        table.add_column(col)
+    for name in available_backbones():
+        spec = get_spec(name)
+        try:
+            source = resolve_weights(spec)
+            where, how = str(source.path), source.how
+        except PointsegError as exc:
+            where, how = "[red]not found[/red] (see below)", "-"
+            missing.append(str(exc))
+        label = name + (" (default)" if name == DEFAULT_BACKBONE else "") + (" (seed)" if name == "resnet18" else "")
+        table.add_row(label, str(spec.channels), where, how)
+    out.print(table)
+    for message in missing:
+        out.print(f"- {message}", highlight=False, markup=False)
+
+
+app.command("serve")(serve_command)
+app.command("evaluate")(evaluate_command)
+
+
+def main() -> None:
+    """Console entry point: user errors become one red line and exit code 2, never a traceback."""
+    try:
+        app()
+    except PointsegError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

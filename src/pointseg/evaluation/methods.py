@@ -1,0 +1,237 @@
+"""The methods the harness compares, behind one small interface.
+
+Method specs (``--method``, repeatable)::
+
+    default                 Segmenter() - the default backbone and classifier
+    seed                    Segmenter.preset("seed") - resnet18, layers 1-3, logistic regression
+    skimage-rf              scikit-image trainable segmentation (see anchors.py)
+    <backbone>              Segmenter(backbone=<backbone>), e.g. resnet18, efficientnet_lite0
+    <backbone>-rf           Segmenter(backbone=<backbone>, classifier="random_forest")
+    default-rf              the default backbone with the random forest
+
+A spec may carry its own Segmenter options after a colon, e.g. ``default:C=0.1,tile_size=512`` (values are
+Python literals, otherwise strings), so one run can compare configurations; a ``@label`` suffix names it in
+reports (``default:C=0.1@C0.1``). Options given to the whole run (``--option``, ``--backbone`` …) apply to every
+Segmenter method; the spec's own options win.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pointseg.errors import PointsegError
+
+
+class Method:
+    """What the harness needs from a method. ``fit`` replaces any previous training."""
+
+    name: str = "method"
+    kind: str = "method"
+
+    def fit(self, images: list[np.ndarray], points: list[np.ndarray], keys: list[str], seed: int = 0) -> None:
+        raise NotImplementedError
+
+    def predict(self, image: np.ndarray, key: str) -> np.ndarray:
+        """(H, W) int class ids."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"method": self.kind}
+
+
+@dataclass
+class MethodSpec:
+    """A parsed ``--method`` value."""
+
+    text: str
+    base: str
+    options: dict = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.text
+
+
+def _literal(value: str):
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def parse_options(items: list[str] | tuple[str, ...] | None) -> dict:
+    """``["C=0.1", "precision=fp32"]`` -> ``{"C": 0.1, "precision": "fp32"}``."""
+    out = {}
+    for item in items or ():
+        for part in (p for p in item.split(",") if p.strip()):
+            if "=" not in part:
+                raise PointsegError(f"option {part!r} is not KEY=VALUE; write e.g. --option C=0.1")
+            key, value = part.split("=", 1)
+            key = key.strip().replace("-", "_")
+            if not key.isidentifier():
+                raise PointsegError(f"option name {key!r} is not a valid Segmenter parameter name")
+            out[key] = _literal(value.strip())
+    return out
+
+
+def parse_method_spec(text: str) -> MethodSpec:
+    """Parse ``base[:key=value,...][@label]``.
+
+    Examples
+    --------
+    >>> s = parse_method_spec("default:C=0.1@strong")
+    >>> s.base, s.options, s.name
+    ('default', {'C': 0.1}, 'strong')
+    """
+    raw = text.strip()
+    if not raw:
+        raise PointsegError("empty --method; use default, seed, skimage-rf, <backbone> or <backbone>-rf")
+    label = None
+    if "@" in raw:
+        raw, label = raw.rsplit("@", 1)
+        label = label.strip() or None
+    base, _, opts = raw.partition(":")
+    return MethodSpec(text=text.strip(), base=base.strip(), options=parse_options([opts]) if opts else {}, label=label)
+
+
+class SegmenterMethod(Method):
+    """A :class:`pointseg.Segmenter` (deep features + logistic regression or random forest).
+
+    All Segmenter methods of a run share one ``FeatureCache``, so each image's features are computed once
+    per backbone per run, however many seeds, click counts and retrainings follow.
+    """
+
+    kind = "segmenter"
+
+    def __init__(self, name: str, make, describe: dict, seeded: bool = False):
+        self.name = name
+        self._make = make            # seed -> Segmenter
+        self._describe = describe
+        self._seeded = seeded        # the classifier has randomness (random forest): rebuild per seed
+        self._seg = None
+        self._seg_seed = None
+
+    def describe(self) -> dict:
+        return dict(self._describe)
+
+    def segmenter(self, seed: int = 0):
+        if self._seg is None or (self._seeded and self._seg_seed != seed):
+            self._seg = self._make(seed)
+            self._seg_seed = seed
+        return self._seg
+
+    def fit(self, images, points, keys, seed: int = 0) -> None:
+        seg = self.segmenter(seed)
+        pts = [to_core_points(p) for p in points]
+        seg.fit(list(images), pts)
+
+    def predict(self, image, key):
+        return np.asarray(self._seg.predict(image), dtype=np.int64)
+
+
+def to_core_points(points: np.ndarray) -> np.ndarray:
+    """Harness clicks (integer pixel indices ``[col, row, class]``) -> the core's ``[x, y, class]``.
+
+    The core takes x = column, y = row in pixel units with pixel centres at integer coordinates, so the
+    values pass through unchanged (as float64).
+    """
+    return np.asarray(points, dtype=np.float64).reshape(-1, 3)
+
+
+def build_method(
+    spec: MethodSpec | str,
+    classes,
+    *,
+    options: dict | None = None,
+    weights: str | None = None,
+    cache=None,
+) -> Method:
+    """Turn a method spec into a :class:`Method`. Raises :class:`PointsegError` for an unknown name."""
+    if isinstance(spec, str):
+        spec = parse_method_spec(spec)
+    classes = list(classes)
+    base = spec.base
+    if base == "skimage-rf":
+        if spec.options:
+            raise PointsegError("skimage-rf takes no options; it runs scikit-image's documented recipe")
+        from .anchors import SkimageRF
+
+        return SkimageRF(classes, name=spec.name)
+
+    import pointseg
+
+    opts = dict(options or {})
+    opts.update(spec.options)
+    if weights is not None:
+        opts.setdefault("weights", weights)
+
+    if base == "seed":
+        # the preset stays the seed's configuration: only run-time settings reach it
+        allowed = {"weights", "precision", "device", "tile_size"}
+        bad = sorted(set(spec.options) - allowed)
+        if bad:
+            raise PointsegError(
+                f"the seed preset is fixed; option(s) {', '.join(bad)} would change it - use resnet18:... instead"
+            )
+        preset_opts = {k: v for k, v in opts.items() if k in allowed}
+
+        def make(seed):
+            return pointseg.Segmenter.preset("seed", classes=classes, cache=cache, **preset_opts)
+
+        describe = {"method": "seed", "preset": "seed", **_jsonable(preset_opts)}
+        _check_constructs(make, spec)
+        return SegmenterMethod(spec.name, make, describe)
+
+    classifier = opts.pop("classifier", None)
+    backbone = opts.pop("backbone", None)
+    if base.endswith("-rf"):
+        classifier = "random_forest"
+        base = base[: -len("-rf")]
+    if base != "default":
+        backbone = base
+    kwargs = dict(opts)
+    if backbone is not None:
+        kwargs["backbone"] = backbone
+    if classifier is not None:
+        kwargs["classifier"] = classifier
+    seeded = kwargs.get("classifier") == "random_forest"
+
+    def make(seed):
+        extra = {}
+        if seeded and "random_state" in _segmenter_params():
+            extra["random_state"] = seed
+        return pointseg.Segmenter(classes=classes, cache=cache, **kwargs, **extra)
+
+    describe = {"method": base if base == "default" else f"{base}", **_jsonable(kwargs)}
+    _check_constructs(make, spec)
+    return SegmenterMethod(spec.name, make, describe, seeded=seeded)
+
+
+def _segmenter_params() -> set[str]:
+    import inspect
+
+    import pointseg
+
+    return set(inspect.signature(pointseg.Segmenter).parameters)
+
+
+def _check_constructs(make, spec: MethodSpec) -> None:
+    """Build once up front so a bad backbone name or option fails before the run starts."""
+    try:
+        make(0)
+    except PointsegError as exc:
+        raise PointsegError(f"--method {spec.text}: {exc}") from exc
+    except TypeError as exc:
+        raise PointsegError(
+            f"--method {spec.text}: {exc}; see `python -c \"import pointseg; help(pointseg.Segmenter)\"` for options"
+        ) from exc
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+    return out
