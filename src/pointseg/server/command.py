@@ -1,7 +1,110 @@
-"""``pointseg serve`` command (being built under issue 3)."""
+"""``pointseg serve``: open (or create) a project folder and serve the interactive app."""
+from __future__ import annotations
+
+import secrets
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
-def serve_command() -> None:
-    """Start the interactive web app (not built yet)."""
-    raise typer.Exit("pointseg serve is not available yet")
+
+def serve_command(
+    project_dir: Annotated[Path, typer.Argument(
+        metavar="PROJECT_DIR", help="Project folder (created if missing); holds project.sqlite and caches.")],
+    images: Annotated[Optional[list[Path]], typer.Option(
+        "--images", "-i", help="Folder of images to add to the project (by reference; repeatable).")] = None,
+    host: Annotated[str, typer.Option(
+        help="Address to bind. Anything but the loopback requires an access token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the app in the default browser.")] = False,
+    token: Annotated[Optional[str], typer.Option(
+        help="Access token for the API (generated and printed when binding a non-loopback address).",
+        envvar="POINTSEG_TOKEN")] = None,
+    backbone: Annotated[Optional[str], typer.Option(
+        help="Feature backbone for a new project (default: pointseg's default). Fixed once chosen.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        help="Backbone weights file or folder (ResNet backbones).", envvar="POINTSEG_WEIGHTS")] = None,
+) -> None:
+    """Serve the interactive click → train → correct app for PROJECT_DIR.
+
+    Keys in the page: 1–9 pick a class, P/S/E point/scribble/eraser, Ctrl+Z / Ctrl+Shift+Z undo/redo,
+    ← → previous/next image, F fit to window, O toggle the overlay, ? for all keys.
+    """
+    import uvicorn
+
+    from pointseg.errors import PointsegError
+    from pointseg.presets import DEFAULT_BACKBONE
+    from pointseg.server.app import Settings, create_app, register_folder
+    from pointseg.server.store import ProjectStore, StoreError, project_lock
+
+    err = typer.echo
+    try:
+        store = ProjectStore(project_dir)
+    except StoreError as exc:
+        err(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        lock = project_lock(store.dir)
+    except StoreError as exc:
+        err(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    stored_backbone = store.get_meta("backbone")
+    if stored_backbone is None:
+        stored_backbone = backbone or DEFAULT_BACKBONE
+        store.set_meta("backbone", stored_backbone)
+    elif backbone and backbone != stored_backbone:
+        err(f"error: this project uses the {stored_backbone} backbone (its features and annotations are "
+            f"tied to it); start a new project folder to use {backbone}", err=True)
+        raise typer.Exit(2)
+
+    for folder in images or []:
+        if not folder.is_dir():
+            err(f"error: --images {folder} is not a folder", err=True)
+            raise typer.Exit(2)
+        try:
+            added, known, problems = register_folder(store, folder)
+        except PointsegError as exc:
+            err(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        err(f"{folder}: {added} image(s) added, {known} already in the project")
+        for p in problems[:10]:
+            err(f"  skipped {p}")
+
+    if host not in LOOPBACK and not token:
+        token = secrets.token_urlsafe(24)
+    settings = Settings(project_dir=store.dir, host=host, token=token, backbone=stored_backbone,
+                        weights=str(weights) if weights else None)
+    app = create_app(settings, store=store)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    summary = store.summary()
+    err(f"pointseg serve: project {store.dir} ({summary['n_images']} images, "
+        f"{summary['n_annotations']} annotations, backbone {stored_backbone})")
+    err(f"open {url}")
+    if token and host not in LOOPBACK:
+        err("the API requires the token above on every request (it is in the URL)")
+    sys.stdout.flush()
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=2, lifespan="on")
+    server = uvicorn.Server(config)
+    if open_browser:
+        import webbrowser
+
+        def _open() -> None:
+            import time
+
+            while not server.started:
+                time.sleep(0.05)
+            webbrowser.open(url)
+        threading.Thread(target=_open, daemon=True).start()
+    try:
+        server.run()
+    finally:
+        store.close()
+        lock.close()

@@ -132,8 +132,11 @@ class FeatureStore:
         self.compute_ms: dict[int, float] = {}
 
     def warm(self) -> None:
-        """Load the network (the first extract would otherwise pay for it)."""
+        """Load the network and the fitting code (the first click would otherwise pay ~1 s for it)."""
         self.base.extractor  # noqa: B018 - property builds the extractor
+        import scipy.ndimage  # noqa: F401
+        import sklearn.linear_model  # noqa: F401
+        import sklearn.model_selection  # noqa: F401
 
     def ready(self, image_id: int) -> bool:
         key = self._keys.get(image_id)
@@ -319,7 +322,7 @@ class Worker:
                 del self._fqueued[image_id]
             start = time.perf_counter()
             try:
-                self.features.get(image_id)
+                self.features.get(image_id).moments()   # memoised: the first fit with it stays fast
                 status, message = "ready", None
             except PointsegError as exc:
                 status, message = "error", str(exc)
