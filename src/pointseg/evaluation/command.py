@@ -1,7 +1,160 @@
-"""``pointseg evaluate`` command (being built under issue 4)."""
+"""``pointseg evaluate``: measure accuracy per click with a simulated user, side by side with the anchors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
+_METHOD_HELP = (
+    "Method to evaluate; repeat to compare several with the same clicks: default, seed (the seed preset: "
+    "resnet18 layers 1-3 + logistic regression), skimage-rf (scikit-image filter bank + random forest), "
+    "<backbone> (e.g. resnet18, efficientnet_lite0), <backbone>-rf or default-rf (deep features + random "
+    "forest). Per-method Segmenter options: 'default:C=0.1,tile_size=512@mylabel'."
+)
 
-def evaluate_command() -> None:
-    """Evaluate with a simulated user (not built yet)."""
-    raise typer.Exit("pointseg evaluate is not available yet")
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    from pointseg.errors import PointsegError
+
+    out = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        if "-" in part[1:]:
+            a, b = part.split("-", 1)
+            try:
+                out.extend(range(int(a), int(b) + 1))
+            except ValueError:
+                raise PointsegError(f"{what}: {part!r} is not a range like 0-4") from None
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise PointsegError(f"{what}: {part!r} is not an integer; write e.g. 0,1,2") from None
+    if not out:
+        raise PointsegError(f"{what} is empty")
+    return tuple(out)
+
+
+def evaluate_command(
+    dataset_dir: Annotated[Path, typer.Argument(
+        help="Dataset folder: images/, masks/ (same stems, uint8 class ids, 255 = ignore), classes.json, "
+             "optional meta.json with ignore_index.", show_default=False)],
+    method: Annotated[Optional[list[str]], typer.Option(
+        "--method", "-m", help=_METHOD_HELP, show_default="default")] = None,
+    protocol: Annotated[str, typer.Option(
+        help="random (N clicks per class drawn 2 px inside the class), corrective (NoC protocol: click the "
+             "deepest point of the largest error, retrain after each click) or both.")] = "both",
+    train_images: Annotated[int, typer.Option(
+        "--train-images", "-k", help="Training images drawn per seed (among images showing >= 2 classes).")] = 3,
+    train: Annotated[Optional[list[str]], typer.Option(
+        "--train", help="Use these image stems for training (repeat; overrides --train-images).",
+        show_default=False)] = None,
+    test: Annotated[Optional[int], typer.Option(
+        "--test", "-n", help="Held-out images, evenly spaced over the dataset (same for every seed); "
+                             "default: every image not used for training.", show_default=False)] = None,
+    seeds: Annotated[str, typer.Option(help="Seeds, e.g. 0,1,2 or 0-4; mean and spread are over seeds.")] = "0,1,2",
+    clicks: Annotated[str, typer.Option(help="Random protocol: clicks per class per image (nested).")] = "2,5,10,20",
+    budget: Annotated[int, typer.Option(help="Corrective protocol: click budget per training image.")] = 20,
+    transfer_at: Annotated[str, typer.Option(
+        "--transfer-at", help="Corrective protocol: clicks per image at which held-out images are scored "
+                              "(comma list, or 'all' for every click).")] = "5,10,20",
+    margin: Annotated[int, typer.Option(help="Random clicks keep this many px away from class boundaries.")] = 2,
+    backbone: Annotated[Optional[str], typer.Option(
+        help="Backbone for the 'default' method (and any Segmenter option not set by a spec).",
+        show_default=False)] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        help="Backbone weights file (resnet*; POINTSEG_WEIGHTS_DIR is also searched).", show_default=False)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto or fp32.", show_default=False)] = None,
+    tile_size: Annotated[Optional[int], typer.Option("--tile-size", show_default=False)] = None,
+    C: Annotated[Optional[float], typer.Option("--C", help="Logistic regression C.", show_default=False)] = None,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-o", help="Any other Segmenter option as KEY=VALUE (repeatable).", show_default=False)] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all results as JSON.",
+                                                     show_default=False)] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write long-format CSV.", show_default=False)] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Write a PNG of mIoU against clicks, one line per method.", show_default=False)] = None,
+    cache_mb: Annotated[int, typer.Option("--cache-mb", help="Feature cache size (MB), shared by all methods.")] = 3000,
+    max_megapixels: Annotated[Optional[float], typer.Option(
+        "--max-megapixels", help="Downscale larger images (and masks) to this size; default: never.",
+        show_default=False)] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Evaluate methods on DATASET_DIR with a simulated user: mIoU and defect IoU on the clicked images
+    (interactive) and on held-out images (transfer), NoC@80/85/90, mean and spread over seeds."""
+    params = dict(locals())
+    from pointseg.errors import PointsegError
+
+    try:
+        _run(**params)
+    except PointsegError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(**kw) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from pointseg.errors import PointsegError
+
+    from .datasets import load_dataset
+    from .methods import build_method, parse_method_spec, parse_options
+    from .report import plot_curves, print_tables, write_csv, write_json
+    from .runner import EvalConfig, evaluate, progress_units
+
+    protocol = kw["protocol"].lower()
+    protocols = {"both": ("random", "corrective"), "random": ("random",), "corrective": ("corrective",)}.get(protocol)
+    if protocols is None:
+        raise PointsegError(f"--protocol {kw['protocol']!r}: use random, corrective or both")
+    transfer_at = None if kw["transfer_at"].strip().lower() == "all" else _ints(kw["transfer_at"], "--transfer-at")
+    config = EvalConfig(
+        protocols=protocols,
+        seeds=_ints(kw["seeds"], "--seeds"),
+        train_images=kw["train_images"],
+        train_stems=tuple(kw["train"]) if kw["train"] else None,
+        test=kw["test"],
+        clicks=_ints(kw["clicks"], "--clicks"),
+        budget=kw["budget"],
+        margin=kw["margin"],
+        transfer_at=transfer_at,
+    )
+    config.check()
+    dataset = load_dataset(kw["dataset_dir"], max_megapixels=kw["max_megapixels"])
+
+    options = parse_options(kw["option"])
+    for key in ("backbone", "precision", "tile_size", "C"):
+        if kw[key] is not None:
+            options[key] = kw[key]
+    specs = [parse_method_spec(m) for m in (kw["method"] or ["default"])]
+    cache = None
+    if any(s.base != "skimage-rf" for s in specs):
+        from pointseg import FeatureCache
+
+        cache = FeatureCache(max_bytes=int(kw["cache_mb"]) * 1_000_000)
+    weights = str(kw["weights"]) if kw["weights"] else None
+    methods = [build_method(s, dataset.classes, options=options, weights=weights, cache=cache) for s in specs]
+
+    out = Console()
+    if kw["progress"]:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("loading", total=progress_units(config, len(methods)))
+
+            def on_progress(advance, description):
+                bar.update(task, advance=advance, description=description)
+
+            results = evaluate(dataset, methods, config, on_progress=on_progress)
+    else:
+        results = evaluate(dataset, methods, config)
+
+    print_tables(results, out)
+    if kw["json_out"]:
+        out.print(f"JSON: {write_json(results, kw['json_out'])}")
+    if kw["csv_out"]:
+        out.print(f"CSV: {write_csv(results, kw['csv_out'])}")
+    if kw["plot"]:
+        out.print(f"plot: {plot_curves(results, kw['plot'])}")

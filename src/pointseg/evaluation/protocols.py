@@ -100,12 +100,17 @@ def random_clicks(
 
 def deepest_point(region: np.ndarray) -> tuple[int, int]:
     """(row, col) of the pixel of ``region`` farthest from its boundary (Euclidean distance transform;
-    pixels outside the image count as boundary). Ties go to the first pixel in raster order."""
+    pixels outside the image count as boundary). Among equally deep pixels (e.g. the ridge of an elongated
+    rectangle) the one nearest their centroid is taken, then the first in raster order."""
     padded = np.pad(region, 1, constant_values=False)
     dist = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
-    idx = int(np.argmax(dist))
-    r, c = np.unravel_index(idx, region.shape)
-    return int(r), int(c)
+    top = dist.max()
+    cand = np.argwhere(dist >= top - 1e-9)
+    if len(cand) == 1:
+        return int(cand[0, 0]), int(cand[0, 1])
+    centre = cand.mean(axis=0)
+    best = cand[int(np.argmin(((cand - centre) ** 2).sum(axis=1)))]
+    return int(best[0]), int(best[1])
 
 
 def initial_clicks(mask: np.ndarray, n_classes: int) -> np.ndarray:

@@ -201,6 +201,7 @@ def plot_curves(results: dict, path: str | Path, metric: str = "miou", dpi: int 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     s = results["summary"]
     panels = []
@@ -234,6 +235,7 @@ def plot_curves(results: dict, path: str | Path, metric: str = "miou", dpi: int 
         ax.set_xlabel("clicks per class per image" if protocol == "random" else "clicks per image", fontsize=8)
         ax.set_ylabel(label, fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
     axes[0][0].legend(fontsize=7, loc="lower right")
