@@ -81,6 +81,9 @@ class SkimageRF(Method):
         return {"method": self.kind, "features": "skimage.feature.multiscale_basic_features",
                 "feature_params": SKIMAGE_FEATURES, "classifier": "RandomForestClassifier", "forest": FOREST}
 
+    def prepare(self, image: np.ndarray, key: str) -> None:
+        self.features(image, key)
+
     def features(self, image: np.ndarray, key: str) -> np.ndarray:
         return self._cache.get(f"{key}:{image.shape}", lambda: filter_features(image))
 

@@ -30,6 +30,9 @@ class Method:
     name: str = "method"
     kind: str = "method"
 
+    def prepare(self, image: np.ndarray, key: str) -> None:
+        """Compute and cache whatever depends only on the image (features); timed apart from fit/predict."""
+
     def fit(self, images: list[np.ndarray], points: list[np.ndarray], keys: list[str], seed: int = 0) -> None:
         raise NotImplementedError
 
@@ -106,37 +109,29 @@ class SegmenterMethod(Method):
 
     kind = "segmenter"
 
-    def __init__(self, name: str, make, describe: dict, seeded: bool = False):
+    def __init__(self, name: str, segmenter, describe: dict):
         self.name = name
-        self._make = make            # seed -> Segmenter
+        self.segmenter = segmenter
         self._describe = describe
-        self._seeded = seeded        # the classifier has randomness (random forest): rebuild per seed
-        self._seg = None
-        self._seg_seed = None
 
     def describe(self) -> dict:
         return dict(self._describe)
 
-    def segmenter(self, seed: int = 0):
-        if self._seg is None or (self._seeded and self._seg_seed != seed):
-            self._seg = self._make(seed)
-            self._seg_seed = seed
-        return self._seg
+    def prepare(self, image, key) -> None:
+        self.segmenter.extract_features(image)
 
     def fit(self, images, points, keys, seed: int = 0) -> None:
-        seg = self.segmenter(seed)
-        pts = [to_core_points(p) for p in points]
-        seg.fit(list(images), pts)
+        self.segmenter.fit(list(images), [to_core_points(p) for p in points])
 
     def predict(self, image, key):
-        return np.asarray(self._seg.predict(image), dtype=np.int64)
+        return np.asarray(self.segmenter.predict(image), dtype=np.int64)
 
 
 def to_core_points(points: np.ndarray) -> np.ndarray:
-    """Harness clicks (integer pixel indices ``[col, row, class]``) -> the core's ``[x, y, class]``.
+    """Harness clicks ``[col, row, class]`` (integer pixel indices) -> the core's ``[x, y, class]``.
 
-    The core takes x = column, y = row in pixel units with pixel centres at integer coordinates, so the
-    values pass through unchanged (as float64).
+    The core's point ``(x, y)`` names the pixel in column x, row y (see :mod:`pointseg.sampling`), so the
+    values pass through unchanged.
     """
     return np.asarray(points, dtype=np.float64).reshape(-1, 3)
 
@@ -168,22 +163,19 @@ def build_method(
     if weights is not None:
         opts.setdefault("weights", weights)
 
+    # the training report's cross-validation refits the classifier per image; the harness never reads it
+    opts.setdefault("cross_validate", False)
     if base == "seed":
         # the preset stays the seed's configuration: only run-time settings reach it
-        allowed = {"weights", "precision", "device", "tile_size"}
+        allowed = {"weights", "precision", "device", "tile_size", "cross_validate"}
         bad = sorted(set(spec.options) - allowed)
         if bad:
             raise PointsegError(
                 f"the seed preset is fixed; option(s) {', '.join(bad)} would change it - use resnet18:... instead"
             )
-        preset_opts = {k: v for k, v in opts.items() if k in allowed}
-
-        def make(seed):
-            return pointseg.Segmenter.preset("seed", classes=classes, cache=cache, **preset_opts)
-
-        describe = {"method": "seed", "preset": "seed", **_jsonable(preset_opts)}
-        _check_constructs(make, spec)
-        return SegmenterMethod(spec.name, make, describe)
+        kwargs = {k: v for k, v in opts.items() if k in allowed}
+        seg = _construct(spec, lambda: pointseg.Segmenter.preset("seed", classes=classes, cache=cache, **kwargs))
+        return SegmenterMethod(spec.name, seg, {"method": "seed", **_jsonable(seg.get_params())})
 
     classifier = opts.pop("classifier", None)
     backbone = opts.pop("backbone", None)
@@ -197,41 +189,30 @@ def build_method(
         kwargs["backbone"] = backbone
     if classifier is not None:
         kwargs["classifier"] = classifier
-    seeded = kwargs.get("classifier") == "random_forest"
-
-    def make(seed):
-        extra = {}
-        if seeded and "random_state" in _segmenter_params():
-            extra["random_state"] = seed
-        return pointseg.Segmenter(classes=classes, cache=cache, **kwargs, **extra)
-
-    describe = {"method": base if base == "default" else f"{base}", **_jsonable(kwargs)}
-    _check_constructs(make, spec)
-    return SegmenterMethod(spec.name, make, describe, seeded=seeded)
+    seg = _construct(spec, lambda: pointseg.Segmenter(classes=classes, cache=cache, **kwargs))
+    return SegmenterMethod(spec.name, seg, {"method": spec.base, **_jsonable(seg.get_params())})
 
 
-def _segmenter_params() -> set[str]:
-    import inspect
-
-    import pointseg
-
-    return set(inspect.signature(pointseg.Segmenter).parameters)
-
-
-def _check_constructs(make, spec: MethodSpec) -> None:
-    """Build once up front so a bad backbone name or option fails before the run starts."""
+def _construct(spec: MethodSpec, make):
+    """Build the Segmenter and its backbone up front, so a bad name, option or missing weights fail before
+    the run starts, with the method named."""
     try:
-        make(0)
+        seg = make()
+        seg.extractor
     except PointsegError as exc:
         raise PointsegError(f"--method {spec.text}: {exc}") from exc
     except TypeError as exc:
         raise PointsegError(
             f"--method {spec.text}: {exc}; see `python -c \"import pointseg; help(pointseg.Segmenter)\"` for options"
         ) from exc
+    return seg
 
 
 def _jsonable(d: dict) -> dict:
     out = {}
     for k, v in d.items():
-        out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+        if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str, bool)) for x in v):
+            out[k] = list(v)
+        else:
+            out[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
     return out

@@ -103,7 +103,9 @@ def print_tables(results: dict, console=None) -> None:
         for m, t in timings.items():
             fit = f"{t['fit_ms_mean']:.0f} ms/fit" if t.get("fit_ms_mean") is not None else "–"
             pred = f"{t['predict_ms_per_mp']:.0f} ms/MP predict" if t.get("predict_ms_per_mp") is not None else "–"
-            parts.append(f"{m}: {t['wall_s']:.1f} s ({fit}, {pred}, features included)")
+            feats = (f"features {t['features_ms_per_mp']:.0f} ms/MP, " if t.get("features_ms_per_mp") is not None
+                     else "")
+            parts.append(f"{m}: {t['wall_s']:.1f} s ({feats}{fit}, {pred})")
         console.print("Time: " + "; ".join(parts))
 
 

@@ -92,6 +92,9 @@ class ImageStore:
 
 @dataclass
 class _Timer:
+    prepare_calls: int = 0
+    prepare_s: float = 0.0
+    prepare_mp: float = 0.0
     fit_calls: int = 0
     fit_s: float = 0.0
     predict_calls: int = 0
@@ -101,6 +104,7 @@ class _Timer:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        d["features_ms_per_mp"] = 1000 * self.prepare_s / self.prepare_mp if self.prepare_mp else None
         d["fit_ms_mean"] = 1000 * self.fit_s / self.fit_calls if self.fit_calls else None
         d["predict_ms_per_mp"] = 1000 * self.predict_s / self.predict_mp if self.predict_mp else None
         return d
@@ -109,13 +113,26 @@ class _Timer:
 class _Driver:
     """Wraps a method with timing and a per-image prediction cache keyed by the training version."""
 
-    def __init__(self, method: Method, store: ImageStore, timer: _Timer):
+    def __init__(self, method: Method, store: ImageStore, timer: _Timer, prepared: set):
         self.method, self.store, self.timer = method, store, timer
         self.version = 0
         self._preds: dict[str, tuple[int, np.ndarray]] = {}
+        self._prepared = prepared
+
+    def image(self, stem) -> np.ndarray:
+        """The image, with the method's per-image work (features) done and timed on first use."""
+        image = self.store.image(stem)
+        if stem not in self._prepared:
+            t = time.perf_counter()
+            self.method.prepare(image, stem)
+            self.timer.prepare_s += time.perf_counter() - t
+            self.timer.prepare_calls += 1
+            self.timer.prepare_mp += image.shape[0] * image.shape[1] / 1e6
+            self._prepared.add(stem)
+        return image
 
     def fit(self, stems, points, seed):
-        images = [self.store.image(s) for s in stems]
+        images = [self.image(s) for s in stems]
         t = time.perf_counter()
         self.method.fit(images, [np.asarray(p) for p in points], list(stems), seed=seed)
         self.timer.fit_s += time.perf_counter() - t
@@ -126,7 +143,7 @@ class _Driver:
         hit = self._preds.get(stem)
         if hit is not None and hit[0] == self.version:
             return hit[1]
-        image = self.store.image(stem)
+        image = self.image(stem)
         t = time.perf_counter()
         pred = np.asarray(self.method.predict(image, stem))
         self.timer.predict_s += time.perf_counter() - t
@@ -275,6 +292,7 @@ def evaluate(
             raise PointsegError(f"method {method.name!r} given twice; add @label to tell them apart")
         seen.add(method.name)
         timer = _Timer()
+        prepared: set = set()
         start = time.perf_counter()
         for seed in config.seeds:
             split = splits[seed]
@@ -287,7 +305,7 @@ def evaluate(
 
                 if on_progress:
                     on_progress(0, desc)
-                driver = _Driver(method, store, timer)
+                driver = _Driver(method, store, timer, prepared)
                 fn = run_random if protocol == "random" else run_corrective
                 result = fn(driver, split, seed, config, names, tick)
                 result.update({"method": method.name, "seed": seed})
