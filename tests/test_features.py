@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+
+from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, cpu_has_native_bf16
+from pointseg.errors import PointsegError
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 255, (47, 61, 3)).astype(np.float32)
+    from scipy.ndimage import zoom
+
+    return np.clip(zoom(base, (7, 7, 1), order=1)[:329, :427], 0, 255).astype(np.uint8)  # 329 x 427, odd sizes
+
+
+@pytest.fixture(scope="module")
+def large_image(image):
+    return np.tile(image, (3, 2, 1))[:700, :740]  # padded to 704 x 768: beyond one EfficientNet tile
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_tiled_features_equal_whole_image_features(large_image, backbone):
+    whole = FeatureExtractor(backbone, precision="fp32", tile_size=4096).compute(large_image)
+    tiled_ext = FeatureExtractor(backbone, precision="fp32", tile_size=192)
+    assert len([None for _ in tiled_ext.iter_tiles(large_image[:40, :40])]) == 1
+    tiled = tiled_ext.compute(large_image)
+    assert tiled.shape == whole.shape == (tiled_ext.channels, 704 // 4, 768 // 4)
+    assert len(list(tiled_ext.iter_tiles(large_image))) == 16  # really tiled
+    np.testing.assert_allclose(tiled, whole, atol=2e-4, rtol=1e-4)
+
+
+def test_resnet_tiled_equals_whole(image, shared_weights):
+    whole = FeatureExtractor("resnet18", shared_weights, precision="fp32", tile_size=4096).compute(image)
+    tiled_ext = FeatureExtractor("resnet18", shared_weights, precision="fp32", tile_size=64)
+    assert len(list(tiled_ext.iter_tiles(image))) == 42
+    tiled = tiled_ext.compute(image)
+    np.testing.assert_allclose(tiled, whole, atol=2e-4, rtol=1e-4)
+
+
+def test_cache_serves_repeat_requests_without_recomputing(image, monkeypatch):
+    ext = FeatureExtractor("efficientnet_lite0", precision="fp32", cache=FeatureCache())
+    first = ext.extract(image)
+    monkeypatch.setattr(ext, "compute", lambda rgb: pytest.fail("features recomputed"))
+    again = ext.extract(image.copy())
+    assert again is first and ext.cache.hits == 1
+
+
+def test_cache_is_bounded_and_evicts_least_recent():
+    cache = FeatureCache(max_bytes=3 * 4 * 100)
+    maps = [FeatureMap(np.zeros((1, 10, 10), np.float32), (40, 40), (40, 40), f"k{i}", "x") for i in range(4)]
+    for m in maps[:3]:
+        cache.put(m)
+    cache.get("k0")  # k0 is now the most recent
+    cache.put(maps[3])
+    assert cache.get("k1") is None and cache.get("k0") is maps[0] and cache.get("k3") is maps[3]
+
+
+def test_disk_cache_survives_a_new_process_and_ignores_torn_files(image, tmp_path):
+    ext = FeatureExtractor("efficientnet_lite0", precision="fp32", cache=FeatureCache(disk_dir=tmp_path))
+    fmap = ext.extract(image)
+    fresh = FeatureExtractor("efficientnet_lite0", precision="fp32", cache=FeatureCache(disk_dir=tmp_path))
+    loaded = fresh.cache.get(fmap.key)
+    assert loaded is not None and loaded.image_size == fmap.image_size
+    np.testing.assert_allclose(loaded.data, fmap.data, rtol=2e-3, atol=2e-3)  # stored as float16
+    (tmp_path / f"{fmap.key}.npz").write_bytes(b"torn")
+    assert FeatureCache(disk_dir=tmp_path).get(fmap.key) is None
+
+
+def test_cache_key_depends_on_content_backbone_and_precision(image):
+    a = FeatureExtractor("efficientnet_lite0", precision="fp32")
+    b = FeatureExtractor("efficientnet_lite0", precision="bf16")
+    c = FeatureExtractor("efficientnet_lite2", precision="fp32")
+    other = image.copy()
+    other[0, 0, 0] ^= 1
+    keys = {a.key_for(image), b.key_for(image), c.key_for(image), a.key_for(other)}
+    assert len(keys) == 4
+
+
+def test_feature_map_from_another_extractor_is_refused(image):
+    fmap = FeatureExtractor("efficientnet_lite0", precision="fp32").extract(image)
+    with pytest.raises(PointsegError, match="computed by"):
+        FeatureExtractor("efficientnet_lite2", precision="fp32").extract(fmap)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU has no native bf16")
+def test_bf16_channels_last_stays_close_to_fp32(image):
+    fp32 = FeatureExtractor("efficientnet_lite2", precision="fp32").compute(image)
+    bf16 = FeatureExtractor("efficientnet_lite2", precision="bf16").compute(image)
+    # stated tolerance: per-channel correlation > 0.99 and relative RMS error < 5 %
+    rel = np.sqrt(np.mean((bf16 - fp32) ** 2)) / np.sqrt(np.mean(fp32**2))
+    assert rel < 0.05
+    corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(fp32, bf16) if a.std() > 1e-3]
+    assert np.median(corr) > 0.99
+
+
+def test_precision_auto_follows_the_cpu():
+    ext = FeatureExtractor("efficientnet_lite0")
+    assert ext.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    with pytest.raises(PointsegError, match="precision"):
+        FeatureExtractor("efficientnet_lite0", precision="fp8")

@@ -1,0 +1,186 @@
+import numpy as np
+import pytest
+
+import pointseg.segmenter as segmenter_module
+from pointseg import PointsegError, Segmenter
+from pointseg.errors import ModelFileError
+
+from conftest import points_from_truth, two_texture_image
+
+CLASSES = ["left", "right", "disc"]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    image, truth = two_texture_image()
+    seg = Segmenter("efficientnet_lite0", CLASSES, precision="fp32")
+    seg.fit([image], [points_from_truth(truth, 8)])
+    return seg, image, truth
+
+
+def test_fit_predict_recovers_the_known_regions(fitted):
+    seg, image, truth = fitted
+    labels = seg.predict(image)
+    assert labels.shape == truth.shape and labels.dtype == np.int64
+    assert (labels == truth).mean() > 0.9
+    for k in range(3):
+        assert ((labels == k) & (truth == k)).sum() / ((labels == k) | (truth == k)).sum() > 0.6
+
+
+def test_training_report(fitted):
+    seg, _, _ = fitted
+    r = seg.training_report_
+    assert r.points_per_class == {"left": 8, "right": 8, "disc": 8}
+    assert r.n_points == 24 and r.n_images == 1
+    assert r.point_accuracy == 1.0
+    assert r.cv_method == "5-fold" and 0.5 <= r.cv_accuracy <= 1.0
+    assert "accuracy on the marked points" in r.summary()
+
+
+def test_point_accuracy_is_the_accuracy_of_the_predicted_map_at_the_points(fitted):
+    seg, image, truth = fitted
+    pts = points_from_truth(truth, 8)
+    labels = seg.predict(image)
+    at_points = labels[pts[:, 1].astype(int), pts[:, 0].astype(int)]
+    assert (at_points == pts[:, 2]).mean() == seg.training_report_.point_accuracy
+
+
+def test_probabilities_sum_to_one_and_agree_with_labels(fitted):
+    seg, image, _ = fitted
+    proba = seg.predict_proba(image)
+    assert proba.shape == (3, *image.shape[:2]) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(0), 1.0, atol=1e-5)
+    full = seg.predict_full(image)
+    np.testing.assert_array_equal(full.labels, proba.argmax(0))
+    np.testing.assert_allclose(full.uncertainty, 1 - proba.max(0), atol=1e-6)
+
+
+def test_banded_and_streamed_prediction_equal_whole_prediction(fitted, monkeypatch):
+    seg, image, _ = fitted
+    whole = seg.predict_full(image, probabilities=True)
+    monkeypatch.setattr(segmenter_module, "BAND_ROWS", 8)
+    banded = seg.predict_full(image, probabilities=False)
+    np.testing.assert_array_equal(banded.labels, whole.labels)
+    np.testing.assert_allclose(banded.uncertainty, whole.uncertainty, atol=1e-6)
+    # an uncached image above the streaming threshold goes tile by tile through the backbone
+    monkeypatch.setattr(segmenter_module, "STREAM_ABOVE_PIXELS", 10)
+    other = np.ascontiguousarray(image[::-1])
+    streamed = seg.predict(other)
+    assert seg.extractor.key_for(other) not in seg.extractor.cache
+    assert (streamed == seg.predict(seg.extract_features(other))).mean() > 0.999
+
+
+def test_feature_maps_can_stand_in_for_images(fitted):
+    seg, image, truth = fitted
+    fmap = seg.extract_features(image)
+    twin = Segmenter("efficientnet_lite0", CLASSES, precision="fp32", cache=seg.cache)
+    twin.fit([fmap], [points_from_truth(truth, 8)])
+    np.testing.assert_array_equal(twin.predict(fmap), seg.predict(image))
+
+
+def test_class_without_points_gets_no_probability():
+    image, truth = two_texture_image()
+    pts = points_from_truth(truth, 6)
+    pts = pts[pts[:, 2] != 2]
+    seg = Segmenter("efficientnet_lite0", CLASSES, precision="fp32").fit([image], [pts])
+    proba = seg.predict_proba(image)
+    assert proba[2].max() == 0.0
+    assert seg.training_report_.points_per_class["disc"] == 0
+
+
+def test_scribbles_train_like_points():
+    image, truth = two_texture_image()
+    scribbles = [[{"class": 0, "width": 6, "points": [[10, 120], [90, 150]]},
+                  {"class": 1, "width": 6, "points": [[130, 20], [210, 140]]}]]
+    seg = Segmenter("efficientnet_lite0", ["left", "right"], precision="fp32")
+    seg.fit([image], [np.zeros((0, 3))], scribbles=scribbles)
+    assert seg.training_report_.n_points > 20
+    labels = seg.predict(image)
+    assert (labels[truth == 1] == 1).mean() > 0.9 and (labels[truth == 0] == 0).mean() > 0.8
+
+
+def test_leave_one_image_out_with_several_images():
+    images, points = [], []
+    for seed in (0, 1):
+        image, truth = two_texture_image(seed=seed)
+        images.append(image)
+        points.append(points_from_truth(truth, 4, seed=seed))
+    seg = Segmenter("efficientnet_lite0", CLASSES, precision="fp32").fit(images, points)
+    assert seg.training_report_.cv_method == "leave-one-image-out"
+    assert seg.training_report_.n_images == 2
+
+
+@pytest.mark.parametrize("points, message", [
+    ([np.array([[5, 5, 0], [6, 6, 0]])], "at least two classes"),
+    ([np.array([[500, 5, 0], [6, 6, 1]])], "outside"),
+    ([np.array([[5, 5, 0], [6, 6, 7]])], "out of range"),
+    ([np.zeros((0, 3))], "no points"),
+])
+def test_bad_points_are_clear_errors(points, message):
+    image, _ = two_texture_image()
+    with pytest.raises(PointsegError, match=message):
+        Segmenter("efficientnet_lite0", CLASSES, precision="fp32").fit([image], points)
+
+
+def test_predict_before_fit_and_mismatched_inputs():
+    image, _ = two_texture_image()
+    seg = Segmenter("efficientnet_lite0", CLASSES, precision="fp32")
+    with pytest.raises(PointsegError, match="not trained"):
+        seg.predict(image)
+    with pytest.raises(PointsegError, match="2 images but 1"):
+        seg.fit([image, image], [np.zeros((0, 3))])
+
+
+def test_random_forest_variant(fitted):
+    _, image, truth = fitted
+    seg = Segmenter("efficientnet_lite0", CLASSES, precision="fp32", classifier="random_forest")
+    seg.fit([image], [points_from_truth(truth, 8)])
+    assert (seg.predict(image) == truth).mean() > 0.85
+    np.testing.assert_allclose(seg.predict_proba(image).sum(0), 1, atol=1e-4)
+
+
+def test_seed_preset_is_the_reference_configuration(shared_weights):
+    seg = Segmenter.preset("seed", classes=CLASSES, weights=shared_weights)
+    assert seg.backbone == "resnet18" and seg.classifier == "logistic"
+    assert seg.extractor.channels == 448
+    with pytest.raises(PointsegError, match="unknown preset"):
+        Segmenter.preset("fastest")
+
+
+def test_save_load_reproduces_predictions_exactly(fitted, tmp_path):
+    seg, image, _ = fitted
+    path = tmp_path / "m.pointseg"
+    seg.save(path)
+    assert path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+    loaded = Segmenter.load(path)
+    assert loaded.classes_ == seg.classes_ and loaded.colors_ == seg.colors_
+    np.testing.assert_array_equal(loaded.predict_proba(image), seg.predict_proba(image))
+    assert loaded.training_report_.point_accuracy == seg.training_report_.point_accuracy
+
+
+def test_model_for_other_weights_is_refused(fitted, tmp_path):
+    import torch
+
+    from pointseg.backbones import get_spec
+
+    seg, _, _ = fitted
+    path = tmp_path / "m.pointseg"
+    seg.save(path)
+    state = torch.load(get_spec("efficientnet_lite0").package_file(), weights_only=True)
+    state["_conv_stem.weight"] = state["_conv_stem.weight"] * 1.01
+    torch.save(state, tmp_path / "tweaked.pth")
+    with pytest.raises(ModelFileError, match="trained with other efficientnet_lite0 weights"):
+        Segmenter.load(path, weights=tmp_path / "tweaked.pth")
+
+
+def test_damaged_or_foreign_model_files(tmp_path):
+    (tmp_path / "junk.pointseg").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError, match="not a pointseg model file"):
+        Segmenter.load(tmp_path / "junk.pointseg")
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(3, np.float32)}, tmp_path / "other.safetensors")
+    with pytest.raises(ModelFileError, match="not a pointseg model"):
+        Segmenter.load(tmp_path / "other.safetensors")
+    with pytest.raises(ModelFileError, match="not found"):
+        Segmenter.load(tmp_path / "missing.pointseg")
