@@ -40,6 +40,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def git_commit() -> str:
+    """Short HEAD hash, marked when src/ has uncommitted changes (the numbers then come from those)."""
+    run = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
+    dirty = run("status", "--porcelain", "--", "src")
+    return run("rev-parse", "--short", "HEAD") + (" + uncommitted changes in src/" if dirty else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
@@ -68,8 +75,7 @@ def main() -> None:
         clicks=_ints(args.clicks, "--clicks"), budget=args.budget,
         transfer_at=_ints(args.transfer_at, "--transfer-at"),
     )
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     md = [f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, commit {commit}; "
           f"`python bench/accuracy.py {' '.join(sys.argv[1:])}`".rstrip() + "\n"]
     headline = []
