@@ -32,16 +32,23 @@ from pointseg.imageio import load_image
 #: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches)
 PREPROCESSING_VERSION = 1
 
+FEATURE_KINDS = ("deep", "hybrid")
+
 
 @dataclass
 class FeatureMap:
-    """One image's features: ``data`` is ``C x h_f x w_f`` float32 covering the padded image extent."""
+    """One image's features.
+
+    ``data`` is the deep map, ``C x h_f x w_f`` float32 covering the padded image extent; ``fine`` (hybrid
+    features only) holds full-resolution low-level filter responses, ``C_fine x H x W`` (:mod:`pointseg.filters`).
+    """
 
     data: np.ndarray
     image_size: tuple[int, int]  # (H, W) of the original image
     extent: tuple[int, int]  # (Hp, Wp): padded size the grid covers
     key: str  # cache key: image hash + extractor id
     extractor_id: str
+    fine: np.ndarray | None = None
     _stats: tuple[np.ndarray, np.ndarray, int] | None = field(default=None, repr=False)
 
     @property
@@ -50,18 +57,25 @@ class FeatureMap:
 
     @property
     def nbytes(self) -> int:
-        return self.data.nbytes
+        return self.data.nbytes + (self.fine.nbytes if self.fine is not None else 0)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """Per-channel sum and sum of squares over the cells that cover the real image (memoised).
+        """Per-channel mean and mean of squares over the real image (memoised), deep channels then fine.
 
         Standardisation statistics over all pixels of the training images are built from these, so a refit
-        after a click costs no pass over the feature maps.
+        after a click costs no pass over the feature maps. Each image weighs by its pixel count.
         """
         if self._stats is None:
             hf, wf = self.valid_grid_size
-            valid = self.data[:, :hf, :wf].reshape(self.data.shape[0], -1).astype(np.float64)
-            self._stats = (valid.sum(axis=1), np.square(valid).sum(axis=1), valid.shape[1])
+            blocks = [self.data[:, :hf, :wf]] + ([self.fine] if self.fine is not None else [])
+            mean, mean_sq = [], []
+            for block in blocks:
+                flat = block.reshape(block.shape[0], -1)
+                m = flat.mean(axis=1, dtype=np.float64)
+                mean.append(m)
+                mean_sq.append(np.einsum("ij,ij->i", flat, flat, dtype=np.float64) / flat.shape[1])
+            count = self.image_size[0] * self.image_size[1]
+            self._stats = (np.concatenate(mean) * count, np.concatenate(mean_sq) * count, count)
         return self._stats
 
     @property
@@ -141,8 +155,10 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as handle:
+            extra = {"fine": fmap.fine.astype(np.float16)} if fmap.fine is not None else {}
             np.savez(
                 handle,
+                **extra,
                 data=fmap.data.astype(np.float16),
                 image_size=np.array(fmap.image_size),
                 extent=np.array(fmap.extent),
@@ -162,6 +178,7 @@ class FeatureCache:
                     extent=tuple(int(v) for v in z["extent"]),
                     key=key,
                     extractor_id=str(z["extractor_id"]),
+                    fine=z["fine"].astype(np.float32) if "fine" in z.files else None,
                 )
         except Exception:
             path.unlink(missing_ok=True)  # a torn or stale cache file is recomputed, never trusted
@@ -212,11 +229,16 @@ class FeatureExtractor:
     tile_size : images larger than this (plus the backbone's context margin) are processed in tiles whose
         overlap covers the receptive field, so tiled features equal whole-image features.
     cache : a :class:`FeatureCache` shared between extractors; a private one is made if omitted.
+    features : ``"deep"`` (the backbone's map only) or ``"hybrid"`` (plus full-resolution low-level
+        filters, :mod:`pointseg.filters`).
     """
 
     def __init__(self, backbone: str = "efficientnet_lite2", weights=None, precision: str = "auto",
                  device: str | None = None, tile_size: int = 1024, cache: FeatureCache | None = None,
-                 download: bool = False):
+                 download: bool = False, features: str = "deep"):
+        if features not in FEATURE_KINDS:
+            raise PointsegError(f"unknown features {features!r}; choose one of: {', '.join(FEATURE_KINDS)}")
+        self.features = features
         self.module, self.spec, self.weights_source, self.weights_sha256 = build_backbone(
             backbone, weights, download=download
         )
@@ -233,6 +255,7 @@ class FeatureExtractor:
         self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
         self.id = (
             f"{self.spec.name}-{self.weights_sha256[:16]}-{self.precision}-p{PREPROCESSING_VERSION}"
+            + ("-hybrid" if self.hybrid else "")
         )
         self._run_lock = threading.Lock()
 
@@ -241,8 +264,19 @@ class FeatureExtractor:
         return self.spec.name
 
     @property
+    def hybrid(self) -> bool:
+        return self.features == "hybrid"
+
+    @property
     def channels(self) -> int:
+        """Deep channels (the backbone's map)."""
         return self.spec.channels
+
+    @property
+    def fine_channels(self) -> int:
+        from pointseg import filters
+
+        return filters.CHANNELS if self.hybrid else 0
 
     def key_for(self, image: np.ndarray) -> str:
         return f"{image_digest(image)}-{self.id}"
@@ -258,7 +292,12 @@ class FeatureExtractor:
         if cached is not None:
             return cached
         data = self.compute(rgb)
-        fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id)
+        fine = None
+        if self.hybrid:
+            from pointseg.filters import low_level_features
+
+            fine = low_level_features(rgb)
+        fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, fine)
         self.cache.put(fmap)
         return fmap
 

@@ -48,6 +48,8 @@ def save_model(seg, path: str | os.PathLike) -> None:
         },
         "classes": seg.classes_,
         "colors": seg.colors_,
+        "features": ext.features,
+        "feature_channels": {"deep": ext.channels, "fine": ext.fine_channels},
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
                    "tile_size": seg.tile_size},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
@@ -104,7 +106,7 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
         backbone=meta["backbone"], classes=meta["classes"], colors=meta["colors"], weights=weights,
         classifier="logistic", C=params.get("C"), class_weight=params.get("class_weight"),
         precision=precision or meta.get("feature_precision", "auto"), device=device,
-        tile_size=params.get("tile_size", 1024), cache=cache,
+        tile_size=params.get("tile_size", 1024), cache=cache, features=meta.get("features", "deep"),
     )
     ext = seg.extractor  # resolves the weights: a clear error if they are not available
     if ext.weights_sha256 != meta["weights_sha256"]:
@@ -114,10 +116,11 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
             "pass --weights with the file the model was trained with"
         )
     coef = tensors["coef"]
-    if coef.shape != (len(meta["classes"]), ext.channels):
+    expected = (len(meta["classes"]), ext.channels + ext.fine_channels)
+    if coef.shape != expected:
         raise ModelFileError(
-            f"{Path(path).name}: coefficients have shape {coef.shape}, expected "
-            f"({len(meta['classes'])}, {ext.channels}) for {meta['backbone']}; the file is damaged"
+            f"{Path(path).name}: coefficients have shape {coef.shape}, expected {expected} for "
+            f"{meta['backbone']} with {ext.features} features; the file is damaged"
         )
     seg.head_ = LinearHead(coef, tensors["intercept"], Standardizer(tensors["mean"], tensors["scale"]))
     seg.n_features_in_ = coef.shape[1]

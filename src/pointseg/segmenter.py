@@ -59,12 +59,15 @@ class Segmenter:
     tile_size : core size of tiles for large images (pixels).
     cache : :class:`FeatureCache` to share between Segmenters (features are computed once per image).
     cross_validate : compute the cross-validated accuracy in the training report.
+    features : ``"deep"`` (the method as first described: the backbone's stride-4 map) or ``"hybrid"``
+        (plus full-resolution low-level filters that keep thin structures sharp; :mod:`pointseg.filters`).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
                  classifier: str = "logistic", C: float | None = None, class_weight: str | None = "balanced",
                  precision: str = "auto", device: str | None = None, tile_size: int = 1024,
-                 cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False):
+                 cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
+                 features: str = "deep"):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -78,6 +81,7 @@ class Segmenter:
         self.cache = cache
         self.cross_validate = cross_validate
         self.download = download
+        self.features = features
         self._extractor: FeatureExtractor | None = None
 
     # ------------------------------------------------------------------ construction
@@ -90,7 +94,7 @@ class Segmenter:
         return {
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
-                      "precision", "device", "tile_size", "cross_validate")
+                      "precision", "device", "tile_size", "cross_validate", "features")
         }
 
     @property
@@ -98,7 +102,7 @@ class Segmenter:
         if self._extractor is None:
             self._extractor = FeatureExtractor(
                 self.backbone, self.weights, precision=self.precision, device=self.device,
-                tile_size=self.tile_size, cache=self.cache, download=self.download,
+                tile_size=self.tile_size, cache=self.cache, download=self.download, features=self.features,
             )
             if self.cache is None:
                 self.cache = self._extractor.cache
@@ -124,6 +128,8 @@ class Segmenter:
         if scribbles is not None and len(scribbles) != len(images):
             raise PointsegError(f"got {len(images)} images but {len(scribbles)} scribble lists; give one per image")
         n_classes = self._resolve_classes(points, scribbles)
+        if self.classifier != "logistic" and self.features != "deep":
+            raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
         X, y, groups, moments = [], [], [], []
         for i, image in enumerate(images):
             pts = np.asarray(points[i], dtype=np.float64) if points[i] is not None else np.zeros((0, 3))
@@ -140,7 +146,7 @@ class Segmenter:
                 raster = raster[(raster[:, 0] >= 0) & (raster[:, 0] < w) & (raster[:, 1] >= 0) & (raster[:, 1] < h)]
                 xy = np.concatenate([xy, raster])
                 labels = np.concatenate([labels, np.full(len(raster), s.label, dtype=np.int64)])
-            X.append(sample_points(fmap, xy))
+            X.append(_point_features(fmap, xy))
             y.append(labels)
             groups.append(np.full(len(labels), i))
             moments.append(fmap.moments())
@@ -204,47 +210,62 @@ class Segmenter:
         if not hasattr(self, "head_"):
             raise PointsegError("this Segmenter is not trained yet; call fit() or Segmenter.load() first")
 
-    def decision_grid(self, image) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-        """Class scores on the feature grid ``(K, h_f, w_f)`` plus the extent and image size.
+    def decision_grid(self, image) -> "_Decision":
+        """Class scores on the feature grid ``(K, h_f, w_f)`` plus what is needed to finish them per pixel.
 
         Large uncached images stream through the backbone tile by tile, so only the K-channel score grid
-        is ever held for the whole image.
+        is ever held for the whole image; their fine features are computed band by band later.
         """
         self._check_fitted()
         extractor = self.extractor
         if isinstance(image, FeatureMap):
             extractor.check_compatible(image)
-            return self._scores(image.data), image.extent, image.image_size
+            return _Decision(self._grid_scores(image.data), image.extent, image.image_size, image.fine, None)
         rgb = load_image(image)
         key = extractor.key_for(rgb)
         fmap = extractor.cache.get(key)
         if fmap is None and rgb.shape[0] * rgb.shape[1] <= STREAM_ABOVE_PIXELS:
             fmap = extractor.extract(rgb)
         if fmap is not None:
-            return self._scores(fmap.data), fmap.extent, fmap.image_size
+            return _Decision(self._grid_scores(fmap.data), fmap.extent, fmap.image_size, fmap.fine, None)
         h, w = rgb.shape[:2]
         extent = extractor.padded_size((h, w))
         stride = extractor.spec.stride
         grid = torch.empty((len(self.classes_), extent[0] // stride, extent[1] // stride))
         for (y0, y1, x0, x1), tile in extractor.iter_tiles(rgb):
-            grid[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = self._scores(tile)
-        return grid, extent, (h, w)
+            grid[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = self._grid_scores(tile)
+        return _Decision(grid, extent, (h, w), None, rgb if extractor.hybrid else None)
 
-    def _scores(self, data: np.ndarray) -> torch.Tensor:
+    def _grid_scores(self, data: np.ndarray) -> torch.Tensor:
         c, hf, wf = data.shape
-        if c != self.n_features_in_:
-            raise PointsegError(f"features have {c} channels but the model expects {self.n_features_in_}")
+        n_fine = self.extractor.fine_channels
+        if c + n_fine != self.n_features_in_:
+            raise PointsegError(f"features have {c + n_fine} channels but the model expects {self.n_features_in_}")
         if isinstance(self.head_, LinearHead):
             w, b = self.head_.folded()
             flat = torch.from_numpy(data).reshape(c, -1)
-            return (torch.from_numpy(w) @ flat + torch.from_numpy(b)[:, None]).reshape(-1, hf, wf)
+            return (torch.from_numpy(np.ascontiguousarray(w[:, :c])) @ flat + torch.from_numpy(b)[:, None]).reshape(-1, hf, wf)
         scores = self.head_.scores(data.reshape(c, -1).T)
         return torch.from_numpy(np.ascontiguousarray(scores.T)).reshape(-1, hf, wf)
 
+    def _fine_scores(self, decision: "_Decision", r0: int, r1: int) -> torch.Tensor | None:
+        """The full-resolution part of the logits for rows ``r0:r1`` (hybrid features only)."""
+        if not self.extractor.hybrid:
+            return None
+        if decision.fine is not None:
+            fine = decision.fine[:, r0:r1]
+        else:
+            from pointseg.filters import low_level_band
+
+            fine = low_level_band(decision.rgb, r0, r1)
+        w, _ = self.head_.folded()
+        w_fine = torch.from_numpy(np.ascontiguousarray(w[:, self.extractor.channels:]))
+        c, h, width = fine.shape
+        return (w_fine @ torch.from_numpy(np.ascontiguousarray(fine)).reshape(c, -1)).reshape(-1, h, width)
+
     def predict_proba(self, image) -> np.ndarray:
         """Class probabilities ``(K, H, W)`` float32."""
-        grid, extent, size = self.decision_grid(image)
-        return torch.softmax(upsample(grid, extent, size), dim=0).numpy()
+        return self.predict_full(image, probabilities=True).probabilities
 
     def predict(self, image) -> np.ndarray:
         """Class index per pixel ``(H, W)`` int64."""
@@ -255,14 +276,22 @@ class Segmenter:
 
         Without probabilities the upsampling runs in bands of rows, so memory stays bounded on huge images.
         """
-        grid, extent, size = self.decision_grid(image)
+        decision = self.decision_grid(image)
+        size = decision.image_size
         if probabilities:
-            proba = torch.softmax(upsample(grid, extent, size), dim=0)
+            scores = upsample(decision.grid, decision.extent, size)
+            fine = self._fine_scores(decision, 0, size[0])
+            if fine is not None:
+                scores += fine
+            proba = torch.softmax(scores, dim=0)
             top, labels = proba.max(dim=0)
             return Prediction(labels.numpy().astype(np.int64), proba.numpy(), (1 - top).numpy())
         labels = np.empty(size, dtype=np.int64)
         uncertainty = np.empty(size, dtype=np.float32)
-        for r0, r1, band in _bands(grid, extent, size):
+        for r0, r1, band in _bands(decision.grid, decision.extent, size):
+            fine = self._fine_scores(decision, r0, r1)
+            if fine is not None:
+                band = band + fine
             top, lab = torch.softmax(band, dim=0).max(dim=0)
             labels[r0:r1] = lab.numpy()
             uncertainty[r0:r1] = (1 - top).numpy()
@@ -283,6 +312,25 @@ class Segmenter:
         from pointseg.modelfile import load_model
 
         return load_model(cls, path, weights=weights, cache=cache, device=device, precision=precision)
+
+
+@dataclass
+class _Decision:
+    grid: torch.Tensor  # (K, h_f, w_f) deep scores incl. bias
+    extent: tuple[int, int]
+    image_size: tuple[int, int]
+    fine: np.ndarray | None  # cached full-resolution low-level features (hybrid)
+    rgb: np.ndarray | None  # the image, when fine features must be computed band by band (hybrid, streamed)
+
+
+def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
+    """Deep features sampled bilinearly at the points, then fine features at the pixels the points fall in."""
+    deep = sample_points(fmap, xy)
+    if fmap.fine is None:
+        return deep
+    cols = np.clip(np.floor(xy[:, 0]).astype(np.intp), 0, fmap.image_size[1] - 1)
+    rows = np.clip(np.floor(xy[:, 1]).astype(np.intp), 0, fmap.image_size[0] - 1)
+    return np.concatenate([deep, fmap.fine[:, rows, cols].T], axis=1)
 
 
 def _bands(grid: torch.Tensor, extent: tuple[int, int], size: tuple[int, int]):
