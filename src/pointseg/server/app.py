@@ -183,6 +183,11 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None) -> Fast
     async def _no_model(request: Request, exc: NoModel):
         return _err(409, str(exc))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return _err(500, f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -691,8 +696,8 @@ def _results_zip(store: ProjectStore, worker: Worker, *, labels: bool, overlays:
     os.close(fd)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         for img in store.list_images():
-            p = img["prediction"]
-            if p is None or p["status"] != "ok":
+            p = store.prediction(img["id"])
+            if p is None or p["status"] != "ok" or not p["label_path"]:
                 continue
             stem = Path(img["name"]).stem + f"-{img['id']}"
             need_pred = overlays or probabilities

@@ -1,6 +1,7 @@
 """``pointseg serve``: open (or create) a project folder and serve the interactive app."""
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 import threading
@@ -77,8 +78,10 @@ def serve_command(
 
     if host not in LOOPBACK and not token:
         token = secrets.token_urlsafe(24)
+    max_mb = float(os.environ.get("POINTSEG_MAX_UPLOAD_MB", "256"))
     settings = Settings(project_dir=store.dir, host=host, token=token, backbone=stored_backbone,
-                        weights=str(weights) if weights else None)
+                        weights=str(weights) if weights else None,
+                        max_upload_bytes=int(max_mb * 1024 * 1024))
     app = create_app(settings, store=store)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
@@ -105,6 +108,13 @@ def serve_command(
         threading.Thread(target=_open, daemon=True).start()
     try:
         server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful shutdown
+        pass
     finally:
         store.close()
         lock.close()
+    # Everything is committed and closed. Skip the interpreter's teardown of torch and friends, which
+    # takes seconds on a busy machine and has nothing left to save.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -222,8 +222,10 @@ class Worker:
             self._cond.notify_all()
         with self._fcond:
             self._fcond.notify_all()
+        # a fit or a feature computation in flight is not waited for: the threads are daemons and
+        # every state change they make is one SQLite transaction, so stopping mid-way is safe
         for t in self._threads:
-            t.join(timeout=5)
+            t.join(timeout=0.5)
 
     # ------------------------------------------------------------------ called by request handlers
     def notify_edit(self, rev: int) -> None:
@@ -302,7 +304,9 @@ class Worker:
         with self._cond:
             return {"model": self.model.public(), "batch": dict(self.batch),
                     "training": self._edit_rev > self.model.rev, "edit_rev": self._edit_rev,
-                    "cancelled_fits": self.cancelled_fits}
+                    "cancelled_fits": self.cancelled_fits,
+                    "features": {"cache_hits": self.features.cache.hits,
+                                 "cache_misses": self.features.cache.misses}}
 
     # ------------------------------------------------------------------ feature thread
     def _feature_loop(self) -> None:
