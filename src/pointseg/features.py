@@ -348,7 +348,10 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def _run(self, rgb: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device).permute(2, 0, 1)[None]
+        rgb = np.ascontiguousarray(rgb)
+        if not rgb.flags.writeable:  # read-only inputs (memory maps, cached arrays): torch wants a copy
+            rgb = rgb.copy()
+        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None]
         x = (x.float() / self.spec.input_scale - self._mean) / self._std
         with self._run_lock:  # one forward at a time: two would only fight over the same cores
             if self.precision == "bf16":

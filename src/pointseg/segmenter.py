@@ -22,6 +22,7 @@ from pointseg.classifier import (
     TrainingReport,
     cross_validate,
     head_scores,
+    single_thread,
 )
 from pointseg.errors import PointsegError
 from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, upsample
@@ -220,14 +221,18 @@ class Segmenter:
         extractor = self.extractor
         if isinstance(image, FeatureMap):
             extractor.check_compatible(image)
-            return _Decision(self._grid_scores(image.data), image.extent, image.image_size, image.fine, None)
+            with single_thread():
+                grid = self._grid_scores(image.data)
+            return _Decision(grid, image.extent, image.image_size, image.fine, None)
         rgb = load_image(image)
         key = extractor.key_for(rgb)
         fmap = extractor.cache.get(key)
         if fmap is None and rgb.shape[0] * rgb.shape[1] <= STREAM_ABOVE_PIXELS:
             fmap = extractor.extract(rgb)
         if fmap is not None:
-            return _Decision(self._grid_scores(fmap.data), fmap.extent, fmap.image_size, fmap.fine, None)
+            with single_thread():
+                grid = self._grid_scores(fmap.data)
+            return _Decision(grid, fmap.extent, fmap.image_size, fmap.fine, None)
         h, w = rgb.shape[:2]
         extent = extractor.padded_size((h, w))
         stride = extractor.spec.stride
@@ -277,6 +282,10 @@ class Segmenter:
         Without probabilities the upsampling runs in bands of rows, so memory stays bounded on huge images.
         """
         decision = self.decision_grid(image)
+        with single_thread():  # small per-pixel work: a thread pool only adds waiting (see classifier)
+            return self._finish(decision, probabilities)
+
+    def _finish(self, decision: "_Decision", probabilities: bool) -> Prediction:
         size = decision.image_size
         if probabilities:
             scores = upsample(decision.grid, decision.extent, size)
