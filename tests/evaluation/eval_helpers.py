@@ -12,7 +12,7 @@ from pointseg.evaluation.methods import Method
 
 
 def make_dataset(root: Path, n: int = 6, size=(40, 52), with_empty: bool = True, ignore_band: bool = True,
-                 noise: float = 0.0, seed: int = 0) -> Path:
+                 noise: float = 0.0, seed: int = 0, rect=(14, 16)) -> Path:
     """Grey images: background 40, a bright (200) rectangle of class 1 at a different place in each image.
 
     The last image has no class 1 when ``with_empty``; the first has a ring of ignore pixels (255) around
@@ -25,8 +25,8 @@ def make_dataset(root: Path, n: int = 6, size=(40, 52), with_empty: bool = True,
     for i in range(n):
         mask = np.zeros((h, w), np.uint8)
         if not (with_empty and i == n - 1):
-            top, left = 6 + (i * 3) % 12, 8 + (i * 5) % 20
-            mask[top:top + 14, left:left + 16] = 1
+            top, left = 6 + 2 * i, 8 + 3 * i          # a different image each time
+            mask[top:top + rect[0], left:left + rect[1]] = 1
         img = np.where(mask == 1, 200.0, 40.0)
         if noise:
             img = img + rng.normal(0, noise, img.shape)
