@@ -2,12 +2,12 @@
 
 Method specs (``--method``, repeatable)::
 
-    default                 Segmenter() - the default backbone and classifier
+    default                 Segmenter.preset("default") - what pointseg uses when nothing is specified
     seed                    Segmenter.preset("seed") - resnet18, layers 1-3, logistic regression
     skimage-rf              scikit-image trainable segmentation (see anchors.py)
-    <backbone>              Segmenter(backbone=<backbone>), e.g. resnet18, efficientnet_lite0
-    <backbone>-rf           Segmenter(backbone=<backbone>, classifier="random_forest")
-    default-rf              the default backbone with the random forest
+    <backbone>              the default preset with backbone=<backbone>, e.g. resnet18, efficientnet_lite0
+    <backbone>-rf           the same with classifier="random_forest" on the deep features alone
+    default-rf              the default backbone's deep features with the random forest
 
 A spec may carry its own Segmenter options after a colon, e.g. ``default:C=0.1,tile_size=512`` (values are
 Python literals, otherwise strings), so one run can compare configurations; a ``@label`` suffix names it in
@@ -177,21 +177,33 @@ def build_method(
         seg = _construct(spec, lambda: pointseg.Segmenter.preset("seed", classes=classes, cache=cache, **kwargs))
         return SegmenterMethod(spec.name, seg, {"method": "seed", **_jsonable(seg.get_params())})
 
-    classifier = opts.pop("classifier", None)
-    backbone = opts.pop("backbone", None)
-    if base.endswith("-rf"):
-        classifier = "random_forest"
+    # everything else starts from the default preset, so "default" follows it when it changes
+    from pointseg.presets import preset_params
+
+    params = preset_params("default")
+    user = dict(opts)
+    rf = base.endswith("-rf")
+    if rf:
         base = base[: -len("-rf")]
     if base != "default":
-        backbone = base
-    kwargs = dict(opts)
-    if backbone is not None:
-        kwargs["backbone"] = backbone
-    if classifier is not None:
-        kwargs["classifier"] = classifier
-    _add_run_weights(kwargs, run_weights, kwargs.get("backbone"))
-    seg = _construct(spec, lambda: pointseg.Segmenter(classes=classes, cache=cache, **kwargs))
+        user["backbone"] = base
+    params.update(user)
+    if rf:
+        # the deep-features + random-forest anchor (ilastik / convpaint classifier family)
+        params["classifier"] = "random_forest"
+        if "features" in _segmenter_params() and "features" not in user:
+            params["features"] = "deep"
+    _add_run_weights(params, run_weights, params.get("backbone"))
+    seg = _construct(spec, lambda: pointseg.Segmenter(classes=classes, cache=cache, **params))
     return SegmenterMethod(spec.name, seg, {"method": spec.base, **_jsonable(seg.get_params())})
+
+
+def _segmenter_params() -> set[str]:
+    import inspect
+
+    import pointseg
+
+    return set(inspect.signature(pointseg.Segmenter).parameters)
 
 
 def _add_run_weights(kwargs: dict, weights, backbone: str | None) -> None:
