@@ -340,7 +340,22 @@ class Worker:
                 self._cond.notify_all()   # a batch may be waiting for these
 
     # ------------------------------------------------------------------ model thread
+    @staticmethod
+    def _warm_up() -> None:
+        """Import and exercise the fitting and prediction code once, so the first click is not slow."""
+        import torch
+        from sklearn.linear_model import LogisticRegression
+
+        rng = np.random.default_rng(0)
+        LogisticRegression(max_iter=50).fit(rng.normal(size=(40, 16)), np.arange(40) % 2)
+        torch.nn.functional.interpolate(torch.zeros(1, 2, 8, 8), size=(32, 32), mode="bilinear",
+                                        align_corners=False).softmax(1)
+
     def _model_loop(self) -> None:
+        try:
+            self._warm_up()
+        except Exception:  # noqa: BLE001 - only an optimisation
+            log.exception("warm-up failed")
         while not self._stop:
             try:
                 task = self._next_task()

@@ -23,7 +23,7 @@ const S = {
   tool: "point",
   brush: 12,
   view: "labels",
-  opacity: 0.55,
+  opacity: 0.45,
   overlayOn: true,
   vt: { s: 1, tx: 0, ty: 0 },
   suggestions: [],
@@ -132,9 +132,9 @@ async function loadImages() {
 }
 
 let imagesTimer = null;
-function loadImagesSoon() {
+function loadImagesSoon() {      // badges and per-class counts, a moment after edits settle
   clearTimeout(imagesTimer);
-  imagesTimer = setTimeout(() => loadImages().catch(fail), 400);
+  imagesTimer = setTimeout(() => Promise.all([loadImages(), loadClasses()]).catch(fail), 400);
 }
 
 async function openImage(id) {
@@ -608,7 +608,6 @@ function renderInfobar() {
   if (S.lastLatency !== null) add("click → overlay", fmtMs(S.lastLatency));
   if (t.fit_ms !== undefined) add("fit", fmtMs(t.fit_ms));
   if (t.predict_ms !== undefined) add("predict", fmtMs(t.predict_ms));
-  if (t.encode_ms !== undefined) add("encode", fmtMs(t.encode_ms));
 }
 
 function renderHint() {
@@ -618,6 +617,13 @@ function renderHint() {
   if (m && m.status !== "ok") return showHint(m.message);
   if (!S.featuresReady[S.currentId] && +$("#overlay-img").dataset.rev < 0) return showHint("Computing features for this image…");
   showHint(null);
+}
+
+let flashTimer = null;
+function flashHint(text, ms = 4000) {
+  showHint(text);
+  clearTimeout(flashTimer);
+  flashTimer = setTimeout(renderHint, ms);
 }
 
 function showHint(text) {
@@ -965,8 +971,8 @@ async function suggest() {
     const data = await api("GET", `/api/images/${S.currentId}/suggestions?n=5`);
     S.suggestions = data.suggestions;
     drawMarks();
-    toast(data.suggestions.length ? `${data.suggestions.length} uncertain regions marked: a click in each helps most.`
-                                  : "The model is confident everywhere on this image.", "info", 3500);
+    flashHint(data.suggestions.length ? `${data.suggestions.length} uncertain regions marked: a click in each helps most`
+                                      : "The model is confident everywhere on this image");
   } catch (err) { fail(err); }
 }
 
