@@ -1,17 +1,20 @@
 """``pointseg evaluate``: measure accuracy per click with a simulated user, side by side with the anchors."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-_METHOD_HELP = (
-    "Method to evaluate; repeat to compare several with the same clicks: default, seed (the seed preset: "
-    "resnet18 layers 1-3 + logistic regression), skimage-rf (scikit-image filter bank + random forest), "
-    "<backbone> (e.g. resnet18, efficientnet_lite0), <backbone>-rf or default-rf (deep features + random "
-    "forest). Per-method Segmenter options: 'default:C=0.1,tile_size=512@mylabel'."
-)
+
+class Protocol(str, Enum):
+    random = "random"
+    corrective = "corrective"
+    both = "both"
+
+
+_METHOD_HELP = "Method to evaluate (repeat to compare; default: default). See the methods above."
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -42,10 +45,10 @@ def evaluate_command(
         help="Dataset folder: images/, masks/ (same stems, uint8 class ids, 255 = ignore), classes.json, "
              "optional meta.json with ignore_index.", show_default=False)],
     method: Annotated[Optional[list[str]], typer.Option(
-        "--method", "-m", help=_METHOD_HELP, show_default="default")] = None,
-    protocol: Annotated[str, typer.Option(
+        "--method", "-m", help=_METHOD_HELP, show_default=False)] = None,
+    protocol: Annotated[Protocol, typer.Option(
         help="random (N clicks per class drawn 2 px inside the class), corrective (NoC protocol: click the "
-             "deepest point of the largest error, retrain after each click) or both.")] = "both",
+             "deepest point of the largest error, retrain after each click) or both.")] = Protocol.both,
     train_images: Annotated[int, typer.Option(
         "--train-images", "-k", help="Training images drawn per seed (among images showing >= 2 classes).")] = 3,
     train: Annotated[Optional[list[str]], typer.Option(
@@ -83,7 +86,16 @@ def evaluate_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Evaluate methods on DATASET_DIR with a simulated user: mIoU and defect IoU on the clicked images
-    (interactive) and on held-out images (transfer), NoC@80/85/90, mean and spread over seeds."""
+    (interactive) and on held-out images (transfer), NoC@80/85/90, mean and spread over seeds.
+
+    Methods (-m, all see the same clicks): default | seed (resnet18 layers 1-3 + logistic regression, the
+    reference) | skimage-rf (scikit-image filter bank + random forest) | BACKBONE (e.g. resnet18) |
+    BACKBONE-rf or default-rf (deep features + random forest). Add Segmenter options and a label per method:
+    -m 'default:C=0.5,tile_size=512@C0.5'.
+
+    Example: pointseg evaluate ../shared/datasets/crackforest -m default -m seed -m skimage-rf
+    --protocol corrective --test 10 --json out.json --plot out.png
+    """
     params = dict(locals())
     from pointseg.errors import PointsegError
 
@@ -105,10 +117,10 @@ def _run(**kw) -> None:
     from .report import plot_curves, print_tables, write_csv, write_json
     from .runner import EvalConfig, evaluate, progress_units
 
-    protocol = kw["protocol"].lower()
+    protocol = getattr(kw["protocol"], "value", kw["protocol"])
     protocols = {"both": ("random", "corrective"), "random": ("random",), "corrective": ("corrective",)}.get(protocol)
     if protocols is None:
-        raise PointsegError(f"--protocol {kw['protocol']!r}: use random, corrective or both")
+        raise PointsegError(f"--protocol {protocol!r}: use random, corrective or both")
     transfer_at = None if kw["transfer_at"].strip().lower() == "all" else _ints(kw["transfer_at"], "--transfer-at")
     config = EvalConfig(
         protocols=protocols,

@@ -161,7 +161,7 @@ class _Driver:
         return acc
 
 
-def _check_trainable(points, present_classes, what):
+def _check_trainable(points, what):
     classes = set()
     for p in points:
         classes.update(int(c) for c in np.asarray(p).reshape(-1, 3)[:, 2])
@@ -179,7 +179,7 @@ def run_random(driver: _Driver, split: Split, seed: int, config: EvalConfig, nam
     points = []
     for n in sorted(set(config.clicks)):
         pts = [st[n] for st in sets]
-        _check_trainable(pts, None, f"seed {seed}")
+        _check_trainable(pts, f"seed {seed}")
         driver.fit(split.train, pts, seed)
         inter = driver.accumulate(split.train)
         trans = driver.accumulate(split.test) if split.test else None
@@ -199,7 +199,7 @@ def run_corrective(driver: _Driver, split: Split, seed: int, config: EvalConfig,
     stems = list(split.train)
     masks = [store.mask(s) for s in stems]
     clicks = [initial_clicks(m, K) for m in masks]
-    _check_trainable(clicks, None, f"seed {seed}")
+    _check_trainable(clicks, f"seed {seed}")
     k0 = max(1, min(len(c) for c in clicks))
     done = [False] * len(stems)
     image_curves: dict[str, list[list[float]]] = {s: [] for s in stems}
