@@ -88,3 +88,24 @@ def test_random_forest_refuses_hybrid():
     seg = Segmenter("efficientnet_lite0", ["bg", "line"], classifier="random_forest", features="hybrid")
     with pytest.raises(Exception, match="features='deep' only"):
         seg.fit([image], [np.array([[1, 1, 0], [20, 5, 1]], float)])
+
+
+def test_smoothing_removes_speckle_and_bands_match_the_whole_image(monkeypatch):
+    image, truth = thin_lines_image()
+    rng = np.random.default_rng(1)
+    noisy = np.clip(image.astype(int) + rng.normal(0, 25, image.shape), 0, 255).astype(np.uint8)
+    pts = np.array([[20, 10, 1], [100, 51, 1], [60, 100, 0], [200, 20, 0], [150, 170, 0], [90, 90, 0]], float)
+    from scipy import ndimage
+
+    regions = {}
+    for sigma in (0.0, 2.0):
+        seg = Segmenter("efficientnet_lite0", ["bg", "line"], precision="fp32", features="hybrid", smoothing=sigma)
+        seg.fit([noisy], [pts])
+        whole = seg.predict_full(noisy)
+        monkeypatch.setattr(segmenter_module, "BAND_ROWS", 32)
+        banded = seg.predict_full(noisy, probabilities=False)
+        monkeypatch.undo()
+        np.testing.assert_array_equal(banded.labels, whole.labels)
+        np.testing.assert_allclose(banded.uncertainty, whole.uncertainty, atol=1e-5)
+        regions[sigma] = ndimage.label(whole.labels == 1)[1] + ndimage.label(whole.labels == 0)[1]
+    assert regions[2.0] < regions[0.0]
