@@ -123,8 +123,9 @@ class FeatureStore:
         self.cache = FeatureCache(max_bytes=max_bytes, disk_dir=store.dir / "features")
         # A template Segmenter that owns the feature extractor; models are shallow copies of it, so they
         # all share one loaded network and one cache.
-        self.base = Segmenter(backbone=backbone, weights=weights, precision=precision, cache=self.cache,
-                              cross_validate=False)
+        # the default preset, so the app follows whatever pointseg's default method is
+        self.base = Segmenter.preset("default", backbone=backbone, weights=weights, precision=precision,
+                                     cache=self.cache, cross_validate=False)
         self._keys: dict[int, str] = {}
         self._pinned: dict[int, object] = {}
         self._locks: dict[int, threading.Lock] = {}
@@ -132,11 +133,17 @@ class FeatureStore:
         self.compute_ms: dict[int, float] = {}
 
     def warm(self) -> None:
-        """Load the network and the fitting code (the first click would otherwise pay ~1 s for it)."""
-        self.base.extractor  # noqa: B018 - property builds the extractor
-        import scipy.ndimage  # noqa: F401
-        import sklearn.linear_model  # noqa: F401
-        import sklearn.model_selection  # noqa: F401
+        """Load the network and run one tiny fit and prediction, so the user's first click is not slow."""
+        from pointseg import FeatureMap
+
+        extractor = self.base.extractor
+        rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        fmap = FeatureMap(extractor.compute(rgb), (64, 64), extractor.padded_size((64, 64)), "warm-up",
+                          extractor.id)
+        seg = copy.copy(self.base)
+        seg.classes, seg.cross_validate = ["a", "b"], True
+        seg.fit([fmap], [np.array([[5, 5, 0], [50, 50, 1], [10, 5, 0], [55, 50, 1]], dtype=np.float64)])
+        seg.predict_full(fmap, probabilities=True)
 
     def ready(self, image_id: int) -> bool:
         key = self._keys.get(image_id)
@@ -183,11 +190,15 @@ class Worker:
     """Owns the model, the feature jobs and "predict all" for one project."""
 
     def __init__(self, store: ProjectStore, features: FeatureStore, events: EventHub | None = None,
-                 *, debounce_s: float = 0.01, cache_results: int = 6):
+                 *, debounce_s: float = 0.01, idle_s: float = 1.0, cache_results: int = 6):
         self.store = store
         self.features = features
         self.events = events or EventHub()
         self.debounce_s = debounce_s
+        # cross-validation (several fits) and bookkeeping wait until the user pauses this long, so they
+        # never sit between a click and its overlay
+        self.idle_s = idle_s
+        self._prev_edit = 0.0
         self.model = ModelState()
         self._cond = threading.Condition()
         self._edit_rev = store.rev()
@@ -231,7 +242,7 @@ class Worker:
     def notify_edit(self, rev: int) -> None:
         with self._cond:
             self._edit_rev = max(self._edit_rev, rev)
-            self._last_edit = time.monotonic()
+            self._prev_edit, self._last_edit = self._last_edit, time.monotonic()
             self._cond.notify_all()
 
     def request_features(self, image_id: int, prio: int = PRIO_VIEW) -> bool:
@@ -340,22 +351,7 @@ class Worker:
                 self._cond.notify_all()   # a batch may be waiting for these
 
     # ------------------------------------------------------------------ model thread
-    @staticmethod
-    def _warm_up() -> None:
-        """Import and exercise the fitting and prediction code once, so the first click is not slow."""
-        import torch
-        from sklearn.linear_model import LogisticRegression
-
-        rng = np.random.default_rng(0)
-        LogisticRegression(max_iter=50).fit(rng.normal(size=(40, 16)), np.arange(40) % 2)
-        torch.nn.functional.interpolate(torch.zeros(1, 2, 8, 8), size=(32, 32), mode="bilinear",
-                                        align_corners=False).softmax(1)
-
     def _model_loop(self) -> None:
-        try:
-            self._warm_up()
-        except Exception:  # noqa: BLE001 - only an optimisation
-            log.exception("warm-up failed")
         while not self._stop:
             try:
                 task = self._next_task()
@@ -368,9 +364,13 @@ class Worker:
     def _next_task(self):
         with self._cond:
             while not self._stop:
+                now = time.monotonic()
                 if self._edit_rev > self.model.rev:
-                    wait = self._last_edit + self.debounce_s - time.monotonic()
-                    if wait > 0:
+                    # debounce on the trailing edge only within a burst: the first edit after a pause
+                    # trains at once, edits in quick succession are coalesced into one fit
+                    burst = self._last_edit - self._prev_edit < self.debounce_s
+                    wait = self._last_edit + self.debounce_s - now
+                    if burst and wait > 0:
                         self._cond.wait(wait)
                         continue
                     return self._train
@@ -378,13 +378,18 @@ class Worker:
                     return self._serve_requests
                 if self.batch["running"]:
                     return self._batch_step
-                if self.model.status == "ok" and not self.model.cv_done:
-                    return self._cross_validate
-                if self.model.status == "ok" and not self.model.recorded:
-                    return self._record
-                self._cond.wait(1.0)
-                if self.model.status == "ok" and not self.model.saved and self._edit_rev == self.model.rev:
+                idle = now - self._last_edit
+                if self.model.status == "ok" and not (self.model.cv_done and self.model.recorded
+                                                      and self.model.saved):
+                    if idle < self.idle_s:
+                        self._cond.wait(self.idle_s - idle)
+                        continue
+                    if not self.model.cv_done:
+                        return self._cross_validate
+                    if not self.model.recorded:
+                        return self._record
                     return self._save_model
+                self._cond.wait(1.0)
             return None
 
     def _fail_requests(self, message: str) -> None:
