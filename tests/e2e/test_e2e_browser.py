@@ -204,3 +204,86 @@ def test_real_images_and_readme_screenshot(page, make_server, tmp_path):
         (REPO / "docs" / "app.png").write_bytes(out.read_bytes())
     assert _real_errors(page) == []
     api.close()
+
+
+def test_upload_classes_scribble_eraser_in_chromium(page, make_server, tmp_path):
+    """A new project filled from the page: uploads, class management, scribbles, the eraser, undo/redo."""
+    files = write_images(tmp_path / "imgs", 2, h=H, w=W)
+    server = make_server()                                   # empty project
+    api = server.client()
+    page.on("dialog", lambda d: d.accept())                  # the delete confirmation
+    page.goto(server.url + "/")
+    page.wait_for_selector("#empty:not([hidden])")
+    page.set_input_files("#upload-input", [str(f) for f in files])
+    page.wait_for_selector("#image-list li >> nth=1")
+    page.wait_for_function("() => document.querySelector('#base-img').naturalWidth > 0")
+    assert page.locator("#empty").is_hidden()
+
+    for name in ("alpha", "beta", "gamma"):
+        page.fill("#new-class-name", name)
+        page.press("#new-class-name", "Enter")
+        page.wait_for_selector(f"#class-list li:has-text('{name}')")
+    # rename (double-click), recolour, move up, delete (confirmed)
+    page.dblclick("#class-list li:has-text('gamma') .cname")
+    page.fill("#class-list .cname input", "delta")
+    page.press("#class-list .cname input", "Enter")
+    page.wait_for_selector("#class-list li:has-text('delta')")
+    page.locator("#class-list li:has-text('delta') input[type=color]").fill("#ff0088")
+    page.wait_for_function("() => S.classes.some(c => c.name === 'delta' && c.color === '#ff0088')")
+    page.locator("#class-list li:has-text('delta')").hover()
+    page.click("#class-list li:has-text('delta') button[title='Move up']")
+    page.wait_for_function("() => S.classes.map(c => c.name).join() === 'alpha,delta,beta'")
+    page.click("#class-list li:has-text('delta') button[title='Delete']")
+    page.wait_for_function("() => S.classes.map(c => c.name).join() === 'alpha,beta'")
+    assert [c["name"] for c in api.get("/api/classes").json()["classes"]] == ["alpha", "beta"]
+
+    # scribbles of both classes (S, drag), with brush width 10
+    page.locator("#viewport").focus()
+    page.keyboard.press("s")
+    page.locator("#brush").fill("10")
+    box = page.locator("#base-img").bounding_box()
+    sx, sy = box["width"] / W, box["height"] / H
+
+    def drag(points):
+        page.mouse.move(box["x"] + points[0][0] * sx, box["y"] + points[0][1] * sy)
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(box["x"] + x * sx, box["y"] + y * sy, steps=4)
+        page.mouse.up()
+
+    page.keyboard.press("1")
+    drag([(40, 30), (60, 120), (50, 210)])
+    page.keyboard.press("2")
+    drag([(250, 30), (270, 120), (260, 210)])
+    image_id = page.evaluate("() => S.currentId")
+    page.wait_for_function("() => S.annotations.length === 2")
+    anns = api.get(f"/api/images/{image_id}/annotations").json()["annotations"]
+    assert [a["kind"] for a in anns] == ["scribble", "scribble"] and all(a["width"] == 10 for a in anns)
+    _wait_overlay(page, image_id, api.get("/api/status").json()["rev"])
+
+    # the eraser removes the mark it is dragged over; undo brings it back, redo removes it again
+    page.keyboard.press("e")
+    drag([(45, 100), (70, 110)])
+    page.wait_for_function("() => S.annotations.length === 1")
+    assert len(api.get(f"/api/images/{image_id}/annotations").json()["annotations"]) == 1
+    page.keyboard.press("Control+z")
+    page.wait_for_function("() => S.annotations.length === 2")
+    page.keyboard.press("Control+Shift+z")
+    page.wait_for_function("() => S.annotations.length === 1")
+
+    # views and zoom
+    page.keyboard.press("1")
+    page.keyboard.press("p")
+    _click_image(page, 60, 120)
+    rev = api.get("/api/status").json()["rev"]
+    _wait_overlay(page, image_id, rev)
+    page.select_option("#view-select", "proba:1")
+    page.wait_for_function("() => document.querySelector('#overlay-img').dataset.view === 'proba:1'")
+    before = page.locator("#zoom-label").inner_text()
+    page.mouse.move(box["x"] + 100, box["y"] + 100)
+    page.mouse.wheel(0, -400)
+    page.wait_for_function(f"() => document.querySelector('#zoom-label').textContent !== '{before}'")
+    page.keyboard.press("f")
+    page.wait_for_function(f"() => document.querySelector('#zoom-label').textContent === '{before}'")
+    assert _real_errors(page) == []
+    api.close()

@@ -691,6 +691,7 @@ function step(delta) {
 }
 
 function renderClasses() {
+  if (S.renaming) return;             // do not pull the text field from under the user; redrawn after
   const list = $("#class-list");
   const nodes = S.classes.map((c, i) => {
     const color = el("input", { type: "color", value: c.color, title: "Colour", "aria-label": `Colour of ${c.name}` });
@@ -705,7 +706,7 @@ function renderClasses() {
       el("button", { class: "mini", title: "Rename", "aria-label": `Rename ${c.name}`, onclick: (ev) => { ev.stopPropagation(); rename(c, name); } }, "✎"),
       el("button", { class: "mini del", title: "Delete", "aria-label": `Delete ${c.name}`, onclick: (ev) => { ev.stopPropagation(); removeClass(c); } }, "✕"));
     return el("li", { class: c.id === S.classId ? "current" : "", dataset: { id: c.id },
-                      onclick: () => { S.classId = c.id; renderClasses(); drawMarks(); } },
+                      onclick: () => selectClass(c.id) },
       el("span", { class: "key" }, i < 9 ? String(i + 1) : ""), color, name,
       el("span", { class: "n", title: "annotations" }, String(c.n_annotations)), acts);
   });
@@ -716,15 +717,23 @@ function renderClasses() {
   renderHint();
 }
 
+function selectClass(id) {            // without rebuilding the list, so a double-click still lands
+  S.classId = id;
+  document.querySelectorAll("#class-list li").forEach((li) => li.classList.toggle("current", +li.dataset.id === id));
+  drawMarks();
+}
+
 function rename(c, node) {
   const input = el("input", { type: "text", value: c.name, maxlength: 80, "aria-label": "Class name" });
   node.replaceChildren(input);
   input.focus();
   input.select();
+  S.renaming = c.id;
   let done = false;
   const commit = (save) => {
     if (done) return;
     done = true;
+    S.renaming = null;
     const v = input.value.trim();
     if (save && v && v !== c.name) api("PATCH", `/api/classes/${c.id}`, { name: v }).then(loadClasses).catch((e) => { fail(e); loadClasses(); });
     else loadClasses().catch(fail);
@@ -987,7 +996,7 @@ function onKey(ev) {
   if (ev.code === "Space") { spaceDown = true; ev.preventDefault(); return; }
   if (/^[1-9]$/.test(k)) {
     const c = S.classes[+k - 1];
-    if (c) { S.classId = c.id; renderClasses(); drawMarks(); }
+    if (c) selectClass(c.id);
     return;
   }
   switch (k.toLowerCase()) {
