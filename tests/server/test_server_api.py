@@ -103,39 +103,6 @@ def test_bad_requests_get_one_line_4xx(shared_server):
             assert isinstance(detail, str) and "\n" not in detail and words.lower() in detail.lower(), detail
 
 
-def test_uploads_checked_for_type_size_and_content(make_server, tmp_path):
-    s = make_server(env={"POINTSEG_MAX_UPLOAD_MB": "0.05"})
-    good = io.BytesIO()
-    Image.fromarray(two_region_image(64, 80)).save(good, format="PNG")
-    with s.client() as c:
-        r = c.post("/api/images", files=[("files", ("a.png", good.getvalue(), "image/png"))])
-        assert r.status_code == 201, r.text
-        first = r.json()["added"][0]
-        assert first["created"] and (first["width"], first["height"]) == (80, 64)
-        # the same content again is the same image
-        r = c.post("/api/images", files=[("files", ("copy.png", good.getvalue(), "image/png"))])
-        assert r.status_code == 201 and not r.json()["added"][0]["created"]
-        assert len(c.get("/api/images").json()["images"]) == 1
-        r = c.post("/api/images", files=[("files", ("notes.txt", b"hello", "text/plain"))])
-        assert r.status_code == 415 and "unsupported file type" in r.json()["detail"]
-        r = c.post("/api/images", files=[("files", ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 300, "image/png"))])
-        assert r.status_code == 422 and "broken.png" in r.json()["detail"]
-        noise = io.BytesIO()
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(noise, "PNG")
-        r = c.post("/api/images", files=[("files", ("big.png", noise.getvalue(), "image/png"))])
-        assert r.status_code == 413 and "upload limit" in r.json()["detail"]
-        assert len(c.get("/api/images").json()["images"]) == 1
-        # nothing half-written was left behind
-        leftovers = [p.name for p in (tmp_path / "project" / "images").iterdir() if p.name.startswith(".upload")]
-        assert leftovers == []
-        # the page never sees where the file lives
-        body = c.get(f"/api/images/{first['id']}").text + c.get("/api/project").text
-        assert str(tmp_path) not in body
-        r = c.get(f"/api/images/{first['id']}/file")
-        assert r.status_code == 200 and r.content == good.getvalue()
-        assert c.get(f"/api/images/{first['id']}/thumb").headers["content-type"] == "image/jpeg"
-
-
 def test_undo_redo_and_eraser_over_http(shared_server):
     with shared_server.client() as c:
         img = c.get("/api/images").json()["images"][1]
@@ -195,6 +162,67 @@ def test_event_stream_reports_edits_and_models(shared_server):
 
 
 # ------------------------------------------------------------------------------------------- safety
+@pytest.fixture(scope="module")
+def remote_server(tmp_path_factory):
+    """Bound to 0.0.0.0 without --token (one is generated), with a 50 KiB upload limit."""
+    from serverkit import Server
+
+    root = tmp_path_factory.mktemp("remote")
+    s = Server(root / "project", host="0.0.0.0", env={"POINTSEG_MAX_UPLOAD_MB": "0.05"}).start()
+    printed = "".join(s.log)
+    assert "?token=" in printed
+    s.token = printed.split("?token=")[1].split()[0]
+    yield s
+    s.stop()
+
+
+def test_token_required_off_loopback(remote_server):
+    s, token = remote_server, remote_server.token
+    with httpx.Client(base_url=s.url, timeout=30) as c:
+        assert c.get("/api/images").status_code == 401
+        assert c.get("/api/images", headers={"X-Pointseg-Token": "wrong"}).status_code == 401
+        assert c.get("/api/images", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert c.get("/api/project", params={"token": token}).status_code == 200
+        assert c.get("/").status_code == 200                  # the page itself holds no data
+        # opening the printed URL sets an HttpOnly cookie, so <img> and the event stream work
+        r = c.get("/", params={"token": token})
+        assert r.status_code == 200 and "httponly" in r.headers["set-cookie"].lower()
+        assert c.get("/api/images").status_code == 200          # cookie now in the client jar
+
+
+def test_uploads_checked_for_type_size_and_content(remote_server):
+    s = remote_server
+    good = io.BytesIO()
+    Image.fromarray(two_region_image(64, 80)).save(good, format="PNG")
+    with s.client() as c:
+        r = c.post("/api/images", files=[("files", ("a.png", good.getvalue(), "image/png"))])
+        assert r.status_code == 201, r.text
+        first = r.json()["added"][0]
+        assert first["created"] and (first["width"], first["height"]) == (80, 64)
+        # the same content again is the same image
+        r = c.post("/api/images", files=[("files", ("copy.png", good.getvalue(), "image/png"))])
+        assert r.status_code == 201 and not r.json()["added"][0]["created"]
+        assert len(c.get("/api/images").json()["images"]) == 1
+        r = c.post("/api/images", files=[("files", ("notes.txt", b"hello", "text/plain"))])
+        assert r.status_code == 415 and "unsupported file type" in r.json()["detail"]
+        r = c.post("/api/images", files=[("files", ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 300, "image/png"))])
+        assert r.status_code == 422 and "broken.png" in r.json()["detail"]
+        noise = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(noise, "PNG")
+        r = c.post("/api/images", files=[("files", ("big.png", noise.getvalue(), "image/png"))])
+        assert r.status_code == 413 and "upload limit" in r.json()["detail"]
+        assert len(c.get("/api/images").json()["images"]) == 1
+        # nothing half-written was left behind
+        leftovers = [p.name for p in (s.project / "images").iterdir() if p.name.startswith(".upload")]
+        assert leftovers == []
+        # the page never sees where the file lives
+        body = c.get(f"/api/images/{first['id']}").text + c.get("/api/project").text
+        assert str(s.project) not in body and "/images/" not in body
+        r = c.get(f"/api/images/{first['id']}/file")
+        assert r.status_code == 200 and r.content == good.getvalue()
+        assert c.get(f"/api/images/{first['id']}/thumb").headers["content-type"] == "image/jpeg"
+
+
 def test_loopback_guards_host_origin_and_no_cors(shared_server):
     with shared_server.client() as c:
         r = c.get("/api/images", headers={"Host": "attacker.example:80"})
@@ -210,24 +238,6 @@ def test_loopback_guards_host_origin_and_no_cors(shared_server):
         assert page.status_code == 200 and "<title>pointseg</title>" in page.text
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert c.get("/static/../app.py").status_code == 404
-
-
-def test_token_required_off_loopback(make_server, tmp_path):
-    write_images(tmp_path / "imgs", 1)
-    s = make_server(host="0.0.0.0", images=[tmp_path / "imgs"])      # no --token: one is generated
-    printed = "".join(s.log)
-    assert "?token=" in printed
-    token = printed.split("?token=")[1].split()[0]
-    s.token = None
-    with httpx.Client(base_url=s.url, timeout=30) as c:
-        assert c.get("/api/images").status_code == 401
-        assert c.get("/api/images", headers={"X-Pointseg-Token": "wrong"}).status_code == 401
-        assert c.get("/api/images", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-        assert c.get("/api/images/1/thumb", params={"token": token}).status_code == 200
-        # opening the printed URL sets an HttpOnly cookie, so <img> and the event stream work
-        r = c.get("/", params={"token": token})
-        assert r.status_code == 200 and "httponly" in r.headers["set-cookie"].lower()
-        assert c.get("/api/images").status_code == 200          # cookie now in the client jar
 
 
 # ------------------------------------------------------------------------------------------- durability
@@ -274,19 +284,20 @@ def test_kill_9_and_restart_loses_nothing(make_server, tmp_path):
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_two_clients_at_once(make_server, tmp_path):
-    write_images(tmp_path / "imgs", 2)
-    s = make_server(images=[tmp_path / "imgs"])
-    with s.client() as c:
-        cls = setup_classes(c)
+def test_two_clients_at_once(shared_server):
+    """Two tabs clicking on both images at the same time: every edit lands once, the model follows."""
+    with shared_server.client() as c:
+        cls = c.get("/api/classes").json()["classes"][:2]
         ids = [i["id"] for i in c.get("/api/images").json()["images"]]
+        count0 = sum(len(c.get(f"/api/images/{i}/annotations").json()["annotations"]) for i in ids)
+        version0 = c.get("/api/model").json()["version"]
     n = 25
     errors: list[str] = []
     revs: list[list[int]] = [[], []]
 
     def tab(k: int):
         rng = np.random.default_rng(k)
-        with s.client() as c:
+        with shared_server.client() as c:
             for j in range(n):
                 image_id = ids[(j + k) % 2]                       # both tabs edit both images
                 side = j % 2
@@ -310,13 +321,16 @@ def test_two_clients_at_once(make_server, tmp_path):
     assert errors == []
     all_revs = revs[0] + revs[1]
     assert len(set(all_revs)) == 2 * n                           # every edit got its own revision
-    with s.client() as c:
+    with shared_server.client() as c:
         total = sum(len(c.get(f"/api/images/{i}/annotations").json()["annotations"]) for i in ids)
-        assert total == 2 * n
+        assert total == count0 + 2 * n
         _, _, resp = _overlay(c, ids[0], max(all_revs))
         assert int(resp.headers["X-Model-Rev"]) >= max(all_revs)
-        assert c.get("/api/model").json()["report"]["n_points"] == 2 * n
-    db = sqlite3.connect(f"file:{tmp_path / 'project' / 'project.sqlite'}?mode=ro", uri=True)
+        model = c.get("/api/model").json()
+        assert model["report"]["n_points"] >= 2 * n
+        # edits arriving while a fit runs are coalesced into the next fit, never queued one by one
+        assert model["version"] - version0 < 2 * n
+    db = sqlite3.connect(f"file:{shared_server.project / 'project.sqlite'}?mode=ro", uri=True)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 

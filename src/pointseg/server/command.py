@@ -17,7 +17,8 @@ def serve_command(
     project_dir: Annotated[Path, typer.Argument(
         metavar="PROJECT_DIR", help="Project folder (created if missing); holds project.sqlite and caches.")],
     images: Annotated[Optional[list[Path]], typer.Option(
-        "--images", "-i", help="Folder of images to add to the project (by reference; repeatable).")] = None,
+        "--images", "-i", metavar="DIR",
+        help="Folder of images to add to the project (by reference; repeatable).")] = None,
     host: Annotated[str, typer.Option(
         help="Address to bind. Anything but the loopback requires an access token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
@@ -30,10 +31,9 @@ def serve_command(
     weights: Annotated[Optional[Path], typer.Option(
         help="Backbone weights file or folder (ResNet backbones).", envvar="POINTSEG_WEIGHTS")] = None,
 ) -> None:
-    """Serve the interactive click → train → correct app for PROJECT_DIR.
+    """Serve the interactive click → train → correct app for PROJECT_DIR and print its URL.
 
-    Keys in the page: 1–9 pick a class, P/S/E point/scribble/eraser, Ctrl+Z / Ctrl+Shift+Z undo/redo,
-    ← → previous/next image, F fit to window, O toggle the overlay, ? for all keys.
+    In the page: 1–9 pick a class; P, S, E point, scribble, eraser; Ctrl+Z, Ctrl+Shift+Z undo, redo; ← → previous, next image; F fit; G suggest where to click; ? all keys.
     """
     import uvicorn
 

@@ -253,7 +253,10 @@ class Worker:
             old = self._fqueued.get(image_id)
             if old is None or prio < old:
                 self._fqueued[image_id] = prio
-                heapq.heappush(self._fjobs, (prio, next(self._seq), image_id))
+                # the image viewed last comes first (the user flipped past the others); prefetch and
+                # batch jobs keep their order
+                seq = next(self._seq)
+                heapq.heappush(self._fjobs, (prio, -seq if prio == PRIO_VIEW else seq, image_id))
                 self._fcond.notify_all()
         return False
 
