@@ -35,6 +35,10 @@ def test_method_specs_and_errors():
         build_method("nonsense", ["a", "b"])
     with pytest.raises(PointsegError, match="seed preset is fixed"):
         build_method("seed:C=3", ["a", "b"])
+    rf = build_method("skimage-rf:class_weight=balanced,n_estimators=10@rf10", ["a", "b"])
+    assert rf.name == "rf10" and rf.describe()["forest"]["n_estimators"] == 10
+    with pytest.raises(PointsegError, match="not a RandomForestClassifier option"):
+        build_method("skimage-rf:C=1", ["a", "b"])
     with pytest.raises(PointsegError, match="KEY=VALUE"):
         parse_method_spec("default:C")
 

@@ -70,16 +70,18 @@ class SkimageRF(Method):
 
     kind = "skimage-rf"
 
-    def __init__(self, classes, name: str = "skimage-rf", max_cache_bytes: int = 1_500_000_000, n_jobs: int = -1):
+    def __init__(self, classes, name: str = "skimage-rf", max_cache_bytes: int = 1_500_000_000, n_jobs: int = -1,
+                 forest: dict | None = None):
         self.name = name
         self.classes = tuple(classes)
         self.n_jobs = n_jobs
+        self.forest = {**FOREST, **(forest or {})}
         self._cache = FeatureLRU(max_cache_bytes)
         self.clf_ = None
 
     def describe(self) -> dict:
         return {"method": self.kind, "features": "skimage.feature.multiscale_basic_features",
-                "feature_params": SKIMAGE_FEATURES, "classifier": "RandomForestClassifier", "forest": FOREST}
+                "feature_params": SKIMAGE_FEATURES, "classifier": "RandomForestClassifier", "forest": dict(self.forest)}
 
     def prepare(self, image: np.ndarray, key: str) -> None:
         self.features(image, key)
@@ -105,7 +107,7 @@ class SkimageRF(Method):
         # are stacked into an (n, 1) "image" so it trains on exactly those pixels.
         train_feats = np.concatenate(rows)[:, None, :]
         train_labels = np.concatenate(labels)[:, None]
-        clf = RandomForestClassifier(**FOREST, n_jobs=self.n_jobs, random_state=seed)
+        clf = RandomForestClassifier(**{"n_jobs": self.n_jobs, **self.forest, "random_state": seed})
         self.clf_ = fit_segmenter(train_labels, train_feats, clf)
 
     def predict(self, image: np.ndarray, key: str) -> np.ndarray:

@@ -4,7 +4,8 @@ Method specs (``--method``, repeatable)::
 
     default                 Segmenter.preset("default") - what pointseg uses when nothing is specified
     seed                    Segmenter.preset("seed") - resnet18, layers 1-3, logistic regression
-    skimage-rf              scikit-image trainable segmentation (see anchors.py)
+    skimage-rf              scikit-image trainable segmentation (see anchors.py); its options are
+                            RandomForestClassifier's, e.g. skimage-rf:class_weight=balanced
     <backbone>              the default preset with backbone=<backbone>, e.g. resnet18, efficientnet_lite0
     <backbone>-rf           the same with classifier="random_forest" on the deep features alone
     default-rf              the default backbone's deep features with the random forest
@@ -150,11 +151,18 @@ def build_method(
     classes = list(classes)
     base = spec.base
     if base == "skimage-rf":
-        if spec.options:
-            raise PointsegError("skimage-rf takes no options; it runs scikit-image's documented recipe")
+        # options here are RandomForestClassifier parameters (e.g. skimage-rf:class_weight=balanced)
+        from sklearn.ensemble import RandomForestClassifier
+
         from .anchors import SkimageRF
 
-        return SkimageRF(classes, name=spec.name)
+        bad = sorted(set(spec.options) - set(RandomForestClassifier().get_params()) | ({"random_state"} & set(spec.options)))
+        if bad:
+            raise PointsegError(
+                f"--method {spec.text}: {', '.join(bad)} is not a RandomForestClassifier option "
+                "(skimage-rf takes n_estimators, max_depth, class_weight, max_samples, ...; the seed sets random_state)"
+            )
+        return SkimageRF(classes, name=spec.name, forest=spec.options)
 
     import pointseg
 
