@@ -187,6 +187,45 @@ def single_thread():
             torch.set_num_threads(previous)
 
 
+def estimate_priors(proba: np.ndarray, train_prior: np.ndarray, iterations: int = 100) -> np.ndarray:
+    """Class priors of unlabelled pixels by EM on the model's posteriors (Saerens et al., 2002).
+
+    A model trained with balanced class weights believes every class is equally common; on real images the
+    defect is usually rare. Re-weighting the posteriors by ``prior / train_prior`` and re-averaging until the
+    two agree gives the priors the model itself implies for the training images.
+    """
+    prior = train_prior.copy()
+    for _ in range(iterations):
+        adjusted = proba * (prior / train_prior)[None, :]
+        adjusted /= adjusted.sum(axis=1, keepdims=True)
+        new = np.maximum(adjusted.mean(axis=0), 1e-6)
+        if np.abs(new - prior).max() < 1e-6:
+            prior = new
+            break
+        prior = new
+    return prior / prior.sum()
+
+
+def correct_priors(head: LinearHead, pixels: np.ndarray, strength: float) -> tuple[LinearHead, np.ndarray]:
+    """Shift the intercepts by ``strength * log(prior / train_prior)``; returns the head and the priors.
+
+    ``pixels`` are raw feature vectors sampled uniformly from the training images. ``strength`` 1 is the full
+    Bayes correction; a partial one hedges against the EM estimate, which is only as good as the model.
+    """
+    present = head.intercept > ABSENT_LOGIT / 2
+    scores = head_scores(head, pixels)[:, present]
+    scores -= scores.max(axis=1, keepdims=True)
+    proba = np.exp(scores)
+    proba /= proba.sum(axis=1, keepdims=True)
+    train_prior = np.full(int(present.sum()), 1.0 / present.sum())
+    prior = estimate_priors(proba, train_prior)
+    intercept = head.intercept.copy()
+    intercept[present] += (strength * np.log(prior / train_prior)).astype(np.float32)
+    priors = np.zeros(len(intercept))
+    priors[present] = prior
+    return LinearHead(head.coef, intercept, head.standardizer), priors
+
+
 class ForestHead:
     """Random forest on standardised features: the classifier family of ilastik and napari-convpaint."""
 

@@ -51,7 +51,8 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "features": ext.features,
         "feature_channels": {"deep": ext.channels, "fine": ext.fine_channels},
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
-                   "tile_size": seg.tile_size},
+                   "tile_size": seg.tile_size, "smoothing": seg.smoothing,
+                   "prior_correction": seg.prior_correction},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }
     head = seg.head_
@@ -107,6 +108,7 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
         classifier="logistic", C=params.get("C"), class_weight=params.get("class_weight"),
         precision=precision or meta.get("feature_precision", "auto"), device=device,
         tile_size=params.get("tile_size", 1024), cache=cache, features=meta.get("features", "deep"),
+        smoothing=params.get("smoothing", 0.0), prior_correction=params.get("prior_correction", 0.0),
     )
     ext = seg.extractor  # resolves the weights: a clear error if they are not available
     if ext.weights_sha256 != meta["weights_sha256"]:

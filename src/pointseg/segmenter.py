@@ -20,6 +20,7 @@ from pointseg.classifier import (
     PointClassifier,
     Standardizer,
     TrainingReport,
+    correct_priors,
     cross_validate,
     head_scores,
     single_thread,
@@ -60,6 +61,9 @@ class Segmenter:
     tile_size : core size of tiles for large images (pixels).
     cache : :class:`FeatureCache` to share between Segmenters (features are computed once per image).
     cross_validate : compute the cross-validated accuracy in the training report.
+    smoothing : σ in pixels of a Gaussian prior on the class scores (0 = off).
+    prior_correction : how far (0..1) to move the balanced classifier's implicit equal class priors toward
+        the priors it estimates on the training images (EM, :func:`pointseg.classifier.correct_priors`).
     features : ``"deep"`` (the method as first described: the backbone's stride-4 map) or ``"hybrid"``
         (plus full-resolution low-level filters that keep thin structures sharp; :mod:`pointseg.filters`).
     """
@@ -68,7 +72,7 @@ class Segmenter:
                  classifier: str = "logistic", C: float | None = None, class_weight: str | None = "balanced",
                  precision: str = "auto", device: str | None = None, tile_size: int = 1024,
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
-                 features: str = "deep", smoothing: float = 0.0):
+                 features: str = "deep", smoothing: float = 0.0, prior_correction: float = 0.0):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -84,6 +88,7 @@ class Segmenter:
         self.download = download
         self.features = features
         self.smoothing = smoothing
+        self.prior_correction = prior_correction
         self._extractor: FeatureExtractor | None = None
 
     # ------------------------------------------------------------------ construction
@@ -96,7 +101,8 @@ class Segmenter:
         return {
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
-                      "precision", "device", "tile_size", "cross_validate", "features")
+                      "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
+                      "prior_correction")
         }
 
     @property
@@ -132,7 +138,7 @@ class Segmenter:
         n_classes = self._resolve_classes(points, scribbles)
         if self.classifier != "logistic" and self.features != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
-        X, y, groups, moments = [], [], [], []
+        X, y, groups, moments, fmaps = [], [], [], [], []
         for i, image in enumerate(images):
             pts = np.asarray(points[i], dtype=np.float64) if points[i] is not None else np.zeros((0, 3))
             scrib = scribbles[i] if scribbles is not None else None
@@ -152,12 +158,16 @@ class Segmenter:
             y.append(labels)
             groups.append(np.full(len(labels), i))
             moments.append(fmap.moments())
+            fmaps.append(fmap)
         if not X:
             raise PointsegError("no points to train on; mark at least one point of two classes")
         X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
         standardizer = Standardizer.from_moments(moments)
         clf = PointClassifier(self.classifier, self.C, self.class_weight)
         head = clf.fit(X, y, n_classes, standardizer)
+        self.class_priors_ = None
+        if self.prior_correction and isinstance(head, LinearHead):
+            head, self.class_priors_ = correct_priors(head, _pixel_sample(fmaps), float(self.prior_correction))
         point_pred = head_scores(head, X).argmax(axis=1)
         fit_seconds = time.perf_counter() - start
         cv_acc, cv_method = (None, None)
@@ -359,6 +369,17 @@ def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
     cols = np.clip(np.floor(xy[:, 0]).astype(np.intp), 0, fmap.image_size[1] - 1)
     rows = np.clip(np.floor(xy[:, 1]).astype(np.intp), 0, fmap.image_size[0] - 1)
     return np.concatenate([deep, fmap.fine[:, rows, cols].T], axis=1)
+
+
+def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
+    """Feature vectors of pixels spread evenly over each image (a fixed grid: deterministic, no RNG)."""
+    out = []
+    for fmap in fmaps:
+        h, w = fmap.image_size
+        step = max(1.0, np.sqrt(h * w / per_image))
+        ys, xs = np.meshgrid(np.arange(step / 2, h, step), np.arange(step / 2, w, step), indexing="ij")
+        out.append(_point_features(fmap, np.column_stack([xs.ravel(), ys.ravel()])))
+    return np.concatenate(out)
 
 
 def _bands(grid: torch.Tensor, extent: tuple[int, int], size: tuple[int, int], halo: int = 0):
