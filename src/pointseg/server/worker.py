@@ -80,6 +80,10 @@ class Result:
     timings: dict
     encoded: dict = field(default_factory=dict)   # (view, class) -> PNG bytes
 
+    @property
+    def nbytes(self) -> int:
+        return self.labels.nbytes + self.proba.nbytes + self.uncertainty.nbytes
+
 
 class NoModel(Exception):
     """Raised into a prediction future when there is no usable model (the message says why)."""
@@ -190,7 +194,8 @@ class Worker:
     """Owns the model, the feature jobs and "predict all" for one project."""
 
     def __init__(self, store: ProjectStore, features: FeatureStore, events: EventHub | None = None,
-                 *, debounce_s: float = 0.01, idle_s: float = 1.0, cache_results: int = 6):
+                 *, debounce_s: float = 0.01, idle_s: float = 1.0, cache_results: int = 6,
+                 result_bytes: int = 600_000_000):
         self.store = store
         self.features = features
         self.events = events or EventHub()
@@ -206,6 +211,7 @@ class Worker:
         self._requests: list[tuple[int, int, Future]] = []      # (image_id, min_rev, future)
         self._results: OrderedDict[tuple[int, int], Result] = OrderedDict()
         self._cache_results = cache_results
+        self.result_bytes = result_bytes
         self._fjobs: list[tuple[int, int, int]] = []             # heap of (prio, seq, image_id)
         self._fqueued: dict[int, int] = {}
         self._fcond = threading.Condition()
@@ -487,7 +493,10 @@ class Worker:
                               "features_wait_ms": round((t1 - t0) * 1000, 1)})
         with self._cond:
             self._results[key] = res
-            while len(self._results) > self._cache_results:
+            # bounded by count and by bytes (a 12 MP result holds ~160 MB of labels and probabilities)
+            while len(self._results) > 1 and (
+                    len(self._results) > self._cache_results
+                    or sum(r.nbytes for r in self._results.values()) > self.result_bytes):
                 self._results.popitem(last=False)
         return res
 
