@@ -40,12 +40,16 @@ def header(script: str, argv: list[str]) -> str:
     run = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
     commit = run("rev-parse", "--short", "HEAD")
     dirty = run("status", "--porcelain", "--", "src/pointseg", ":!src/pointseg/server")
-    return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {machine()} · commit {commit}"
-            f"{' + uncommitted changes' if dirty else ''} · `python bench/{script} {' '.join(argv)}`".rstrip())
+    load = os.getloadavg()[0]
+    return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {machine()} · load average {load:.1f} at start · "
+            f"commit {commit}{' + uncommitted changes' if dirty else ''} · "
+            f"`python bench/{script} {' '.join(argv)}`".rstrip())
 
 
-def timed(fn, repeat: int = 3, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
+def timed(fn, repeat: int = 3, warmup: int = 1, best: bool = False) -> float:
+    """Median (or with ``best``, the minimum) wall time of ``fn()`` in seconds over ``repeat`` runs after
+    ``warmup`` runs. The minimum is the better estimate of the cost itself on a machine shared with other
+    jobs: load only ever adds time."""
     for _ in range(warmup):
         fn()
     times = []
@@ -53,7 +57,7 @@ def timed(fn, repeat: int = 3, warmup: int = 1) -> float:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return min(times) if best else statistics.median(times)
 
 
 def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
