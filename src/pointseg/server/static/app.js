@@ -777,7 +777,10 @@ function renderModelPanel() {
   dl.replaceChildren();
   const m = S.model;
   const row = (k, v) => dl.append(el("dt", {}, k), el("dd", {}, v));
-  if (!m || m.status !== "ok") { row("status", m ? m.status : "–"); return; }
+  if (!m || m.status !== "ok") {
+    row("status", !m || m.status !== "error" ? "not trained yet" : "error");
+    return;
+  }
   const r = m.report || {};
   row("revision", `r${m.rev}`);
   row("on marked points", fmtPct(r.point_accuracy));
