@@ -1,0 +1,134 @@
+"""The worker's scheduling on its own: stale fits are dropped, bursts are coalesced, predict-all stops.
+
+A stand-in Segmenter with a slow, recorded ``fit`` makes the timing deterministic; the store is the real one.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pointseg.server.store import ProjectStore
+from pointseg.server.worker import NoModel, Worker
+
+
+class SlowSegmenter:
+    """Records every fit; a fit takes ``delay`` seconds and learns "class = number of points % K"."""
+
+    def __init__(self, log: list, delay: float, started: threading.Event):
+        self.log, self.delay, self.started = log, delay, started
+        self.classes = self.colors = None
+        self.cross_validate = False
+
+    def fit(self, fmaps, points, scribbles=None):
+        n = sum(len(p) for p in points)
+        self.started.set()
+        time.sleep(self.delay)
+        self.log.append(n)
+        self.n_ = n
+        self.classes_, self.colors_ = list(self.classes), list(self.colors)
+        self.training_report_ = SimpleNamespace(
+            as_dict=lambda: {"n_points": n, "point_accuracy": 1.0}, cv_accuracy=None, cv_method=None)
+        return self
+
+    def predict_full(self, fmap, probabilities=True):
+        h, w = fmap.image_size
+        labels = np.full((h, w), self.n_ % len(self.classes), dtype=np.int64)
+        proba = np.zeros((len(self.classes), h, w), dtype=np.float32)
+        return SimpleNamespace(labels=labels, probabilities=proba, uncertainty=np.zeros((h, w), np.float32))
+
+    def save(self, path):
+        open(path, "wb").write(b"model")
+
+
+class FakeFeatures:
+    def __init__(self, base):
+        self.base = base
+        self.cache = SimpleNamespace(hits=0, misses=0)
+        self.compute_ms = {}
+
+    def warm(self):
+        pass
+
+    def ready(self, image_id):
+        return True
+
+    def get(self, image_id):
+        return SimpleNamespace(image_size=(8, 10), moments=lambda: None)
+
+    def pin(self, ids, fmaps):
+        pass
+
+    def forget(self, image_id):
+        pass
+
+
+@pytest.fixture
+def setup(tmp_path):
+    store = ProjectStore(tmp_path / "p")
+    img, _ = store.add_image(sha256="x" * 64, name="x.png", width=10, height=8, n_bytes=1, source_path="/x")
+    a, b = store.add_class("a"), store.add_class("b")
+    log: list[int] = []
+    started = threading.Event()
+    seg = SlowSegmenter(log, delay=0.3, started=started)
+    worker = Worker(store, FakeFeatures(seg), debounce_s=0.05, idle_s=5.0)
+    worker.start()
+    yield SimpleNamespace(store=store, worker=worker, img=img, a=a, b=b, log=log, started=started)
+    worker.stop()
+
+
+def _point(s, cls, x=1.0):
+    _, rev = s.store.add_annotations(s.img["id"], [{"kind": "point", "class_id": cls["id"], "x": x, "y": 1.0}])
+    s.worker.notify_edit(rev)
+    return rev
+
+
+def test_a_fit_overtaken_by_an_edit_is_dropped(setup):
+    s = setup
+    _point(s, s.a)
+    r1 = _point(s, s.b, 2.0)                         # 2 points: a fit starts
+    assert s.started.wait(5)
+    r2 = _point(s, s.b, 3.0)                         # arrives during that fit
+    res = s.worker.request_prediction(s.img["id"], min_rev=r1).result(timeout=10)
+    assert res.rev >= r2                              # never the model of the overtaken fit
+    assert res.labels[0, 0] == 3 % 2                  # trained on all three points
+    assert s.worker.cancelled_fits >= 1
+
+
+def test_a_burst_of_edits_is_one_fit(setup):
+    s = setup
+    _point(s, s.a)
+    for k in range(6):                               # six edits well inside the 50 ms debounce
+        rev = _point(s, s.b, 2.0 + k)
+    res = s.worker.request_prediction(s.img["id"], min_rev=rev).result(timeout=10)
+    assert res.rev == rev and s.log[-1] == 7
+    assert len(s.log) <= 2                           # the first edit may train at once; the rest coalesce
+
+
+def test_no_model_says_why(setup):
+    s = setup
+    rev = _point(s, s.a)
+    with pytest.raises(NoModel, match="two classes"):
+        s.worker.request_prediction(s.img["id"], min_rev=rev).result(timeout=10)
+
+
+def test_predict_all_can_be_stopped(setup, tmp_path):
+    s = setup
+    ids = [s.img["id"]]
+    for k in range(30):
+        img, _ = s.store.add_image(sha256=f"{k:064d}", name=f"{k}.png", width=10, height=8, n_bytes=1,
+                                   source_path=f"/{k}")
+        ids.append(img["id"])
+    _point(s, s.a)
+    rev = _point(s, s.b, 2.0)
+    s.worker.request_prediction(s.img["id"], min_rev=rev).result(timeout=10)
+    s.worker.start_batch(ids)
+    s.worker.cancel_batch()
+    deadline = time.monotonic() + 10
+    while s.worker.status()["batch"]["running"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    b = s.worker.status()["batch"]
+    assert not b["running"] and b["cancelled"] and b["done"] < len(ids)
