@@ -266,6 +266,11 @@ def test_kill_9_and_restart_loses_nothing(make_server, tmp_path):
         c.patch(f"/api/classes/{cls[1]['id']}", json={"name": "stripes!", "color": "#ff00aa"})
         labels_before, _, _ = _overlay(c, img["id"])
         before = _state(c)
+        deadline = time.monotonic() + 15                 # model versions are recorded once the user pauses
+        while not (versions := c.get("/api/model/versions").json()["versions"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        recorded = versions[0]
+        assert recorded["report"]["n_points"] == 12 and recorded["classes"] == ["background", "stripes!"]
     s.kill9()                                  # no shutdown hook runs
     assert (project / "project.sqlite-wal").exists()
     s2 = make_server(project)                  # same folder, no --images this time
@@ -278,6 +283,8 @@ def test_kill_9_and_restart_loses_nothing(make_server, tmp_path):
         c.post(url + "/undo")
         labels_after, _, _ = _overlay(c, img["id"])
         assert (labels_after == labels_before).mean() > 0.99   # same model again (float16 cache)
+        versions = c.get("/api/model/versions").json()["versions"]
+        assert recorded in versions                                  # the model history survived too
         feats = c.get("/api/status").json()["features"]
         assert feats["cache_misses"] == 0                     # features came from the project's disk cache
     db = sqlite3.connect(f"file:{project / 'project.sqlite'}?mode=ro", uri=True)

@@ -421,6 +421,10 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None) -> Fast
     def model():
         return worker.status()["model"]
 
+    @app.get("/api/model/versions")
+    def model_versions(limit: Annotated[int, Query(ge=1, le=1000)] = 50):
+        return {"versions": store.model_versions(limit)}
+
     @app.post("/api/predict-all", status_code=202)
     def predict_all(body: BatchIn | None = None):
         ids = [i["id"] for i in store.list_images()]

@@ -206,6 +206,11 @@ class ProjectStore:
             raise StoreError(f"{self.dir} is not a folder; give a folder for the project", 400)
         for sub in ("images", "features", "thumbs", "models", "predictions"):
             (self.dir / sub).mkdir(exist_ok=True)
+            # leftovers of writes cut short by a crash (the real files are only ever renamed into place)
+            for stale in (self.dir / sub).glob(".upload-*"):
+                stale.unlink(missing_ok=True)
+            for stale in (self.dir / sub).glob(".tmp-*"):
+                stale.unlink(missing_ok=True)
         self.path = self.dir / DB_NAME
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
@@ -615,6 +620,13 @@ class ProjectStore:
             return {"id": r["id"], "rev": r["rev"], "created_at": r["created_at"],
                     "classes": json.loads(r["classes"]), "report": json.loads(r["report"]),
                     "timings": json.loads(r["timings"]), "model_path": r["model_path"]}
+
+    def model_versions(self, limit: int = 50) -> list[dict]:
+        """The most recent model versions, newest first (revision, time, report, timings)."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM model_versions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [{"id": r["id"], "rev": r["rev"], "created_at": r["created_at"], "classes": json.loads(r["classes"]),
+                 "report": json.loads(r["report"]), "timings": json.loads(r["timings"])} for r in rows]
 
     def n_model_versions(self) -> int:
         with self._lock:
