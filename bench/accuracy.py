@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--transfer-at", default="5,10,20")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--figures", type=Path, default=REPO / "bench" / "figures")
+    ap.add_argument("--render-only", action="store_true",
+                    help="no evaluation: rebuild the Markdown and plots from the JSON files of an earlier run")
     args = ap.parse_args()
 
     from pointseg import FeatureCache
@@ -75,45 +77,76 @@ def main() -> None:
         clicks=_ints(args.clicks, "--clicks"), budget=args.budget,
         transfer_at=_ints(args.transfer_at, "--transfer-at"),
     )
-    commit = git_commit()
-    md = [f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, commit {commit}; "
-          f"`python bench/accuracy.py {' '.join(sys.argv[1:])}`".rstrip() + "\n"]
+    run_line = (f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, commit {git_commit()}; "
+                f"`python bench/accuracy.py {' '.join(sys.argv[1:])}`".rstrip())
+    if args.render_only:
+        previous = args.out / "accuracy.md"
+        run_line = previous.read_text().splitlines()[0] if previous.is_file() else "(run line not recorded)"
+    md = [run_line + "\n"]
     headline = []
     for name in args.datasets:
         root = SHARED / "datasets" / name
-        if not root.is_dir():
-            print(f"skip {name}: {root} not found")
-            continue
-        dataset = load_dataset(root)
-        cache = FeatureCache(max_bytes=3_000_000_000)
-        methods = [build_method(parse_method_spec(m), dataset.classes, weights=str(WEIGHTS), cache=cache)
-                   for m in args.methods]
-        t0 = time.perf_counter()
-        results = evaluate(dataset, methods, config,
-                           on_progress=lambda n, d: print(f"  {d}", end="\r", flush=True) if n == 0 else None)
-        elapsed = time.perf_counter() - t0
-        print()
-        print_tables(results)
-        write_json(results, args.out / f"{name}.json")
-        write_csv(results, args.out / f"{name}.csv")
+        if args.render_only:
+            path = args.out / f"{name}.json"
+            if not path.is_file():
+                print(f"skip {name}: no {path}")
+                continue
+            results = json.loads(path.read_text())
+            run_line = results.get("run", {}).get("line", run_line)
+            md[0] = run_line + "\n"
+            elapsed = sum(t["wall_s"] for t in results["timings"].values())
+        else:
+            if not root.is_dir():
+                print(f"skip {name}: {root} not found")
+                continue
+            dataset = load_dataset(root)
+            cache = FeatureCache(max_bytes=3_000_000_000)
+            methods = [build_method(parse_method_spec(m), dataset.classes, weights=str(WEIGHTS), cache=cache)
+                       for m in args.methods]
+            t0 = time.perf_counter()
+            results = evaluate(dataset, methods, config,
+                               on_progress=lambda n, d: print(f"  {d}", end="\r", flush=True) if n == 0 else None)
+            elapsed = time.perf_counter() - t0
+            results["run"] = {"line": run_line}
+            print()
+            print_tables(results)
+            write_json(results, args.out / f"{name}.json")
+            write_csv(results, args.out / f"{name}.csv")
         plot_curves(results, args.figures / f"accuracy_{name}.png")
         plot_curves(results, args.figures / f"accuracy_{name}_defect.png", metric="fg_iou")
+        cfg = results["config"]
         cmd = (f"pointseg evaluate ../shared/datasets/{name} "
-               + " ".join(f"-m {m}" for m in args.methods)
+               + " ".join(f"-m {m}" for m in _method_args(results))
                + " --weights ../shared/weights/resnet18-imagenet-trunk/resnet18-trunk-tvlayout.pth"
-               + f" --seeds {args.seeds} --train-images {args.train_images} --test {args.test}"
-               + f" --clicks {args.clicks} --budget {args.budget} --transfer-at {args.transfer_at}"
+               + f" --seeds {_join(cfg['seeds'])} --train-images {cfg['train_images']} --test {cfg['test']}"
+               + f" --clicks {_join(cfg['clicks'])} --budget {cfg['budget']} --transfer-at {_join(cfg['transfer_at'])}"
                + f" --json {name}.json --plot {name}.png")
+        classes = results["dataset"]["classes"]
         md.append(f"### {name}\n")
-        md.append(f"{dataset.classes}, {len(dataset.stems)} images; {elapsed / 60:.1f} min. Equivalent command:\n")
+        md.append(f"Classes {', '.join(classes)}; {results['dataset']['n_images']} images; "
+                  f"{elapsed / 60:.1f} min for all methods. Equivalent command:\n")
         md.append(f"```\n{cmd}\n```\n")
         md.append(markdown_tables(results))
-        md.append(f"![{name}](bench/figures/accuracy_{name}.png)\n")
+        md.append(f"![{name}: mIoU against clicks](bench/figures/accuracy_{name}.png)\n")
+        md.append(f"![{name}: defect IoU against clicks](bench/figures/accuracy_{name}_defect.png)\n")
         headline.append(_headline(name, results))
     md.insert(1, _headline_table(headline))
     text = "\n".join(md)
     (args.out / "accuracy.md").write_text(text)
     print(text)
+
+
+def _join(values) -> str:
+    return "all" if values is None else ",".join(str(v) for v in values)
+
+
+def _method_args(results: dict) -> list[str]:
+    """The -m values of a run: the spec text, with @label when the name differs from it."""
+    out = []
+    for name, desc in results["methods"].items():
+        spec = desc.get("spec")
+        out.append(spec if spec else name)
+    return out
 
 
 def _get(st, *path):

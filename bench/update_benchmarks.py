@@ -1,6 +1,7 @@
 """Copy the Markdown written by the bench scripts (bench/results/*.md) into BENCHMARKS.md.
 
-    python bench/update_benchmarks.py
+    python bench/update_benchmarks.py                 # every section with a result
+    python bench/update_benchmarks.py accuracy        # only these sections
 
 Each result goes between its ``<!-- bench:NAME:start -->`` / ``<!-- bench:NAME:end -->`` markers; everything
 else in BENCHMARKS.md (prose, other sections) is left as it is. Missing results leave their section untouched.
@@ -25,7 +26,11 @@ def splice(text: str, name: str, body: str) -> str:
 def main() -> None:
     path = REPO / "BENCHMARKS.md"
     text = path.read_text()
-    for name in SECTIONS:
+    wanted = sys.argv[1:] or SECTIONS
+    unknown = [n for n in wanted if n not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    for name in wanted:
         result = REPO / "bench" / "results" / f"{name}.md"
         if result.is_file():
             text = splice(text, name, result.read_text())

@@ -30,6 +30,7 @@ class Method:
 
     name: str = "method"
     kind: str = "method"
+    spec: str | None = None      # the --method text it was built from (kept in the results)
 
     def prepare(self, image: np.ndarray, key: str) -> None:
         """Compute and cache whatever depends only on the image (features); timed apart from fit/predict."""
@@ -137,17 +138,27 @@ def to_core_points(points: np.ndarray) -> np.ndarray:
     return np.asarray(points, dtype=np.float64).reshape(-1, 3)
 
 
-def build_method(
-    spec: MethodSpec | str,
+def build_method(spec: MethodSpec | str, classes, **kwargs) -> Method:
+    """Turn a method spec into a :class:`Method`. Raises :class:`PointsegError` for an unknown name or option.
+
+    Keyword arguments: ``options`` (Segmenter options for the whole run), ``weights`` (the run's weights
+    file, given to backbones that need one), ``cache`` (the shared FeatureCache).
+    """
+    if isinstance(spec, str):
+        spec = parse_method_spec(spec)
+    method = _build(spec, classes, **kwargs)
+    method.spec = spec.text
+    return method
+
+
+def _build(
+    spec: MethodSpec,
     classes,
     *,
     options: dict | None = None,
     weights: str | None = None,
     cache=None,
 ) -> Method:
-    """Turn a method spec into a :class:`Method`. Raises :class:`PointsegError` for an unknown name."""
-    if isinstance(spec, str):
-        spec = parse_method_spec(spec)
     classes = list(classes)
     base = spec.base
     if base == "skimage-rf":

@@ -322,7 +322,7 @@ def evaluate(
             "max_megapixels": dataset.max_megapixels,
         },
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
-        "methods": {m.name: m.describe() for m in methods},
+        "methods": {m.name: {**m.describe(), "spec": m.spec or m.name} for m in methods},
         "splits": {str(seed): {"train": list(sp.train), "test": list(sp.test)} for seed, sp in splits.items()},
         "runs": runs,
         "timings": timings,
