@@ -875,8 +875,18 @@ function connectEvents() {
         break;
     }
   };
-  es.onerror = () => { $("#status-dot").className = "dot err"; };
-  es.onopen = () => { loadProject().catch(() => {}); };
+  let lost = false;
+  es.onerror = () => {
+    lost = true;
+    $("#status-dot").className = "dot err";
+    $("#status-text").textContent = "Connection to the server lost; reconnecting…";
+  };
+  es.onopen = () => {
+    if (!lost) return;
+    lost = false;               // back after a restart: take everything from the server again
+    Promise.all([loadProject(), loadClasses(), loadImages(), reloadAnnotations()])
+      .then(() => refreshOverlay(S.rev)).catch(fail);
+  };
 }
 
 // ------------------------------------------------------------------------------------------------ controls
