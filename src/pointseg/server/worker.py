@@ -217,6 +217,7 @@ class Worker:
         self._fcond = threading.Condition()
         self._seq = itertools.count()
         self._stop = False
+        self._warmed = threading.Event()
         self.batch: dict = {"running": False, "done": 0, "total": 0, "failed": 0, "rev": None,
                             "cancelled": False, "seconds": 0.0}
         self._batch_queue: list[int] = []
@@ -334,6 +335,8 @@ class Worker:
             self.features.warm()
         except Exception as exc:  # weights missing etc.: the model thread reports it on training
             log.error("cannot load the backbone: %s", exc)
+        finally:
+            self._warmed.set()
         while not self._stop:
             with self._fcond:
                 while not self._fjobs and not self._stop:
@@ -361,6 +364,8 @@ class Worker:
 
     # ------------------------------------------------------------------ model thread
     def _model_loop(self) -> None:
+        # a first fit racing the warm-up would run cold code on contended cores: let the warm-up finish
+        self._warmed.wait(60)
         while not self._stop:
             try:
                 task = self._next_task()
