@@ -57,8 +57,10 @@ def test_hybrid_features_segment_thin_structures_better_than_deep_alone():
         idx = rng.choice(len(xs), 15, replace=False)
         pts += [[xs[i], ys[i], c] for i in idx]
     pts = np.array(pts, float)
-    deep = Segmenter("efficientnet_lite0", ["bg", "line"], precision="fp32").fit([image], [pts])
-    hybrid = Segmenter("efficientnet_lite0", ["bg", "line"], precision="fp32", features="hybrid").fit([image], [pts])
+    # smoothing off: this measures the features (a σ = 1.5 px prior blurs 1-px lines, see the README)
+    deep = Segmenter("efficientnet_lite0", ["bg", "line"], precision="fp32", features="deep").fit([image], [pts])
+    hybrid = Segmenter("efficientnet_lite0", ["bg", "line"], precision="fp32", features="hybrid",
+                       smoothing=0).fit([image], [pts])
     assert hybrid.n_features_in_ == deep.n_features_in_ + CHANNELS
     iou_deep, iou_hybrid = _line_iou(deep, image, truth), _line_iou(hybrid, image, truth)
     assert iou_hybrid > iou_deep + 0.1

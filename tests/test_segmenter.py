@@ -13,9 +13,21 @@ CLASSES = ["left", "right", "disc"]
 @pytest.fixture(scope="module")
 def fitted():
     image, truth = two_texture_image()
-    seg = Segmenter("efficientnet_lite0", CLASSES, precision="fp32")
+    # no smoothing here, so that the exact identities below (point accuracy = map at the points) hold
+    seg = Segmenter("efficientnet_lite0", CLASSES, precision="fp32", smoothing=0)
     seg.fit([image], [points_from_truth(truth, 8)])
     return seg, image, truth
+
+
+def test_defaults_are_the_default_preset():
+    from pointseg.presets import preset_params
+
+    seg = Segmenter(classes=CLASSES)
+    params = preset_params("default")
+    assert seg.backbone == params["backbone"] and seg.features_ == params["features"]
+    assert seg.smoothing_ == params["smoothing"]
+    assert Segmenter(classifier="random_forest").features_ == "deep"
+    assert Segmenter(classifier="random_forest").smoothing_ == 0.0
 
 
 def test_fit_predict_recovers_the_known_regions(fitted):
@@ -73,7 +85,7 @@ def test_banded_and_streamed_prediction_equal_whole_prediction(fitted, monkeypat
 def test_feature_maps_can_stand_in_for_images(fitted):
     seg, image, truth = fitted
     fmap = seg.extract_features(image)
-    twin = Segmenter("efficientnet_lite0", CLASSES, precision="fp32", cache=seg.cache)
+    twin = Segmenter("efficientnet_lite0", CLASSES, precision="fp32", cache=seg.cache, smoothing=0)
     twin.fit([fmap], [points_from_truth(truth, 8)])
     np.testing.assert_array_equal(twin.predict(fmap), seg.predict(image))
 

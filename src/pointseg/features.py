@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pointseg.backbones import build_backbone
 from pointseg.errors import PointsegError
 from pointseg.imageio import load_image
+from pointseg.presets import DEFAULT_BACKBONE
 
 #: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches)
 PREPROCESSING_VERSION = 1
@@ -233,7 +234,7 @@ class FeatureExtractor:
         filters, :mod:`pointseg.filters`).
     """
 
-    def __init__(self, backbone: str = "efficientnet_lite2", weights=None, precision: str = "auto",
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, weights=None, precision: str = "auto",
                  device: str | None = None, tile_size: int = 1024, cache: FeatureCache | None = None,
                  download: bool = False, features: str = "deep"):
         if features not in FEATURE_KINDS:

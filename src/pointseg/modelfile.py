@@ -51,7 +51,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "features": ext.features,
         "feature_channels": {"deep": ext.channels, "fine": ext.fine_channels},
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
-                   "tile_size": seg.tile_size, "smoothing": seg.smoothing,
+                   "tile_size": seg.tile_size, "smoothing": seg.smoothing_,
                    "prior_correction": seg.prior_correction},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }

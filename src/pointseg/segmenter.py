@@ -28,7 +28,7 @@ from pointseg.classifier import (
 from pointseg.errors import PointsegError
 from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, upsample
 from pointseg.imageio import load_image
-from pointseg.presets import DEFAULT_BACKBONE, preset_params
+from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
 from pointseg.sampling import sample_points
 
 #: images up to this many pixels are extracted whole and cached; larger ones stream tile by tile
@@ -61,18 +61,20 @@ class Segmenter:
     tile_size : core size of tiles for large images (pixels).
     cache : :class:`FeatureCache` to share between Segmenters (features are computed once per image).
     cross_validate : compute the cross-validated accuracy in the training report.
-    smoothing : σ in pixels of a Gaussian prior on the class scores (0 = off).
+    smoothing : σ in pixels of a Gaussian prior on the class scores (0 = off; default 1.5 with hybrid features).
     prior_correction : how far (0..1) to move the balanced classifier's implicit equal class priors toward
         the priors it estimates on the training images (EM, :func:`pointseg.classifier.correct_priors`).
     features : ``"deep"`` (the method as first described: the backbone's stride-4 map) or ``"hybrid"``
         (plus full-resolution low-level filters that keep thin structures sharp; :mod:`pointseg.filters`).
+        Default: hybrid for the logistic head, deep for the random forest.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
                  classifier: str = "logistic", C: float | None = None, class_weight: str | None = "balanced",
                  precision: str = "auto", device: str | None = None, tile_size: int = 1024,
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
-                 features: str = "deep", smoothing: float = 0.0, prior_correction: float = 0.0):
+                 features: str | None = None, smoothing: float | None = None,
+                 prior_correction: float = 0.0):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -106,11 +108,24 @@ class Segmenter:
         }
 
     @property
+    def features_(self) -> str:
+        """The feature kind in effect (``features`` or its default for the classifier)."""
+        if self.features is not None:
+            return self.features
+        return DEFAULT_FEATURES if self.classifier == "logistic" else "deep"
+
+    @property
+    def smoothing_(self) -> float:
+        if self.smoothing is not None:
+            return float(self.smoothing)
+        return DEFAULT_SMOOTHING if self.features_ == "hybrid" else 0.0
+
+    @property
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
             self._extractor = FeatureExtractor(
                 self.backbone, self.weights, precision=self.precision, device=self.device,
-                tile_size=self.tile_size, cache=self.cache, download=self.download, features=self.features,
+                tile_size=self.tile_size, cache=self.cache, download=self.download, features=self.features_,
             )
             if self.cache is None:
                 self.cache = self._extractor.cache
@@ -136,7 +151,7 @@ class Segmenter:
         if scribbles is not None and len(scribbles) != len(images):
             raise PointsegError(f"got {len(images)} images but {len(scribbles)} scribble lists; give one per image")
         n_classes = self._resolve_classes(points, scribbles)
-        if self.classifier != "logistic" and self.features != "deep":
+        if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
         X, y, groups, moments, fmaps = [], [], [], [], []
         for i, image in enumerate(images):
@@ -302,14 +317,15 @@ class Segmenter:
         Per-pixel filter responses make the hybrid head's decision speckled on textured surfaces; a light
         spatial prior on the scores turns speckle into coherent regions (see BENCHMARKS.md).
         """
-        if not self.smoothing:
+        sigma = self.smoothing_
+        if not sigma:
             return scores
         from scipy.ndimage import gaussian_filter
 
         data = scores.numpy()
         out = np.empty_like(data)
         for k in range(data.shape[0]):
-            out[k] = gaussian_filter(data[k], self.smoothing, mode="nearest", truncate=3.0)
+            out[k] = gaussian_filter(data[k], sigma, mode="nearest", truncate=3.0)
         return torch.from_numpy(out)
 
     def _finish(self, decision: "_Decision", probabilities: bool) -> Prediction:
@@ -324,7 +340,7 @@ class Segmenter:
             return Prediction(labels.numpy().astype(np.int64), proba.numpy(), (1 - top).numpy())
         labels = np.empty(size, dtype=np.int64)
         uncertainty = np.empty(size, dtype=np.float32)
-        halo = int(np.ceil(3 * self.smoothing)) + 1 if self.smoothing else 0
+        halo = int(np.ceil(3 * self.smoothing_)) + 1 if self.smoothing_ else 0
         for r0, r1, a0, a1, band in _bands(decision.grid, decision.extent, size, halo):
             fine = self._fine_scores(decision, a0, a1)
             if fine is not None:
