@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
 DATASETS = ("magnetic_tile", "kolektorsdd", "neu_seg", "crackforest")
 WEIGHTS = SHARED / "weights" / "resnet18-imagenet-trunk" / "resnet18-trunk-tvlayout.pth"
-METHODS = ("default", "seed", "skimage-rf", "default-rf@efficientnet_lite2-rf", "resnet18-rf")
+METHODS = ("default", "seed", "skimage-rf", "default-rf",
+           "efficientnet_lite2:features=deep,smoothing=0@lite2-deep")
 
 
 def machine() -> str:
@@ -43,14 +44,15 @@ def machine() -> str:
 def git_commit() -> str:
     """Short HEAD hash, marked when src/ has uncommitted changes (the numbers then come from those)."""
     run = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
-    dirty = run("status", "--porcelain", "--", "src")
+    dirty = run("status", "--porcelain", "--", "src/pointseg", ":!src/pointseg/server")
     return run("rev-parse", "--short", "HEAD") + (" + uncommitted changes in src/" if dirty else "")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=None, help="method specs (default: %(default)s -> "
+                    "default, seed, skimage-rf, <default backbone>-rf, resnet18-rf)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train-images", type=int, default=3)
     ap.add_argument("--test", type=int, default=10)
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true",
                     help="no evaluation: rebuild the Markdown and plots from the JSON files of an earlier run")
     args = ap.parse_args()
+    args.methods = args.methods or default_methods()
 
     from pointseg import FeatureCache
     from pointseg.evaluation.command import _ints
