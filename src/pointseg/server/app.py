@@ -38,6 +38,8 @@ from pointseg.server import render
 from pointseg.server.store import ProjectStore, StoreError, atomic_write_bytes, sha256_file
 from pointseg.server.worker import PRIO_PREFETCH, PRIO_VIEW, EventHub, FeatureStore, NoModel, Worker
 
+from pointseg.presets import DEFAULT_BACKBONE  # noqa: E402
+
 log = logging.getLogger("pointseg.server")
 STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -50,7 +52,7 @@ class Settings(BaseModel):
     project_dir: Path
     host: str = "127.0.0.1"
     token: str | None = None
-    backbone: str = "efficientnet_lite2"
+    backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     precision: str = "auto"
     max_upload_bytes: int = 256 * 1024 * 1024
