@@ -51,8 +51,8 @@ def git_commit() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    ap.add_argument("--methods", nargs="+", default=None, help="method specs (default: %(default)s -> "
-                    "default, seed, skimage-rf, <default backbone>-rf, resnet18-rf)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS),
+                    help="method specs, as for pointseg evaluate -m (default: %(default)s)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train-images", type=int, default=3)
     ap.add_argument("--test", type=int, default=10)
@@ -64,7 +64,6 @@ def main() -> None:
     ap.add_argument("--render-only", action="store_true",
                     help="no evaluation: rebuild the Markdown and plots from the JSON files of an earlier run")
     args = ap.parse_args()
-    args.methods = args.methods or default_methods()
 
     from pointseg import FeatureCache
     from pointseg.evaluation.command import _ints
