@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("accuracy", "features", "classifier", "predict_cli")
+SECTIONS = ("accuracy", "features", "features_accuracy", "classifier", "predict_cli")
 
 
 def splice(text: str, name: str, body: str) -> str:
