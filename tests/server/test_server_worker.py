@@ -20,12 +20,14 @@ class SlowSegmenter:
 
     def __init__(self, log: list, delay: float, started: threading.Event):
         self.log, self.delay, self.started = log, delay, started
+        self.events: list = []
         self.classes = self.colors = None
         self.cross_validate = False
 
     def fit(self, fmaps, points, scribbles=None):
         n = sum(len(p) for p in points)
         self.started.set()
+        self.events.append(("start", n, time.monotonic()))
         time.sleep(self.delay)
         self.log.append(n)
         self.n_ = n
@@ -132,3 +134,39 @@ def test_predict_all_can_be_stopped(setup, tmp_path):
         time.sleep(0.02)
     b = s.worker.status()["batch"]
     assert not b["running"] and b["cancelled"] and b["done"] < len(ids)
+
+
+def test_cross_validation_yields_to_a_click(tmp_path):
+    """CV runs fold by fold when the user pauses; an edit stops it after the current fold."""
+    store = ProjectStore(tmp_path / "p")
+    a, b = store.add_class("a"), store.add_class("b")
+    ids = []
+    for k in range(4):
+        img, _ = store.add_image(sha256=f"{k:064d}", name=f"{k}.png", width=10, height=8, n_bytes=1,
+                                 source_path=f"/{k}")
+        store.add_annotations(img["id"], [{"kind": "point", "class_id": a["id"], "x": 1.0, "y": 1.0},
+                                          {"kind": "point", "class_id": b["id"], "x": 8.0, "y": 6.0}])
+        ids.append(img["id"])
+    seg = SlowSegmenter([], delay=0.25, started=threading.Event())
+    worker = Worker(store, FakeFeatures(seg), debounce_s=0.0, idle_s=0.2)
+    worker.start()
+    try:
+        worker.request_prediction(ids[0]).result(timeout=10)         # the 8-point model
+        deadline = time.monotonic() + 10
+        while not any(e[:2] == ("start", 6) for e in seg.events) and time.monotonic() < deadline:
+            time.sleep(0.01)                                          # a leave-one-image-out fold began
+        _, rev = store.add_annotations(ids[1], [{"kind": "point", "class_id": b["id"], "x": 7.0, "y": 7.0}])
+        t_edit = time.monotonic()
+        worker.notify_edit(rev)
+        res = worker.request_prediction(ids[1], min_rev=rev).result(timeout=10)
+        assert res.labels[0, 0] == 9 % 2
+        after = [e[1] for e in seg.events if e[0] == "start" and e[2] > t_edit]
+        assert after[0] == 9                                          # the click's fit came next, no more folds
+        # and the estimate is made once the user pauses again
+        deadline = time.monotonic() + 10
+        while not worker.model.cv_done and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.model.report["cv_method"] == "leave-one-image-out"
+        assert worker.model.report["cv_accuracy"] is not None
+    finally:
+        worker.stop()

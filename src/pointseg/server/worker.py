@@ -137,15 +137,12 @@ class FeatureStore:
         self.compute_ms: dict[int, float] = {}
 
     def warm(self) -> None:
-        """Load the network and run one tiny fit and prediction, so the user's first click is not slow."""
-        from pointseg import FeatureMap
-
-        extractor = self.base.extractor
+        """Load the network and run one tiny extraction, fit and prediction, so the first click is fast."""
+        self.base.extractor  # noqa: B018 - the property loads the network
         rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-        fmap = FeatureMap(extractor.compute(rgb), (64, 64), extractor.padded_size((64, 64)), "warm-up",
-                          extractor.id)
+        fmap = self.base.extract_features(rgb)          # a ~100 kB entry in the cache, reused next start
         seg = copy.copy(self.base)
-        seg.classes, seg.cross_validate = ["a", "b"], True
+        seg.classes = ["a", "b"]
         seg.fit([fmap], [np.array([[5, 5, 0], [50, 50, 1], [10, 5, 0], [55, 50, 1]], dtype=np.float64)])
         seg.predict_full(fmap, probabilities=True)
 
@@ -183,6 +180,49 @@ class FeatureStore:
     def forget(self, image_id: int) -> None:
         self._pinned.pop(image_id, None)
         self._keys.pop(image_id, None)
+
+
+def _cv_folds(ts: TrainingSet) -> tuple[list[tuple[dict, dict]], str | None]:
+    """Folds as ``(train, test)``: train maps image id → (points, scribbles); test maps image id → marks
+    ``(x, y, class)`` (points, and up to five vertices of each scribble)."""
+    def marks_of(points, scribbles):
+        out = [tuple(p) for p in points]
+        for sc in scribbles:
+            verts = sc["points"]
+            step = max(1, len(verts) // 5)
+            out += [(x, y, sc["class"]) for x, y in verts[::step][:5]]
+        return out
+
+    if len(ts.image_ids) >= 2:
+        folds = []
+        for k, held in enumerate(ts.image_ids):
+            train = {i: (ts.points[j], ts.scribbles[j]) for j, i in enumerate(ts.image_ids) if j != k}
+            folds.append((train, {held: marks_of(ts.points[k], ts.scribbles[k])}))
+        return folds, "leave-one-image-out"
+    if not ts.image_ids:
+        return [], None
+    image_id = ts.image_ids[0]
+    units = [("p", p, p[2]) for p in ts.points[0]] + [("s", sc, sc["class"]) for sc in ts.scribbles[0]]
+    by_class: dict[int, list] = {}
+    for u in units:
+        by_class.setdefault(u[2], []).append(u)
+    if len(by_class) < 2:
+        return [], None
+    k = min(5, min(len(v) for v in by_class.values()))
+    if k < 2:
+        return [], None
+    assign = {}
+    for members in by_class.values():
+        for n, u in enumerate(members):
+            assign[id(u)] = n % k
+    folds = []
+    for f in range(k):
+        tr = [u for u in units if assign[id(u)] != f]
+        te = [u for u in units if assign[id(u)] == f]
+        train = {image_id: ([u[1] for u in tr if u[0] == "p"], [u[1] for u in tr if u[0] == "s"])}
+        test = {image_id: marks_of([u[1] for u in te if u[0] == "p"], [u[1] for u in te if u[0] == "s"])}
+        folds.append((train, test))
+    return folds, f"{k}-fold"
 
 
 def _signature(ts: TrainingSet) -> str:
@@ -334,7 +374,7 @@ class Worker:
         try:
             self.features.warm()
         except Exception as exc:  # weights missing etc.: the model thread reports it on training
-            log.error("cannot load the backbone: %s", exc)
+            log.error("warm-up failed: %s", exc)
         finally:
             self._warmed.set()
         while not self._stop:
@@ -542,28 +582,54 @@ class Worker:
                     return
 
     def _cross_validate(self) -> None:
+        """Cross-validated accuracy for the status line, one fold at a time through ``fit``/``predict``.
+
+        The core's ``fit(cross_validate=True)`` runs every fold in one call; a click arriving meanwhile would
+        wait for all of them (several fits). Fold by fold, an edit or a prediction request stops the
+        estimate after the current fold, and it is started again the next time the user pauses. Protocol as
+        in the core: leave-one-image-out when two or more images are annotated, else stratified k-fold
+        (k ≤ 5) over the marks; held-out marks are scored by the model's label at their pixel.
+        """
         m = self.model
         ts = self.store.training_set()
-        if ts.rev != m.rev and _signature(ts) != m.signature:
+        if _signature(ts) != m.signature:
             with self._cond:
-                m.cv_done = True   # stale: the next fit will redo it
+                m.cv_done = True   # stale: the next fit starts over
             return
-        seg = copy.copy(self.features.base)
-        seg.classes, seg.colors, seg.cross_validate = list(ts.classes), list(ts.colors), True
-        fmaps = [self.features.get(i) for i in ts.image_ids]
+        folds, method = _cv_folds(ts)
         start = time.perf_counter()
-        try:
-            seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
-        except PointsegError:
+        correct = total = 0
+        fmaps = {i: self.features.get(i) for i in ts.image_ids}
+        for train, test in folds:
             with self._cond:
-                m.cv_done = True
-            return
+                if self._stop or self.model is not m or self._edit_rev > m.rev or self._requests \
+                        or self.batch["running"]:
+                    return   # interrupted: cv_done stays False, so it runs again at the next pause
+            ids = [i for i in train if train[i][0] or train[i][1]]
+            present = {c for i in ids for *_, c in train[i][0]} | {sc["class"] for i in ids for sc in train[i][1]}
+            if len(present) < 2:
+                continue
+            seg = copy.copy(self.features.base)
+            seg.classes, seg.colors, seg.cross_validate = list(ts.classes), list(ts.colors), False
+            try:
+                seg.fit([fmaps[i] for i in ids], [np.asarray(train[i][0], np.float64).reshape(-1, 3) for i in ids],
+                        [train[i][1] for i in ids])
+            except PointsegError:
+                continue
+            for image_id, marks in test.items():
+                if not marks:
+                    continue
+                labels = seg.predict_full(fmaps[image_id], probabilities=False).labels
+                h, w = labels.shape
+                for x, y, c in marks:
+                    correct += int(labels[min(h - 1, max(0, int(y))), min(w - 1, max(0, int(x)))] == c)
+                    total += 1
         cv_ms = (time.perf_counter() - start) * 1000
         with self._cond:
             if self.model is not m:
                 return
-            m.report = {**(m.report or {}), "cv_accuracy": seg.training_report_.cv_accuracy,
-                        "cv_method": seg.training_report_.cv_method}
+            m.report = {**(m.report or {}), "cv_accuracy": correct / total if total else None,
+                        "cv_method": method if total else None}
             m.timings = {**m.timings, "cv_ms": round(cv_ms, 1)}
             m.cv_done = True
         self.events.publish({"type": "model", **m.public()})
