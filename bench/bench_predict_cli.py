@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from _common import SHARED, header, md_table, save_md, test_image
 

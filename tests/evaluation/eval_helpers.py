@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pointseg.evaluation.datasets import IGNORE, load_dataset
+from pointseg.evaluation.datasets import IGNORE
 from pointseg.evaluation.methods import Method
 
 
