@@ -12,7 +12,8 @@ computed in the background, as in the app). Then each measured "click" is what t
 
 timed on the client from before the POST until the PNG has arrived, i.e. retraining on all points of all
 images + predicting the 1 MP image + encoding + both HTTP round trips. Clicks are paced like a user
-(``--pace`` seconds apart) and also sent back to back. In the same run, for comparison:
+(``--pace`` seconds apart), come after pauses long enough for the server to start its cross-validation
+(``--slow-pace``), and are sent back to back. In the same run, for comparison:
 
 * the first view of a new, never seen image (its features are computed on demand);
 * the baseline without pointseg's feature reuse: the same fit + predict through the library when every
@@ -119,6 +120,9 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=20, help="clicks sent back to back")
     ap.add_argument("--size", type=int, default=1000)
     ap.add_argument("--pace", type=float, default=0.5, help="seconds between paced clicks")
+    ap.add_argument("--slow-pace", type=float, default=1.6,
+                    help="seconds between the clicks of a user who pauses (the server validates meanwhile)")
+    ap.add_argument("--slow-clicks", type=int, default=15)
     ap.add_argument("--baseline-repeats", type=int, default=3)
     ap.add_argument("--backbone", default=None)
     args = ap.parse_args()
@@ -135,6 +139,7 @@ def main() -> None:
     result: dict = {"args": vars(args)}
     try:
         with httpx.Client(base_url=url, timeout=300) as c:
+            method = c.get("/api/project").json()["method"]
             ids = [i["id"] for i in c.get("/api/images").json()["images"] if i["name"] != fresh.name]
             cls = [c.post("/api/classes", json={"name": n}).json() for n in ("left", "right")]
             per_image = args.points // len(ids)
@@ -155,6 +160,8 @@ def main() -> None:
             time.sleep(1.0)
 
             paced, paced_t = click_series(c, ids, cls, args.clicks, args.pace, rng, args.size)
+            time.sleep(1.0)
+            slow, slow_t = click_series(c, ids, cls, args.slow_clicks, args.slow_pace, rng, args.size)
             time.sleep(1.0)
             burst, burst_t = click_series(c, ids, cls, args.burst, 0.0, rng, args.size)
             time.sleep(1.0)
@@ -202,7 +209,8 @@ def main() -> None:
         pts.append(np.column_stack([rng.uniform(0, args.size / 2, n) + k * args.size / 2 - 1,
                                     rng.uniform(0, args.size - 1, n), k]))
     kwargs = {"backbone": args.backbone} if args.backbone else {}
-    seg = Segmenter(classes=["left", "right"], cache=FeatureCache(max_bytes=0), cross_validate=False, **kwargs)
+    seg = Segmenter.preset("default", classes=["left", "right"], cache=FeatureCache(max_bytes=0),
+                           cross_validate=False, **kwargs)
     seg.extractor  # load the network outside the timing
     base = []
     for _ in range(args.baseline_repeats):
@@ -218,10 +226,12 @@ def main() -> None:
 
     mp = args.size * args.size / 1e6
     result.update(
+        method=method,
         paced={"p50": pct(paced, 50), "p95": pct(paced, 95), "max": max(paced), "n": len(paced),
                "fit_ms": med(paced_t, "fit_ms"), "predict_ms": med(paced_t, "predict_ms"),
                "encode_ms": med(paced_t, "encode_ms"), "wait_ms": med(paced_t, "wait_ms")},
         burst={"p50": pct(burst, 50), "p95": pct(burst, 95), "max": max(burst), "n": len(burst)},
+        slow={"p50": pct(slow, 50), "p95": pct(slow, 95), "max": max(slow), "n": len(slow)},
         undo={"p50": pct(undo, 50), "p95": pct(undo, 95), "n": len(undo)},
         cold=cold, baseline={"median": float(np.median(base)), "runs": base},
         overlay_bytes={"png": png_bytes, "json": json_bytes}, report=report,
@@ -230,6 +240,8 @@ def main() -> None:
     rows = [
         [f"click → overlay, paced ({args.pace:g} s apart), n={len(paced)}", f"{result['paced']['p50']:.0f}",
          f"**{result['paced']['p95']:.0f}**", f"{result['paced']['max']:.0f}"],
+        [f"click → overlay after a pause ({args.slow_pace:g} s: cross-validation runs and yields), n={len(slow)}",
+         f"{result['slow']['p50']:.0f}", f"{result['slow']['p95']:.0f}", f"{result['slow']['max']:.0f}"],
         [f"click → overlay, back to back, n={len(burst)}", f"{result['burst']['p50']:.0f}",
          f"{result['burst']['p95']:.0f}", f"{result['burst']['max']:.0f}"],
         [f"undo → overlay, n={len(undo)}", f"{result['undo']['p50']:.0f}", f"{result['undo']['p95']:.0f}", "–"],
@@ -241,8 +253,9 @@ def main() -> None:
         header("bench_server_latency.py", sys.argv[1:]),
         "",
         f"Project: {args.images} images of {args.size}×{args.size} ({mp:.1f} MP), {report['n_points']} points "
-        f"at the end ({args.points} before the measured clicks), 2 classes, backbone "
-        f"{args.backbone or 'default'}; load average {load0:.1f} → {load1:.1f} (other jobs on the 2 cores).",
+        f"at the end ({args.points} before the measured clicks), 2 classes; the default method "
+        f"({', '.join(f'{k} {v}' for k, v in method.items() if v is not None)}); "
+        f"load average {load0:.1f} → {load1:.1f} (other jobs on the 2 cores).",
         "",
         md_table(["ms", "p50", "p95", "max"], rows),
         "",

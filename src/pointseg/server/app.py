@@ -215,7 +215,9 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None) -> Fast
     # ----------------------------------------------------------------------------------- project
     @app.get("/api/project")
     def project():
-        return {"name": store.dir.name, "backbone": settings.backbone, **store.summary(),
+        params = features.base.get_params()
+        method = {k: params[k] for k in ("backbone", "features", "smoothing", "classifier", "C") if k in params}
+        return {"name": store.dir.name, "backbone": settings.backbone, "method": method, **store.summary(),
                 "token_required": token is not None, **worker.status(),
                 "max_upload_bytes": settings.max_upload_bytes}
 
