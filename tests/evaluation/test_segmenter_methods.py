@@ -10,20 +10,24 @@ from pointseg.errors import PointsegError
 from pointseg.evaluation.datasets import load_dataset
 from pointseg.evaluation.methods import build_method, parse_method_spec
 from pointseg.evaluation.runner import EvalConfig, evaluate
+from pointseg.presets import DEFAULT_BACKBONE
 
 
 def test_deep_methods_learn_the_task_and_share_one_feature_computation_per_image(tmp_path):
     synth = load_dataset(make_dataset(tmp_path / "big", size=(96, 128), rect=(40, 48), ignore_band=False))
     cache = FeatureCache(max_bytes=200_000_000)
-    methods = [build_method(s, synth.classes, cache=cache) for s in ("default", "default-rf@lite2-rf")]
+    specs = ("default", "default:C=1.0@C1", "default-rf@deep-rf")
+    methods = [build_method(s, synth.classes, cache=cache) for s in specs]
+    extractors = {m.segmenter.extractor.id for m in methods}     # default and C1 share one; the forest's differs
+    assert len(extractors) == (2 if methods[0].segmenter.features_ != "deep" else 1)
     cfg = EvalConfig(seeds=(0, 1), train_images=2, test=2, clicks=(3,), budget=3, transfer_at=(3,))
     res = evaluate(synth, methods, cfg)
     used = {s for sp in res["splits"].values() for s in sp["train"] + sp["test"]}
-    # two methods x two seeds x two protocols with retraining after every click, yet each image's features
-    # were computed exactly once: every other request was a cache hit
-    assert cache.misses == len(used)
+    # three methods x two seeds x two protocols with retraining after every click, yet each image's features
+    # were computed once per feature extractor: every other request was a cache hit
+    assert cache.misses == len(used) * len(extractors)
     assert cache.hits > len(used)
-    for method in ("default", "lite2-rf"):
+    for method in ("default", "C1", "deep-rf"):
         st = res["summary"]["random"][method]["interactive"]["3"]["miou"]
         assert st["mean"] > 0.8            # a trivial task; what is lost is the stride-4 blur at the edges
 
@@ -52,5 +56,5 @@ def test_pointseg_evaluate_is_registered_in_the_cli(synth_dir, tmp_path):
                                  "--json", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
-    assert data["methods"]["default"]["backbone"] == "efficientnet_lite2"
+    assert data["methods"]["default"]["backbone"] == DEFAULT_BACKBONE
     assert [c["clicks"] for c in data["runs"][0]["curve"]] == [2, 3]
