@@ -13,7 +13,7 @@ app.command("noop")(lambda: None)          # two commands, so "evaluate" is addr
 def test_evaluate_command_writes_json_csv_and_plot(synth_dir, tmp_path):
     out = tmp_path / "out"
     r = CliRunner().invoke(app, [
-        "evaluate", str(synth_dir), "--method", "skimage-rf", "--protocol", "both", "--seeds", "0,1",
+        "evaluate", str(synth_dir), "--method", "skimage-rf:n_jobs=1", "--protocol", "both", "--seeds", "0,1",
         "--train-images", "2", "--test", "2", "--clicks", "1,2", "--budget", "3", "--transfer-at", "all",
         "--json", str(out / "r.json"), "--csv", str(out / "r.csv"), "--plot", str(out / "r.png"), "--no-progress"])
     assert r.exit_code == 0, r.output

@@ -58,10 +58,10 @@ def test_corrective_clicks_fix_errors_and_retrain_after_each(tmp_path):
 def test_same_seed_gives_identical_results_and_other_seeds_differ(tmp_path):
     ds = load_dataset(make_dataset(tmp_path / "n", n=8, noise=30.0, ignore_band=False))
     cfg = EvalConfig(seeds=(1,), train_images=2, test=3, clicks=(2, 4), budget=4, transfer_at=None)
-    a = evaluate(ds, [SkimageRF(ds.classes)], cfg)
-    b = evaluate(ds, [SkimageRF(ds.classes)], cfg)
+    a = evaluate(ds, [SkimageRF(ds.classes, forest={"n_jobs": 1})], cfg)
+    b = evaluate(ds, [SkimageRF(ds.classes, forest={"n_jobs": 1})], cfg)
     assert json.dumps(a["runs"]) == json.dumps(b["runs"])
-    c = evaluate(ds, [SkimageRF(ds.classes)], EvalConfig(**{**cfg.__dict__, "seeds": (2,)}))
+    c = evaluate(ds, [SkimageRF(ds.classes, forest={"n_jobs": 1})], EvalConfig(**{**cfg.__dict__, "seeds": (2,)}))
     assert json.dumps(a["runs"]) != json.dumps(c["runs"])
 
 
@@ -73,7 +73,7 @@ def test_methods_see_the_same_clicks(synth):
 
 
 def test_skimage_anchor_learns_the_synthetic_task(synth):
-    res = evaluate(synth, [SkimageRF(synth.classes)], EvalConfig(**{**FAST, "protocols": ("random",)}))
+    res = evaluate(synth, [SkimageRF(synth.classes, forest={"n_jobs": 1})], EvalConfig(**{**FAST, "protocols": ("random",)}))
     last = res["runs"][0]["points"][-1]
     assert last["interactive"]["miou"] > 0.9 and last["transfer"]["miou"] > 0.9
 
