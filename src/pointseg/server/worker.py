@@ -297,6 +297,12 @@ class Worker:
         if self.features.ready(image_id):
             return True
         with self._fcond:
+            if prio == PRIO_VIEW:
+                # the user has moved on: images viewed before become guesses, done when the user pauses
+                for other, p in list(self._fqueued.items()):
+                    if p == PRIO_VIEW and other != image_id:
+                        self._fqueued[other] = PRIO_PREFETCH
+                        heapq.heappush(self._fjobs, (PRIO_PREFETCH, next(self._seq), other))
             old = self._fqueued.get(image_id)
             if old is None or prio < old:
                 self._fqueued[image_id] = prio
@@ -379,14 +385,27 @@ class Worker:
             self._warmed.set()
         while not self._stop:
             with self._fcond:
-                while not self._fjobs and not self._stop:
-                    self._fcond.wait()
+                job = None
+                while job is None and not self._stop:
+                    if not self._fjobs:
+                        self._fcond.wait()
+                        continue
+                    prio, _, image_id = self._fjobs[0]
+                    if self._fqueued.get(image_id) != prio:
+                        heapq.heappop(self._fjobs)   # superseded by a higher-priority entry
+                        continue
+                    if prio == PRIO_PREFETCH:
+                        # guesses about the next image wait until the user pauses: a network run would
+                        # take the cores from the fit and prediction of a click
+                        quiet = time.monotonic() - self._last_edit
+                        if quiet < self.idle_s or self._edit_rev > self.model.rev or self._requests:
+                            self._fcond.wait(max(0.05, self.idle_s - quiet))
+                            continue
+                    heapq.heappop(self._fjobs)
+                    del self._fqueued[image_id]
+                    job = image_id
                 if self._stop:
                     return
-                prio, _, image_id = heapq.heappop(self._fjobs)
-                if self._fqueued.get(image_id) != prio:
-                    continue  # superseded by a higher-priority entry
-                del self._fqueued[image_id]
             start = time.perf_counter()
             try:
                 self.features.get(image_id).moments()   # memoised: the first fit with it stays fast

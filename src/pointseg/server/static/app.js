@@ -269,7 +269,27 @@ function scheduleImageStats() {
 }
 
 // ------------------------------------------------------------------------------------------------ edits
+// Edits of this tab: their event-stream echoes need no reload (the POST answer carries the data).
+const own = { inflight: 0, revs: new Set(), deferred: 0 };
+
+async function ownEdit(fn) {
+  own.inflight++;
+  try {
+    const data = await fn();
+    if (data && data.rev !== undefined && data.rev !== null) own.revs.add(data.rev);
+    return data;
+  } finally {
+    own.inflight--;
+    if (!own.inflight && own.deferred) {       // another tab edited this image meanwhile
+      const rev = own.deferred;
+      own.deferred = 0;
+      if (!own.revs.has(rev) && rev > S.annRev) reloadAnnotations().then(() => refreshOverlay(rev)).catch(fail);
+    }
+  }
+}
+
 function editDone(rev) {
+  own.revs.add(rev);
   S.rev = Math.max(S.rev, rev);
   S.annRev = rev;
   S.suggestions = [];
@@ -287,7 +307,7 @@ async function addAnnotation(item) {
   drawMarks();
   S.clickT0Pending = performance.now();
   try {
-    const data = await api("POST", `/api/images/${id}/annotations`, { items: [{ ...item, class_id: S.classId }] });
+    const data = await ownEdit(() => api("POST", `/api/images/${id}/annotations`, { items: [{ ...item, class_id: S.classId }] }));
     if (S.currentId !== id) return;
     S.annotations = S.annotations.concat(data.annotations);
     S.history = data.history;
@@ -304,7 +324,7 @@ async function erasePath(points) {
   const id = S.currentId;
   try {
     S.clickT0Pending = performance.now();
-    const data = await api("POST", `/api/images/${id}/erase`, { points, radius: Math.max(1, S.brush / 2) });
+    const data = await ownEdit(() => api("POST", `/api/images/${id}/erase`, { points, radius: Math.max(1, S.brush / 2) }));
     if (!data.removed.length) return;
     S.annotations = S.annotations.filter((a) => !data.removed.includes(a.id));
     S.history = data.history;
@@ -318,7 +338,7 @@ async function undoRedo(which) {
   if (id === null) return;
   try {
     S.clickT0Pending = performance.now();
-    const data = await api("POST", `/api/images/${id}/${which}`);
+    const data = await ownEdit(() => api("POST", `/api/images/${id}/${which}`));
     if (S.currentId !== id) return;
     if (!data.edit) { toast(`Nothing to ${which} on this image.`, "info", 1800); return; }
     S.annotations = data.annotations;
@@ -844,6 +864,8 @@ function connectEvents() {
         S.training = true;
         renderStatus();
         if (ev.what === "annotations" && ev.image_id === S.currentId && ev.rev > S.annRev) {
+          if (own.revs.has(ev.rev)) break;                        // our own edit, already applied
+          if (own.inflight) { own.deferred = Math.max(own.deferred, ev.rev); break; }
           reloadAnnotations().then(() => refreshOverlay(ev.rev)).catch(fail);
         } else if (ev.what === "classes") {
           loadClasses().then(() => refreshOverlay(ev.rev)).catch(fail);
