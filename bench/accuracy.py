@@ -85,6 +85,7 @@ def main() -> None:
         previous = args.out / "accuracy.md"
         run_line = previous.read_text().splitlines()[0] if previous.is_file() else "(run line not recorded)"
     md = [run_line + "\n"]
+    runs_seen: dict[str, list[str]] = {}
     headline = []
     for name in args.datasets:
         root = SHARED / "datasets" / name
@@ -94,8 +95,7 @@ def main() -> None:
                 print(f"skip {name}: no {path}")
                 continue
             results = json.loads(path.read_text())
-            run_line = results.get("run", {}).get("line", run_line)
-            md[0] = run_line + "\n"
+            runs_seen.setdefault(results.get("run", {}).get("line", run_line), []).append(name)
             elapsed = sum(t["wall_s"] for t in results["timings"].values())
         else:
             if not root.is_dir():
@@ -132,6 +132,8 @@ def main() -> None:
         md.append(f"![{name}: mIoU against clicks](bench/figures/accuracy_{name}.png)\n")
         md.append(f"![{name}: defect IoU against clicks](bench/figures/accuracy_{name}_defect.png)\n")
         headline.append(_headline(name, results))
+    if runs_seen:   # --render-only: say which run produced which dataset
+        md[0] = "".join(f"{line} ({', '.join(names)})\n\n" for line, names in runs_seen.items())
     md.insert(1, _headline_table(headline))
     text = "\n".join(md)
     (args.out / "accuracy.md").write_text(text)
