@@ -1,8 +1,9 @@
 """The method on real defect images (../shared/datasets/magnetic_tile), skipped when the data is absent.
 
 Floors were measured (3 seeds, 10 random clicks per class on one image, 14 held-out images; 2026-11-25):
-ResNet-18 seed preset mIoU 0.505, default backbone 0.516. They sit just below, so a regression in features,
-sampling or the classifier fails here while noise does not.
+ResNet-18 seed preset mIoU 0.505; default configuration 0.517 (EfficientNet-Lite0 hybrid; the former default,
+Lite2 deep, also 0.516). They sit just below, so a regression in features, sampling or the classifier fails
+here while noise does not.
 """
 
 from pathlib import Path
