@@ -37,6 +37,9 @@ from pointseg.server.store import ProjectStore, TrainingSet, atomic_write_bytes
 
 log = logging.getLogger("pointseg.server")
 
+#: above this many pixels per image, cross-validation uses the core's one-call CV (see _cross_validate)
+CV_FOLD_PIXELS = 4_000_000
+
 #: priorities of feature jobs (lower runs first)
 PRIO_VIEW, PRIO_TRAIN, PRIO_PREFETCH, PRIO_BATCH = 0, 1, 2, 3
 
@@ -619,6 +622,11 @@ class Worker:
         start = time.perf_counter()
         correct = total = 0
         fmaps = {i: self.features.get(i) for i in ts.image_ids}
+        if max((np.prod(f.image_size) for f in fmaps.values()), default=0) > CV_FOLD_PIXELS:
+            # scoring a fold means predicting its held-out image: on large images the core's own CV
+            # (scored on sampled features, a few fits in one call) is the cheaper interruption
+            self._core_cross_validate(m, ts, fmaps, start)
+            return
         for train, test in folds:
             with self._cond:
                 if self._stop or self.model is not m or self._edit_rev > m.rev or self._requests \
@@ -650,6 +658,25 @@ class Worker:
             m.report = {**(m.report or {}), "cv_accuracy": correct / total if total else None,
                         "cv_method": method if total else None}
             m.timings = {**m.timings, "cv_ms": round(cv_ms, 1)}
+            m.cv_done = True
+        self.events.publish({"type": "model", **m.public()})
+
+    def _core_cross_validate(self, m: ModelState, ts: TrainingSet, fmaps: dict, start: float) -> None:
+        seg = copy.copy(self.features.base)
+        seg.classes, seg.colors, seg.cross_validate = list(ts.classes), list(ts.colors), True
+        try:
+            seg.fit([fmaps[i] for i in ts.image_ids],
+                    [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
+        except PointsegError:
+            with self._cond:
+                m.cv_done = True
+            return
+        with self._cond:
+            if self.model is not m:
+                return
+            m.report = {**(m.report or {}), "cv_accuracy": seg.training_report_.cv_accuracy,
+                        "cv_method": seg.training_report_.cv_method}
+            m.timings = {**m.timings, "cv_ms": round((time.perf_counter() - start) * 1000, 1)}
             m.cv_done = True
         self.events.publish({"type": "model", **m.public()})
 
