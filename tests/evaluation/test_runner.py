@@ -94,3 +94,10 @@ def test_progress_reaches_the_announced_total(synth):
     cfg = EvalConfig(**{**FAST, "seeds": (0, 1)})
     evaluate(synth, [OracleMethod(synth)], cfg, on_progress=lambda n, d: seen.append(n))
     assert sum(seen) == progress_units(cfg, 1)
+
+
+def test_package_exports_the_documented_api():
+    import pointseg.evaluation as pe
+
+    assert pe.evaluate is evaluate and pe.EvalConfig is EvalConfig
+    assert set(pe.__all__) >= {"load_dataset", "build_method", "print_tables", "write_json", "plot_curves"}
