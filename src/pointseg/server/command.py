@@ -76,6 +76,16 @@ def serve_command(
         for p in problems[:10]:
             err(f"  skipped {p}")
 
+    import socket
+
+    try:  # a clear message now rather than uvicorn's after the model has been loaded
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        err(f"error: cannot listen on {host}:{port} ({exc.strerror}); choose another --port", err=True)
+        raise typer.Exit(2) from None
+
     if host not in LOOPBACK and not token:
         token = secrets.token_urlsafe(24)
     max_mb = float(os.environ.get("POINTSEG_MAX_UPLOAD_MB", "256"))
@@ -106,15 +116,18 @@ def serve_command(
                 time.sleep(0.05)
             webbrowser.open(url)
         threading.Thread(target=_open, daemon=True).start()
+    code = 0
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful shutdown
         pass
+    except SystemExit as exc:  # uvicorn exits this way when it cannot start
+        code = exc.code if isinstance(exc.code, int) else 1
     finally:
         store.close()
         lock.close()
-    # Everything is committed and closed. Skip the interpreter's teardown of torch and friends, which
-    # takes seconds on a busy machine and has nothing left to save.
+    # Everything is committed and closed. Skip the interpreter's teardown of torch and the worker threads,
+    # which takes seconds on a busy machine, has nothing left to save, and can abort in torch's C++.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
