@@ -322,11 +322,12 @@ class Segmenter:
             return scores
         from scipy.ndimage import gaussian_filter
 
-        data = scores.numpy()
-        out = np.empty_like(data)
-        for k in range(data.shape[0]):
-            out[k] = gaussian_filter(data[k], sigma, mode="nearest", truncate=3.0)
-        return torch.from_numpy(out)
+        # softmax ignores a common per-pixel offset, so smoothing the K-1 differences to class 0 gives the
+        # same probabilities as smoothing all K scores, at (K-1)/K of the cost (half for two classes)
+        data = (scores - scores[:1]).numpy()
+        for k in range(1, data.shape[0]):
+            data[k] = gaussian_filter(data[k], sigma, mode="nearest", truncate=3.0)
+        return torch.from_numpy(data)
 
     def _finish(self, decision: "_Decision", probabilities: bool) -> Prediction:
         size = decision.image_size
