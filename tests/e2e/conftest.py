@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "server"))
 from serverkit import Server  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
