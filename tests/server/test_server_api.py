@@ -221,6 +221,19 @@ def test_uploads_checked_for_type_size_and_content(remote_server):
         r = c.get(f"/api/images/{first['id']}/file")
         assert r.status_code == 200 and r.content == good.getvalue()
         assert c.get(f"/api/images/{first['id']}/thumb").headers["content-type"] == "image/jpeg"
+        # a 16-bit TIFF is shown as the network sees it: rescaled to 8 bits, as a PNG of the same size
+        import tifffile
+
+        buf = io.BytesIO()
+        ramp = (np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) * 7 + 1000)
+        tifffile.imwrite(buf, ramp)
+        r = c.post("/api/images", files=[("files", ("scan.tif", buf.getvalue(), "image/tiff"))])
+        assert r.status_code == 201, r.text
+        tif = r.json()["added"][0]
+        shown = c.get(f"/api/images/{tif['id']}/file")
+        assert shown.headers["content-type"] == "image/png"
+        arr = np.asarray(Image.open(io.BytesIO(shown.content)))
+        assert arr.shape[:2] == (48, 40) and arr.min() == 0 and arr.max() == 255
 
 
 def test_loopback_guards_host_origin_and_no_cors(shared_server):
