@@ -124,6 +124,13 @@ def test_click_train_correct_loop_in_chromium(page, make_server, tmp_path):
     page.wait_for_function("() => document.querySelectorAll('#image-list .badge.pred').length === 2")
     assert all(i["prediction"]["status"] == "ok" for i in api.get("/api/images").json()["images"])
 
+    # an edit from another tab shows up here through the event stream, overlay included
+    n = page.evaluate("() => S.annotations.length")
+    rev = api.post(f"/api/images/{ids[1]}/annotations",
+                   json={"items": [{"class_id": classes[1]["id"], "x": 300.0, "y": 20.0}]}).json()["rev"]
+    page.wait_for_function(f"() => S.annotations.length === {n + 1}")
+    _wait_overlay(page, ids[1], rev)
+
     # suggestions are drawn and the uncertainty view loads
     page.click("#suggest-btn")
     page.wait_for_function("() => S.suggestions.length > 0")
