@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import points_from_truth, two_texture_image
+from synthetic import points_from_truth, two_texture_image
 
 
 def run(*args, cwd=None):

@@ -15,7 +15,7 @@ from PIL import Image
 from pointseg import FeatureCache, Segmenter
 from pointseg.imageio import read_image
 
-from conftest import SHARED
+from synthetic import SHARED
 
 DATASET = SHARED / "datasets" / "magnetic_tile"
 TRAIN = "break_exp3_num_304317"

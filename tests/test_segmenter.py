@@ -5,7 +5,7 @@ import pointseg.segmenter as segmenter_module
 from pointseg import PointsegError, Segmenter
 from pointseg.errors import ModelFileError
 
-from conftest import points_from_truth, two_texture_image
+from synthetic import points_from_truth, two_texture_image
 
 CLASSES = ["left", "right", "disc"]
 
