@@ -76,3 +76,14 @@ def test_invalid_settings():
     X = np.zeros((4, 2), np.float32)
     with pytest.raises(PointsegError, match="class_weight"):
         fit_multinomial_logistic(X, np.array([0, 1, 0, 1]), np.array([0, 1]), 1.0, "auto")
+
+
+def test_warm_start_reaches_the_same_solution():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(600, 30)).astype(np.float32)
+    y = (X[:, :2] @ np.array([[1.0, -1.0], [0.5, 2.0]])).argmax(1)
+    cold = fit_multinomial_logistic(X, y, np.array([0, 1]), 0.1, "balanced")
+    start = fit_multinomial_logistic(X[:-5], y[:-5], np.array([0, 1]), 0.1, "balanced")
+    warm = fit_multinomial_logistic(X, y, np.array([0, 1]), 0.1, "balanced", init=start)
+    np.testing.assert_allclose(warm[0], cold[0], atol=1e-3)
+    np.testing.assert_allclose(warm[1], cold[1], atol=1e-3)

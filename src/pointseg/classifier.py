@@ -103,7 +103,8 @@ class PointClassifier:
         self.random_state = random_state
         self.n_estimators = n_estimators
 
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, standardizer: Standardizer):
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, standardizer: Standardizer,
+            init: LinearHead | None = None):
         present = np.unique(y)
         if len(present) < 2:
             raise PointsegError(
@@ -121,18 +122,25 @@ class PointClassifier:
             return ForestHead(model, n_classes, standardizer)
         coef = np.zeros((n_classes, X.shape[1]), dtype=np.float32)
         intercept = np.full(n_classes, ABSENT_LOGIT, dtype=np.float32)
-        w, b = fit_multinomial_logistic(Xs, y, present, self.C, self.class_weight)
+        start = None
+        if init is not None and init.coef.shape == coef.shape:
+            start = (init.coef[present], np.where(init.intercept[present] > ABSENT_LOGIT / 2,
+                                                  init.intercept[present], 0.0))
+        w, b = fit_multinomial_logistic(Xs, y, present, self.C, self.class_weight, init=start)
         coef[present], intercept[present] = w, b
         return LinearHead(coef, intercept, standardizer)
 
 
 def fit_multinomial_logistic(X: np.ndarray, y: np.ndarray, present: np.ndarray, C: float,
-                              class_weight: str | None, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+                              class_weight: str | None, max_iter: int = 100,
+                              init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Minimise ``C * sum_i w_i * CE(x_i, y_i) + ||W||^2 / 2`` (intercept unpenalised) by full-batch L-BFGS.
 
     The objective is scikit-learn's multinomial LogisticRegression; solving it in PyTorch with a strong-Wolfe
     line search is 3-4x faster than sklearn's lbfgs on the few thousand points of an interactive session
-    (measured in bench/bench_classifier.py), which is what keeps a click-to-update under 100 ms.
+    (measured in bench/bench_classifier.py), which is what keeps a click-to-update under 100 ms. ``init``
+    (weights, bias of the present classes) starts from a previous solution: after one more click the optimum
+    has barely moved, so a warm start needs a fraction of the iterations.
     """
     import torch
 
@@ -147,8 +155,12 @@ def fit_multinomial_logistic(X: np.ndarray, y: np.ndarray, present: np.ndarray, 
         sample_weight = torch.ones(len(target))
     else:
         raise PointsegError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
-    weight = torch.zeros((k, feats.shape[1]), requires_grad=True)
-    bias = torch.zeros(k, requires_grad=True)
+    if init is not None:
+        weight = torch.tensor(init[0], dtype=torch.float32).requires_grad_(True)
+        bias = torch.tensor(init[1], dtype=torch.float32).requires_grad_(True)
+    else:
+        weight = torch.zeros((k, feats.shape[1]), requires_grad=True)
+        bias = torch.zeros(k, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
                                   tolerance_grad=1e-5, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 

@@ -62,6 +62,8 @@ class Segmenter:
     cache : :class:`FeatureCache` to share between Segmenters (features are computed once per image).
     cross_validate : compute the cross-validated accuracy in the training report.
     smoothing : σ in pixels of a Gaussian prior on the class scores (0 = off; default 1.5 with hybrid features).
+    warm_start : start the next ``fit`` from the current solution (scikit-learn's meaning): an interactive
+        session refits after every click, and the optimum barely moves, so this makes refits faster.
     prior_correction : how far (0..1) to move the balanced classifier's implicit equal class priors toward
         the priors it estimates on the training images (EM, :func:`pointseg.classifier.correct_priors`).
     features : ``"deep"`` (the method as first described: the backbone's stride-4 map) or ``"hybrid"``
@@ -74,7 +76,7 @@ class Segmenter:
                  precision: str = "auto", device: str | None = None, tile_size: int = 1024,
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
                  features: str | None = None, smoothing: float | None = None,
-                 prior_correction: float = 0.0):
+                 prior_correction: float = 0.0, warm_start: bool = False):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -91,6 +93,7 @@ class Segmenter:
         self.features = features
         self.smoothing = smoothing
         self.prior_correction = prior_correction
+        self.warm_start = warm_start
         self._extractor: FeatureExtractor | None = None
 
     # ------------------------------------------------------------------ construction
@@ -104,7 +107,7 @@ class Segmenter:
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
-                      "prior_correction")
+                      "prior_correction", "warm_start")
         }
 
     @property
@@ -179,7 +182,8 @@ class Segmenter:
         X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
         standardizer = Standardizer.from_moments(moments)
         clf = PointClassifier(self.classifier, self.C, self.class_weight)
-        head = clf.fit(X, y, n_classes, standardizer)
+        previous = getattr(self, "head_", None) if self.warm_start else None
+        head = clf.fit(X, y, n_classes, standardizer, init=previous if isinstance(previous, LinearHead) else None)
         self.class_priors_ = None
         if self.prior_correction and isinstance(head, LinearHead):
             head, self.class_priors_ = correct_priors(head, _pixel_sample(fmaps), float(self.prior_correction))
