@@ -6,7 +6,6 @@ Lite2 deep, also 0.516). They sit just below, so a regression in features, sampl
 here while noise does not.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
 

@@ -35,7 +35,8 @@ from starlette.background import BackgroundTask
 from pointseg.errors import PointsegError
 from pointseg.imageio import IMAGE_SUFFIXES, read_image
 from pointseg.server import render
-from pointseg.server.store import ProjectStore, StoreError, atomic_write_bytes, sha256_file
+from pointseg.annotations import atomic_write_bytes
+from pointseg.server.store import ProjectStore, StoreError, sha256_file
 from pointseg.server.worker import PRIO_PREFETCH, PRIO_VIEW, EventHub, FeatureStore, NoModel, Worker
 
 from pointseg.presets import DEFAULT_BACKBONE  # noqa: E402
@@ -692,7 +693,7 @@ def _summary_rows(store: ProjectStore) -> list[dict]:
 def _results_zip(store: ProjectStore, worker: Worker, *, labels: bool, overlays: bool,
                  probabilities: bool) -> str:
     """Label PNGs, overlays, probabilities (float16 .npy) and summary.csv of every predicted image."""
-    from pointseg.outputs import encode_png, overlay, palette_image, write_summary_csv
+    from pointseg.outputs import encode_png, overlay, write_summary_csv
 
     m = worker.model
     if m.status != "ok":

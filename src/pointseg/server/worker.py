@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from pointseg.errors import PointsegError
-from pointseg.server.store import ProjectStore, TrainingSet, atomic_write_bytes
+from pointseg.annotations import atomic_write_bytes
+from pointseg.server.store import ProjectStore, TrainingSet
 
 log = logging.getLogger("pointseg.server")
 
