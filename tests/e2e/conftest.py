@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "server"))
-from serverkit import Server  # noqa: E402
+from serverkit import servers_started_in  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -47,13 +47,4 @@ def page(browser):
 
 @pytest.fixture
 def make_server(tmp_path):
-    started: list[Server] = []
-
-    def make(project: Path | None = None, **kw) -> Server:
-        s = Server(project or tmp_path / "project", **kw)
-        started.append(s)
-        return s.start()
-
-    yield make
-    for s in started:
-        s.stop()
+    yield from servers_started_in(tmp_path)

@@ -7,22 +7,13 @@ from pathlib import Path
 import pytest
 
 sys.path.append(str(Path(__file__).parent))
-from serverkit import Server, write_images  # noqa: E402
+from serverkit import Server, servers_started_in, write_images  # noqa: E402
 
 
 @pytest.fixture
 def make_server(tmp_path):
     """Factory: ``make_server(project, images=[...], ...)``; every server is stopped at the end."""
-    started: list[Server] = []
-
-    def make(project: Path | None = None, **kw) -> Server:
-        s = Server(project or tmp_path / "project", **kw)
-        started.append(s)
-        return s.start()
-
-    yield make
-    for s in started:
-        s.stop()
+    yield from servers_started_in(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -124,3 +124,17 @@ def left_right_points(cls: list[dict], w: int = 160, h: int = 128, n: int = 4) -
     items = [{"kind": "point", "class_id": cls[0]["id"], "x": float(w * 0.2), "y": float(y)} for y in ys]
     items += [{"kind": "point", "class_id": cls[1]["id"], "x": float(w * 0.8), "y": float(y)} for y in ys]
     return items
+
+
+def servers_started_in(tmp_path: Path):
+    """Generator behind the ``make_server`` fixtures: a factory of started servers, all stopped at the end."""
+    started: list[Server] = []
+
+    def make(project: Path | None = None, **kw) -> Server:
+        s = Server(project or tmp_path / "project", **kw)
+        started.append(s)
+        return s.start()
+
+    yield make
+    for s in started:
+        s.stop()
