@@ -94,11 +94,13 @@ def predict(
 
     from pointseg.imageio import list_images, read_image
     from pointseg.outputs import save_label_png, save_overlay, save_probabilities, summarize, write_summary_csv
+    from pointseg.features import FeatureCache
     from pointseg.segmenter import Segmenter
 
     if ng_area is not None and not 0.0 <= ng_area <= 1.0:
         raise PointsegError(f"--ng-area must be a fraction between 0 and 1, got {ng_area}")
-    seg = Segmenter.load(model, weights=weights)
+    # a batch sees each image once: keeping feature maps would only grow memory with the folder
+    seg = Segmenter.load(model, weights=weights, cache=FeatureCache(max_bytes=0))
     files = list_images(inputs)
     if not files:
         raise PointsegError("no images found in the given paths (supported: png, jpg, bmp, tif)")
