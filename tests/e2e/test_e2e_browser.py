@@ -291,5 +291,14 @@ def test_upload_classes_scribble_eraser_in_chromium(page, make_server, tmp_path)
     page.wait_for_function(f"() => document.querySelector('#zoom-label').textContent !== '{before}'")
     page.keyboard.press("f")
     page.wait_for_function(f"() => document.querySelector('#zoom-label').textContent === '{before}'")
+
+    # removing the open image (confirmed) drops it and its annotations; the page moves to the other image
+    row = page.locator(f"#image-list li[data-id='{image_id}']")
+    row.hover()
+    row.locator("button.img-del").click()
+    page.wait_for_function("() => S.images.length === 1 && S.currentId !== null && S.currentId !== %d" % image_id)
+    assert [i["id"] for i in api.get("/api/images").json()["images"]] != [image_id]
+    assert len(api.get("/api/images").json()["images"]) == 1
+    assert page.locator("#image-list li").count() == 1
     assert _real_errors(page) == []
     api.close()

@@ -695,11 +695,20 @@ function renderImages() {
     return el("li", { dataset: { id: img.id }, class: img.id === S.currentId ? "current" : "", title: img.name,
                       onclick: () => openImage(img.id).catch(fail) },
       el("img", { src: `/api/images/${img.id}/thumb`, loading: "lazy", alt: "" }),
-      el("div", { class: "meta" }, el("span", { class: "name" }, img.name), badges));
+      el("div", { class: "meta" }, el("span", { class: "name" }, img.name), badges),
+      el("button", { class: "mini del img-del", title: "Remove from project", "aria-label": `Remove ${img.name}`,
+                     onclick: (ev) => { ev.stopPropagation(); removeImage(img); } }, "✕"));
   });
   list.replaceChildren(...nodes);
   const pos = visible.findIndex((i) => i.id === S.currentId);
   $("#pager-pos").textContent = visible.length ? `${pos >= 0 ? pos + 1 : "–"} / ${visible.length}` : "";
+}
+
+function removeImage(img) {          // the file on disk stays; its annotations and predictions go
+  const n = img.n_points + img.n_scribbles;
+  if (!confirm(`Remove "${img.name}" from the project${n ? ` with its ${n} annotation${n > 1 ? "s" : ""}` : ""}? ` +
+               "Your original file is not touched.")) return;
+  api("DELETE", `/api/images/${img.id}`).then(() => Promise.all([loadImages(), loadClasses()])).catch(fail);
 }
 
 function step(delta) {
