@@ -34,6 +34,18 @@ def test_bands_equal_the_whole_image():
         np.testing.assert_array_equal(low_level_band(image, r0, r1), whole[:, r0:r1])
 
 
+def test_model_of_another_filter_bank_is_refused(tmp_path, monkeypatch):
+    import pointseg.filters
+    from pointseg.errors import ModelFileError
+
+    image, _ = thin_lines_image()
+    pts = np.array([[20, 10, 1], [100, 51, 1], [60, 100, 0], [200, 20, 0]], float)
+    Segmenter("efficientnet_lite0", ["bg", "line"], features="hybrid").fit([image], [pts]).save(tmp_path / "h.pointseg")
+    monkeypatch.setattr(pointseg.filters, "VERSION", pointseg.filters.VERSION + 1)
+    with pytest.raises(ModelFileError, match="version .* of the low-level filter bank.*retrain"):
+        Segmenter.load(tmp_path / "h.pointseg")
+
+
 def test_responses_peak_on_a_thin_dark_line():
     image = np.full((64, 64, 3), 200, np.uint8)
     image[:, 31] = 50

@@ -256,7 +256,7 @@ class FeatureExtractor:
         self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
         self.id = (
             f"{self.spec.name}-{self.weights_sha256[:16]}-{self.precision}-p{PREPROCESSING_VERSION}"
-            + ("-hybrid" if self.hybrid else "")
+            + (f"-hybrid{_filter_bank_version()}" if self.hybrid else "")
         )
         self._run_lock = threading.Lock()
 
@@ -362,6 +362,12 @@ class FeatureExtractor:
             else:
                 y = self.module(x)
         return y[0].float().contiguous().cpu().numpy()
+
+
+def _filter_bank_version() -> int:
+    from pointseg import filters
+
+    return filters.VERSION
 
 
 def _pad_reflect(rgb: np.ndarray, hp: int, wp: int) -> np.ndarray:

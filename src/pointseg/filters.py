@@ -23,6 +23,8 @@ PER_SIGMA = ("gaussian", "gradient", "laplacian", "hessian_max", "hessian_min")
 CHANNELS = 3 + len(SIGMAS) * len(PER_SIGMA)
 #: context (pixels) each filter needs on each side: the Gaussian's 4σ radius plus 1 for the derivatives
 HALO = int(math.ceil(4 * max(SIGMAS))) + 2
+#: bumped whenever the responses change, so models and cached features of another bank are not mixed up
+VERSION = 1
 
 
 def channel_names() -> list[str]:

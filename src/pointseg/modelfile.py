@@ -50,6 +50,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "colors": seg.colors_,
         "features": ext.features,
         "feature_channels": {"deep": ext.channels, "fine": ext.fine_channels},
+        "filter_bank_version": _filter_bank_version() if ext.hybrid else None,
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
                    "tile_size": seg.tile_size, "smoothing": seg.smoothing_,
                    "prior_correction": seg.prior_correction},
@@ -63,6 +64,12 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "scale": np.ascontiguousarray(head.standardizer.scale, dtype=np.float32),
     }
     atomic_write_bytes(Path(path), save(tensors, metadata={"pointseg": json.dumps(meta)}))
+
+
+def _filter_bank_version() -> int:
+    from pointseg.filters import VERSION
+
+    return VERSION
 
 
 def _preprocessing_version() -> int:
@@ -110,6 +117,15 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
         tile_size=params.get("tile_size", 1024), cache=cache, features=meta.get("features", "deep"),
         smoothing=params.get("smoothing", 0.0), prior_correction=params.get("prior_correction", 0.0),
     )
+    if meta.get("features") == "hybrid":
+        # files written before the bank was versioned carry no number: they used version 1
+        trained_with = meta.get("filter_bank_version") or 1
+        if trained_with != _filter_bank_version():
+            raise ModelFileError(
+                f"{Path(path).name} was trained on version {trained_with} of the low-level filter bank, this "
+                f"pointseg {__version__} computes version {_filter_bank_version()}; retrain the model from its "
+                "annotations (`pointseg train`, or open the project in `pointseg serve`)"
+            )
     ext = seg.extractor  # resolves the weights: a clear error if they are not available
     if ext.weights_sha256 != meta["weights_sha256"]:
         raise ModelFileError(
