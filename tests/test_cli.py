@@ -57,6 +57,13 @@ def test_train_then_predict_writes_masks_overlays_probabilities_and_summary(proj
     assert int(row["regions_disc"]) >= 1
     assert row["status"] == "NG"  # "right" + "disc" cover about 55 % > 50 %
 
+    # --min-region: the ~1150-pixel disc is a region below 5000 pixels, so it takes the class around it
+    result = run("predict", project / "m.pointseg", project / "part0.png", "-o", project / "out_min",
+                 "--min-region", "5000")
+    assert result.returncode == 0, result.stderr
+    row = next(csv.DictReader(open(project / "out_min" / "summary.csv")))
+    assert int(row["regions_disc"]) == 0 and float(row["fraction_disc"]) == 0
+
 
 def test_bad_inputs_exit_2_with_one_line(project, tmp_path):
     bad = tmp_path / "bad.json"

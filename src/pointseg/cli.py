@@ -29,6 +29,12 @@ WeightsOption = Annotated[
 ]
 
 
+MinRegionOption = Annotated[Optional[int], typer.Option(
+    "--min-region", min=0,
+    help="Relabel predicted regions smaller than this many pixels with the class around them (0 = off; "
+         "predict: overrides the model's setting).")]
+
+
 class ProbabilityFormat(str, Enum):
     npy = "npy"
     tiff = "tiff"
@@ -43,6 +49,7 @@ def train(
     weights: WeightsOption = None,
     c: Annotated[Optional[float], typer.Option("--C", help="Inverse regularisation strength of the logistic regression.")] = None,
     download: Annotated[bool, typer.Option(help="Download missing torchvision weights (needs internet).")] = False,
+    min_region: MinRegionOption = None,
 ) -> None:
     """Train a model on annotated images and print the training report."""
     from pointseg.annotations import AnnotationSet
@@ -55,6 +62,8 @@ def train(
         params["backbone"] = backbone
     if c is not None:
         params["C"] = c
+    if min_region is not None:
+        params["min_region"] = min_region
     seg = Segmenter(**params, classes=ann.classes, colors=ann.colors, weights=weights, download=download)
     images = [img.path for img in ann.images]
     with console.status(f"extracting {params['backbone']} features of {len(images)} image(s) and training…"):
@@ -88,6 +97,7 @@ def predict(
     probabilities: Annotated[Optional[ProbabilityFormat], typer.Option(help="Also write float16 probabilities (npy or tiff).")] = None,
     ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the first class.")] = None,
     weights: WeightsOption = None,
+    min_region: MinRegionOption = None,
 ) -> None:
     """Label every pixel of new images with a trained model."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -101,6 +111,8 @@ def predict(
         raise PointsegError(f"--ng-area must be a fraction between 0 and 1, got {ng_area}")
     # a batch sees each image once: keeping feature maps would only grow memory with the folder
     seg = Segmenter.load(model, weights=weights, cache=FeatureCache(max_bytes=0))
+    if min_region is not None:
+        seg.min_region = min_region
     files = list_images(inputs)
     if not files:
         raise PointsegError("no images found in the given paths (supported: png, jpg, bmp, tif)")

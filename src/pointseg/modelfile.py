@@ -53,7 +53,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "filter_bank_version": _filter_bank_version() if ext.hybrid else None,
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
                    "tile_size": seg.tile_size, "smoothing": seg.smoothing_,
-                   "prior_correction": seg.prior_correction},
+                   "prior_correction": seg.prior_correction, "min_region": int(seg.min_region or 0)},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }
     head = seg.head_
@@ -116,6 +116,7 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
         precision=precision or meta.get("feature_precision", "auto"), device=device,
         tile_size=params.get("tile_size", 1024), cache=cache, features=meta.get("features", "deep"),
         smoothing=params.get("smoothing", 0.0), prior_correction=params.get("prior_correction", 0.0),
+        min_region=params.get("min_region", 0),
     )
     if meta.get("features") == "hybrid":
         # files written before the bank was versioned carry no number: they used version 1

@@ -66,6 +66,8 @@ class Segmenter:
         session refits after every click, and the optimum barely moves, so this makes refits faster.
     prior_correction : how far (0..1) to move the balanced classifier's implicit equal class priors toward
         the priors it estimates on the training images (EM, :func:`pointseg.classifier.correct_priors`).
+    min_region : predicted regions (8-connected) smaller than this many pixels take the class around them
+        (0 = off); for counting and measuring findings without specks. Applies to labels, not probabilities.
     features : ``"deep"`` (the method as first described: the backbone's stride-4 map) or ``"hybrid"``
         (plus full-resolution low-level filters that keep thin structures sharp; :mod:`pointseg.filters`).
         Default: hybrid for the logistic head, deep for the random forest.
@@ -76,7 +78,7 @@ class Segmenter:
                  precision: str = "auto", device: str | None = None, tile_size: int = 1024,
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
                  features: str | None = None, smoothing: float | None = None,
-                 prior_correction: float = 0.0, warm_start: bool = False):
+                 prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -94,6 +96,7 @@ class Segmenter:
         self.smoothing = smoothing
         self.prior_correction = prior_correction
         self.warm_start = warm_start
+        self.min_region = min_region
         self._extractor: FeatureExtractor | None = None
 
     # ------------------------------------------------------------------ construction
@@ -107,7 +110,7 @@ class Segmenter:
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
-                      "prior_correction", "warm_start")
+                      "prior_correction", "warm_start", "min_region")
         }
 
     @property
@@ -342,7 +345,8 @@ class Segmenter:
                 scores += fine
             proba = torch.softmax(self._smooth_scores(scores), dim=0)
             top, labels = proba.max(dim=0)
-            return Prediction(labels.numpy().astype(np.int64), proba.numpy(), (1 - top).numpy())
+            labels = self._clean(labels.numpy().astype(np.int64))
+            return Prediction(labels, proba.numpy(), (1 - top).numpy())
         labels = np.empty(size, dtype=np.int64)
         uncertainty = np.empty(size, dtype=np.float32)
         halo = int(np.ceil(3 * self.smoothing_)) + 1 if self.smoothing_ else 0
@@ -354,7 +358,16 @@ class Segmenter:
             top, lab = torch.softmax(band, dim=0).max(dim=0)
             labels[r0:r1] = lab.numpy()
             uncertainty[r0:r1] = (1 - top).numpy()
-        return Prediction(labels, None, uncertainty)
+        return Prediction(self._clean(labels), None, uncertainty)
+
+    def _clean(self, labels: np.ndarray) -> np.ndarray:
+        if not self.min_region:
+            return labels
+        if not isinstance(self.min_region, (int, np.integer)) or self.min_region < 0:
+            raise PointsegError(f"min_region must be a whole number of pixels >= 0, got {self.min_region!r}")
+        from pointseg.postprocess import remove_small_regions
+
+        return remove_small_regions(labels, int(self.min_region))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
