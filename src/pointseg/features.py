@@ -256,7 +256,7 @@ class FeatureExtractor:
         self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
         self.id = (
             f"{self.spec.name}-{self.weights_sha256[:16]}-{self.precision}-p{PREPROCESSING_VERSION}"
-            + (f"-hybrid{_filter_bank_version()}" if self.hybrid else "")
+            + (f"-hybrid{filter_bank_version()}" if self.hybrid else "")
         )
         self._run_lock = threading.Lock()
 
@@ -364,7 +364,8 @@ class FeatureExtractor:
         return y[0].float().contiguous().cpu().numpy()
 
 
-def _filter_bank_version() -> int:
+def filter_bank_version() -> int:
+    """:data:`pointseg.filters.VERSION`, without importing scipy until hybrid features are used."""
     from pointseg import filters
 
     return filters.VERSION

@@ -17,6 +17,7 @@ from pointseg._version import __version__
 from pointseg.annotations import atomic_write_bytes
 from pointseg.classifier import LinearHead, Standardizer, TrainingReport
 from pointseg.errors import ModelFileError, PointsegError
+from pointseg.features import filter_bank_version
 
 FORMAT = "pointseg-model"
 FORMAT_VERSION = 1
@@ -50,7 +51,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "colors": seg.colors_,
         "features": ext.features,
         "feature_channels": {"deep": ext.channels, "fine": ext.fine_channels},
-        "filter_bank_version": _filter_bank_version() if ext.hybrid else None,
+        "filter_bank_version": filter_bank_version() if ext.hybrid else None,
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
                    "tile_size": seg.tile_size, "smoothing": seg.smoothing_,
                    "prior_correction": seg.prior_correction, "min_region": int(seg.min_region or 0)},
@@ -64,12 +65,6 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "scale": np.ascontiguousarray(head.standardizer.scale, dtype=np.float32),
     }
     atomic_write_bytes(Path(path), save(tensors, metadata={"pointseg": json.dumps(meta)}))
-
-
-def _filter_bank_version() -> int:
-    from pointseg.filters import VERSION
-
-    return VERSION
 
 
 def _preprocessing_version() -> int:
@@ -121,10 +116,10 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
     if meta.get("features") == "hybrid":
         # files written before the bank was versioned carry no number: they used version 1
         trained_with = meta.get("filter_bank_version") or 1
-        if trained_with != _filter_bank_version():
+        if trained_with != filter_bank_version():
             raise ModelFileError(
                 f"{Path(path).name} was trained on version {trained_with} of the low-level filter bank, this "
-                f"pointseg {__version__} computes version {_filter_bank_version()}; retrain the model from its "
+                f"pointseg {__version__} computes version {filter_bank_version()}; retrain the model from its "
                 "annotations (`pointseg train`, or open the project in `pointseg serve`)"
             )
     ext = seg.extractor  # resolves the weights: a clear error if they are not available
