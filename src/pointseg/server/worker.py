@@ -262,7 +262,8 @@ class Worker:
         self._seq = itertools.count()
         self._stop = False
         self._warmed = threading.Event()
-        self.batch: dict = {"running": False, "done": 0, "total": 0, "failed": 0, "rev": None,
+        # "id" numbers the runs, so a client can tell a late copy of a run's start from its progress
+        self.batch: dict = {"id": 0, "running": False, "done": 0, "total": 0, "failed": 0, "rev": None,
                             "cancelled": False, "seconds": 0.0}
         self._batch_queue: list[int] = []
         self._batch_cancel = False
@@ -350,8 +351,8 @@ class Worker:
             self._batch_queue = list(image_ids)
             self._batch_cancel = False
             self._batch_started = time.monotonic()
-            self.batch = {"running": True, "done": 0, "total": len(image_ids), "failed": 0,
-                          "rev": self.model.rev, "cancelled": False, "seconds": 0.0}
+            self.batch = {"id": self.batch["id"] + 1, "running": True, "done": 0, "total": len(image_ids),
+                          "failed": 0, "rev": self.model.rev, "cancelled": False, "seconds": 0.0}
             self._cond.notify_all()
         for i in image_ids[:2]:
             self.request_features(i, PRIO_BATCH)

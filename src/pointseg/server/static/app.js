@@ -846,6 +846,14 @@ function renderImageInfo() {
   renderModelPanel();
 }
 
+function applyBatch(b) {
+  // a fast run can finish (event stream) before the reply to its own start arrives: never step a run back
+  const cur = S.batch;
+  if (cur && cur.id === b.id && (!cur.running || cur.done > b.done)) return;
+  S.batch = b;
+  renderBatch();
+}
+
 function renderBatch() {
   const b = S.batch;
   const box = $("#batch");
@@ -899,7 +907,7 @@ function connectEvents() {
         }
         break;
       case "batch":
-        S.batch = ev; renderBatch();
+        applyBatch(ev);
         if (!ev.running || ev.done % 5 === 0) loadImagesSoon();
         break;
       default:
@@ -990,7 +998,7 @@ function bindControls() {
   document.addEventListener("dragover", (ev) => ev.preventDefault());
   document.addEventListener("drop", (ev) => { ev.preventDefault(); if (ev.dataTransfer.files.length) uploadFiles(ev.dataTransfer.files).catch(fail); });
   $("#predict-all").addEventListener("click", () => api("POST", "/api/predict-all", {})
-    .then((b) => { S.batch = b; renderBatch(); }).catch(fail));
+    .then(applyBatch).catch(fail));
   $("#batch-cancel").addEventListener("click", () => api("DELETE", "/api/predict-all").catch(fail));
   $("#export-btn").addEventListener("click", (ev) => { ev.stopPropagation(); $("#export-menu").hidden = !$("#export-menu").hidden; });
   document.addEventListener("click", () => { $("#export-menu").hidden = true; });
