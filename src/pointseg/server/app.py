@@ -331,21 +331,20 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None) -> Fast
         return {"rev": rev if rev is not None else store.rev(), "removed": ids,
                 "history": store.history(image_id)}
 
-    @app.post("/api/images/{image_id}/undo")
-    def undo(image_id: int):
-        edit, rev = store.undo(image_id)
+    def _history_step(image_id: int, step) -> dict:
+        edit, rev = step(image_id)
         if edit is not None:
             _changed(rev, what="annotations", image_id=image_id)
         return {"rev": rev, "edit": edit, "annotations": store.annotations(image_id),
                 "history": store.history(image_id)}
 
+    @app.post("/api/images/{image_id}/undo")
+    def undo(image_id: int):
+        return _history_step(image_id, store.undo)
+
     @app.post("/api/images/{image_id}/redo")
     def redo(image_id: int):
-        edit, rev = store.redo(image_id)
-        if edit is not None:
-            _changed(rev, what="annotations", image_id=image_id)
-        return {"rev": rev, "edit": edit, "annotations": store.annotations(image_id),
-                "history": store.history(image_id)}
+        return _history_step(image_id, store.redo)
 
     # ----------------------------------------------------------------------------------- classes
     @app.get("/api/classes")

@@ -521,25 +521,22 @@ class ProjectStore:
 
     def undo(self, image_id: int) -> tuple[dict | None, int]:
         """Undo the latest edit on this image; returns ``(edit, rev)`` (edit None: nothing to undo)."""
-        with self._tx() as db:
-            self._check_image(db, image_id)
-            e = db.execute("SELECT * FROM edits WHERE image_id=? AND state='done' ORDER BY id DESC LIMIT 1",
-                           (image_id,)).fetchone()
-            if e is None:
-                return None, self._rev(db)
-            self._apply(db, e, undo=True)
-            db.execute("UPDATE edits SET state='undone' WHERE id=?", (e["id"],))
-            return {"id": e["id"], "kind": e["kind"]}, self._bump()
+        return self._step(image_id, undo=True)
 
     def redo(self, image_id: int) -> tuple[dict | None, int]:
+        """Redo the earliest undone edit (the reverse order of undo); ``(edit, rev)`` as for :meth:`undo`."""
+        return self._step(image_id, undo=False)
+
+    def _step(self, image_id: int, undo: bool) -> tuple[dict | None, int]:
+        state, new_state, order = ("done", "undone", "DESC") if undo else ("undone", "done", "ASC")
         with self._tx() as db:
             self._check_image(db, image_id)
-            e = db.execute("SELECT * FROM edits WHERE image_id=? AND state='undone' ORDER BY id LIMIT 1",
-                           (image_id,)).fetchone()
+            e = db.execute(f"SELECT * FROM edits WHERE image_id=? AND state=? ORDER BY id {order} LIMIT 1",
+                           (image_id, state)).fetchone()
             if e is None:
                 return None, self._rev(db)
-            self._apply(db, e, undo=False)
-            db.execute("UPDATE edits SET state='done' WHERE id=?", (e["id"],))
+            self._apply(db, e, undo=undo)
+            db.execute("UPDATE edits SET state=? WHERE id=?", (new_state, e["id"]))
             return {"id": e["id"], "kind": e["kind"]}, self._bump()
 
     def history(self, image_id: int) -> dict:
