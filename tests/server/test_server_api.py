@@ -374,7 +374,12 @@ def test_predict_all_and_exports(make_server, tmp_path):
         deadline = time.monotonic() + 60
         while (b := c.get("/api/predict-all").json())["running"] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert b["done"] == 3 and b["failed"] == 0
+        assert b["done"] == 3 and b["failed"] == 0 and b["id"] == r.json()["id"]
+        # a second run is a new run (the page tells a late copy of a run's start from its progress by id)
+        again = c.post("/api/predict-all").json()
+        assert again["id"] == b["id"] + 1 and again["done"] == 0
+        while c.get("/api/predict-all").json()["running"] and time.monotonic() < deadline:
+            time.sleep(0.1)
         images = c.get("/api/images").json()["images"]
         assert all(i["prediction"]["status"] == "ok" for i in images)
         stored = np.asarray(Image.open(io.BytesIO(c.get(f"/api/images/{ids[0]}/prediction.png").content)))
