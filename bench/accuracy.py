@@ -25,8 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared"
 DATASETS = ("magnetic_tile", "kolektorsdd", "neu_seg", "crackforest")
 WEIGHTS = SHARED / "weights" / "resnet18-imagenet-trunk" / "resnet18-trunk-tvlayout.pth"
-METHODS = ("default", "seed", "skimage-rf", "default-rf",
-           "efficientnet_lite2:features=deep,smoothing=0@lite2-deep")
+METHODS = ("default", "seed", "skimage-rf", "efficientnet_lite0@lite0-hybrid")
 
 
 def machine() -> str:
@@ -53,7 +52,7 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS),
                     help="method specs, as for pointseg evaluate -m (default: %(default)s)")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1,2,3,4,5")
     ap.add_argument("--train-images", type=int, default=3)
     ap.add_argument("--test", type=int, default=10)
     ap.add_argument("--clicks", default="2,5,10,20")

