@@ -20,7 +20,7 @@ from _common import RESNET18_WEIGHTS, SHARED, header, md_table, save_md, test_im
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+",
-                    default=["efficientnet_lite0", "efficientnet_lite2", "resnet18", "resnet34", "resnet50"])
+                    default=["efficientnet_lite0_s32", "efficientnet_lite0", "efficientnet_lite2", "resnet18", "resnet34", "resnet50"])
     ap.add_argument("--size", type=int, default=1024, help="square test image side for the fp32/bf16 timing")
     ap.add_argument("--tiled-size", type=int, default=2048, help="square image side for tiled vs whole")
     ap.add_argument("--repeat", type=int, default=5)
@@ -66,7 +66,7 @@ def main() -> None:
     big = test_image(args.tiled_size, args.tiled_size, seed=1)
     bmp = big.shape[0] * big.shape[1] / 1e6
     trows = []
-    for bb in [b for b in ("efficientnet_lite2", "resnet18") if b in usable]:
+    for bb in [b for b in ("efficientnet_lite0_s32", "efficientnet_lite0", "resnet18") if b in usable]:
         weights = str(RESNET18_WEIGHTS) if bb == "resnet18" else None
         tiled = FeatureExtractor(bb, weights, precision="auto", tile_size=1024)
         whole = FeatureExtractor(bb, weights, precision="auto", tile_size=8192)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("accuracy", "features", "features_accuracy", "classifier", "predict_cli")
+SECTIONS = ("accuracy", "default_cost", "features", "features_accuracy", "classifier", "predict_cli", "server_latency")
 
 
 def splice(text: str, name: str, body: str) -> str:

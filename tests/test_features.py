@@ -19,7 +19,7 @@ def large_image(image):
     return np.tile(image, (3, 2, 1))[:700, :740]  # padded to 704 x 768: beyond one EfficientNet tile
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite2"])
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite0_s32", "efficientnet_lite2"])
 def test_tiled_features_equal_whole_image_features(large_image, backbone):
     whole = FeatureExtractor(backbone, precision="fp32", tile_size=4096).compute(large_image)
     tiled_ext = FeatureExtractor(backbone, precision="fp32", tile_size=192)
@@ -99,3 +99,15 @@ def test_precision_auto_follows_the_cpu():
     assert ext.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
     with pytest.raises(PointsegError, match="precision"):
         FeatureExtractor("efficientnet_lite0", precision="fp8")
+
+
+def test_upsample_window_equals_the_same_window_of_the_whole_upsampling():
+    import torch
+
+    from pointseg.features import _upsample_window
+
+    grid = torch.randn(3, 7, 9, generator=torch.Generator().manual_seed(1))
+    whole = torch.nn.functional.interpolate(grid[None], scale_factor=8, mode="bilinear", align_corners=False)[0]
+    for rows, cols in [((0, 56), (0, 72)), ((0, 16), (40, 72)), ((24, 56), (8, 32)), ((48, 56), (0, 8))]:
+        window = _upsample_window(grid, 8, rows, cols)
+        assert torch.allclose(window, whole[:, rows[0]:rows[1], cols[0]:cols[1]], atol=1e-6)

@@ -17,6 +17,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -337,31 +338,93 @@ class FeatureExtractor:
         if hp <= core + 2 * margin and wp <= core + 2 * margin:
             yield (0, hp, 0, wp), self._run(padded)
             return
-        stride = self.spec.stride
+        if getattr(self.module, "context_start", None) is not None:
+            yield from self._tiles_with_context(padded)
+            return
+        for (y0, y1, x0, x1), (ty0, ty1, tx0, tx1) in self._tile_grid(hp, wp):
+            yield (y0, y1, x0, x1), self._core(self._run(padded[ty0:ty1, tx0:tx1]), y0, y1, x0, x1, ty0, tx0)
+
+    def _tile_grid(self, hp: int, wp: int):
+        """``(core, core + margin)`` boxes, ``(y0, y1, x0, x1), (ty0, ty1, tx0, tx1)``, row by row."""
+        margin, core = self.spec.tile_margin, self.tile_size
         for y0 in range(0, hp, core):
             for x0 in range(0, wp, core):
                 y1, x1 = min(y0 + core, hp), min(x0 + core, wp)
-                ty0, tx0 = max(0, y0 - margin), max(0, x0 - margin)
-                ty1, tx1 = min(hp, y1 + margin), min(wp, x1 + margin)
-                feats = self._run(padded[ty0:ty1, tx0:tx1])
-                fy, fx = (y0 - ty0) // stride, (x0 - tx0) // stride
-                yield (y0, y1, x0, x1), feats[:, fy: fy + (y1 - y0) // stride, fx: fx + (x1 - x0) // stride]
+                yield (y0, y1, x0, x1), (max(0, y0 - margin), min(hp, y1 + margin),
+                                         max(0, x0 - margin), min(wp, x1 + margin))
 
-    @torch.inference_mode()
-    def _run(self, rgb: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _core(feats, y0: int, y1: int, x0: int, x1: int, ty0: int, tx0: int, stride: int = 4):
+        """The cells of a tile's map (``stride`` px each) that lie in its core."""
+        fy, fx = (y0 - ty0) // stride, (x0 - tx0) // stride
+        return feats[:, fy: fy + (y1 - y0) // stride, fx: fx + (x1 - x0) // stride]
+
+    def _tiles_with_context(self, padded: np.ndarray):
+        """Tiles for a trunk with a stride-32 context tail, exactly equal to one whole-image pass.
+
+        The tail's receptive field is too wide for tile margins (the margin would more than double the work
+        per tile), but its input is only the stride-16 map. So: tiles with the ordinary margin give the fused
+        stride-4/8/16 map and the stride-16 map of their cores; the tail runs once over the assembled
+        stride-16 map of the whole image; each core then takes its window of the tail's output, upsampled
+        like the whole-image pass does. The first pass's maps are held until the tail has run.
+        """
+        hp, wp = padded.shape[:2]
+        cores, s16 = [], None
+        for (y0, y1, x0, x1), (ty0, ty1, tx0, tx1) in self._tile_grid(hp, wp):
+            with self._inference():
+                fused, x16 = self.module.forward_base(self._prepare(padded[ty0:ty1, tx0:tx1]))
+            if s16 is None:
+                s16 = torch.empty((x16.shape[1], hp // 16, wp // 16), dtype=x16.dtype)
+            s16[:, y0 // 16: y1 // 16, x0 // 16: x1 // 16] = self._core(x16[0], y0, y1, x0, x1, ty0, tx0, 16)
+            cores.append(((y0, y1, x0, x1), self._core(_to_numpy(fused[0]), y0, y1, x0, x1, ty0, tx0)))
+        with self._inference():
+            context = self.module.forward_context(self._channels_last(s16[None]))[0].float()
+        for (y0, y1, x0, x1), fused in cores:
+            window = _upsample_window(context, 8, (y0 // 4, y1 // 4), (x0 // 4, x1 // 4))
+            yield (y0, y1, x0, x1), np.concatenate([fused, window.contiguous().cpu().numpy()])
+
+    def _prepare(self, rgb: np.ndarray) -> torch.Tensor:
         rgb = np.ascontiguousarray(rgb)
         if not rgb.flags.writeable:  # read-only inputs (memory maps, cached arrays): torch wants a copy
             rgb = rgb.copy()
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None]
-        x = (x.float() / self.spec.input_scale - self._mean) / self._std
-        with self._run_lock:  # one forward at a time: two would only fight over the same cores
+        return self._channels_last((x.float() / self.spec.input_scale - self._mean) / self._std)
+
+    def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.precision == "bf16" else x
+
+    @contextmanager
+    def _inference(self):
+        """One forward at a time (two would only fight over the same cores), bf16 autocast where chosen."""
+        with torch.inference_mode(), self._run_lock:
             if self.precision == "bf16":
-                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                    y = self.module(x)
+                    yield
             else:
-                y = self.module(x)
-        return y[0].float().contiguous().cpu().numpy()
+                yield
+
+    def _run(self, rgb: np.ndarray) -> np.ndarray:
+        x = self._prepare(rgb)
+        with self._inference():
+            y = self.module(x)
+        return _to_numpy(y[0])
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.float().contiguous().cpu().numpy()
+
+
+def _upsample_window(grid: torch.Tensor, scale: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    """Rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` of ``grid`` (``C x h x w``) bilinearly upsampled
+    by the integer ``scale`` (``align_corners=False``), computed from the grid cells they need plus one each
+    side: with an integer scale this reproduces the whole-grid interpolation exactly, borders included."""
+    (r0, r1), (c0, c1) = rows, cols
+    h, w = grid.shape[1:]
+    g0, g1 = max(0, r0 // scale - 1), min(h, -(-r1 // scale) + 1)
+    k0, k1 = max(0, c0 // scale - 1), min(w, -(-c1 // scale) + 1)
+    up = F.interpolate(grid[None, :, g0:g1, k0:k1], size=((g1 - g0) * scale, (k1 - k0) * scale),
+                       mode="bilinear", align_corners=False)[0]
+    return up[:, r0 - g0 * scale: r1 - g0 * scale, c0 - k0 * scale: c1 - k0 * scale]
 
 
 def filter_bank_version() -> int:

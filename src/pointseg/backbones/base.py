@@ -8,25 +8,42 @@ from torch import nn
 
 
 class MultiScaleTrunk(nn.Module):
-    """A trunk whose ``stages`` produce maps at strides 4, 8 and 16.
+    """A trunk whose ``stages`` produce maps at strides 4, 8, 16 (and 32 for the ``_s32`` backbones).
 
-    The stride-8 and stride-16 maps are bilinearly interpolated to the stride-4 grid and concatenated
+    The coarser maps are bilinearly interpolated to the stride-4 grid and concatenated
     with it, so every position carries fine detail and wider context in one vector (the method's step 2).
     Subclasses implement :meth:`stage_outputs`.
     """
 
     stride = 4
 
+    #: index of the first block of a "context tail" (a stride-32 stage), or None. A tail's input, the
+    #: stride-16 map, is small, so it can run over a whole image even when the image is tiled: tiles then
+    #: need only the margin of the stages before it (see FeatureExtractor.iter_tiles), not the tail's far
+    #: larger receptive field. Trunks with a tail implement forward_base and forward_context.
+    context_start: int | None = None
+
     def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.stage_outputs(x)
+        return self.fuse(self.stage_outputs(x))
+
+    @staticmethod
+    def fuse(maps: list[torch.Tensor]) -> torch.Tensor:
         size = maps[0].shape[-2:]
         fused = [maps[0]] + [
             F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]
         ]
         return torch.cat(fused, dim=1)
+
+    def forward_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        """The fused map of every stage before the context tail, and the tail's input."""
+        raise NotImplementedError
+
+    def forward_context(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The context tail: stride-16 map → stride-32 map."""
+        raise NotImplementedError
 
 
 def load_used_keys(module: nn.Module, state_dict: dict, source: str) -> None:

@@ -106,6 +106,9 @@ class EfficientNetLiteTrunk(MultiScaleTrunk):
         self._blocks = nn.ModuleList(blocks)
         self._used_ends = {self._stage_ends[s] for s in stages}
         self.channels = sum(channels[s] for s in stages)
+        #: with a stride-32 stage, the first block of its "context tail" (see MultiScaleTrunk.forward_base)
+        self.context_start = self._stage_ends[4] + 1 if 5 in stages else None
+        self.context_channels = channels[5] if 5 in stages else 0
 
     def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu6(self._bn0(self._conv_stem(x)))
@@ -115,3 +118,17 @@ class EfficientNetLiteTrunk(MultiScaleTrunk):
             if index in self._used_ends:
                 outputs.append(x)
         return outputs
+
+    def forward_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        outputs = []
+        for index, block in enumerate(self._blocks[: self.context_start]):
+            x = block(x)
+            if index in self._used_ends:
+                outputs.append(x)
+        return self.fuse(outputs), x
+
+    def forward_context(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self._blocks[self.context_start:]:
+            x = block(x)
+        return x

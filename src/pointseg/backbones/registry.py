@@ -18,7 +18,8 @@ class BackboneSpec:
     build: Callable[[], torch.nn.Module]
     channels: int
     #: pixels of context each side of a tile so that tiled features equal whole-image features
-    #: (half the theoretical receptive field of the deepest layer used, plus one stride-16 cell, rounded up)
+    #: (half the theoretical receptive field of the deepest layer used, plus one stride-16 cell, rounded up;
+    #: a stride-32 context tail is not tiled, see FeatureExtractor.iter_tiles)
     tile_margin: int
     #: input normalisation: (x_uint8 / scale - mean) / std per channel
     input_scale: float
@@ -102,7 +103,7 @@ def _specs() -> dict[str, BackboneSpec]:
             _resnet("resnet34", 288, "resnet34-b627a593.pth", 448, "ResNet-34 layer1+2+3"),
             _resnet("resnet50", 160, "resnet50-0676ba61.pth", 1792, "ResNet-50 layer1+2+3"),
             _lite("efficientnet_lite0", 192, 24 + 40 + 112),
-            _lite("efficientnet_lite0_s32", 480, 24 + 40 + 112 + 192, context=True),
+            _lite("efficientnet_lite0_s32", 192, 24 + 40 + 112 + 192, context=True),
             _lite("efficientnet_lite2", 256, 24 + 48 + 120),
         ):
             _SPECS[spec.name] = spec
