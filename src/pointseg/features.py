@@ -366,7 +366,8 @@ class FeatureExtractor:
         per tile), but its input is only the stride-16 map. So: tiles with the ordinary margin give the fused
         stride-4/8/16 map and the stride-16 map of their cores; the tail runs once over the assembled
         stride-16 map of the whole image; each core then takes its window of the tail's output, upsampled
-        like the whole-image pass does. The first pass's maps are held until the tail has run.
+        like the whole-image pass does. The first pass's maps (176 of the 368 channels) are held until the
+        tail has run, so streaming a huge image holds about half its deep map rather than one tile's.
         """
         hp, wp = padded.shape[:2]
         cores, s16 = [], None
@@ -376,12 +377,13 @@ class FeatureExtractor:
             if s16 is None:
                 s16 = torch.empty((x16.shape[1], hp // 16, wp // 16), dtype=x16.dtype)
             s16[:, y0 // 16: y1 // 16, x0 // 16: x1 // 16] = self._core(x16[0], y0, y1, x0, x1, ty0, tx0, 16)
-            cores.append(((y0, y1, x0, x1), self._core(_to_numpy(fused[0]), y0, y1, x0, x1, ty0, tx0)))
+            # kept in the network's own dtype (bf16 under autocast: half the memory) until the tail has run
+            cores.append(((y0, y1, x0, x1), self._core(fused[0], y0, y1, x0, x1, ty0, tx0).clone()))
         with self._inference():
             context = self.module.forward_context(self._channels_last(s16[None]))[0].float()
         for (y0, y1, x0, x1), fused in cores:
             window = _upsample_window(context, 8, (y0 // 4, y1 // 4), (x0 // 4, x1 // 4))
-            yield (y0, y1, x0, x1), np.concatenate([fused, window.contiguous().cpu().numpy()])
+            yield (y0, y1, x0, x1), np.concatenate([_to_numpy(fused), _to_numpy(window)])
 
     def _prepare(self, rgb: np.ndarray) -> torch.Tensor:
         rgb = np.ascontiguousarray(rgb)
