@@ -111,3 +111,32 @@ def test_upsample_window_equals_the_same_window_of_the_whole_upsampling():
     for rows, cols in [((0, 56), (0, 72)), ((0, 16), (40, 72)), ((24, 56), (8, 32)), ((48, 56), (0, 8))]:
         window = _upsample_window(grid, 8, rows, cols)
         assert torch.allclose(window, whole[:, rows[0]:rows[1], cols[0]:cols[1]], atol=1e-6)
+
+
+def test_context_map_is_kept_coarse_yet_equals_the_fused_network_output(image, large_image):
+    from pointseg.sampling import project, sample_bilinear, sample_points
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", cache=FeatureCache())
+    fmap = ext.extract(image)
+    hf, wf = fmap.grid_size
+    assert fmap.data.shape[0] == 176 and fmap.context.shape == (192, hf // 8, wf // 8)
+    whole = ext.compute(image)  # the network's own fusion: context upsampled inside forward()
+    np.testing.assert_allclose(fmap.full_deep(), whole, atol=2e-4, rtol=1e-4)
+    # points sample the upsampled context without building it
+    xy = np.array([[0, 0], [426.9, 328.9], [13.2, 200.7], [300.5, 3.1], [211, 160]])
+    uv = project(xy, fmap.extent, fmap.grid_size)
+    np.testing.assert_allclose(sample_points(fmap, xy), sample_bilinear(whole, uv), atol=2e-4, rtol=1e-4)
+    # a tiled image gives the same split
+    tiled = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", tile_size=192)
+    base, context = tiled.compute_parts(large_image)
+    joined = FeatureMap(base, large_image.shape[:2], tiled.padded_size(large_image.shape[:2]), "k", tiled.id,
+                        context=context)
+    np.testing.assert_allclose(joined.full_deep(), tiled.compute(large_image), atol=2e-4, rtol=1e-4)
+
+
+def test_disk_cache_keeps_the_context_map(image, tmp_path):
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", cache=FeatureCache(disk_dir=tmp_path))
+    fmap = ext.extract(image)
+    loaded = FeatureCache(disk_dir=tmp_path).get(fmap.key)
+    np.testing.assert_allclose(loaded.context, fmap.context, rtol=2e-3, atol=2e-3)
+    assert loaded.deep_channels == 368 and loaded.nbytes == fmap.nbytes

@@ -10,11 +10,12 @@ from synthetic import points_from_truth, two_texture_image
 CLASSES = ["left", "right", "disc"]
 
 
-@pytest.fixture(scope="module")
-def fitted():
+@pytest.fixture(scope="module", params=["efficientnet_lite0", "efficientnet_lite0_s32"])
+def fitted(request):
     image, truth = two_texture_image()
-    # no smoothing here, so that the exact identities below (point accuracy = map at the points) hold
-    seg = Segmenter("efficientnet_lite0", CLASSES, precision="fp32", smoothing=0)
+    # no smoothing here, so that the exact identities below (point accuracy = map at the points) hold; the
+    # stride-32 backbone keeps its context map coarse (scored before upsampling), which they must survive too
+    seg = Segmenter(request.param, CLASSES, precision="fp32", smoothing=0)
     seg.fit([image], [points_from_truth(truth, 8)])
     return seg, image, truth
 
@@ -85,7 +86,7 @@ def test_banded_and_streamed_prediction_equal_whole_prediction(fitted, monkeypat
 def test_feature_maps_can_stand_in_for_images(fitted):
     seg, image, truth = fitted
     fmap = seg.extract_features(image)
-    twin = Segmenter("efficientnet_lite0", CLASSES, precision="fp32", cache=seg.cache, smoothing=0)
+    twin = Segmenter(seg.backbone, CLASSES, precision="fp32", cache=seg.cache, smoothing=0)
     twin.fit([fmap], [points_from_truth(truth, 8)])
     np.testing.assert_array_equal(twin.predict(fmap), seg.predict(image))
 
@@ -178,10 +179,10 @@ def test_model_for_other_weights_is_refused(fitted, tmp_path):
     seg, _, _ = fitted
     path = tmp_path / "m.pointseg"
     seg.save(path)
-    state = torch.load(get_spec("efficientnet_lite0").package_file(), weights_only=True)
+    state = torch.load(get_spec(seg.backbone).package_file(), weights_only=True)
     state["_conv_stem.weight"] = state["_conv_stem.weight"] * 1.01
     torch.save(state, tmp_path / "tweaked.pth")
-    with pytest.raises(ModelFileError, match="trained with other efficientnet_lite0 weights"):
+    with pytest.raises(ModelFileError, match=f"trained with other {seg.backbone} weights"):
         Segmenter.load(path, weights=tmp_path / "tweaked.pth")
 
 

@@ -51,6 +51,10 @@ class FeatureMap:
     key: str  # cache key: image hash + extractor id
     extractor_id: str
     fine: np.ndarray | None = None
+    #: a stride-32 context stage's map, ``C_ctx x h_f/8 x w_f/8``, kept at its own resolution: its channels
+    #: follow ``data``'s as if bilinearly upsampled to the grid (what the network's fusion does), but stored
+    #: coarse they take 1/64 of the memory and a linear head can score them before upsampling
+    context: np.ndarray | None = None
     _stats: tuple[np.ndarray, np.ndarray, int] | None = field(default=None, repr=False)
 
     @property
@@ -58,8 +62,24 @@ class FeatureMap:
         return self.data.shape[1], self.data.shape[2]
 
     @property
+    def deep_channels(self) -> int:
+        return self.data.shape[0] + (self.context.shape[0] if self.context is not None else 0)
+
+    @property
     def nbytes(self) -> int:
-        return self.data.nbytes + (self.fine.nbytes if self.fine is not None else 0)
+        return sum(a.nbytes for a in (self.data, self.fine, self.context) if a is not None)
+
+    def context_on_grid(self) -> np.ndarray | None:
+        """The context channels upsampled to the grid, as the network's fusion would give them."""
+        if self.context is None:
+            return None
+        return upsample_context(torch.from_numpy(self.context), self.grid_size).numpy()
+
+    def full_deep(self) -> np.ndarray:
+        """The whole deep map on the grid (``deep_channels x h_f x w_f``), context upsampled."""
+        if self.context is None:
+            return self.data
+        return np.concatenate([self.data, self.context_on_grid()])
 
     def moments(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Per-channel mean and mean of squares over the real image (memoised), deep channels then fine.
@@ -69,7 +89,11 @@ class FeatureMap:
         """
         if self._stats is None:
             hf, wf = self.valid_grid_size
-            blocks = [self.data[:, :hf, :wf]] + ([self.fine] if self.fine is not None else [])
+            blocks = [self.data[:, :hf, :wf]]
+            if self.context is not None:
+                blocks.append(self.context_on_grid()[:, :hf, :wf])
+            if self.fine is not None:
+                blocks.append(self.fine)
             mean, mean_sq = [], []
             for block in blocks:
                 flat = block.reshape(block.shape[0], -1)
@@ -157,7 +181,8 @@ class FeatureCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as handle:
-            extra = {"fine": fmap.fine.astype(np.float16)} if fmap.fine is not None else {}
+            extra = {name: a.astype(np.float16) for name, a in (("fine", fmap.fine), ("context", fmap.context))
+                     if a is not None}
             np.savez(
                 handle,
                 **extra,
@@ -181,6 +206,7 @@ class FeatureCache:
                     key=key,
                     extractor_id=str(z["extractor_id"]),
                     fine=z["fine"].astype(np.float32) if "fine" in z.files else None,
+                    context=z["context"].astype(np.float32) if "context" in z.files else None,
                 )
         except Exception:
             path.unlink(missing_ok=True)  # a torn or stale cache file is recomputed, never trusted
@@ -293,13 +319,13 @@ class FeatureExtractor:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        data = self.compute(rgb)
+        data, context = self.compute_parts(rgb)
         fine = None
         if self.hybrid:
             from pointseg.filters import low_level_features
 
             fine = low_level_features(rgb)
-        fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, fine)
+        fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, fine, context)
         self.cache.put(fmap)
         return fmap
 
@@ -323,6 +349,20 @@ class FeatureExtractor:
         for (y0, y1, x0, x1), tile in self.iter_tiles(rgb):
             out[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = tile
         return out
+
+    def compute_parts(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Like :meth:`compute`, but a stride-32 context stage's map comes back separately, at stride 32
+        (``FeatureMap.context``); ``(compute(rgb), None)`` for trunks without one."""
+        if getattr(self.module, "context_start", None) is None:
+            return self.compute(rgb), None
+        hp, wp = self.padded_size(rgb.shape[:2])
+        padded = _pad_reflect(rgb, hp, wp)
+        stride = self.spec.stride
+        cores, context = self._context_passes(padded)
+        base = np.empty((cores[0][1].shape[0], hp // stride, wp // stride), dtype=np.float32)
+        for (y0, y1, x0, x1), fused in cores:
+            base[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = _to_numpy(fused)
+        return base, _to_numpy(context)
 
     def iter_tiles(self, rgb: np.ndarray):
         """Yield ``((y0, y1, x0, x1), features)`` for core regions (padded-image pixels) covering the image.
@@ -360,16 +400,30 @@ class FeatureExtractor:
         return feats[:, fy: fy + (y1 - y0) // stride, fx: fx + (x1 - x0) // stride]
 
     def _tiles_with_context(self, padded: np.ndarray):
-        """Tiles for a trunk with a stride-32 context tail, exactly equal to one whole-image pass.
+        """Tiles for a trunk with a stride-32 context tail, exactly equal to one whole-image pass: the cores'
+        stride-4/8/16 maps with their window of the upsampled context map (see :meth:`_context_passes`)."""
+        cores, context = self._context_passes(padded)
+        for (y0, y1, x0, x1), fused in cores:
+            window = _upsample_window(context, 8, (y0 // 4, y1 // 4), (x0 // 4, x1 // 4))
+            yield (y0, y1, x0, x1), np.concatenate([_to_numpy(fused), _to_numpy(window)])
 
-        The tail's receptive field is too wide for tile margins (the margin would more than double the work
-        per tile), but its input is only the stride-16 map. So: tiles with the ordinary margin give the fused
+    def _context_passes(self, padded: np.ndarray):
+        """``[(core box, fused stride-4/8/16 map of the core)], context map`` for a trunk with a context tail.
+
+        The tail's receptive field is too wide for tile margins (a 480-px margin made tiles 2x the whole
+        pass), but its input is only the stride-16 map. So: tiles with the ordinary margin give the fused
         stride-4/8/16 map and the stride-16 map of their cores; the tail runs once over the assembled
-        stride-16 map of the whole image; each core then takes its window of the tail's output, upsampled
-        like the whole-image pass does. The first pass's maps (176 of the 368 channels) are held until the
-        tail has run, so streaming a huge image holds about half its deep map rather than one tile's.
+        stride-16 map of the whole image. The cores' maps stay in the network's dtype (bf16 under autocast:
+        half the memory) until the tail has run, so streaming a huge image holds about half its deep map.
+        An image that fits one tile is one pass, split at the tail.
         """
         hp, wp = padded.shape[:2]
+        margin, core = self.spec.tile_margin, self.tile_size
+        if hp <= core + 2 * margin and wp <= core + 2 * margin:
+            with self._inference():
+                fused, x16 = self.module.forward_base(self._prepare(padded))
+                context = self.module.forward_context(x16)[0].float()
+            return [((0, hp, 0, wp), fused[0])], context
         cores, s16 = [], None
         for (y0, y1, x0, x1), (ty0, ty1, tx0, tx1) in self._tile_grid(hp, wp):
             with self._inference():
@@ -377,13 +431,10 @@ class FeatureExtractor:
             if s16 is None:
                 s16 = torch.empty((x16.shape[1], hp // 16, wp // 16), dtype=x16.dtype)
             s16[:, y0 // 16: y1 // 16, x0 // 16: x1 // 16] = self._core(x16[0], y0, y1, x0, x1, ty0, tx0, 16)
-            # kept in the network's own dtype (bf16 under autocast: half the memory) until the tail has run
             cores.append(((y0, y1, x0, x1), self._core(fused[0], y0, y1, x0, x1, ty0, tx0).clone()))
         with self._inference():
             context = self.module.forward_context(self._channels_last(s16[None]))[0].float()
-        for (y0, y1, x0, x1), fused in cores:
-            window = _upsample_window(context, 8, (y0 // 4, y1 // 4), (x0 // 4, x1 // 4))
-            yield (y0, y1, x0, x1), np.concatenate([_to_numpy(fused), _to_numpy(window)])
+        return cores, context
 
     def _prepare(self, rgb: np.ndarray) -> torch.Tensor:
         rgb = np.ascontiguousarray(rgb)
@@ -414,6 +465,11 @@ class FeatureExtractor:
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.float().contiguous().cpu().numpy()
+
+
+def upsample_context(context: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """``C x h x w`` context map (or scores) → ``C x grid_size``, bilinear as in the network's fusion."""
+    return F.interpolate(context[None].float(), size=grid_size, mode="bilinear", align_corners=False)[0]
 
 
 def _upsample_window(grid: torch.Tensor, scale: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:

@@ -46,5 +46,31 @@ def sample_bilinear(data: np.ndarray, uv: np.ndarray) -> np.ndarray:
 def sample_points(fmap, xy: np.ndarray) -> np.ndarray:
     """Feature vectors of a :class:`~pointseg.features.FeatureMap` at image points ``(n, 2)``."""
     if len(xy) == 0:
-        return np.zeros((0, fmap.data.shape[0]), dtype=np.float32)
-    return sample_bilinear(fmap.data, project(xy, fmap.extent, fmap.grid_size))
+        return np.zeros((0, fmap.deep_channels), dtype=np.float32)
+    uv = project(xy, fmap.extent, fmap.grid_size)
+    deep = sample_bilinear(fmap.data, uv)
+    if fmap.context is None:
+        return deep
+    return np.concatenate([deep, sample_upsampled(fmap.context, uv, fmap.grid_size)], axis=1)
+
+
+def sample_upsampled(coarse: np.ndarray, uv: np.ndarray, grid_size: tuple[int, int]) -> np.ndarray:
+    """Bilinear samples at grid coordinates ``uv`` of ``coarse`` upsampled to ``grid_size`` (bilinear,
+    ``align_corners=False``), without building the upsampled map: each of the four grid cells around a point
+    is itself a bilinear sample of the coarse map at that cell's centre."""
+    hf, wf = grid_size
+    _, hc, wc = coarse.shape
+    u = np.clip(uv[:, 0], 0.0, wf - 1)
+    v = np.clip(uv[:, 1], 0.0, hf - 1)
+    u0, v0 = np.floor(u).astype(np.intp), np.floor(v).astype(np.intp)
+    u1, v1 = np.minimum(u0 + 1, wf - 1), np.minimum(v0 + 1, hf - 1)
+    du, dv = (u - u0)[:, None], (v - v0)[:, None]
+
+    def cell(ui, vi):  # a grid cell's upsampled value; the interpolation clamps negative sources at 0
+        cu = np.maximum((ui + 0.5) * wc / wf - 0.5, 0.0)
+        cv = np.maximum((vi + 0.5) * hc / hf - 0.5, 0.0)
+        return sample_bilinear(coarse, np.stack([cu, cv], axis=1))
+
+    top = cell(u0, v0) * (1 - du) + cell(u1, v0) * du
+    bottom = cell(u0, v1) * (1 - du) + cell(u1, v1) * du
+    return (top * (1 - dv) + bottom * dv).astype(np.float32)
