@@ -20,13 +20,14 @@ def _mixture(n, prior1, rng):
     return X, y
 
 
-def test_logistic_matches_scikit_learns_objective():
+@pytest.mark.parametrize("solver", ["torch", "sklearn"])
+def test_logistic_matches_scikit_learns_objective(solver):
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 20)).astype(np.float32)
     y = (X[:, :3] @ rng.normal(size=(3, 3))).argmax(1)
-    w, b = fit_multinomial_logistic(X, y, np.array([0, 1, 2]), C=0.1, class_weight="balanced")
+    w, b = fit_multinomial_logistic(X, y, np.array([0, 1, 2]), C=0.1, class_weight="balanced", solver=solver)
     ref = LogisticRegression(C=0.1, class_weight="balanced", max_iter=1000, tol=1e-8).fit(X, y)
     np.testing.assert_allclose(w, ref.coef_, atol=2e-3)
     assert ((X @ w.T + b).argmax(1) == ref.predict(X)).mean() > 0.99
@@ -76,14 +77,41 @@ def test_invalid_settings():
     X = np.zeros((4, 2), np.float32)
     with pytest.raises(PointsegError, match="class_weight"):
         fit_multinomial_logistic(X, np.array([0, 1, 0, 1]), np.array([0, 1]), 1.0, "auto")
+    with pytest.raises(PointsegError, match="unknown solver"):
+        fit_multinomial_logistic(X, np.array([0, 1, 0, 1]), np.array([0, 1]), 1.0, "balanced", solver="newton")
 
 
-def test_warm_start_reaches_the_same_solution():
+@pytest.mark.parametrize("solver", ["torch", "sklearn"])
+def test_warm_start_reaches_the_same_solution(solver):
     rng = np.random.default_rng(4)
     X = rng.normal(size=(600, 30)).astype(np.float32)
     y = (X[:, :2] @ np.array([[1.0, -1.0], [0.5, 2.0]])).argmax(1)
-    cold = fit_multinomial_logistic(X, y, np.array([0, 1]), 0.1, "balanced")
-    start = fit_multinomial_logistic(X[:-5], y[:-5], np.array([0, 1]), 0.1, "balanced")
-    warm = fit_multinomial_logistic(X, y, np.array([0, 1]), 0.1, "balanced", init=start)
+    cold = fit_multinomial_logistic(X, y, np.array([0, 1]), 0.1, "balanced", solver=solver)
+    start = fit_multinomial_logistic(X[:-5], y[:-5], np.array([0, 1]), 0.1, "balanced", solver=solver)
+    warm = fit_multinomial_logistic(X, y, np.array([0, 1]), 0.1, "balanced", init=start, solver=solver)
     np.testing.assert_allclose(warm[0], cold[0], atol=1e-3)
     np.testing.assert_allclose(warm[1], cold[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_both_solvers_reach_one_optimum(classes, monkeypatch):
+    """Two classes are where the solvers differ most: scikit-learn fits one vector for the logit difference,
+    which must come back as the symmetric pair the torch solver finds, with the same penalty."""
+    from pointseg import classifier
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(500, 25)).astype(np.float32)
+    y = (X[:, :classes] + 0.8 * rng.normal(size=(500, classes))).argmax(1)
+    present = np.arange(classes)
+    a = fit_multinomial_logistic(X, y, present, 0.1, "balanced", solver="torch")
+    b = fit_multinomial_logistic(X, y, present, 0.1, "balanced", solver="sklearn")
+    np.testing.assert_allclose(a[0], b[0], atol=2e-3)
+    np.testing.assert_allclose(a[1] - a[1].mean(), b[1] - b[1].mean(), atol=2e-3)
+    # the size rule: scikit-learn for an interactive session's few hundred points, torch for thousands
+    calls = []
+    for name in ("_fit_sklearn", "_fit_torch"):
+        original = getattr(classifier, name)
+        monkeypatch.setattr(classifier, name, lambda *args, _n=name, _f=original: calls.append(_n) or _f(*args))
+    fit_multinomial_logistic(X[:300], y[:300], present, 0.1, "balanced")
+    fit_multinomial_logistic(np.tile(X, (5, 1)), np.tile(y, 5), present, 0.1, "balanced")
+    assert calls == ["_fit_sklearn", "_fit_torch"]

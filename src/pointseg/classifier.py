@@ -131,30 +131,76 @@ class PointClassifier:
         return LinearHead(coef, intercept, standardizer)
 
 
+#: below this many points x classes scikit-learn's lbfgs solves the problem faster than the torch L-BFGS,
+#: above it the torch solver wins (bench/bench_classifier.py: 2-4x faster at 100-1,000 points and 2-4 classes,
+#: 1.5-6x slower from 3,000 points or with 8 classes at 1,000)
+SKLEARN_MAX_SIZE = 4000
+
+SOLVERS = ("auto", "sklearn", "torch")
+
+
 def fit_multinomial_logistic(X: np.ndarray, y: np.ndarray, present: np.ndarray, C: float,
                               class_weight: str | None, max_iter: int = 100,
-                              init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                              init: tuple[np.ndarray, np.ndarray] | None = None,
+                              solver: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Minimise ``C * sum_i w_i * CE(x_i, y_i) + ||W||^2 / 2`` (intercept unpenalised) by full-batch L-BFGS.
 
-    The objective is scikit-learn's multinomial LogisticRegression; solving it in PyTorch with a strong-Wolfe
-    line search is 3-4x faster than sklearn's lbfgs on the few thousand points of an interactive session
-    (measured in bench/bench_classifier.py), which is what keeps a click-to-update under 100 ms. ``init``
-    (weights, bias of the present classes) starts from a previous solution: after one more click the optimum
-    has barely moved, so a warm start needs a fraction of the iterations.
+    The objective is scikit-learn's multinomial LogisticRegression. Two solvers reach the same optimum, and
+    which is faster depends on the size (see :data:`SKLEARN_MAX_SIZE`): scikit-learn's lbfgs for the few
+    hundred points of an interactive session, PyTorch's L-BFGS with a strong-Wolfe line search for thousands.
+    ``init`` (weights, bias of the present classes) starts from a previous solution: after one more click the
+    optimum has barely moved, so a warm start needs a fraction of the iterations.
     """
-    import torch
-
+    if solver not in SOLVERS:
+        raise PointsegError(f"unknown solver {solver!r}; choose one of: {', '.join(SOLVERS)}")
     index = {int(c): i for i, c in enumerate(present)}
-    target = torch.from_numpy(np.vectorize(index.get)(y).astype(np.int64))
-    feats = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    target = np.vectorize(index.get)(y).astype(np.int64)
     k = len(present)
-    counts = torch.bincount(target, minlength=k).to(torch.float32)
+    counts = np.bincount(target, minlength=k).astype(np.float64)
     if class_weight == "balanced":
         sample_weight = (len(target) / (k * counts))[target]
     elif class_weight is None:
-        sample_weight = torch.ones(len(target))
+        sample_weight = np.ones(len(target))
     else:
         raise PointsegError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+    if solver == "sklearn" or (solver == "auto" and len(target) * k <= SKLEARN_MAX_SIZE):
+        return _fit_sklearn(X, target, k, C, sample_weight, max_iter, init)
+    return _fit_torch(X, target, k, C, sample_weight, max_iter, init)
+
+
+def _fit_sklearn(X, target, k, C, sample_weight, max_iter, init):
+    """scikit-learn's lbfgs on the same objective. With two classes it fits one weight vector ``d`` for the
+    logit difference; the symmetric two-vector optimum is ``(-d/2, d/2)``, whose penalty ``||d||^2 / 4`` is
+    the binary one with C doubled."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    binary = k == 2
+    model = LogisticRegression(C=2 * C if binary else C, max_iter=max_iter, tol=1e-5, warm_start=init is not None)
+    if init is not None:
+        w0, b0 = np.asarray(init[0], np.float64), np.asarray(init[1], np.float64)
+        model.coef_ = (w0[1:] - w0[:1]) if binary else w0.copy()
+        model.intercept_ = (b0[1:] - b0[:1]) if binary else b0.copy()
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread, for the reason single_thread() gives; the best of max_iter steps, like the torch solver
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(np.asarray(X, dtype=np.float64), target, sample_weight=sample_weight)
+    if binary:
+        d, c = model.coef_[0], model.intercept_[0]
+        return (np.stack([-d / 2, d / 2]).astype(np.float32), np.array([-c / 2, c / 2], dtype=np.float32))
+    return model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
+
+
+def _fit_torch(X, target, k, C, sample_weight, max_iter, init):
+    import torch
+
+    target = torch.from_numpy(target)
+    feats = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    sample_weight = torch.from_numpy(sample_weight.astype(np.float32))
     if init is not None:
         weight = torch.tensor(init[0], dtype=torch.float32).requires_grad_(True)
         bias = torch.tensor(init[1], dtype=torch.float32).requires_grad_(True)
