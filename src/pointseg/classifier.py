@@ -131,9 +131,9 @@ class PointClassifier:
         return LinearHead(coef, intercept, standardizer)
 
 
-#: below this many points x classes scikit-learn's lbfgs solves the problem faster than the torch L-BFGS,
-#: above it the torch solver wins (bench/bench_classifier.py: 2-4x faster at 100-1,000 points and 2-4 classes,
-#: 1.5-6x slower from 3,000 points or with 8 classes at 1,000)
+#: up to this many points x classes scikit-learn's lbfgs solves the problem faster than the torch L-BFGS
+#: (bench/bench_classifier.py: 2.6-3x at 100-1,000 points with two classes, 1.3-2x with four or eight at 100-300);
+#: above it the torch solver is as fast or faster, and scikit-learn's falls far behind from a few thousand points
 SKLEARN_MAX_SIZE = 4000
 
 SOLVERS = ("auto", "sklearn", "torch")
