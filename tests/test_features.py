@@ -101,15 +101,15 @@ def test_precision_auto_follows_the_cpu():
         FeatureExtractor("efficientnet_lite0", precision="fp8")
 
 
-def test_upsample_window_equals_the_same_window_of_the_whole_upsampling():
+def testupsample_window_equals_the_same_window_of_the_whole_upsampling():
     import torch
 
-    from pointseg.features import _upsample_window
+    from pointseg.features import upsample_window
 
     grid = torch.randn(3, 7, 9, generator=torch.Generator().manual_seed(1))
     whole = torch.nn.functional.interpolate(grid[None], scale_factor=8, mode="bilinear", align_corners=False)[0]
     for rows, cols in [((0, 56), (0, 72)), ((0, 16), (40, 72)), ((24, 56), (8, 32)), ((48, 56), (0, 8))]:
-        window = _upsample_window(grid, 8, rows, cols)
+        window = upsample_window(grid, 8, rows, cols)
         assert torch.allclose(window, whole[:, rows[0]:rows[1], cols[0]:cols[1]], atol=1e-6)
 
 

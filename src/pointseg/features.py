@@ -404,7 +404,7 @@ class FeatureExtractor:
         stride-4/8/16 maps with their window of the upsampled context map (see :meth:`_context_passes`)."""
         cores, context = self._context_passes(padded)
         for (y0, y1, x0, x1), fused in cores:
-            window = _upsample_window(context, 8, (y0 // 4, y1 // 4), (x0 // 4, x1 // 4))
+            window = upsample_window(context, 8, (y0 // 4, y1 // 4), (x0 // 4, x1 // 4))
             yield (y0, y1, x0, x1), np.concatenate([_to_numpy(fused), _to_numpy(window)])
 
     def _context_passes(self, padded: np.ndarray):
@@ -472,7 +472,7 @@ def upsample_context(context: torch.Tensor, grid_size: tuple[int, int]) -> torch
     return F.interpolate(context[None].float(), size=grid_size, mode="bilinear", align_corners=False)[0]
 
 
-def _upsample_window(grid: torch.Tensor, scale: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+def upsample_window(grid: torch.Tensor, scale: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
     """Rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` of ``grid`` (``C x h x w``) bilinearly upsampled
     by the integer ``scale`` (``align_corners=False``), computed from the grid cells they need plus one each
     side: with an integer scale this reproduces the whole-grid interpolation exactly, borders included."""

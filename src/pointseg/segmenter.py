@@ -26,7 +26,14 @@ from pointseg.classifier import (
     single_thread,
 )
 from pointseg.errors import PointsegError
-from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, upsample, upsample_context
+from pointseg.features import (
+    FeatureCache,
+    FeatureExtractor,
+    FeatureMap,
+    upsample,
+    upsample_context,
+    upsample_window,
+)
 from pointseg.imageio import load_image
 from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
 from pointseg.sampling import sample_points
@@ -430,21 +437,12 @@ def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
 
 def _bands(grid: torch.Tensor, extent: tuple[int, int], size: tuple[int, int], halo: int = 0):
     """Yield ``(r0, r1, a0, a1, scores)``: output rows ``r0:r1`` in ``BAND_ROWS`` steps, with the upsampled
-    scores of rows ``a0:a1`` (``halo`` more rows each side where the image has them, for smoothing).
-
-    Each band upsamples its grid rows plus one halo cell each side; with an integer scale and
-    ``align_corners=False`` this reproduces the whole-image interpolation exactly.
-    """
-    import torch.nn.functional as F
-
+    scores of rows ``a0:a1`` (``halo`` more rows each side where the image has them, for smoothing), each
+    exactly what the whole-image interpolation gives there (:func:`~pointseg.features.upsample_window`)."""
     h, w = size
-    hf = grid.shape[1]
-    scale = extent[0] // hf
+    scale = extent[0] // grid.shape[1]
     step = max(scale, BAND_ROWS // scale * scale)
     for r0 in range(0, h, step):
         r1 = min(h, r0 + step)
         a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
-        g0, g1 = max(0, a0 // scale - 1), min(hf, -(-a1 // scale) + 1)
-        up = F.interpolate(grid[None, :, g0:g1], size=((g1 - g0) * scale, extent[1]), mode="bilinear",
-                           align_corners=False)[0]
-        yield r0, r1, a0, a1, up[:, a0 - g0 * scale: a1 - g0 * scale, :w]
+        yield r0, r1, a0, a1, upsample_window(grid, scale, (a0, a1), (0, w))
