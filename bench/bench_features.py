@@ -89,7 +89,7 @@ def main() -> None:
     print(text)
     print(f"saved {save_md('features', text)}")
     if args.accuracy:   # a separate result: it does not depend on the machine's load
-        acc = accuracy_part([b for b in ("efficientnet_lite2", "resnet18") if b in usable])
+        acc = accuracy_part([b for b in ("efficientnet_lite0_s32", "resnet18") if b in usable])
         text = header("bench_features.py", sys.argv[1:]) + "\n" + acc + "\n"
         print(text)
         print(f"saved {save_md('features_accuracy', text)}")
