@@ -13,7 +13,7 @@ icenter_*: per-image standardisation or centring; dog_rgb / dog_rgb8 / dog_lcn: 
 pseudo / pseudo95: self-training; up2: the network on the image upscaled 2x; guided_R_EPS: guided-filter
 upsampling of the deep scores; ms05: a second, half-resolution pass; augj / augf: training-time jitter or
 mirror; bwA: the filter block times A after standardisation; cpadP: reflect P px around the image before
-the network. (The stride-32 rows were measured with a variant that is now the default backbone.)
+the network; cwA: the stride-32 context block times A. (The stride-32 rows were measured with a variant that is now the default backbone.)
 """
 import sys, numpy as np, os
 from pathlib import Path
@@ -224,6 +224,21 @@ if _cp:
         c = P // 4
         return np.ascontiguousarray(out[:, c: c + hp // 4, c: c + wp // 4])
     F.FeatureExtractor.compute = compute_pad
+
+_cw = next((t for t in variant.split("+") if t.startswith("cw")), None)
+if _cw:  # the stride-32 context block times A after standardisation (A < 1: a stronger L2 penalty on it)
+    import pointseg.classifier as CL2
+    import pointseg.filters as FL2
+    beta = float(_cw[2:])
+    _orig_fm2 = CL2.Standardizer.from_moments.__func__
+    def fm2_(cls, moments):
+        st = _orig_fm2(cls, moments)
+        n = st.scale.shape[0]
+        fine = FL2.CHANNELS if n in (368 + FL2.CHANNELS, 176 + FL2.CHANNELS) else 0
+        if n - fine == 368:
+            st.scale = st.scale.copy(); st.scale[176:368] /= beta
+        return st
+    CL2.Standardizer.from_moments = classmethod(fm2_)
 ds = load_dataset(SHARED / "datasets" / ds_name)
 store = ImageStore(ds); cache = FeatureCache()
 config = EvalConfig(protocols=("corrective",), seeds=tuple(seeds), train_images=3, test=ntest, budget=10, transfer_at=(10,))
