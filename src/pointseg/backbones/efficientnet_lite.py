@@ -35,8 +35,6 @@ LITE_SCALING = {"efficientnet_lite0": (1.0, 1.0), "efficientnet_lite2": (1.1, 1.
 _USED_STAGES = (1, 2, 4)
 #: the same plus stride 32 (stage 6): wider context, which tells a defect from a look-alike on unseen images
 CONTEXT_STAGES = (1, 2, 4, 5)
-#: the same plus stride 32 (stage 6): wider context, which tells a defect from a look-alike on unseen images
-CONTEXT_STAGES = (1, 2, 4, 5)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -108,7 +106,6 @@ class EfficientNetLiteTrunk(MultiScaleTrunk):
         self.channels = sum(channels[s] for s in stages)
         #: with a stride-32 stage, the first block of its "context tail" (see MultiScaleTrunk.forward_base)
         self.context_start = self._stage_ends[4] + 1 if 5 in stages else None
-        self.context_channels = channels[5] if 5 in stages else 0
 
     def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu6(self._bn0(self._conv_stem(x)))
