@@ -120,6 +120,42 @@ class Segmenter:
                       "prior_correction", "warm_start", "min_region")
         }
 
+    #: parameters that change how features are computed; changing one drops the loaded extractor
+    _EXTRACTOR_PARAMS = frozenset({"backbone", "weights", "precision", "device", "tile_size", "features",
+                                   "classifier", "download"})
+
+    def set_params(self, **params) -> "Segmenter":
+        """Set parameters by name (scikit-learn's ``set_params``); returns ``self``.
+
+        Unknown names are refused with the list of valid ones. ``cache`` may be set too (it is shared,
+        not a modelling choice, so :meth:`get_params` leaves it out).
+        """
+        valid = set(self.get_params()) | {"cache", "download"}
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise PointsegError(f"unknown Segmenter parameter(s) {', '.join(unknown)}; "
+                                f"valid: {', '.join(sorted(valid))}")
+        for name, value in params.items():
+            setattr(self, name, list(value) if name in ("classes", "colors") and value is not None else value)
+        if self._EXTRACTOR_PARAMS & set(params) or "cache" in params:
+            self._extractor = None
+        return self
+
+    def clone(self, **overrides) -> "Segmenter":
+        """A new, unfitted Segmenter with the same parameters (scikit-learn's ``clone``), plus ``overrides``.
+
+        It shares this one's feature cache and, when no feature parameter changes, its loaded network, so
+        clones are cheap. With ``warm_start`` the clone's first ``fit`` starts from this one's solution,
+        as a refit of this estimator would, while this one stays as it is.
+        """
+        params = {**self.get_params(), "cache": self.cache, "download": self.download, **overrides}
+        new = type(self)(**params)
+        if self._extractor is not None and not (self._EXTRACTOR_PARAMS & set(overrides)) and "cache" not in overrides:
+            new._extractor = self._extractor
+        if new.warm_start and hasattr(self, "head_"):
+            new.head_ = self.head_
+        return new
+
     @property
     def features_(self) -> str:
         """The feature kind in effect (``features`` or its default for the classifier)."""
