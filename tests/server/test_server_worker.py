@@ -1,6 +1,8 @@
-"""The worker's scheduling on its own: stale fits are dropped, bursts are coalesced, predict-all stops.
+"""The scheduler and model service on their own: stale fits are dropped, bursts are coalesced, predict-all
+stops and resumes, cross-validation yields to a click.
 
-A stand-in Segmenter with a slow, recorded ``fit`` makes the timing deterministic; the store is the real one.
+A stand-in Segmenter with a slow, recorded ``fit`` makes the timing deterministic; the store, the scheduler,
+the model service and the library's cross-validation protocol are the real ones.
 """
 from __future__ import annotations
 
@@ -11,35 +13,73 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from pointseg.classifier import LinearHead, Standardizer, cross_validate
+from pointseg.server.model_service import ModelService, NoModel
+from pointseg.server.scheduler import Scheduler
 from pointseg.server.store import ProjectStore
-from pointseg.server.worker import NoModel, Worker
+
+
+class SlowClassifier:
+    """The library's protocol calls ``fit`` once per fold; each takes ``delay`` seconds and is recorded."""
+
+    def __init__(self, events: list, delay: float):
+        self.events, self.delay = events, delay
+
+    def fit(self, X, y, n_classes, standardizer, init=None):
+        self.events.append(("start", len(X), time.monotonic()))
+        time.sleep(self.delay)
+        return LinearHead(np.zeros((n_classes, X.shape[1]), np.float32), np.zeros(n_classes, np.float32),
+                          standardizer)
 
 
 class SlowSegmenter:
     """Records every fit; a fit takes ``delay`` seconds and learns "class = number of points % K"."""
 
-    def __init__(self, log: list, delay: float, started: threading.Event):
+    def __init__(self, log: list, delay: float, started: threading.Event, events: list | None = None, **params):
         self.log, self.delay, self.started = log, delay, started
-        self.events: list = []
-        self.classes = self.colors = None
-        self.cross_validate = False
+        self.events: list = [] if events is None else events
+        self.params = {"classes": None, "colors": None, "cross_validate": False, "warm_start": False,
+                       "smoothing": None, "C": None, "min_region": 0, "features": "hybrid", **params}
+
+    def get_params(self):
+        return dict(self.params)
+
+    def set_params(self, **params):
+        self.params.update(params)
+        return self
+
+    def clone(self, **params):
+        return SlowSegmenter(self.log, self.delay, self.started, self.events, **{**self.params, **params})
+
+    @property
+    def features_(self):
+        return self.params["features"]
 
     def fit(self, fmaps, points, scribbles=None):
         n = sum(len(p) for p in points)
+        k = len(self.params["classes"])
+        if self.params["cross_validate"]:
+            X = np.random.default_rng(0).normal(size=(n, 3))
+            y = np.concatenate([np.asarray(p)[:, 2] for p in points]).astype(int)
+            groups = np.concatenate([np.full(len(p), i) for i, p in enumerate(points)])
+            cross_validate(SlowClassifier(self.events, self.delay), X, y, groups, k,
+                           Standardizer(np.zeros(3, np.float32), np.ones(3, np.float32)))
+            return self
         self.started.set()
         self.events.append(("start", n, time.monotonic()))
         time.sleep(self.delay)
         self.log.append(n)
         self.n_ = n
-        self.classes_, self.colors_ = list(self.classes), list(self.colors)
+        self.classes_, self.colors_ = list(self.params["classes"]), list(self.params["colors"])
         self.training_report_ = SimpleNamespace(
             as_dict=lambda: {"n_points": n, "point_accuracy": 1.0}, cv_accuracy=None, cv_method=None)
         return self
 
     def predict_full(self, fmap, probabilities=True):
         h, w = fmap.image_size
-        labels = np.full((h, w), self.n_ % len(self.classes), dtype=np.int64)
-        proba = np.zeros((len(self.classes), h, w), dtype=np.float32)
+        k = len(self.params["classes"])
+        labels = np.full((h, w), self.n_ % k, dtype=np.int64)
+        proba = np.zeros((k, h, w), dtype=np.float32)
         return SimpleNamespace(labels=labels, probabilities=proba, uncertainty=np.zeros((h, w), np.float32))
 
     def save(self, path):
@@ -49,8 +89,12 @@ class SlowSegmenter:
 class FakeFeatures:
     def __init__(self, base):
         self.base = base
+        self.kind = "hybrid"
         self.cache = SimpleNamespace(hits=0, misses=0)
         self.compute_ms = {}
+
+    def use_kind(self, kind):
+        self.kind = kind
 
     def warm(self):
         pass
@@ -68,6 +112,10 @@ class FakeFeatures:
         pass
 
 
+def make_scheduler(store, seg, **kw) -> Scheduler:
+    return Scheduler(ModelService(store, FakeFeatures(seg)), **kw)
+
+
 @pytest.fixture
 def setup(tmp_path):
     store = ProjectStore(tmp_path / "p")
@@ -76,7 +124,7 @@ def setup(tmp_path):
     log: list[int] = []
     started = threading.Event()
     seg = SlowSegmenter(log, delay=0.3, started=started)
-    worker = Worker(store, FakeFeatures(seg), debounce_s=0.05, idle_s=5.0)
+    worker = make_scheduler(store, seg, debounce_s=0.05, idle_s=5.0)
     worker.start()
     yield SimpleNamespace(store=store, worker=worker, img=img, a=a, b=b, log=log, started=started)
     worker.stop()
@@ -148,7 +196,7 @@ def test_cross_validation_yields_to_a_click(tmp_path):
                                           {"kind": "point", "class_id": b["id"], "x": 8.0, "y": 6.0}])
         ids.append(img["id"])
     seg = SlowSegmenter([], delay=0.25, started=threading.Event())
-    worker = Worker(store, FakeFeatures(seg), debounce_s=0.0, idle_s=0.2)
+    worker = make_scheduler(store, seg, debounce_s=0.0, idle_s=0.2)
     worker.start()
     try:
         worker.request_prediction(ids[0]).result(timeout=10)         # the 8-point model
