@@ -203,13 +203,13 @@ class Scheduler:
         with self._cond:
             m = self.model
             training = self._edit_rev > m.rev or m.status == "none"
-            if m.status != "ok" and not training:
-                raise NoModel(m.message)
-            if m.status != "ok":
+            if training:
                 # (re)training, e.g. right after a restart: wait for it, unless it cannot give a model
                 why = insufficiency(self.store.training_set())
                 if why is not None:
                     raise NoModel(why)
+            elif m.status != "ok":
+                raise NoModel(m.message)
             self._batch_queue = list(image_ids)
             self._batch_cancel = False
             self._batch_started = time.monotonic()

@@ -758,8 +758,19 @@ class _Transaction:
         return self.store._db
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        # SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, SQLITE_IOERR): a second
+        # ROLLBACK would then fail and hide the error that matters ("database or disk is full")
+        db = self.store._db
         try:
-            self.store._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            elif db.in_transaction:
+                db.execute("ROLLBACK")
         finally:
             self.store._lock.release()
 
