@@ -54,7 +54,26 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None,
     _add_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    _one_line_errors_in_schema(app)
     return app
+
+
+#: every error the API returns: ``{"detail": "one line"}``
+ERROR_SCHEMA = {"type": "object", "title": "Error", "required": ["detail"],
+                "properties": {"detail": {"type": "string", "title": "Detail"}}}
+
+
+def _one_line_errors_in_schema(app: FastAPI) -> None:
+    """The OpenAPI schema says what validation errors really look like here: one line, not FastAPI's list."""
+    default = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = default()
+            schema.setdefault("components", {}).setdefault("schemas", {})["HTTPValidationError"] = ERROR_SCHEMA
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _version() -> str:
