@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -47,6 +48,8 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 #: suffixes a browser shows as they are; anything else is converted once to PNG for display
 BROWSER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 THUMB_SIZE = 176
+#: file names the page may load from static/ (ES modules, the style sheet, the icon)
+STATIC_NAME = re.compile(r"[a-z][a-z0-9_-]*\.(js|css|svg)")
 
 
 class Settings(BaseModel):
@@ -205,9 +208,11 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None) -> Fast
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str):
-        if name not in {"app.js", "style.css", "favicon.svg"}:
+        # the page is a handful of ES modules: serve any plain file name of static/, never a path
+        if not STATIC_NAME.fullmatch(name) or not (STATIC / name).is_file():
             raise HTTPException(404, "not found")
-        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+        media = "text/javascript" if name.endswith(".js") else None
+        return FileResponse(STATIC / name, media_type=media, headers={"Cache-Control": "no-cache"})
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon():
