@@ -105,8 +105,11 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
 def load_model(cls, path, weights=None, cache=None, device=None, precision=None):
     meta, tensors = read_metadata(path)
     params = meta.get("params", {})
-    seg = cls(
-        backbone=meta["backbone"], classes=meta["classes"], colors=meta["colors"], weights=weights,
+    head = LinearHead(tensors["coef"], tensors["intercept"], Standardizer(tensors["mean"], tensors["scale"]))
+    report = TrainingReport(**meta["training_report"]) if meta.get("training_report") else None
+    seg = cls.from_fitted(
+        head, meta["classes"], meta["colors"], training_report=report, model_metadata=meta,
+        backbone=meta["backbone"], weights=weights,
         classifier="logistic", C=params.get("C"), class_weight=params.get("class_weight"),
         precision=precision or meta.get("feature_precision", "auto"), device=device,
         tile_size=params.get("tile_size", 1024), cache=cache, features=meta.get("features", "deep"),
@@ -130,17 +133,10 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
             "pass --weights with the file the model was trained with"
         )
     coef = tensors["coef"]
-    expected = (len(meta["classes"]), ext.channels + ext.fine_channels)
+    expected = (len(meta["classes"]), ext.n_features)
     if coef.shape != expected:
         raise ModelFileError(
             f"{Path(path).name}: coefficients have shape {coef.shape}, expected {expected} for "
             f"{meta['backbone']} with {ext.features} features; the file is damaged"
         )
-    seg.head_ = LinearHead(coef, tensors["intercept"], Standardizer(tensors["mean"], tensors["scale"]))
-    seg.n_features_in_ = coef.shape[1]
-    seg.classes_ = list(meta["classes"])
-    seg.colors_ = list(meta["colors"])
-    if meta.get("training_report"):
-        seg.training_report_ = TrainingReport(**meta["training_report"])
-    seg.model_metadata_ = meta
     return seg
