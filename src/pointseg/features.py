@@ -41,6 +41,8 @@ FEATURE_KINDS = ("deep", "hybrid")
 FINE_TILE = 256
 #: bytes of full-resolution filter tiles kept in memory across all images (the "tiles in use")
 FINE_CACHE_BYTES = 256_000_000
+#: points in one tile above which its whole tile is computed rather than a window per point
+POINTS_PER_TILE = 64
 #: grid rows per band when streaming statistics over a deep map (bounds the upsampled-context copy)
 MOMENT_BAND_CELLS = 64
 
@@ -119,7 +121,7 @@ class FineFeatures:
 
     def tile(self, ty: int, tx: int) -> np.ndarray:
         """Tile ``(ty, tx)`` of the :data:`FINE_TILE` grid, ``C x th x tw`` float32 (cached)."""
-        cache_key = (self.key, ty, tx)
+        cache_key = (self.key, FINE_TILE, ty, tx)
         found = self.cache.get(cache_key)
         if found is None:
             found = self._window(ty * FINE_TILE, (ty + 1) * FINE_TILE, tx * FINE_TILE, (tx + 1) * FINE_TILE)
@@ -150,11 +152,14 @@ class FineFeatures:
         """Responses at pixels ``(rows[i], cols[i])``: ``(n, C)``. A point is computed from its own small
         window (or read from a cached tile) and remembered, so refitting after a click costs nothing here."""
         out = np.empty((len(rows), self.channels), dtype=np.float32)
+        tiles, counts = np.unique(np.stack([rows // FINE_TILE, cols // FINE_TILE]), axis=1, return_counts=True)
+        for ty, tx in tiles[:, counts >= POINTS_PER_TILE].T.tolist():  # dense points: a whole tile is cheaper
+            self.tile(ty, tx)
         for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
             with self._points_lock:
                 vec = self._points.get((r, c))
             if vec is None:
-                t = self.cache.get((self.key, r // FINE_TILE, c // FINE_TILE))
+                t = self.cache.get((self.key, FINE_TILE, r // FINE_TILE, c // FINE_TILE))
                 if t is not None:
                     vec = t[:, r % FINE_TILE, c % FINE_TILE].copy()
                 else:
