@@ -17,15 +17,16 @@ File format (version 1)::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pointseg.errors import AnnotationError
+from pointseg.errors import AnnotationError, OutputError
 from pointseg.limits import (MAX_JSON_FILE_BYTES, MAX_POINTS_PER_FILE, MAX_SCRIBBLE_SAMPLES, MAX_SCRIBBLE_WIDTH,
                              max_json_file_bytes, max_points_per_file, max_scribble_samples, max_scribble_width)
 
@@ -363,19 +364,53 @@ def _parse_scribbles(raw, names: list[str], where: str, budget: _PointBudget) ->
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    """Write via a temporary file and rename, so a crash or a full disk never leaves a half-written file.
+
+    The file gets the permissions any new file gets (``0o666`` less the umask: ``0644`` under the usual
+    umask 022), not the owner-only ``0600`` of :func:`tempfile.mkstemp`. A disk that is full, read-only or
+    not ours raises :class:`~pointseg.errors.OutputError` (one line, and still an ``OSError``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp, fd = _create_temporary(path)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; {_write_fix(exc)}", exc.errno) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _create_temporary(path: Path) -> tuple[str, int]:
+    """A new, unique file next to ``path`` (same filesystem, so the rename is atomic), opened for writing."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
+
+
+def _write_fix(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "free some disk space or write to another disk"
+    if exc.errno == errno.EROFS:
+        return "the disk is read-only; write somewhere else"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "you may not write there; choose another path or fix its permissions"
+    if exc.errno == errno.EISDIR:
+        return "a folder of that name is in the way; choose a file name"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "a file is in the way of a folder on that path; choose another path"
+    return "choose another output path"
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -125,8 +125,7 @@ def disk_cache_bytes() -> int:
 
 def markdown_table() -> str:
     """The README's Limits table, generated from :data:`LIMITS` (a test keeps the README equal to it)."""
-    rows = ["| limit | default | variable (unit) |", "|---|---|---|"]
+    rows = ["| what is bounded | default | set with |", "|---|---|---|"]
     for limit in LIMITS:
-        default = f"{limit.default // limit.scale:,} {limit.unit}"
-        rows.append(f"| {limit.what} | {default} | `{limit.env}` ({limit.unit}) |")
+        rows.append(f"| {limit.what} | {limit.default // limit.scale:,} {limit.unit} | `{limit.env}` |")
     return "\n".join(rows)
