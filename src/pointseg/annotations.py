@@ -8,7 +8,8 @@ File format (version 1)::
       "images": [
         {"path": "parts/p001.png",                       # relative to the JSON file, or absolute
          "points": [[120.5, 88, 0], [301, 40, "defect"]],   # [x, y, class]; class = index or name
-         "scribbles": [{"class": 1, "width": 6, "points": [[10, 10], [60, 42], [90, 45]]}]}
+         "scribbles": [{"class": 1, "width": 6, "points": [[10, 10], [60, 42], [90, 45]]}]},
+        {"path": "parts/p002.png", "ok": true}               # defect-free: every pixel is background
       ]
     }
 
@@ -17,16 +18,14 @@ File format (version 1)::
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pointseg.errors import AnnotationError, OutputError
+from pointseg.errors import AnnotationError
 from pointseg.limits import (MAX_JSON_FILE_BYTES, MAX_POINTS_PER_FILE, MAX_SCRIBBLE_SAMPLES, MAX_SCRIBBLE_WIDTH,
                              max_json_file_bytes, max_points_per_file, max_scribble_samples, max_scribble_width)
 
@@ -169,6 +168,7 @@ class ImageAnnotation:
     path: Path
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     scribbles: list[Scribble] = field(default_factory=list)
+    ok: bool = False  # marked defect-free: every pixel is background (``"ok": true`` in the JSON)
 
 
 @dataclass
@@ -232,7 +232,7 @@ class AnnotationSet:
                 img_path = base_dir / img_path
             points = _parse_points(entry.get("points", []), names, f"{where}.points", budget)
             scribbles = _parse_scribbles(entry.get("scribbles", []), names, f"{where}.scribbles", budget)
-            images.append(ImageAnnotation(img_path, points, scribbles))
+            images.append(ImageAnnotation(img_path, points, scribbles, _parse_ok(entry, where)))
         return cls(names, colors, images)
 
     def to_dict(self, base_dir: Path | None = None) -> dict:
@@ -252,6 +252,7 @@ class AnnotationSet:
                     "path": rel(img.path),
                     "points": [[float(x), float(y), int(c)] for x, y, c in img.points],
                     "scribbles": [s.as_dict() if isinstance(s, Scribble) else s for s in img.scribbles],
+                    **({"ok": True} if img.ok else {}),
                 }
                 for img in self.images
             ],
@@ -363,55 +364,13 @@ def _parse_scribbles(raw, names: list[str], where: str, budget: _PointBudget) ->
     return scribbles
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash or a full disk never leaves a half-written file.
-
-    The file gets the permissions any new file gets (``0o666`` less the umask: ``0644`` under the usual
-    umask 022), not the owner-only ``0600`` of :func:`tempfile.mkstemp`. A disk that is full, read-only or
-    not ours raises :class:`~pointseg.errors.OutputError` (one line, and still an ``OSError``).
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp, fd = _create_temporary(path)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; {_write_fix(exc)}", exc.errno) from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+def _parse_ok(entry: dict, where: str) -> bool:
+    """The image-level OK mark (``"ok": true``: a defect-free image, every pixel background)."""
+    value = entry.get("ok", False)
+    if not isinstance(value, bool):
+        raise AnnotationError(f"{where}.ok must be true or false, got {value!r}")
+    return value
 
 
-def _create_temporary(path: Path) -> tuple[str, int]:
-    """A new, unique file next to ``path`` (same filesystem, so the rename is atomic), opened for writing."""
-    for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
-
-
-def _write_fix(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "free some disk space or write to another disk"
-    if exc.errno == errno.EROFS:
-        return "the disk is read-only; write somewhere else"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "you may not write there; choose another path or fix its permissions"
-    if exc.errno == errno.EISDIR:
-        return "a folder of that name is in the way; choose a file name"
-    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
-        return "a file is in the way of a folder on that path; choose another path"
-    return "choose another output path"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# kept importable from here: other modules and branches import the writers from annotations
+from pointseg.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402,F401

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pointseg._version import __version__
-from pointseg.annotations import atomic_write_bytes
+from pointseg.fileio import atomic_write_bytes
 from pointseg.classifier import LinearHead, Standardizer, TrainingReport
 from pointseg.errors import ModelFileError, PointsegError
 from pointseg.features import filter_bank_version
@@ -88,6 +88,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
                    "prior_correction": seg.prior_correction, "min_region": int(seg.min_region or 0)},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }
+    meta.update(_decision_fields(seg))
     head = seg.head_
     tensors = {
         "coef": np.ascontiguousarray(head.coef, dtype=np.float32),
@@ -512,5 +513,34 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
             seg.training_report_ = TrainingReport(**{k: v for k, v in meta["training_report"].items() if k in known})
         except TypeError:  # written before a report field existed: the report is information, not the model
             pass
+    _load_decision_fields(seg, meta, Path(path).name)
     seg.model_metadata_ = meta
     return seg
+
+
+# ---------------------------------------------------------------- per-part decision fields (issue 13)
+# ``background_class``: index of the background / OK class. ``ng_rule``: the learned OK/NG rule
+# (pointseg.decision.NGRule: score, threshold, source, n_ok, n_ng). Files without them predate the fields:
+# background = the first class, NG when any region is found.
+
+def _decision_fields(seg) -> dict:
+    rule = getattr(seg, "ng_rule_", None)
+    return {"background_class": int(getattr(seg, "background_", 0)),
+            "ng_rule": rule.as_dict() if rule is not None else None}
+
+
+def _load_decision_fields(seg, meta: dict, name: str) -> None:
+    from pointseg.decision import NGRule
+
+    background = meta.get("background_class", 0)
+    if isinstance(background, bool) or not isinstance(background, int) or not 0 <= background < len(seg.classes_):
+        raise ModelFileError(
+            f"{name}: background_class {background!r} is not a class index 0..{len(seg.classes_) - 1}; "
+            "the file is damaged, retrain the model"
+        )
+    seg.background, seg.background_ = background, background
+    raw = meta.get("ng_rule")
+    try:
+        seg.ng_rule_ = NGRule.from_dict(raw) if raw is not None else NGRule(source="default: NG when any region is found")
+    except (PointsegError, TypeError) as exc:
+        raise ModelFileError(f"{name}: ng_rule is invalid ({exc}); the file is damaged, retrain the model") from None
