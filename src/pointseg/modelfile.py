@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pointseg._version import __version__
-from pointseg.annotations import atomic_write_bytes
+from pointseg.fileio import atomic_write_bytes
 from pointseg.classifier import LinearHead, Standardizer, TrainingReport
 from pointseg.errors import ModelFileError, PointsegError
 from pointseg.features import filter_bank_version
