@@ -247,7 +247,7 @@ class Segmenter:
                 "remove them or unmark the image"
             )
         pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS) if ok else None
-        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool)
+        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool, xy)
 
     def _fit_parts(self, clf: PointClassifier, parts: list["_ImagePart"], n_classes: int,
                    standardizer: Standardizer, init: LinearHead | None):
@@ -284,36 +284,39 @@ class Segmenter:
 
     def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
         """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
-        (marked OK, or with a point of a defect class) is scored by a model fitted without it."""
+        (marked OK, or with a point of a defect class) is predicted by a model fitted without it.
+
+        Clean examples are the OK images' scores and, on each defective image, the largest predicted region
+        that no defect click falls in: the user clicked the defects, so such a region is (with corrective
+        clicks nearly always) a false finding on clean surface, the kind a clean part would show.
+        """
         from pointseg.decision import DEFAULT_SCORE, choose_threshold, part_confusion
 
         status = {p.index: (False if p.ok else True if (p.y != self.background_).any() else None) for p in parts}
         known = [p for p in parts if status[p.index] is not None]
         if len(known) < 2:
             return NGRule(source="default: NG when any region is found"), None
-        ng_scores, ok_scores = [], []
+        ng_scores, ok_scores, clean_surface = [], [], []
         twin = copy.copy(self)
         for p in known:
             rest = [q for q in parts if q is not p]
-            ys = np.concatenate([q.y for q in rest])
-            if len(np.unique(ys)) < 2:
+            if len(np.unique(np.concatenate([q.y for q in rest]))) < 2:
                 continue
             twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
             twin.n_features_in_ = p.X.shape[1]
-            score = twin._score_image(p.fmap, DEFAULT_SCORE)
-            (ng_scores if status[p.index] else ok_scores).append(score)
-        threshold, source = choose_threshold(ng_scores, ok_scores, DEFAULT_SCORE)
+            labels = twin.predict(p.fmap)
+            score = _largest_region(labels != self.background_)
+            if status[p.index]:
+                ng_scores.append(score)
+                clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
+            else:
+                ok_scores.append(score)
+        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, DEFAULT_SCORE)
         rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
         confusion = None
         if ok_scores:
             confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
         return rule, confusion
-
-    def _score_image(self, image, kind: str) -> float:
-        from pointseg.decision import image_score
-
-        result = self.predict_full(image, probabilities=kind == "quantile")
-        return image_score(kind, result.labels, result.probabilities, self.background_)
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:
@@ -539,6 +542,7 @@ class _ImagePart:
     moments: tuple
     ok: bool
     pool: np.ndarray | None
+    xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
 
 
 #: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
@@ -572,6 +576,24 @@ def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
     cols = np.clip(np.floor(xy[:, 0]).astype(np.intp), 0, fmap.image_size[1] - 1)
     rows = np.clip(np.floor(xy[:, 1]).astype(np.intp), 0, fmap.image_size[0] - 1)
     return np.concatenate([deep, fmap.fine[:, rows, cols].T], axis=1)
+
+
+def _largest_region(mask: np.ndarray, avoid: np.ndarray | None = None) -> float:
+    """Area of the largest 8-connected region of ``mask``, leaving out regions that a point of ``avoid``
+    (``(n, 2)`` [x, y]) falls in."""
+    from scipy import ndimage
+
+    regions, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return 0.0
+    areas = np.bincount(regions.ravel())
+    areas[0] = 0
+    if avoid is not None and len(avoid):
+        h, w = mask.shape
+        cols = np.clip(np.floor(avoid[:, 0]).astype(np.intp), 0, w - 1)
+        rows = np.clip(np.floor(avoid[:, 1]).astype(np.intp), 0, h - 1)
+        areas[regions[rows, cols]] = 0
+    return float(areas.max())
 
 
 def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
