@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,12 @@ class Segmenter:
         self.min_region = min_region
         self.background = background
         self._extractor: FeatureExtractor | None = None
+
+    def __getstate__(self) -> dict:
+        # the OK-image pools are a cache of weak references: rebuilt on demand, never pickled or copied deep
+        state = self.__dict__.copy()
+        state.pop("_ok_pools", None)
+        return state
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -246,8 +253,21 @@ class Segmenter:
                 f"{where} is marked OK (defect-free) but has points or scribbles of class {other!r}; "
                 "remove them or unmark the image"
             )
-        pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS) if ok else None
+        pool = self._ok_pool(fmap) if ok else None
         return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool, xy)
+
+    def _ok_pool(self, fmap: FeatureMap) -> np.ndarray:
+        """The OK image's pixel pool, kept (for the last :data:`OK_POOL_CACHE` maps, weakly) between refits:
+        sampling it costs more than the fit itself."""
+        pools = self.__dict__.setdefault("_ok_pools", {})
+        hit = pools.get(id(fmap))
+        if hit is not None and hit[0]() is fmap:
+            return hit[1]
+        pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS)
+        pools[id(fmap)] = (weakref.ref(fmap), pool)
+        for key in [k for k, (ref, _) in pools.items() if ref() is None] + list(pools)[:-OK_POOL_CACHE]:
+            pools.pop(key, None)
+        return pool
 
     def _fit_parts(self, clf: PointClassifier, parts: list["_ImagePart"], n_classes: int,
                    standardizer: Standardizer, init: LinearHead | None):
@@ -255,8 +275,9 @@ class Segmenter:
 
         OK images first give pixels spread evenly over them; the model fitted on those then scores each OK
         image's pool and its most defect-like pixels (hard negatives) join the background class for a second
-        fit, warm-started from the first. Both counts are bounded (:func:`_ok_budget`), so a refit costs two
-        small fits however many OK images there are. Returns ``(head, X, y, groups)`` of the final fit.
+        fit, warm-started from the first. With ``warm_start`` (the app's refit after a click) the current
+        model mines them and one fit suffices. Both counts are bounded (:func:`_ok_budget`), so a refit costs
+        at most two small fits however many OK images there are. Returns ``(head, X, y, groups)`` of the final fit.
         """
         X = [p.X for p in parts]
         y = [p.y for p in parts]
@@ -268,15 +289,21 @@ class Segmenter:
         Xc = np.concatenate(X)
         yc = np.concatenate(y + [np.full(len(x), self.background_, dtype=np.int64) for x in X[len(parts):]])
         gc = np.concatenate(groups + [np.full(len(x), p.index) for x, p in zip(X[len(parts):], ok_parts)])
-        head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
+        if ok_parts and n_hard and init is not None and init.coef.shape[1] == Xc.shape[1]:
+            head = init   # a refit (warm start): the current model mines its own hard negatives, one fit
+        else:
+            head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
         if not ok_parts or not isinstance(head, LinearHead) or n_hard == 0:
             return head, Xc, yc, gc
+        from threadpoolctl import threadpool_limits
+
         hard = []
-        for p in ok_parts:
-            scores = head_scores(head, p.pool)
-            others = np.delete(scores, self.background_, axis=1)
-            margin = others.max(axis=1) - scores[:, self.background_]
-            hard.append(p.pool[np.argsort(-margin, kind="stable")[:n_hard]])
+        with threadpool_limits(1):  # a small product: one BLAS thread is ~6x faster on a busy machine
+            for p in ok_parts:
+                scores = head_scores(head, p.pool)
+                others = np.delete(scores, self.background_, axis=1)
+                margin = others.max(axis=1) - scores[:, self.background_]
+                hard.append(p.pool[np.argsort(-margin, kind="stable")[:n_hard]])
         Xc = np.concatenate([Xc] + hard)
         yc = np.concatenate([yc, np.full(sum(len(h) for h in hard), self.background_, dtype=np.int64)])
         gc = np.concatenate([gc] + [np.full(len(h), p.index) for h, p in zip(hard, ok_parts)])
@@ -549,6 +576,8 @@ class _ImagePart:
 OK_POOL_PIXELS = 4000
 #: background points per OK image: spread evenly, and hard negatives; the total over all OK images is capped
 OK_SPREAD, OK_HARD, OK_TOTAL = 32, 32, 512
+#: OK images whose pools a Segmenter keeps between refits (4,000 x ~400 float32 = 6 MB each)
+OK_POOL_CACHE = 32
 
 
 def _ok_budget(n_ok: int) -> tuple[int, int]:
