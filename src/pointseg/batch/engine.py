@@ -10,6 +10,7 @@ client sees only small dicts. There is no shared mutable state between tasks.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -191,7 +192,7 @@ def _run_cluster(ref, items, todo, done, output, options, client, cancel, manife
     client.register_plugin(plugin)
     threads = sum(client.nthreads().values()) or 1
     window = window or max(16, 4 * threads)
-    token = ref.key.sha256[:8]
+    token = f"{ref.key.sha256[:8]}-{uuid.uuid4().hex[:8]}"  # keys unique per run: a cluster outlives runs
     pending: dict = {}  # future -> index
     ready: dict[int, ImageResult] = dict(done)
     queue = list(todo)
@@ -214,7 +215,10 @@ def _run_cluster(ref, items, todo, done, output, options, client, cancel, manife
                 pending[future] = index
             if cancel():
                 return
-            finished = wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED").done
+            try:
+                finished = wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED").done
+            except TimeoutError:  # nothing finished yet: look at the cancel hook again
+                continue
             for future in finished:
                 index = pending.pop(future)
                 value = future.result()

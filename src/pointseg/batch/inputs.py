@@ -62,11 +62,11 @@ def unique_stems(names: list[str]) -> list[str]:
         return str(p.with_name(base))
 
     stems = [plain(n) for n in names]
-    counts: dict[str, int] = {}
-    for s in stems:
-        counts[s.casefold()] = counts.get(s.casefold(), 0) + 1
+    suffixes: dict[str, set[str]] = {}
+    for s, n in zip(stems, names):
+        suffixes.setdefault(s.casefold(), set()).add(PurePosixPath(n.rstrip("/")).suffix.lower())
     stems = [
-        s + "_" + PurePosixPath(n.rstrip("/")).suffix.lstrip(".").lower() if counts[s.casefold()] > 1 else s
+        s + "_" + PurePosixPath(n.rstrip("/")).suffix.lstrip(".").lower() if len(suffixes[s.casefold()]) > 1 else s
         for s, n in zip(stems, names)
     ]
     seen: dict[str, int] = {}
