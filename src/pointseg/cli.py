@@ -186,7 +186,10 @@ def main() -> None:
     try:
         app()
     except PointsegError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        from rich.markup import escape
+
+        # escaped: messages name things like "pointseg[distributed]"; soft_wrap: one line, as promised
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -61,8 +62,8 @@ def run_predict(model, inputs, output, *, overlay, probabilities, ng_area, weigh
                     progress.update(task, first_done=time.monotonic())
                 progress.advance(task)
                 if not result.ok:
-                    progress.console.print(f"[yellow]skipped[/yellow] {result.item.name}: {result.error}",
-                                           highlight=False, markup=True)
+                    progress.console.print(f"[yellow]skipped[/yellow] {escape(result.item.name)}: "
+                                           f"{escape(result.error)}", highlight=False)
 
             try:
                 for result in predict_many(model, items, output, client, options=options, weights=weights,
