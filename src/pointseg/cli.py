@@ -67,7 +67,8 @@ def train(
     seg = Segmenter(**params, classes=ann.classes, colors=ann.colors, weights=weights, download=download)
     images = [img.path for img in ann.images]
     with console.status(f"extracting {params['backbone']} features of {len(images)} image(s) and training…"):
-        seg.fit(images, [img.points for img in ann.images], [img.scribbles for img in ann.images])
+        seg.fit(images, [img.points for img in ann.images], [img.scribbles for img in ann.images],
+                ok=[img.ok for img in ann.images])
     seg.save(output)
     _print_report(seg)
     console.print(f"model written to [bold]{output}[/bold]")
@@ -86,6 +87,7 @@ def _print_report(seg) -> None:
         table.add_row(name, str(r.points_per_class[name]), "-" if acc is None else f"{acc:.1%}")
     Console().print(table)
     Console().print(r.summary(), markup=False, highlight=False)
+    Console().print(f"OK/NG rule: {seg.ng_rule_.describe()}", markup=False, highlight=False)
 
 
 @app.command()
@@ -97,7 +99,8 @@ def predict(
     output: Annotated[str, typer.Option("--output", "-o", help="Folder (path or URL) for labels, summary.csv and the manifest.")],
     overlay: Annotated[bool, typer.Option(help="Also write <name>_overlay.png.")] = False,
     probabilities: Annotated[Optional[ProbabilityFormat], typer.Option(help="Also write float16 probabilities (npy or tiff).")] = None,
-    ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the first class.")] = None,
+    ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the background class (overrides the model's NG rule).")] = None,
+    ng_rule: Annotated[Optional[str], typer.Option("--ng-rule", help="Override the model's learned OK/NG rule: SCORE:THRESHOLD, e.g. largest_region:300 (px) or quantile:0.9; 'any' = NG when any region is found.")] = None,
     weights: WeightsOption = None,
     min_region: MinRegionOption = None,
     workers: Annotated[Optional[str], typer.Option(
@@ -118,7 +121,8 @@ def predict(
 
     code = run_predict(
         model, inputs, output, overlay=overlay, probabilities=probabilities.value if probabilities else None,
-        ng_area=ng_area, weights=weights, min_region=min_region, workers=workers, scheduler=scheduler,
+        ng_area=ng_area, ng_rule=ng_rule, weights=weights, min_region=min_region, workers=workers,
+        scheduler=scheduler,
         scheduler_file=scheduler_file, recursive=recursive, resume=resume, channels=channels,
         tile_above=tile_above, console=console,
     )

@@ -78,22 +78,28 @@ def save_probabilities(proba: np.ndarray, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, probabilities_bytes(proba, path.suffix))
 
 
-def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = None) -> dict:
-    """Per-image row: fraction of each class, connected regions of each non-first class, OK/NG.
+def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = None, background: int = 0,
+              decision=None) -> dict:
+    """Per-image row: fraction of each class, connected regions of each finding class, OK/NG.
 
-    The first class is taken as the "good" one (background, normal surface); every other class counts as a
-    finding. Regions use 8-connectivity, so a diagonal crack counts once.
+    ``background`` is the good class (background, normal surface); every other class counts as a finding.
+    Regions use 8-connectivity, so a diagonal crack counts once. The OK/NG ``status`` comes from
+    ``ng_area`` (NG when more than that fraction of the image is findings) when given, else from
+    ``decision`` (a :class:`pointseg.decision.Decision`: the model's learned rule, with its ``ng_score`` and
+    ``ng_threshold`` columns).
     """
     from scipy import ndimage
 
     structure = np.ones((3, 3), dtype=bool)
     pixels = np.bincount(labels.ravel(), minlength=len(classes))
-    regions = [0] + [int(ndimage.label(labels == k, structure=structure)[1]) for k in range(1, len(classes))]
-    return summary_from_counts(pixels, regions, classes, ng_area)
+    regions = [0 if k == background else int(ndimage.label(labels == k, structure=structure)[1])
+               for k in range(len(classes))]
+    return summary_from_counts(pixels, regions, classes, ng_area, background, decision)
 
 
-def summary_from_counts(pixels, regions, classes: list[str], ng_area: float | None = None) -> dict:
-    """The summary row from pixel counts per class and region counts per class (index 0 unused).
+def summary_from_counts(pixels, regions, classes: list[str], ng_area: float | None = None, background: int = 0,
+                        decision=None) -> dict:
+    """The summary row from pixel counts and region counts per class (the background's is unused).
 
     Images predicted in tiles count pixels and regions per tile and merge them (:mod:`pointseg.batch`);
     both paths end here, so their rows agree.
@@ -102,11 +108,16 @@ def summary_from_counts(pixels, regions, classes: list[str], ng_area: float | No
     row: dict = {}
     for k, name in enumerate(classes):
         row[f"fraction_{name}"] = round(float(int(pixels[k])) / total, 6)
-    for k, name in enumerate(classes[1:], start=1):
-        row[f"regions_{name}"] = int(regions[k])
+    for k, name in enumerate(classes):
+        if k != background:
+            row[f"regions_{name}"] = int(regions[k])
     if ng_area is not None:
-        defect_fraction = 1.0 - row[f"fraction_{classes[0]}"]
+        defect_fraction = 1.0 - row[f"fraction_{classes[background]}"]
         row["status"] = "NG" if defect_fraction > ng_area else "OK"
+    elif decision is not None:
+        row["status"] = decision.status
+        row["ng_score"] = round(float(decision.score), 6)
+        row["ng_threshold"] = round(float(decision.threshold), 6)
     return row
 
 

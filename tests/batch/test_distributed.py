@@ -116,6 +116,7 @@ class OneWorker:
 
 def test_tiled_zarr_image_equals_the_single_process_prediction(model_path, tmp_path, client):
     from pointseg.batch.tiled import read_labels
+    from pointseg.decision import decide_labels
     from pointseg.outputs import summarize
     from pointseg.segmenter import Segmenter
 
@@ -134,8 +135,10 @@ def test_tiled_zarr_image_equals_the_single_process_prediction(model_path, tmp_p
     labels = read_labels(str(out / "slide.ome.zarr"))
     assert labels.shape == expected.shape and (labels == expected).all()
     assert (read_labels(str(out / "slide.ome.zarr"), 1) == expected[::2, ::2]).all()
-    want = summarize(expected, seg.classes_)
+    want = summarize(expected, seg.classes_, None, seg.background_,
+                     decide_labels(expected, None, seg.ng_rule_, seg.background_))
     assert {k: result.measures[k] for k in want} == want  # regions crossing tile borders count once
+    assert want["ng_score"] > 100  # the largest region, merged across tiles
     assert want["regions_disc"] > 4
     assert not (out / ".pointseg-work").exists() or not any((out / ".pointseg-work").iterdir())
     attrs = json.loads((out / "slide.ome.zarr" / "labels" / "classes" / ".zattrs").read_text())

@@ -37,14 +37,14 @@ def parse_channels(text: str | None) -> tuple[int, ...] | None:
         raise PointsegError(f"--channels takes channel indices such as 0,1,2, got {text!r}") from None
 
 
-def run_predict(model, inputs, output, *, overlay, probabilities, ng_area, weights, min_region, workers,
+def run_predict(model, inputs, output, *, overlay, probabilities, ng_area, ng_rule, weights, min_region, workers,
                 scheduler, scheduler_file, recursive, resume, channels, tile_above, console: Console) -> int:
     from pointseg.batch.cluster import open_client
     from pointseg.batch.engine import predict_many
     from pointseg.batch.inputs import expand_inputs
     from pointseg.batch.tasks import BatchOptions
 
-    options = BatchOptions(overlay=overlay, probabilities=probabilities, ng_area=ng_area,
+    options = BatchOptions(overlay=overlay, probabilities=probabilities, ng_area=ng_area, ng_rule=ng_rule,
                            channels=parse_channels(channels), tile_above_pixels=tile_above)
     items = expand_inputs(inputs, recursive=recursive)
     done, failed, resumed = 0, 0, 0

@@ -28,6 +28,7 @@ class BatchOptions:
     overlay: bool = False
     probabilities: str | None = None  # "npy" or "tiff"
     ng_area: float | None = None
+    ng_rule: str | None = None  # "SCORE:THRESHOLD" or "any"; None: the model's learned rule
     channels: tuple[int, ...] | None = None
     tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
 
@@ -36,6 +37,8 @@ class BatchOptions:
             raise PointsegError(f"probabilities go to 'npy' or 'tiff' files, not {self.probabilities!r}")
         if self.ng_area is not None and not 0.0 <= self.ng_area <= 1.0:
             raise PointsegError(f"--ng-area must be a fraction between 0 and 1, got {self.ng_area}")
+        if self.ng_rule is not None:
+            parse_ng_rule(self.ng_rule)  # a bad rule is a user error before any work
         if self.tile_above_pixels < 1:
             raise PointsegError(f"the tiling threshold must be a positive number of pixels, got {self.tile_above_pixels}")
 
@@ -44,6 +47,19 @@ class BatchOptions:
         data.pop("tile_above_pixels")
         data["channels"] = list(self.channels) if self.channels is not None else None
         return data
+
+
+def parse_ng_rule(text: str):
+    from pointseg.decision import NGRule
+
+    if text.strip().lower() == "any":
+        return NGRule("largest_region", 0.0, source="user: NG when any region is found")
+    return NGRule.parse(text)
+
+
+def ng_rule_for(seg, options: BatchOptions):
+    """The OK/NG rule of a batch: ``--ng-rule`` when given, else the one learned with the model."""
+    return parse_ng_rule(options.ng_rule) if options.ng_rule is not None else seg.ng_rule_
 
 
 def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOptions) -> dict:
@@ -55,14 +71,17 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
         if "plan" in found:
             from pointseg.batch.tiled import plan_tiles
 
-            return {"plan": plan_tiles(seg, found["plan"], found["fingerprint"])}
-        rgb = found["rgb"]
-        result = seg.predict_full(rgb, probabilities=options.probabilities is not None)
-        outputs = write_outputs(seg, item, output, options, rgb, result)
+            return {"plan": plan_tiles(seg, found["plan"], found["fingerprint"], ng_rule_for(seg, options))}
+        from pointseg.decision import decide_labels
         from pointseg.outputs import summarize
 
+        rgb = found["rgb"]
+        rule = ng_rule_for(seg, options)
+        result = seg.predict_full(rgb, probabilities=options.probabilities is not None or rule.score == "quantile")
+        outputs = write_outputs(seg, item, output, options, rgb, result)
+        decision = decide_labels(result.labels, result.probabilities, rule, seg.background_)
         measures = {"height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
-                    **summarize(result.labels, seg.classes_, options.ng_area)}
+                    **summarize(result.labels, seg.classes_, options.ng_area, seg.background_, decision)}
         return {"measures": measures, "outputs": outputs, "fingerprint": found["fingerprint"],
                 "seconds": time.perf_counter() - start}
     except PointsegError as exc:
@@ -113,6 +132,8 @@ def write_outputs(seg, item: InputItem, output: str, options: BatchOptions, rgb,
     from pointseg.outputs import label_png_bytes, overlay_png_bytes, probabilities_bytes
 
     files = {f"{item.stem}.png": lambda: label_png_bytes(result.labels, seg.colors_)}
+    if options.probabilities is not None and result.probabilities is None:
+        raise PointsegError("probabilities were asked for but not computed")
     if options.overlay:
         files[f"{item.stem}_overlay.png"] = lambda: overlay_png_bytes(rgb, result.labels, seg.colors_)
     if options.probabilities is not None:

@@ -69,8 +69,13 @@ class TileJob:
     started: float
 
 
-def plan_tiles(seg, plan: dict, fingerprint: dict) -> dict:
+def plan_tiles(seg, plan: dict, fingerprint: dict, rule) -> dict:
     """The tile grid of an image too large to predict whole (computed where the model is loaded)."""
+    if rule.score != "largest_region":
+        raise PointsegError(
+            f"{plan['location'].rsplit('/', 1)[-1]} is predicted in tiles, where the {rule.score!r} image score "
+            "(a quantile over every pixel) is not available; use --ng-rule largest_region:AREA or --ng-area"
+        )
     if seg.min_region:
         raise PointsegError(
             f"{plan['location'].rsplit('/', 1)[-1]} is predicted in tiles, where the small-region filter "
@@ -86,7 +91,7 @@ def plan_tiles(seg, plan: dict, fingerprint: dict) -> dict:
     factor = 1
     while max(h, w) / factor > PREVIEW_SIDE and factor < ext.tile_size:
         factor *= 2
-    return {**plan, "extent": (hp, wp), "core": ext.tile_size, "boxes": boxes, "levels": levels,
+    return {**plan, "extent": (hp, wp), "core": ext.tile_size, "boxes": boxes, "levels": levels, "rule": rule,
             "preview_factor": factor, "fingerprint": fingerprint, "started": time.time(),
             "context": getattr(ext.module, "context_start", None) is not None}
 
@@ -108,7 +113,7 @@ def run_tiled(submit, key: ModelKey, item: InputItem, output: str, options, plan
     if job.context:
         scored = [submit(context_tile, key, job, box, base) for box in context_boxes(job)]
     tiles = [submit(label_tile, key, job, core, value_range, scored) for core, _ in boxes]
-    return submit(finish, key, job, item, output, options.ng_area, [core for core, _ in boxes], tiles,
+    return submit(finish, key, job, item, output, options.ng_area, plan["rule"], [core for core, _ in boxes], tiles,
                   plan["fingerprint"])
 
 
@@ -303,7 +308,7 @@ def label_tile(key: ModelKey, job: TileJob, core, value_range, _scored) -> dict:
         s = 1 << level
         part = labels[::s, ::s]
         pyramid[str(level)][y0 // s: y0 // s + part.shape[0], x0 // s: x0 // s + part.shape[1]] = part
-    return _tile_stats(labels, len(seg.classes_), job.preview_factor)
+    return _tile_stats(labels, len(seg.classes_), seg.background_, job.preview_factor)
 
 
 def _cells(array, scale: int, rows, cols):
@@ -343,14 +348,17 @@ def _fine_scores(seg, job: TileJob, window, value_range) -> torch.Tensor:
     return (w_fine @ torch.from_numpy(np.ascontiguousarray(fine)).reshape(c, -1)).reshape(-1, hh, ww)
 
 
-def _tile_stats(labels: np.ndarray, n_classes: int, preview_factor: int) -> dict:
-    """Pixel counts, 8-connected regions per class with ids unique in the tile, their border strips."""
+def _tile_stats(labels: np.ndarray, n_classes: int, background: int, preview_factor: int) -> dict:
+    """Pixel counts, 8-connected regions per finding class with ids unique in the tile (and their areas),
+    the border strips of labels and ids."""
     from scipy import ndimage
 
     ids = np.zeros(labels.shape, dtype=np.int64)
     regions = [0] * n_classes
     offset = 0
-    for k in range(1, n_classes):
+    for k in range(n_classes):
+        if k == background:
+            continue
         local, count = ndimage.label(labels == k, structure=np.ones((3, 3), dtype=bool))
         ids[local > 0] = local[local > 0] + offset
         regions[k] = int(count)
@@ -359,6 +367,7 @@ def _tile_stats(labels: np.ndarray, n_classes: int, preview_factor: int) -> dict
         "pixels": np.bincount(labels.ravel(), minlength=n_classes).tolist(),
         "regions": regions,
         "n_ids": offset,
+        "areas": np.bincount(ids.ravel(), minlength=offset + 1)[1:].tolist(),
         "top": (labels[0], ids[0]), "bottom": (labels[-1], ids[-1]),
         "left": (labels[:, 0], ids[:, 0]), "right": (labels[:, -1], ids[:, -1]),
         "preview": labels[::preview_factor, ::preview_factor],
@@ -366,16 +375,21 @@ def _tile_stats(labels: np.ndarray, n_classes: int, preview_factor: int) -> dict
 
 
 # ------------------------------------------------------------------------------------------ merge
-def finish(key: ModelKey, job: TileJob, item: InputItem, output: str, ng_area, cores, stats, fingerprint) -> dict:
+def finish(key: ModelKey, job: TileJob, item: InputItem, output: str, ng_area, rule, cores, stats,
+           fingerprint) -> dict:
     """Merge the tiles' counts, write the OME-Zarr metadata and the preview, move the labels into place."""
+    from pointseg.decision import Decision
     from pointseg.outputs import label_png_bytes, summary_from_counts
 
     seg = model_for(key)
     n = len(seg.classes_)
     pixels = np.sum([s["pixels"] for s in stats], axis=0)
-    regions = np.sum([s["regions"] for s in stats], axis=0) - merged_regions(job, cores, stats, n)
+    merges, largest = merged_regions(job, cores, stats, n)
+    regions = np.sum([s["regions"] for s in stats], axis=0) - merges
+    decision = Decision(bool(largest > rule.threshold), float(largest), rule.threshold, [], rule)
     measures = {"height": job.shape[0], "width": job.shape[1],
-                **summary_from_counts(pixels.tolist(), regions.tolist(), seg.classes_, ng_area)}
+                **summary_from_counts(pixels.tolist(), regions.tolist(), seg.classes_, ng_area, seg.background_,
+                                      decision)}
     _write_ome_metadata(job, seg)
     label_name, preview_name = f"{item.stem}.ome.zarr", f"{item.stem}_preview.png"
     lazyio.write_bytes(lazyio.join(output, preview_name), label_png_bytes(_preview(job, cores, stats), seg.colors_))
@@ -390,8 +404,9 @@ def _grid_shape(job: TileJob, cores) -> tuple[int, int]:
     return len(cores) // columns, columns
 
 
-def merged_regions(job: TileJob, cores, stats, n_classes: int) -> np.ndarray:
-    """How many region pairs touching across tile borders are one region, per class (8-connectivity)."""
+def merged_regions(job: TileJob, cores, stats, n_classes: int) -> tuple[np.ndarray, float]:
+    """Per class, how many tile-local regions are parts of another across tile borders (8-connectivity),
+    and the area of the largest region of the whole image (the ``largest_region`` image score)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -423,16 +438,19 @@ def merged_regions(job: TileJob, cores, stats, n_classes: int) -> np.ndarray:
         right = [strip(r * cols + c + 1, "left") for r in range(rows)]
         connect(tuple(np.concatenate(x) for x in zip(*left)), tuple(np.concatenate(x) for x in zip(*right)))
     pairs = np.concatenate(edges) if edges else np.zeros((0, 2), dtype=np.int64)
+    areas = np.concatenate([[0]] + [np.asarray(s["areas"], dtype=np.int64) for s in stats])  # by global id
     merges = np.zeros(n_classes, dtype=np.int64)
+    largest = float(areas.max(initial=0))
     if len(pairs):
         nodes, inverse = np.unique(pairs, return_inverse=True)
         inverse = inverse.reshape(-1, 2)
         graph = coo_matrix((np.ones(len(inverse)), (inverse[:, 0], inverse[:, 1])), shape=(len(nodes),) * 2)
         _, component = connected_components(graph, directed=False)
-        for k in range(1, n_classes):
+        for k in range(n_classes):
             mine = lab_of[nodes] == k
             merges[k] = int(mine.sum()) - len(np.unique(component[mine]))
-    return merges
+        largest = max(largest, float(np.bincount(component, weights=areas[nodes]).max()))
+    return merges, largest
 
 
 def _preview(job: TileJob, cores, stats) -> np.ndarray:
