@@ -263,3 +263,69 @@ def test_layout_at_1024_wide_has_no_overflow_and_one_line_rows(browser, make_ser
     context.close()
     api.close()
     assert real_errors(page) == []
+
+
+# ---------------------------------------------------------------------------------------------- item 6
+def test_server_down_shows_offline_keeps_clicks_and_sends_them_when_back(page, one_image, monkeypatch):
+    server, api, image_id = one_image
+    cls, rev = trained(api, image_id, W, H)
+    open_page(page, server)
+    wait_overlay(page, rev)
+    page.locator("#viewport").focus()
+    page.keyboard.press("2")
+    server.kill9()                                   # the real process, gone
+    page.wait_for_selector("#offline:not([hidden])", timeout=15000)
+    assert "offline" in page.inner_text("#status-text").lower()
+    click_image(page, 280, 60)
+    click_image(page, 280, 180)
+    page.wait_for_function("() => document.querySelector('#offline-text').textContent.includes('2 edits kept')")
+    assert page.evaluate("() => S.pending.length") == 2          # still drawn, as pending
+    page.wait_for_timeout(1500)
+    assert page.locator(".toast").count() == 0                   # no "Failed to fetch" toasts
+    # the same project on the same port, as a user restarts it
+    port = server.port
+    monkeypatch.setattr(serverkit, "free_port", lambda: port)
+    server.start()
+    page.wait_for_selector("#offline", state="hidden", timeout=30000)
+    page.wait_for_function("() => S.pending.length === 0 && S.annotations.length === 10", timeout=30000)
+    anns = api.get(f"/api/images/{image_id}/annotations").json()["annotations"]
+    assert len(anns) == 10 and sum(a["class_id"] == cls[1]["id"] and a["x"] > 270 for a in anns) == 2
+    page.wait_for_function("() => !/offline/i.test(document.querySelector('#status-text').textContent)")
+    assert not any("Failed to fetch" in t for t in page.locator(".toast").all_inner_texts())
+    assert not any("Failed to fetch" in e for e in page.errors)
+
+
+# ---------------------------------------------------------------------------------------------- item 2
+def test_badges_after_kill9_show_old_predictions_as_old(page, make_server, tmp_path):
+    write_images(tmp_path / "imgs", 2, h=H, w=W)
+    server = make_server(images=[tmp_path / "imgs"])
+    api = server.client()
+    ids = [i["id"] for i in api.get("/api/images").json()["images"]]
+    cls, rev = trained(api, ids[0], W, H)
+    import time
+    deadline = time.monotonic() + 60
+    while api.get("/api/model").json().get("status") != "ok" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert api.post("/api/predict-all", json={}).status_code == 202
+    while api.get("/api/predict-all").json()["running"] and time.monotonic() < deadline + 60:
+        time.sleep(0.2)
+    assert all(i["prediction"]["status"] == "ok" for i in api.get("/api/images").json()["images"])
+    # one more click changes the model: both predictions are now older than the annotations
+    api.post(f"/api/images/{ids[0]}/annotations", json={"items": [{"class_id": cls[1]["id"], "x": 300.0, "y": 5.0}]})
+    server.kill9()
+    server.start()
+    api = server.client()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#image-list li >> nth=1")
+    seen = page.evaluate("() => ({pred: document.querySelectorAll('#image-list .badge.pred').length,"
+                         " old: document.querySelectorAll('#image-list .badge.stale').length, training: S.training})")
+    assert seen["pred"] == 0 and seen["old"] == 2, seen
+    page.wait_for_function("() => S.model && S.model.status === 'ok' && !S.training", timeout=60000)
+    page.wait_for_timeout(600)
+    assert page.locator("#image-list .badge.pred").count() == 0
+    assert page.locator("#image-list .badge.stale").count() == 2
+    # and thumbnails carry the stored predictions (item 10)
+    page.wait_for_function("() => [...document.querySelectorAll('#image-list img.pred-thumb')]"
+                           ".filter((i) => i.complete && i.naturalWidth > 0).length === 2")
+    api.close()
+    assert real_errors(page) == []
