@@ -169,7 +169,9 @@ export function renderImageInfo() {
 export function applyBatch(b) {
   const cur = S.batch;
   if (cur && cur.id === b.id && b.done < cur.done) return;
-  if (cur && cur.id === b.id && !cur.running && !cur.cancelled && b.running) return;
+  // the same run seen ended (finished or stopped): a late "running" answer about it changes nothing;
+  // a resumed run comes with a new id
+  if (cur && cur.id === b.id && !cur.running && b.running && b.done <= cur.done) return;
   S.batch = b;
   renderBatch();
 }
