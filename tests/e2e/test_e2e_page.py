@@ -465,3 +465,43 @@ def test_method_settings_panel_saves_retrains_and_refuses_bad_values(page, one_i
     api.put("/api/settings", json={"min_region": 7})
     page.wait_for_function("() => document.querySelector('#set-min_region').value === '7'")
     assert real_errors(page) == []
+
+
+# ---------------------------------------------------------------------------------------------- item 10
+def test_features_of_a_large_image_show_progress(page, make_server, tmp_path):
+    """While a large image's features compute, the hint shows a bar and the seconds spent; from the second
+    image on, against an estimate from this server's measured speed."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    big = []
+    for k in range(2):
+        p = tmp_path / f"big_{k}.png"
+        Image.fromarray(rng.integers(0, 255, (720, 960, 3), dtype=np.uint8)).save(p)
+        big.append(p)
+    server = make_server()
+    api = server.client()
+    serverkit.setup_classes(api, ("a", "b"))
+    page.goto(server.url + "/")
+    page.wait_for_selector("#empty:not([hidden])")
+    page.set_input_files("#upload-input", [str(big[0])])
+    page.wait_for_selector("#hint-progress:not([hidden])", timeout=30000)
+    assert "Computing features for this image…" in page.inner_text("#hint-text")
+    page.wait_for_function("() => /\\d+\\.\\d s/.test(document.querySelector('#hint-text').textContent)")
+    page.wait_for_function("() => S.featuresReady[S.currentId] === true", timeout=120000)
+    assert page.locator("#hint-progress").is_hidden()
+    assert page.evaluate("() => S.msPerPixel") > 0
+    page.set_input_files("#upload-input", [str(big[1])])
+    page.wait_for_selector("#image-list li >> nth=1")
+    second = [i["id"] for i in api.get("/api/images").json()["images"] if i["name"] == "big_1.png"][0]
+    page.click(f"#image-list li[data-id='{second}']")
+    page.wait_for_function(f"() => S.current && S.current.id === {second}")
+    if page.evaluate("() => S.featuresReady[S.currentId]"):
+        pytest.skip("the server had this image's features before it was opened")
+    page.wait_for_function("() => /of about \\d+\\.\\d s/.test(document.querySelector('#hint-text').textContent)")
+    width = page.evaluate("() => parseFloat(document.querySelector('#hint-bar').style.width)")
+    assert 0 <= width <= 95
+    page.wait_for_function("() => S.featuresReady[S.currentId] === true", timeout=120000)
+    assert real_errors(page) == []
+    api.close()
