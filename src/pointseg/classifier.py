@@ -39,6 +39,9 @@ class TrainingReport:
     n_images: int
     fit_seconds: float
     per_class_accuracy: dict[str, float | None] = field(default_factory=dict)
+    #: per-part confusion of the learned NG rule, leave-one-image-out (when OK images were annotated):
+    #: ok_images, ng_images, false_alarms, misses and their rates (see pointseg.decision.part_confusion)
+    part_confusion: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +52,14 @@ class TrainingReport:
         return (
             f"accuracy on the marked points {self.point_accuracy:.1%}; cross-validated {cv}; "
             f"{self.n_points} points on {self.n_images} image(s) [{counts}]; fit {self.fit_seconds * 1000:.0f} ms"
-        )
+        ) + self._parts_summary()
+
+    def _parts_summary(self) -> str:
+        pc = self.part_confusion
+        if not pc:
+            return ""
+        return (f"; per part ({pc.get('method', 'leave-one-image-out')}): {pc['false_alarms']} of "
+                f"{pc['ok_images']} OK image(s) called NG, {pc['misses']} of {pc['ng_images']} defective missed")
 
 
 @dataclass
@@ -95,9 +105,12 @@ class PointClassifier:
         if kind not in CLASSIFIERS:
             raise PointsegError(f"unknown classifier {kind!r}; choose one of: {', '.join(CLASSIFIERS)}")
         self.kind = kind
-        self.C = DEFAULT_C if C is None else float(C)
-        if self.C <= 0:
-            raise PointsegError(f"C must be positive, got {self.C}")
+        try:
+            self.C = DEFAULT_C if C is None else float(C)
+        except (TypeError, ValueError):
+            raise PointsegError(f"C must be a positive number, got {C!r}") from None
+        if not self.C > 0 or self.C == float("inf"):
+            raise PointsegError(f"C must be a positive number, got {self.C}")
         self.class_weight = class_weight
         self.random_state = random_state
         self.n_estimators = n_estimators
