@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pointseg.backbones import build_backbone
 from pointseg.errors import PointsegError
 from pointseg.imageio import load_image
+from pointseg.lru import ByteLRU
 from pointseg.presets import DEFAULT_BACKBONE
 
 #: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches)
@@ -44,52 +45,9 @@ FINE_CACHE_BYTES = 256_000_000
 #: images above this many pixels hold their deep map as float16 in memory (see :func:`deep_dtype`)
 DEEP_FLOAT16_ABOVE_PIXELS = 4_000_000
 #: points in one tile above which its whole tile is computed rather than a window per point
-POINTS_PER_TILE = 64
+POINTS_PER_TILE = 32
 #: grid rows per band when streaming statistics over a deep map (bounds the upsampled-context copy)
 MOMENT_BAND_CELLS = 64
-
-
-class ByteLRU:
-    """A thread-safe least-recently-used mapping bounded by the bytes of its values (``.nbytes``).
-
-    Minimal on purpose: the server engineer's ``pointseg.lru`` replaces it once it is in main.
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def get(self, key):
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key, value) -> None:
-        size = int(value.nbytes)
-        with self._lock:
-            if key in self._items or size > self.max_bytes:
-                return
-            self._items[key] = value
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= int(old.nbytes)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
 
 
 def deep_dtype(image_size: tuple[int, int]) -> type:
@@ -102,10 +60,15 @@ def deep_dtype(image_size: tuple[int, int]) -> type:
     return np.float16 if int(image_size[0]) * int(image_size[1]) > DEEP_FLOAT16_ABOVE_PIXELS else np.float32
 
 
+def tile_cache(max_bytes: int) -> ByteLRU:
+    """A :class:`~pointseg.lru.ByteLRU` of arrays, bounded by their bytes."""
+    return ByteLRU(max_bytes, size=lambda a: a.nbytes)
+
+
 @lru_cache(maxsize=1)
 def fine_tile_cache() -> ByteLRU:
     """The process-wide cache of full-resolution filter tiles (:data:`FINE_CACHE_BYTES`)."""
-    return ByteLRU(FINE_CACHE_BYTES)
+    return tile_cache(FINE_CACHE_BYTES)
 
 
 class FineFeatures:
@@ -182,7 +145,7 @@ class FineFeatures:
                 else:
                     vec = self._window(r, r + 1, c, c + 1)[:, 0, 0].copy()
                 with self._points_lock:
-                    if len(self._points) < 200_000:
+                    if len(self._points) < 50_000:
                         self._points[(r, c)] = vec
             out[i] = vec
         return out
@@ -479,7 +442,7 @@ class _StreamedFine:
     """Fine responses for an image streamed through the backbone (no FeatureMap): per box, from the pixels."""
 
     def __init__(self, rgb: np.ndarray, key: str):
-        self.source = FineFeatures(rgb, key, cache=ByteLRU(0))  # one pass over the image: nothing to reuse
+        self.source = FineFeatures(rgb, key, cache=tile_cache(0))  # one pass over the image: nothing to reuse
 
     def fine_pieces(self, y0, y1, x0, x1):
         yield (y0, x0), self.source._window(y0, y1, x0, x1)
@@ -493,16 +456,30 @@ class FeatureCache:
     """LRU cache of feature maps, bounded in bytes, with an optional float16 disk layer.
 
     Thread-safe: the server computes features in a worker thread while requests read them.
+
+    The disk layer is an accelerator, never a requirement: it is bounded (``max_disk_bytes``, default
+    :data:`pointseg.limits.DISK_CACHE_BYTES`; the least recently used maps go first), a write that fails
+    (full or read-only disk) only counts in ``disk_errors`` and the features stay in memory, and temporary
+    files left by a crash or a failed write are removed when the cache is opened.
     """
 
-    def __init__(self, max_bytes: int = 2_000_000_000, disk_dir: str | os.PathLike | None = None):
+    def __init__(self, max_bytes: int = 2_000_000_000, disk_dir: str | os.PathLike | None = None,
+                 max_disk_bytes: int | None = None):
+        from pointseg.limits import disk_cache_bytes
+
         self.max_bytes = int(max_bytes)
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self.max_disk_bytes = disk_cache_bytes() if max_disk_bytes is None else int(max_disk_bytes)
         self._items: OrderedDict[str, FeatureMap] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._disk_lock = threading.Lock()
+        self._disk_bytes = 0
         self.hits = 0
         self.misses = 0
+        self.disk_errors = 0
+        if self.disk_dir is not None:
+            self._open_disk()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -534,6 +511,11 @@ class FeatureCache:
             self._items.clear()
             self._bytes = 0
 
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of feature files this cache holds on disk (as counted since it was opened)."""
+        return self._disk_bytes
+
     def _put_memory(self, fmap: FeatureMap) -> None:
         with self._lock:
             if fmap.key in self._items:
@@ -550,28 +532,92 @@ class FeatureCache:
     def _disk_path(self, key: str) -> Path | None:
         return None if self.disk_dir is None else self.disk_dir / f"{key}.npz"
 
+    def _open_disk(self) -> None:
+        """Remove the temporary files of writers that are gone, and count the feature files present."""
+        try:
+            entries = list(self.disk_dir.iterdir()) if self.disk_dir.is_dir() else []
+        except OSError:
+            return
+        for path in entries:
+            try:
+                if path.suffix == ".tmp" and _stale_temporary(path):
+                    path.unlink(missing_ok=True)
+                elif path.suffix == ".npz":
+                    self._disk_bytes += path.stat().st_size
+            except OSError:
+                continue
+        self._evict_disk()
+
     def _write_disk(self, fmap: FeatureMap) -> None:
         path = self._disk_path(fmap.key)
         if path is None or path.exists():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {name: a for name, a in (("data", fmap.data), ("fine", fmap.fine), ("context", fmap.context))
+                  if a is not None}
+        if sum(a.size for a in arrays.values()) * 2 > self.max_disk_bytes:
+            return  # alone larger than the whole disk budget (stored as float16)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as handle:
-            extra = {name: a.astype(np.float16) for name, a in (("fine", fmap.fine), ("context", fmap.context))
-                     if a is not None}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            extra = {}
             if fmap.rgb is not None:  # hybrid: the pixels (3 B/px) stand for the fine responses (72 B/px)
                 extra["rgb"] = fmap.rgb
             if fmap._stats is not None:
                 extra.update(stats_sum=fmap._stats[0], stats_sq=fmap._stats[1], stats_count=np.array(fmap._stats[2]))
-            np.savez(
-                handle,
-                **extra,
-                data=fmap.data.astype(np.float16, copy=False),
-                image_size=np.array(fmap.image_size),
-                extent=np.array(fmap.extent),
-                extractor_id=np.array(fmap.extractor_id),
-            )
-        os.replace(tmp, path)
+            with open(tmp, "wb") as handle:
+                np.savez(
+                    handle,
+                    **{name: a.astype(np.float16, copy=False) for name, a in arrays.items()},
+                    **extra,
+                    image_size=np.array(fmap.image_size),
+                    extent=np.array(fmap.extent),
+                    extractor_id=np.array(fmap.extractor_id),
+                )
+            size = tmp.stat().st_size
+            os.replace(tmp, path)
+        except OSError as exc:  # full or read-only disk: the features are in memory and the caller has them
+            self._disk_write_failed(tmp, exc)
+            return
+        with self._disk_lock:
+            self._disk_bytes += size
+        self._evict_disk()
+
+    def _disk_write_failed(self, tmp: Path, exc: OSError) -> None:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        self.disk_errors += 1
+        if self.disk_errors == 1:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "feature cache: cannot write to %s (%s); features are kept in memory only",
+                self.disk_dir, exc.strerror or exc)
+
+    def _evict_disk(self) -> None:
+        """Delete the least recently used feature files until the disk layer is within ``max_disk_bytes``."""
+        with self._disk_lock:
+            if self._disk_bytes <= self.max_disk_bytes:
+                return
+            files = []
+            for path in self.disk_dir.glob("*.npz"):
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                files.append((stat.st_mtime, stat.st_size, path))
+            files.sort(key=lambda item: item[0])
+            total = sum(size for _, size, _ in files)
+            for _, size, path in files:
+                if total <= self.max_disk_bytes:
+                    break
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+                total -= size
+            self._disk_bytes = total
 
     def _read_disk(self, key: str) -> FeatureMap | None:
         path = self._disk_path(key)
@@ -579,7 +625,7 @@ class FeatureCache:
             return None
         try:
             with np.load(path) as z:
-                return FeatureMap(
+                fmap = FeatureMap(
                     data=z["data"].astype(deep_dtype(tuple(z["image_size"]))),
                     image_size=tuple(int(v) for v in z["image_size"]),
                     extent=tuple(int(v) for v in z["extent"]),
@@ -591,8 +637,32 @@ class FeatureCache:
                     _stats=(z["stats_sum"], z["stats_sq"], int(z["stats_count"])) if "stats_sum" in z.files else None,
                 )
         except Exception:
-            path.unlink(missing_ok=True)  # a torn or stale cache file is recomputed, never trusted
+            try:
+                path.unlink(missing_ok=True)  # a torn or stale cache file is recomputed, never trusted
+            except OSError:
+                pass
             return None
+        try:
+            os.utime(path)  # recently used: the last to be evicted
+        except OSError:
+            pass
+        return fmap
+
+
+def _stale_temporary(path: Path, grace_seconds: float = 3600.0) -> bool:
+    """A ``KEY.PID.THREAD.tmp`` file whose writer process has exited, or one untouched for an hour."""
+    import time
+
+    parts = path.name.split(".")
+    pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+    if pid is not None and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+    return time.time() - path.stat().st_mtime > grace_seconds
 
 
 def image_digest(image: np.ndarray) -> str:

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +27,7 @@ from pointseg.classifier import (
     head_scores,
     single_thread,
 )
+from pointseg.decision import Decision, NGRule
 from pointseg.errors import PointsegError
 from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, Scores, cell_span
 from pointseg.imageio import load_image
@@ -71,6 +74,8 @@ class Segmenter:
     features : ``"deep"`` (the method as first described: the backbone's stride-4 map) or ``"hybrid"``
         (plus full-resolution low-level filters that keep thin structures sharp; :mod:`pointseg.filters`).
         Default: hybrid for the logistic head, deep for the random forest.
+    background : the background / OK class (index or name) - what a clean part is made of; every other class
+        is a finding. Default: the first class. Fitted as ``background_`` (an index).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
@@ -78,7 +83,8 @@ class Segmenter:
                  precision: str = "auto", device: str | None = None, tile_size: int = 1024,
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
                  features: str | None = None, smoothing: float | None = None,
-                 prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0):
+                 prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
+                 background: int | str | None = None):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -97,7 +103,14 @@ class Segmenter:
         self.prior_correction = prior_correction
         self.warm_start = warm_start
         self.min_region = min_region
+        self.background = background
         self._extractor: FeatureExtractor | None = None
+
+    def __getstate__(self) -> dict:
+        # the OK-image pools are a cache of weak references: rebuilt on demand, never pickled or copied deep
+        state = self.__dict__.copy()
+        state.pop("_ok_pools", None)
+        return state
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -110,8 +123,44 @@ class Segmenter:
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
-                      "prior_correction", "warm_start", "min_region")
+                      "prior_correction", "warm_start", "min_region", "background")
         }
+
+    #: parameters that change how features are computed; changing one drops the loaded extractor
+    _EXTRACTOR_PARAMS = frozenset({"backbone", "weights", "precision", "device", "tile_size", "features",
+                                   "classifier", "download"})
+
+    def set_params(self, **params) -> "Segmenter":
+        """Set parameters by name (scikit-learn's ``set_params``); returns ``self``.
+
+        Unknown names are refused with the list of valid ones. ``cache`` may be set too (it is shared,
+        not a modelling choice, so :meth:`get_params` leaves it out).
+        """
+        valid = set(self.get_params()) | {"cache", "download"}
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise PointsegError(f"unknown Segmenter parameter(s) {', '.join(unknown)}; "
+                                f"valid: {', '.join(sorted(valid))}")
+        for name, value in params.items():
+            setattr(self, name, list(value) if name in ("classes", "colors") and value is not None else value)
+        if self._EXTRACTOR_PARAMS & set(params) or "cache" in params:
+            self._extractor = None
+        return self
+
+    def clone(self, **overrides) -> "Segmenter":
+        """A new, unfitted Segmenter with the same parameters (scikit-learn's ``clone``), plus ``overrides``.
+
+        It shares this one's feature cache and, when no feature parameter changes, its loaded network, so
+        clones are cheap. With ``warm_start`` the clone's first ``fit`` starts from this one's solution,
+        as a refit of this estimator would, while this one stays as it is.
+        """
+        params = {**self.get_params(), "cache": self.cache, "download": self.download, **overrides}
+        new = type(self)(**params)
+        if self._extractor is not None and not (self._EXTRACTOR_PARAMS & set(overrides)) and "cache" not in overrides:
+            new._extractor = self._extractor
+        if new.warm_start and hasattr(self, "head_"):
+            new.head_ = self.head_
+        return new
 
     @property
     def features_(self) -> str:
@@ -142,59 +191,56 @@ class Segmenter:
         return self.extractor.extract(image)
 
     # ------------------------------------------------------------------ training
-    def fit(self, images, points, scribbles=None) -> "Segmenter":
-        """Train on points (and scribbles) marked on ``images``.
+    def fit(self, images, points, scribbles=None, ok=None) -> "Segmenter":
+        """Train on points (and scribbles) marked on ``images``, and on images marked OK.
 
         Parameters
         ----------
         images : list of arrays (``H x W`` or ``H x W x 3``), paths, or FeatureMaps.
-        points : list, one per image, of ``(n_i, 3)`` arrays ``[x, y, class]``.
+        points : list, one per image, of ``(n_i, 3)`` arrays ``[x, y, class]`` (``None`` or empty for none).
         scribbles : optional list, one per image, of lists of ``{"class", "width", "points"}``.
+        ok : optional list of booleans, one per image: ``True`` marks a defect-free image, whose every pixel is
+            known background. It needs no points; pixels spread over it, and the ones the model finds most
+            defect-like (hard negatives, mined on every fit), train the background class.
+
+        With ``cross_validate`` (the default) fit also learns the per-part NG rule (``ng_rule_``) from
+        leave-one-image-out scores of the annotated images (see :mod:`pointseg.decision`).
         """
         start = time.perf_counter()
         if len(images) != len(points):
             raise PointsegError(f"got {len(images)} images but {len(points)} point arrays; give one per image")
         if scribbles is not None and len(scribbles) != len(images):
             raise PointsegError(f"got {len(images)} images but {len(scribbles)} scribble lists; give one per image")
+        if ok is not None and len(ok) != len(images):
+            raise PointsegError(f"got {len(images)} images but {len(ok)} OK flags; give one per image")
         n_classes = self._resolve_classes(points, scribbles)
         if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
-        X, y, groups, moments, fmaps = [], [], [], [], []
+        parts: list[_ImagePart] = []
         for i, image in enumerate(images):
-            pts = np.asarray(points[i], dtype=np.float64) if points[i] is not None else np.zeros((0, 3))
-            scrib = scribbles[i] if scribbles is not None else None
-            if len(pts) == 0 and not scrib:
-                continue
-            fmap = self.extract_features(image)
-            where = f"image {i}"
-            pts = validate_points(pts, n_classes, fmap.image_size, where=f"{where} points")
-            xy, labels = pts[:, :2], pts[:, 2].astype(np.int64)
-            for s in validate_scribbles(scrib, n_classes, fmap.image_size, where=f"{where} scribbles"):
-                raster = rasterize_scribble(s, spacing=float(self.extractor.spec.stride))
-                h, w = fmap.image_size
-                raster = raster[(raster[:, 0] >= 0) & (raster[:, 0] < w) & (raster[:, 1] >= 0) & (raster[:, 1] < h)]
-                xy = np.concatenate([xy, raster])
-                labels = np.concatenate([labels, np.full(len(raster), s.label, dtype=np.int64)])
-            X.append(_point_features(fmap, xy))
-            y.append(labels)
-            groups.append(np.full(len(labels), i))
-            moments.append(fmap.moments())
-            fmaps.append(fmap)
-        if not X:
+            part = self._image_part(i, image, points[i], scribbles[i] if scribbles is not None else None,
+                                    bool(ok[i]) if ok is not None else False, n_classes)
+            if part is not None:
+                parts.append(part)
+        if not any(len(p.y) for p in parts):
             raise PointsegError("no points to train on; mark at least one point of two classes")
-        X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
-        standardizer = Standardizer.from_moments(moments)
+        standardizer = Standardizer.from_moments([p.moments for p in parts])
         clf = PointClassifier(self.classifier, self.C, self.class_weight)
         previous = getattr(self, "head_", None) if self.warm_start else None
-        head = clf.fit(X, y, n_classes, standardizer, init=previous if isinstance(previous, LinearHead) else None)
+        head, X, y, groups = self._fit_parts(clf, parts, n_classes, standardizer,
+                                             previous if isinstance(previous, LinearHead) else None)
         self.class_priors_ = None
         if self.prior_correction and isinstance(head, LinearHead):
-            head, self.class_priors_ = correct_priors(head, _pixel_sample(fmaps), float(self.prior_correction))
+            head, self.class_priors_ = correct_priors(head, _pixel_sample([p.fmap for p in parts]),
+                                                      float(self.prior_correction))
         point_pred = head_scores(head, X).argmax(axis=1)
         fit_seconds = time.perf_counter() - start
         cv_acc, cv_method = (None, None)
+        self.ng_rule_, part_confusion = NGRule(source="default: NG when any region is found"), None
         if self.cross_validate:
             cv_acc, cv_method = cross_validate(clf, X, y, groups, n_classes, standardizer)
+            if isinstance(head, LinearHead):
+                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer)
         self.head_ = head
         self.n_features_in_ = X.shape[1]
         names = self.classes_
@@ -208,11 +254,125 @@ class Segmenter:
             cv_method=cv_method,
             points_per_class={name: int((y == k).sum()) for k, name in enumerate(names)},
             n_points=int(len(y)),
-            n_images=int(len(np.unique(groups))),
+            n_images=int(len(parts)),
             fit_seconds=fit_seconds,
             per_class_accuracy=per_class,
+            part_confusion=part_confusion,
         )
         return self
+
+    def _image_part(self, i: int, image, pts, scrib, ok: bool, n_classes: int) -> "_ImagePart | None":
+        """One image's training material: click features and labels, and for an OK image its pixel pool."""
+        pts = np.asarray(pts, dtype=np.float64) if pts is not None else np.zeros((0, 3))
+        if len(pts) == 0 and not scrib and not ok:
+            return None
+        fmap = self.extract_features(image)
+        where = f"image {i}"
+        pts = validate_points(pts, n_classes, fmap.image_size, where=f"{where} points")
+        xy, labels = pts[:, :2], pts[:, 2].astype(np.int64)
+        for s in validate_scribbles(scrib, n_classes, fmap.image_size, where=f"{where} scribbles"):
+            raster = rasterize_scribble(s, spacing=float(self.extractor.spec.stride))
+            h, w = fmap.image_size
+            raster = raster[(raster[:, 0] >= 0) & (raster[:, 0] < w) & (raster[:, 1] >= 0) & (raster[:, 1] < h)]
+            xy = np.concatenate([xy, raster])
+            labels = np.concatenate([labels, np.full(len(raster), s.label, dtype=np.int64)])
+        if ok and (labels != self.background_).any():
+            other = self.classes_[int(labels[labels != self.background_][0])]
+            raise PointsegError(
+                f"{where} is marked OK (defect-free) but has points or scribbles of class {other!r}; "
+                "remove them or unmark the image"
+            )
+        pool = self._ok_pool(fmap) if ok else None
+        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool, xy)
+
+    def _ok_pool(self, fmap: FeatureMap) -> np.ndarray:
+        """The OK image's pixel pool, kept (for the last :data:`OK_POOL_CACHE` maps, weakly) between refits:
+        sampling it costs more than the fit itself."""
+        pools = self.__dict__.setdefault("_ok_pools", {})
+        hit = pools.get(id(fmap))
+        if hit is not None and hit[0]() is fmap:
+            return hit[1]
+        pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS)
+        pools[id(fmap)] = (weakref.ref(fmap), pool)
+        for key in [k for k, (ref, _) in pools.items() if ref() is None] + list(pools)[:-OK_POOL_CACHE]:
+            pools.pop(key, None)
+        return pool
+
+    def _fit_parts(self, clf: PointClassifier, parts: list["_ImagePart"], n_classes: int,
+                   standardizer: Standardizer, init: LinearHead | None):
+        """Fit the head on the parts' clicks plus background pixels of their OK images.
+
+        OK images first give pixels spread evenly over them; the model fitted on those then scores each OK
+        image's pool and its most defect-like pixels (hard negatives) join the background class for a second
+        fit, warm-started from the first. With ``warm_start`` (the app's refit after a click) the current
+        model mines them and one fit suffices. Both counts are bounded (:func:`_ok_budget`), so a refit costs
+        at most two small fits however many OK images there are. Returns ``(head, X, y, groups)`` of the final fit.
+        """
+        X = [p.X for p in parts]
+        y = [p.y for p in parts]
+        groups = [np.full(len(p.y), p.index) for p in parts]
+        ok_parts = [p for p in parts if p.ok]
+        n_spread, n_hard = _ok_budget(len(ok_parts))
+        for p in ok_parts:
+            X.append(p.pool[np.linspace(0, len(p.pool) - 1, min(n_spread, len(p.pool))).astype(np.intp)])
+        Xc = np.concatenate(X)
+        yc = np.concatenate(y + [np.full(len(x), self.background_, dtype=np.int64) for x in X[len(parts):]])
+        gc = np.concatenate(groups + [np.full(len(x), p.index) for x, p in zip(X[len(parts):], ok_parts)])
+        if ok_parts and n_hard and init is not None and init.coef.shape[1] == Xc.shape[1]:
+            head = init   # a refit (warm start): the current model mines its own hard negatives, one fit
+        else:
+            head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
+        if not ok_parts or not isinstance(head, LinearHead) or n_hard == 0:
+            return head, Xc, yc, gc
+        from threadpoolctl import threadpool_limits
+
+        hard = []
+        with threadpool_limits(1):  # a small product: one BLAS thread is ~6x faster on a busy machine
+            for p in ok_parts:
+                scores = head_scores(head, p.pool)
+                others = np.delete(scores, self.background_, axis=1)
+                margin = others.max(axis=1) - scores[:, self.background_]
+                hard.append(p.pool[np.argsort(-margin, kind="stable")[:n_hard]])
+        Xc = np.concatenate([Xc] + hard)
+        yc = np.concatenate([yc, np.full(sum(len(h) for h in hard), self.background_, dtype=np.int64)])
+        gc = np.concatenate([gc] + [np.full(len(h), p.index) for h, p in zip(hard, ok_parts)])
+        return clf.fit(Xc, yc, n_classes, standardizer, init=head), Xc, yc, gc
+
+    def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
+        """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
+        (marked OK, or with a point of a defect class) is predicted by a model fitted without it.
+
+        Clean examples are the OK images' scores and, on each defective image, the largest predicted region
+        that no defect click falls in: the user clicked the defects, so such a region is (with corrective
+        clicks nearly always) a false finding on clean surface, the kind a clean part would show.
+        """
+        from pointseg.decision import DEFAULT_SCORE, choose_threshold, part_confusion
+
+        status = {p.index: (False if p.ok else True if (p.y != self.background_).any() else None) for p in parts}
+        known = [p for p in parts if status[p.index] is not None]
+        if len(known) < 2:
+            return NGRule(source="default: NG when any region is found"), None
+        ng_scores, ok_scores, clean_surface = [], [], []
+        twin = copy.copy(self)
+        for p in known:
+            rest = [q for q in parts if q is not p]
+            if len(np.unique(np.concatenate([q.y for q in rest]))) < 2:
+                continue
+            twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
+            twin.n_features_in_ = p.X.shape[1]
+            labels = twin.predict(p.fmap)
+            score = _largest_region(labels != self.background_)
+            if status[p.index]:
+                ng_scores.append(score)
+                clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
+            else:
+                ok_scores.append(score)
+        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, DEFAULT_SCORE)
+        rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
+        confusion = None
+        if ok_scores:
+            confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
+        return rule, confusion
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:
@@ -237,7 +397,22 @@ class Segmenter:
             parse_color(c, f"colour of class {names[i]!r}")
         self.classes_ = names
         self.colors_ = colors
+        self.background_ = self._resolve_background(names)
         return len(names)
+
+    def _resolve_background(self, names: list[str]) -> int:
+        value = self.background
+        if value is None:
+            return 0
+        if isinstance(value, str) and not isinstance(value, bool):
+            if value not in names:
+                raise PointsegError(f"background class {value!r} is not one of the classes: {', '.join(names)}")
+            return names.index(value)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < len(names):
+            return int(value)
+        raise PointsegError(
+            f"background must be a class index 0..{len(names) - 1} or a class name, got {value!r}"
+        )
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self) -> None:
@@ -434,6 +609,20 @@ class Segmenter:
         parts = [band for _, _, band in self._iter_bands(scores, probabilities, sigma)]
         return self._join_bands(parts, scores.image_size, probabilities)
 
+    def decide(self, image, rule: "NGRule | None" = None) -> "Decision":
+        """OK or NG for one image (path, array or FeatureMap): the image score, the threshold of ``rule``
+        (default: the learned ``ng_rule_``), and the regions found, largest first.
+
+        >>> d = seg.decide("part_017.png")                 # doctest: +SKIP
+        >>> d.ng, d.score, d.threshold, d.regions[0].area  # doctest: +SKIP
+        """
+        from pointseg.decision import decide_labels
+
+        self._check_fitted()
+        rule = rule if rule is not None else getattr(self, "ng_rule_", None) or NGRule()
+        result = self.predict_full(image, probabilities=rule.score == "quantile")
+        return decide_labels(result.labels, result.probabilities, rule, self.background_)
+
     def _clean(self, labels: np.ndarray) -> np.ndarray:
         if not self.min_region:
             return labels
@@ -478,6 +667,36 @@ class Segmenter:
 
 
 @dataclass
+class _ImagePart:
+    """What fit keeps of one training image: click features ``X`` / labels ``y``; an OK image's pixel pool."""
+
+    index: int
+    fmap: FeatureMap
+    X: np.ndarray
+    y: np.ndarray
+    moments: tuple
+    ok: bool
+    pool: np.ndarray | None
+    xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
+
+
+#: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
+OK_POOL_PIXELS = 4000
+#: background points per OK image: spread evenly, and hard negatives; the total over all OK images is capped
+OK_SPREAD, OK_HARD, OK_TOTAL = 32, 32, 512
+#: OK images whose pools a Segmenter keeps between refits (4,000 x ~400 float32 = 6 MB each)
+OK_POOL_CACHE = 32
+
+
+def _ok_budget(n_ok: int) -> tuple[int, int]:
+    """(spread, hard) points per OK image, so that all OK images together give at most ``OK_TOTAL``."""
+    if n_ok == 0:
+        return 0, 0
+    per = min(OK_SPREAD + OK_HARD, max(2, OK_TOTAL // n_ok))
+    return per - per // 2, per // 2
+
+
+@dataclass
 class Progress:
     """One step of :meth:`Segmenter.predict_progressive`."""
 
@@ -492,6 +711,24 @@ class Progress:
 def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
     """The feature vectors a head trains on at points ``xy`` (:meth:`FeatureMap.sample`)."""
     return fmap.sample(xy)
+
+
+def _largest_region(mask: np.ndarray, avoid: np.ndarray | None = None) -> float:
+    """Area of the largest 8-connected region of ``mask``, leaving out regions that a point of ``avoid``
+    (``(n, 2)`` [x, y]) falls in."""
+    from scipy import ndimage
+
+    regions, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return 0.0
+    areas = np.bincount(regions.ravel())
+    areas[0] = 0
+    if avoid is not None and len(avoid):
+        h, w = mask.shape
+        cols = np.clip(np.floor(avoid[:, 0]).astype(np.intp), 0, w - 1)
+        rows = np.clip(np.floor(avoid[:, 1]).astype(np.intp), 0, h - 1)
+        areas[regions[rows, cols]] = 0
+    return float(areas.max())
 
 
 def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
