@@ -102,6 +102,7 @@ def _delete(path):
     (_delete("weights_sha256"), "weights_sha256 is missing"),
     (_set("params", "fast"), "params is \"fast\", expected an object"),
     (_set("params.smoothing", -1), "params.smoothing is -1, expected a finite number >= 0"),
+    (_set("params.smoothing", 1e300), "params.smoothing is 1e\\+300, expected a finite number >= 0 and <= 1000"),
     (_set("params.min_region", 2.5), "params.min_region is 2.5, expected an integer >= 0"),
     (_set("params.min_region", -1), "params.min_region is -1"),
     (_set("params.C", "abc"), "params.C"),

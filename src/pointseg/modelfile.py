@@ -298,7 +298,7 @@ FIELDS: list[Field] = [
     Field("params.C", optional(is_number(positive=True)), required=None, default=None),
     Field("params.class_weight", optional(is_str(("balanced",))), required=None, default="balanced"),
     Field("params.tile_size", is_int(32), required=None, default=1024),
-    Field("params.smoothing", is_number(0), required=None, default=0.0),
+    Field("params.smoothing", is_number(0, maximum=1000), required=None, default=0.0),  # sigma, pixels
     Field("params.prior_correction", is_number(0, maximum=1), required=None, default=0.0),
     Field("params.min_region", is_int(0), required=None, default=0),
     Field("training_report", _training_report, required=None, default=None),
