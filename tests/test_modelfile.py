@@ -120,6 +120,11 @@ def _delete(path):
     (_set("training_report", "good"), "training_report"),
     (_set("training_report.point_accuracy", "high"), "training_report is an object, expected an object whose point_accuracy"),
     (_set("filter_bank_version", 99), "version 99 of the low-level filter bank"),
+    (_set("background_class", 3), "background_class is 3, not a class index 0..2"),
+    (_set("background_class", "0"), "background_class is \"0\", expected an integer >= 0"),
+    (_set("ng_rule", {"score": "largest_region", "threshold": -5}), "ng_rule is an object, expected null or an object"),
+    (_set("ng_rule", {"score": "vibes", "threshold": 1}), "ng_rule"),
+    (_set("ng_rule", {"score": "largest_region", "threshold": 1, "n_ok": "many"}), "n_ok and n_ng integers"),
 ])
 def test_each_bad_field_is_one_line_naming_it(tmp_path, parts, edit, message):
     text = one_line_error(edited(tmp_path, parts, edit), message)
