@@ -75,8 +75,8 @@ def predict_many(model, inputs: Iterable, output: str, client=None, *, options: 
     options = options or BatchOptions()
     data = model if isinstance(model, bytes) else _read_model(str(model))
     ref = ModelRef.from_bytes(data, weights=weights, min_region=min_region)
-    items = [i if isinstance(i, InputItem) else None for i in inputs]
-    items = items if all(items) and items else expand_inputs(list(inputs), recursive=recursive)
+    inputs = list(inputs)
+    items = inputs if inputs and all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs, recursive)
     _check_output(output)
     manifest = Manifest(output, ref.key.sha256, options.for_manifest())
     previous = manifest.previous_entries() if resume else {}
@@ -171,10 +171,18 @@ def _run_local(ref, items, todo, done, output, options, client, cancel, manifest
             continue
         if cancel():
             return
-        value = predict_image(ref.key, item, output, options)
-        if "plan" in value:
-            value = run_tiled(_call, ref.key, item, output, options, value["plan"])
+        try:
+            value = predict_image(ref.key, item, output, options)
+            if "plan" in value:
+                value = run_tiled(_call, ref.key, item, output, options, value["plan"])
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the batch
+            value = _failure(item, exc)
         yield _finished(_result(index, item, value), manifest, on_done)
+
+
+def _failure(item: InputItem, exc: BaseException) -> dict:
+    """An unexpected failure of one image (a bug, a worker killed again and again): reported, not raised."""
+    return {"error": f"{item.name}: {type(exc).__name__}: {exc}".splitlines()[0]}
 
 
 def _call(fn, *args, **kwargs):
@@ -221,7 +229,10 @@ def _run_cluster(ref, items, todo, done, output, options, client, cancel, manife
                 continue
             for future in finished:
                 index = pending.pop(future)
-                value = future.result()
+                try:
+                    value = future.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after repeated crashes
+                    value = _failure(items[index], exc)
                 if "plan" in value:  # an image to predict in tiles: its final task stands in for it
                     tiled = run_tiled(submit, ref.key, items[index], output, options, value["plan"])
                     pending[tiled] = index
