@@ -52,7 +52,7 @@ def predict_many(model, inputs: Iterable, output: str, client=None, *, options: 
 
     Parameters
     ----------
-    model : path or URL of a ``.pointseg`` file, or its bytes.
+    model : path or URL of a ``.pointseg`` file, its bytes, or a fitted :class:`~pointseg.segmenter.Segmenter`.
     inputs : files, folders, globs, ``@list.txt`` and fsspec URLs (:func:`~pointseg.batch.inputs.expand_inputs`),
         or already expanded :class:`InputItem` objects.
     output : folder (path or URL) for the outputs, ``summary.csv`` and the manifest.
@@ -73,7 +73,7 @@ def predict_many(model, inputs: Iterable, output: str, client=None, *, options: 
     ...     print(r.item.name, r.error or r.measures["fraction_defect"])
     """
     options = options or BatchOptions()
-    data = model if isinstance(model, bytes) else _read_model(str(model))
+    data = _model_bytes(model)
     ref = ModelRef.from_bytes(data, weights=weights, min_region=min_region)
     inputs = list(inputs)
     items = inputs if inputs and all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs, recursive)
@@ -99,11 +99,21 @@ def _never() -> bool:
     return False
 
 
-def _read_model(location: str) -> bytes:
+def _model_bytes(model) -> bytes:
+    """A model file's bytes from its path/URL, the bytes themselves, or a fitted Segmenter (the app's)."""
+    if isinstance(model, bytes):
+        return model
+    if hasattr(model, "save") and hasattr(model, "head_"):
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="pointseg-") as tmp:
+            model.save(Path(tmp) / "model.pointseg")
+            return (Path(tmp) / "model.pointseg").read_bytes()
     try:
-        return lazyio.read_bytes(location)
+        return lazyio.read_bytes(str(model))
     except PointsegError:
-        raise PointsegError(f"model file not found: {location}") from None
+        raise PointsegError(f"model file not found: {model}") from None
 
 
 def _check_output(output: str) -> None:
