@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from pointseg.errors import PointsegError
+from pointseg.fileio import atomic_write_bytes
+from pointseg.errors import OutputError, PointsegError
 from pointseg.evaluation.command import evaluate_command
 from pointseg.server.command import serve_command
 
@@ -57,6 +58,7 @@ def train(
     from pointseg.segmenter import Segmenter
 
     ann = AnnotationSet.load(annotations)
+    _output_file(output)  # before training: minutes of work must not end in "cannot write"
     params = preset_params(preset or "default")
     if backbone:
         params["backbone"] = backbone
@@ -72,6 +74,46 @@ def train(
     seg.save(output)
     _print_report(seg)
     console.print(f"model written to [bold]{output}[/bold]")
+
+
+def _output_folder(path: Path, option: str = "--output") -> Path:
+    """Create the output folder (or accept an existing one) and prove it writable, before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot create the folder ({exc.strerror}); choose another path",
+                          exc.errno) from None
+    _probe_writable(path, option)
+    return path
+
+
+def _output_file(path: Path, option: str = "--output") -> Path:
+    """Check that ``path`` can be written as a file (not a folder, its folder writable) before any work starts."""
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; give a file name, e.g. {path / 'model.pointseg'}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot create {parent} ({exc.strerror}); choose another path",
+                          exc.errno) from None
+    _probe_writable(parent, option, target=path)
+    return path
+
+
+def _probe_writable(folder: Path, option: str, target: Path | None = None) -> None:
+    """Write and remove a tiny file in ``folder``: the one test that permissions, read-only mounts and
+    special file systems (``/proc``) cannot fool, unlike :func:`os.access` (which says yes to root)."""
+    try:
+        atomic_write_bytes(folder / ".pointseg-write-test", b"")
+        (folder / ".pointseg-write-test").unlink()
+    except OSError as exc:
+        reason = exc.message.split(": ", 1)[-1] if isinstance(exc, OutputError) else exc.strerror
+        raise OutputError(f"{option} {target or folder}: cannot write in {folder}: {reason}", exc.errno) from None
 
 
 def _print_report(seg) -> None:
@@ -119,6 +161,8 @@ def predict(
     """Label every pixel of new images with a trained model, here or on a Dask cluster."""
     from pointseg.batch.command import run_predict
 
+    if "://" not in str(output):
+        _output_folder(Path(output))  # a local folder is proved writable before any work starts
     code = run_predict(
         model, inputs, output, overlay=overlay, probabilities=probabilities.value if probabilities else None,
         ng_area=ng_area, ng_rule=ng_rule, weights=weights, min_region=min_region, workers=workers,
@@ -139,6 +183,7 @@ def demo(
     """Run the whole job on a built-in example (a tissue image from scikit-image; no download)."""
     from pointseg.demo import DEMO_POINTS, run_demo
 
+    _output_folder(output)
     with console.status("training on the demo clicks and labelling the image…"):
         result = run_demo(output, backbone=backbone, weights=weights)
     console.print(f"{len(DEMO_POINTS)} clicks → {result['report'].summary()}", markup=False, highlight=False)
@@ -186,15 +231,50 @@ app.command("evaluate")(evaluate_command)
 
 
 def main() -> None:
-    """Console entry point: user errors become one red line and exit code 2, never a traceback."""
-    try:
-        app()
-    except PointsegError as exc:
-        from rich.markup import escape
+    """Console entry point: user errors become one red line and exit code 2, never a traceback.
 
-        # escaped: messages name things like "pointseg[distributed]"; soft_wrap: one line, as promised
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    User errors are pointseg's own (:class:`PointsegError`), the command line's (an unknown option, a value
+    out of range: click's usage errors, shortened to one line) and the machine's (:class:`OSError`: a disk
+    full or read-only, a file that vanished).
+    """
+    click = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)  # `pointseg` alone: the help, as usual
+        code = exc.exit_code
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "pointseg"
+        _error_line(f"{exc.format_message()} (see `{command} --help`)")
+        code = 2
+    except typer.Abort:
+        console.print("aborted", highlight=False)
+        code = 130
+    except PointsegError as exc:
+        _error_line(str(exc))
+        code = 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        _error_line(f"{exc.strerror or exc}{where}; check the disk and the paths given")
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exceptions():
+    try:
+        from typer._click import exceptions  # typer >= 0.25 ships its own copy of click
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _error_line(message: str) -> None:
+    from rich.text import Text
+
+    console.print(Text.assemble(("error:", "bold red"), " ", " ".join(message.split())), highlight=False,
+                  soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ COUNT_JS = """([colors, split]) => {
     });
   }
   return {left, right, w: c.width, h: c.height,
-          opacity: +getComputedStyle(img).opacity, visible: img.getBoundingClientRect().width > 0};
+          opacity: +img.dataset.opacity, visible: img.getBoundingClientRect().width > 0};
 }"""
 
 

@@ -46,9 +46,10 @@ export function renderInfobar() {
   const nP = S.annotations.filter((a) => a.kind === "point").length;
   const nS = S.annotations.length - nP;
   add("marks", `${nP} points, ${nS} scribbles`);
-  if (S.lastLatency !== null) add("click → overlay", fmtMs(S.lastLatency));
-  if (t.fit_ms !== undefined) add("fit", fmtMs(t.fit_ms));
-  if (t.predict_ms !== undefined) add("predict", fmtMs(t.predict_ms));
+  // timings are in the model panel too: they give way first when the bar is narrow
+  if (S.lastLatency !== null) add("click → overlay", fmtMs(S.lastLatency), "opt");
+  if (t.fit_ms !== undefined) add("fit", fmtMs(t.fit_ms), "opt");
+  if (t.predict_ms !== undefined) add("predict", fmtMs(t.predict_ms), "opt");
 }
 
 // ------------------------------------------------------------------------------------------ hint
@@ -168,7 +169,9 @@ export function renderImageInfo() {
 export function applyBatch(b) {
   const cur = S.batch;
   if (cur && cur.id === b.id && b.done < cur.done) return;
-  if (cur && cur.id === b.id && !cur.running && !cur.cancelled && b.running) return;
+  // the same run seen ended (finished or stopped): a late "running" answer about it changes nothing;
+  // a resumed run comes with a new id
+  if (cur && cur.id === b.id && !cur.running && b.running && b.done <= cur.done) return;
   S.batch = b;
   renderBatch();
 }
