@@ -132,8 +132,6 @@ def write_outputs(seg, item: InputItem, output: str, options: BatchOptions, rgb,
     from pointseg.outputs import label_png_bytes, overlay_png_bytes, probabilities_bytes
 
     files = {f"{item.stem}.png": lambda: label_png_bytes(result.labels, seg.colors_)}
-    if options.probabilities is not None and result.probabilities is None:
-        raise PointsegError("probabilities were asked for but not computed")
     if options.overlay:
         files[f"{item.stem}_overlay.png"] = lambda: overlay_png_bytes(rgb, result.labels, seg.colors_)
     if options.probabilities is not None:
