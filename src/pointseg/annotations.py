@@ -8,7 +8,8 @@ File format (version 1)::
       "images": [
         {"path": "parts/p001.png",                       # relative to the JSON file, or absolute
          "points": [[120.5, 88, 0], [301, 40, "defect"]],   # [x, y, class]; class = index or name
-         "scribbles": [{"class": 1, "width": 6, "points": [[10, 10], [60, 42], [90, 45]]}]}
+         "scribbles": [{"class": 1, "width": 6, "points": [[10, 10], [60, 42], [90, 45]]}]},
+        {"path": "parts/p002.png", "ok": true}               # defect-free: every pixel is background
       ]
     }
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +149,7 @@ class ImageAnnotation:
     path: Path
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     scribbles: list[Scribble] = field(default_factory=list)
+    ok: bool = False  # marked defect-free: every pixel is background (``"ok": true`` in the JSON)
 
 
 @dataclass
@@ -224,7 +225,8 @@ class AnnotationSet:
                         raise AnnotationError(f"{where}.scribbles[{j}]: unknown class {s['class']!r}; known: {', '.join(names)}")
                     s = {**s, "class": names.index(s["class"])}
                 scribbles.append(s)
-            images.append(ImageAnnotation(img_path, np.asarray(points, dtype=np.float64).reshape(-1, 3), scribbles))
+            ok = _parse_ok(entry, where)
+            images.append(ImageAnnotation(img_path, np.asarray(points, dtype=np.float64).reshape(-1, 3), scribbles, ok))
         return cls(names, colors, images)
 
     def to_dict(self, base_dir: Path | None = None) -> dict:
@@ -244,6 +246,7 @@ class AnnotationSet:
                     "path": rel(img.path),
                     "points": [[float(x), float(y), int(c)] for x, y, c in img.points],
                     "scribbles": [s.as_dict() if isinstance(s, Scribble) else s for s in img.scribbles],
+                    **({"ok": True} if img.ok else {}),
                 }
                 for img in self.images
             ],
@@ -254,21 +257,13 @@ class AnnotationSet:
         atomic_write_text(path, json.dumps(self.to_dict(base_dir=path.parent.resolve()), indent=2))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _parse_ok(entry: dict, where: str) -> bool:
+    """The image-level OK mark (``"ok": true``: a defect-free image, every pixel background)."""
+    value = entry.get("ok", False)
+    if not isinstance(value, bool):
+        raise AnnotationError(f"{where}.ok must be true or false, got {value!r}")
+    return value
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# kept importable from here: other modules and branches import the writers from annotations
+from pointseg.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402,F401

@@ -9,7 +9,6 @@ often as the background, but not always; balancing keeps the decision from track
 from __future__ import annotations
 
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -40,6 +39,9 @@ class TrainingReport:
     n_images: int
     fit_seconds: float
     per_class_accuracy: dict[str, float | None] = field(default_factory=dict)
+    #: per-part confusion of the learned NG rule, leave-one-image-out (when OK images were annotated):
+    #: ok_images, ng_images, false_alarms, misses and their rates (see pointseg.decision.part_confusion)
+    part_confusion: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +52,14 @@ class TrainingReport:
         return (
             f"accuracy on the marked points {self.point_accuracy:.1%}; cross-validated {cv}; "
             f"{self.n_points} points on {self.n_images} image(s) [{counts}]; fit {self.fit_seconds * 1000:.0f} ms"
-        )
+        ) + self._parts_summary()
+
+    def _parts_summary(self) -> str:
+        pc = self.part_confusion
+        if not pc:
+            return ""
+        return (f"; per part ({pc.get('method', 'leave-one-image-out')}): {pc['false_alarms']} of "
+                f"{pc['ok_images']} OK image(s) called NG, {pc['misses']} of {pc['ng_images']} defective missed")
 
 
 @dataclass
@@ -233,9 +242,15 @@ def single_thread():
     A fit is hundreds of tiny matrix products; spread over a thread pool they spend their time waiting for
     each other, badly so when the cores are also busy (the app extracts features in the background while
     the user clicks). Measured under load: 3,000 points x 448 features fit in 51 ms on one thread vs 168 ms on two.
+
+    A thread that already runs PyTorch on one thread (the app's model thread sets that once when it starts;
+    PyTorch's count is per thread once a thread has used it) passes straight through: no lock, no change.
     """
     import torch
 
+    if torch.get_num_threads() == 1:
+        yield
+        return
     with _THREADS_LOCK:
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -307,37 +322,97 @@ def head_scores(head, features: np.ndarray) -> np.ndarray:
     return head.scores(features)
 
 
+class CrossValidationInterrupted(Exception):
+    """Raised between folds when the caller's ``should_stop`` says the result is no longer wanted."""
+
+
+@dataclass
+class CrossValidationResult:
+    """The one cross-validation protocol's outcome: accuracy over ``n_scored`` held-out points."""
+
+    accuracy: float | None
+    method: str | None
+    n_scored: int = 0
+    n_folds: int = 0
+
+
+def cross_validation_folds(y: np.ndarray, groups: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], str | None]:
+    """The protocol's splits as ``(train, test)`` index arrays: leave-one-image-out when the points span
+    several images, else stratified k-fold (k = min(5, smallest class count)); ``([], None)`` when too few."""
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
+
+    labels, counts = np.unique(y, return_counts=True)
+    dummy = np.zeros((len(y), 1))
+    if len(np.unique(groups)) >= 2:
+        return list(LeaveOneGroupOut().split(dummy, y, groups)), "leave-one-image-out"
+    if len(labels) >= 2 and counts.min() >= 2:
+        k = int(min(5, counts.min()))
+        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=0).split(dummy, y)), f"{k}-fold"
+    return [], None
+
+
+def score_fold(classifier: PointClassifier, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+               n_classes: int, standardizer: Standardizer) -> int | None:
+    """Held-out points of one fold predicted right, or None when the training part lacks a second class."""
+    if len(np.unique(y[train])) < 2:
+        return None
+    head = classifier.fit(X[train], y[train], n_classes, standardizer)
+    return int((head_scores(head, X[test]).argmax(axis=1) == y[test]).sum())
+
+
+_CV_CONTEXT = threading.local()
+
+
+class CrossValidationContext:
+    """What :func:`cross_validation_context` hands out: the caller's stop test and the last result."""
+
+    def __init__(self, should_stop=None):
+        self.should_stop = should_stop
+        self.result: CrossValidationResult | None = None
+
+
+@contextmanager
+def cross_validation_context(should_stop=None):
+    """Make every :func:`cross_validate` in this thread check ``should_stop()`` between folds (raising
+    :class:`CrossValidationInterrupted`) and record its full :class:`CrossValidationResult` (with the
+    number of points scored) on the yielded context. The app uses this around ``Segmenter.fit`` so its
+    estimate is the library's protocol, yet a click never waits for more than one fold."""
+    ctx = CrossValidationContext(should_stop)
+    previous = getattr(_CV_CONTEXT, "ctx", None)
+    _CV_CONTEXT.ctx = ctx
+    try:
+        yield ctx
+    finally:
+        _CV_CONTEXT.ctx = previous
+
+
+def run_cross_validation(classifier: PointClassifier, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                         n_classes: int, standardizer: Standardizer, should_stop=None) -> CrossValidationResult:
+    """The protocol fold by fold; ``should_stop()`` is asked before each fold."""
+    folds, method = cross_validation_folds(y, groups)
+    correct = total = used = 0
+    for train, test in folds:
+        if should_stop is not None and should_stop():
+            raise CrossValidationInterrupted()
+        right = score_fold(classifier, X, y, train, test, n_classes, standardizer)
+        if right is None:
+            continue
+        correct, total, used = correct + right, total + len(test), used + 1
+    if total == 0:
+        return CrossValidationResult(None, None, 0, 0)
+    return CrossValidationResult(correct / total, method, total, used)
+
+
 def cross_validate(classifier: PointClassifier, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                    n_classes: int, standardizer: Standardizer) -> tuple[float | None, str | None]:
     """Leave-one-image-out accuracy when points span several images, else stratified k-fold.
 
-    Returns ``(None, None)`` when there are too few points for an estimate worth showing.
+    Returns ``(None, None)`` when there are too few points for an estimate worth showing. Inside
+    :func:`cross_validation_context` the run can be interrupted between folds and its result is recorded.
     """
-    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
-
-    labels, counts = np.unique(y, return_counts=True)
-    if len(np.unique(groups)) >= 2:
-        splits, method = LeaveOneGroupOut().split(X, y, groups), "leave-one-image-out"
-    elif len(labels) >= 2 and counts.min() >= 2:
-        k = int(min(5, counts.min()))
-        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=0).split(X, y)
-        method = f"{k}-fold"
-    else:
-        return None, None
-    correct = total = 0
-    for train, test in splits:
-        if len(np.unique(y[train])) < 2:
-            continue
-        head = classifier.fit(X[train], y[train], n_classes, standardizer)
-        pred = head_scores(head, X[test]).argmax(axis=1)
-        correct += int((pred == y[test]).sum())
-        total += len(test)
-    if total == 0:
-        return None, None
-    return correct / total, method
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
+    ctx = getattr(_CV_CONTEXT, "ctx", None)
+    result = run_cross_validation(classifier, X, y, groups, n_classes, standardizer,
+                                  should_stop=ctx.should_stop if ctx is not None else None)
+    if ctx is not None:
+        ctx.result = result
+    return result.accuracy, result.method

@@ -67,7 +67,8 @@ def train(
     seg = Segmenter(**params, classes=ann.classes, colors=ann.colors, weights=weights, download=download)
     images = [img.path for img in ann.images]
     with console.status(f"extracting {params['backbone']} features of {len(images)} image(s) and training…"):
-        seg.fit(images, [img.points for img in ann.images], [img.scribbles for img in ann.images])
+        seg.fit(images, [img.points for img in ann.images], [img.scribbles for img in ann.images],
+                ok=[img.ok for img in ann.images])
     seg.save(output)
     _print_report(seg)
     console.print(f"model written to [bold]{output}[/bold]")
@@ -86,6 +87,7 @@ def _print_report(seg) -> None:
         table.add_row(name, str(r.points_per_class[name]), "-" if acc is None else f"{acc:.1%}")
     Console().print(table)
     Console().print(r.summary(), markup=False, highlight=False)
+    Console().print(f"OK/NG rule: {seg.ng_rule_.describe()}", markup=False, highlight=False)
 
 
 @app.command()
@@ -95,13 +97,15 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for label PNGs and summary.csv.")],
     overlay: Annotated[bool, typer.Option(help="Also write <name>_overlay.png.")] = False,
     probabilities: Annotated[Optional[ProbabilityFormat], typer.Option(help="Also write float16 probabilities (npy or tiff).")] = None,
-    ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the first class.")] = None,
+    ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the background class (overrides the model's NG rule).")] = None,
+    ng_rule: Annotated[Optional[str], typer.Option("--ng-rule", help="Override the model's learned OK/NG rule: SCORE:THRESHOLD, e.g. largest_region:300 (px) or quantile:0.9; 'any' = NG when any region is found.")] = None,
     weights: WeightsOption = None,
     min_region: MinRegionOption = None,
 ) -> None:
     """Label every pixel of new images with a trained model."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pointseg.decision import decide_labels
     from pointseg.imageio import list_images, read_image
     from pointseg.outputs import save_label_png, save_overlay, save_probabilities, summarize, write_summary_csv
     from pointseg.features import FeatureCache
@@ -113,6 +117,7 @@ def predict(
     seg = Segmenter.load(model, weights=weights, cache=FeatureCache(max_bytes=0))
     if min_region is not None:
         seg.min_region = min_region
+    rule = _ng_rule(seg, ng_rule)
     files = list_images(inputs)
     if not files:
         raise PointsegError("no images found in the given paths (supported: png, jpg, bmp, tif)")
@@ -124,7 +129,7 @@ def predict(
         for path in files:
             try:
                 image = read_image(path)
-                result = seg.predict_full(image, probabilities=probabilities is not None)
+                result = seg.predict_full(image, probabilities=probabilities is not None or rule.score == "quantile")
             except PointsegError as exc:
                 console.print(f"[yellow]skipped[/yellow] {path}: {exc}")
                 rows.append({"image": path.name, "error": str(exc)})
@@ -137,14 +142,26 @@ def predict(
             if probabilities is not None:
                 suffix = ".npy" if probabilities is ProbabilityFormat.npy else ".tif"
                 save_probabilities(result.probabilities, output / f"{path.stem}_proba{suffix}")
+            decision = decide_labels(result.labels, result.probabilities, rule, seg.background_)
             rows.append({"image": path.name, "height": image.shape[0], "width": image.shape[1],
-                         **summarize(result.labels, seg.classes_, ng_area)})
+                         **summarize(result.labels, seg.classes_, ng_area, seg.background_, decision)})
             progress.advance(task)
     write_summary_csv(rows, output / "summary.csv")
     console.print(f"{len(files) - failed} image(s) labelled into [bold]{output}[/bold] (summary.csv)"
                   + (f"; {failed} skipped" if failed else ""))
     if failed == len(files):
         raise typer.Exit(1)
+
+
+def _ng_rule(seg, text: str | None):
+    """The OK/NG rule for `predict`: ``--ng-rule`` when given, else the one learned with the model."""
+    from pointseg.decision import NGRule
+
+    if text is None:
+        return seg.ng_rule_
+    if text.strip().lower() == "any":
+        return NGRule("largest_region", 0.0, source="user: NG when any region is found")
+    return NGRule.parse(text)
 
 
 @app.command()

@@ -2,28 +2,26 @@
 
 Everything becomes ``H x W x 3`` ``uint8``: 16-bit and float images are rescaled by their actual range
 (industrial and microscopy cameras rarely fill 16 bits), grey is replicated to three channels and alpha is
-dropped. A pixel-count limit guards against decompression bombs.
+dropped. A pixel-count limit (:data:`pointseg.limits.MAX_PIXELS`) guards against decompression bombs: the
+size an image declares in its header is checked before a single pixel is decoded.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from pointseg.errors import ImageError
+from pointseg.limits import MAX_PIXELS, max_pixels
 
-#: Largest image read without complaint (pixels); above this is treated as a decompression bomb.
-#: 40,000 x 40,000 covers whole-slide-like mosaics; users can raise it with POINTSEG_MAX_PIXELS.
-DEFAULT_MAX_PIXELS = 1_600_000_000
+#: Largest image decoded whole (pixels); kept for callers of the old name, see :mod:`pointseg.limits`.
+DEFAULT_MAX_PIXELS = MAX_PIXELS.default
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def max_pixels() -> int:
-    value = os.environ.get("POINTSEG_MAX_PIXELS")
-    return int(value) if value else DEFAULT_MAX_PIXELS
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -61,8 +59,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def _read_pillow(path: Path) -> np.ndarray:
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = None  # we apply our own, clearer limit below
-    with Image.open(path) as img:
+    limit = max_pixels()
+    # Pillow's own guard stays on and agrees with ours: it warns above MAX_IMAGE_PIXELS (we refuse there
+    # anyway, with a clearer message, right after reading the header) and refuses outright at twice that,
+    # so code that opens images with Pillow directly is covered too.
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)  # reads the header only: the declared size, nothing decoded yet
+    except Image.DecompressionBombError as exc:
+        raise ImageError(_too_large_message(path.name, f"declares {_pixels_in(exc)} pixels", limit)) from None
+    with img:
         _check_size(img.width, img.height, path.name)
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             return np.asarray(img)
@@ -93,10 +101,19 @@ def _read_tiff(path: Path) -> np.ndarray:
 def _check_size(width: int, height: int, name: str) -> None:
     limit = max_pixels()
     if width * height > limit:
-        raise ImageError(
-            f"image {name} is {width}x{height} = {width * height:,} pixels, above the limit of {limit:,} "
-            "(a possible decompression bomb); set POINTSEG_MAX_PIXELS to allow it"
-        )
+        raise ImageError(_too_large_message(name, f"is {width}x{height} = {width * height:,} pixels", limit))
+
+
+def _too_large_message(name: str, size: str, limit: int) -> str:
+    return (f"image {name} {size}, above the limit of {limit:,} for decoding an image whole (a possible "
+            f"decompression bomb); set {MAX_PIXELS.env} to allow it, or give it as an OME-Zarr or tiled TIFF "
+            "input, which is read region by region")
+
+
+def _pixels_in(exc: Exception) -> str:
+    """The pixel count in Pillow's DecompressionBombError message ("Image size (N pixels) exceeds…")."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return f"{int(found.group(1)):,}" if found else "too many"
 
 
 def to_rgb8(array: np.ndarray, name: str = "image") -> np.ndarray:

@@ -65,11 +65,15 @@ def save_probabilities(proba: np.ndarray, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = None) -> dict:
-    """Per-image row: fraction of each class, connected regions of each non-first class, OK/NG.
+def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = None, background: int = 0,
+              decision=None) -> dict:
+    """Per-image row: fraction of each class, connected regions of each finding class, OK/NG.
 
-    The first class is taken as the "good" one (background, normal surface); every other class counts as a
-    finding. Regions use 8-connectivity, so a diagonal crack counts once.
+    ``background`` is the good class (background, normal surface); every other class counts as a finding.
+    Regions use 8-connectivity, so a diagonal crack counts once. The OK/NG ``status`` comes from
+    ``ng_area`` (NG when more than that fraction of the image is findings) when given, else from
+    ``decision`` (a :class:`pointseg.decision.Decision`: the model's learned rule, with its ``ng_score`` and
+    ``ng_threshold`` columns).
     """
     from scipy import ndimage
 
@@ -78,12 +82,18 @@ def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = No
     for k, name in enumerate(classes):
         row[f"fraction_{name}"] = round(float((labels == k).sum()) / total, 6)
     structure = np.ones((3, 3), dtype=bool)
-    for k, name in enumerate(classes[1:], start=1):
+    for k, name in enumerate(classes):
+        if k == background:
+            continue
         _, count = ndimage.label(labels == k, structure=structure)
         row[f"regions_{name}"] = int(count)
     if ng_area is not None:
-        defect_fraction = 1.0 - row[f"fraction_{classes[0]}"]
+        defect_fraction = 1.0 - row[f"fraction_{classes[background]}"]
         row["status"] = "NG" if defect_fraction > ng_area else "OK"
+    elif decision is not None:
+        row["status"] = decision.status
+        row["ng_score"] = round(float(decision.score), 6)
+        row["ng_threshold"] = round(float(decision.threshold), 6)
     return row
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -25,15 +26,9 @@ from pointseg.classifier import (
     head_scores,
     single_thread,
 )
+from pointseg.decision import Decision, NGRule
 from pointseg.errors import PointsegError
-from pointseg.features import (
-    FeatureCache,
-    FeatureExtractor,
-    FeatureMap,
-    upsample,
-    upsample_context,
-    upsample_window,
-)
+from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, Scores, cell_span
 from pointseg.imageio import load_image
 from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
 from pointseg.sampling import sample_points
@@ -78,6 +73,8 @@ class Segmenter:
     features : ``"deep"`` (the method as first described: the backbone's stride-4 map) or ``"hybrid"``
         (plus full-resolution low-level filters that keep thin structures sharp; :mod:`pointseg.filters`).
         Default: hybrid for the logistic head, deep for the random forest.
+    background : the background / OK class (index or name) - what a clean part is made of; every other class
+        is a finding. Default: the first class. Fitted as ``background_`` (an index).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
@@ -85,7 +82,8 @@ class Segmenter:
                  precision: str = "auto", device: str | None = None, tile_size: int = 1024,
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
                  features: str | None = None, smoothing: float | None = None,
-                 prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0):
+                 prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
+                 background: int | str | None = None):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -104,6 +102,7 @@ class Segmenter:
         self.prior_correction = prior_correction
         self.warm_start = warm_start
         self.min_region = min_region
+        self.background = background
         self._extractor: FeatureExtractor | None = None
 
     # ------------------------------------------------------------------ construction
@@ -117,8 +116,44 @@ class Segmenter:
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
-                      "prior_correction", "warm_start", "min_region")
+                      "prior_correction", "warm_start", "min_region", "background")
         }
+
+    #: parameters that change how features are computed; changing one drops the loaded extractor
+    _EXTRACTOR_PARAMS = frozenset({"backbone", "weights", "precision", "device", "tile_size", "features",
+                                   "classifier", "download"})
+
+    def set_params(self, **params) -> "Segmenter":
+        """Set parameters by name (scikit-learn's ``set_params``); returns ``self``.
+
+        Unknown names are refused with the list of valid ones. ``cache`` may be set too (it is shared,
+        not a modelling choice, so :meth:`get_params` leaves it out).
+        """
+        valid = set(self.get_params()) | {"cache", "download"}
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise PointsegError(f"unknown Segmenter parameter(s) {', '.join(unknown)}; "
+                                f"valid: {', '.join(sorted(valid))}")
+        for name, value in params.items():
+            setattr(self, name, list(value) if name in ("classes", "colors") and value is not None else value)
+        if self._EXTRACTOR_PARAMS & set(params) or "cache" in params:
+            self._extractor = None
+        return self
+
+    def clone(self, **overrides) -> "Segmenter":
+        """A new, unfitted Segmenter with the same parameters (scikit-learn's ``clone``), plus ``overrides``.
+
+        It shares this one's feature cache and, when no feature parameter changes, its loaded network, so
+        clones are cheap. With ``warm_start`` the clone's first ``fit`` starts from this one's solution,
+        as a refit of this estimator would, while this one stays as it is.
+        """
+        params = {**self.get_params(), "cache": self.cache, "download": self.download, **overrides}
+        new = type(self)(**params)
+        if self._extractor is not None and not (self._EXTRACTOR_PARAMS & set(overrides)) and "cache" not in overrides:
+            new._extractor = self._extractor
+        if new.warm_start and hasattr(self, "head_"):
+            new.head_ = self.head_
+        return new
 
     @property
     def features_(self) -> str:
@@ -149,59 +184,56 @@ class Segmenter:
         return self.extractor.extract(image)
 
     # ------------------------------------------------------------------ training
-    def fit(self, images, points, scribbles=None) -> "Segmenter":
-        """Train on points (and scribbles) marked on ``images``.
+    def fit(self, images, points, scribbles=None, ok=None) -> "Segmenter":
+        """Train on points (and scribbles) marked on ``images``, and on images marked OK.
 
         Parameters
         ----------
         images : list of arrays (``H x W`` or ``H x W x 3``), paths, or FeatureMaps.
-        points : list, one per image, of ``(n_i, 3)`` arrays ``[x, y, class]``.
+        points : list, one per image, of ``(n_i, 3)`` arrays ``[x, y, class]`` (``None`` or empty for none).
         scribbles : optional list, one per image, of lists of ``{"class", "width", "points"}``.
+        ok : optional list of booleans, one per image: ``True`` marks a defect-free image, whose every pixel is
+            known background. It needs no points; pixels spread over it, and the ones the model finds most
+            defect-like (hard negatives, mined on every fit), train the background class.
+
+        With ``cross_validate`` (the default) fit also learns the per-part NG rule (``ng_rule_``) from
+        leave-one-image-out scores of the annotated images (see :mod:`pointseg.decision`).
         """
         start = time.perf_counter()
         if len(images) != len(points):
             raise PointsegError(f"got {len(images)} images but {len(points)} point arrays; give one per image")
         if scribbles is not None and len(scribbles) != len(images):
             raise PointsegError(f"got {len(images)} images but {len(scribbles)} scribble lists; give one per image")
+        if ok is not None and len(ok) != len(images):
+            raise PointsegError(f"got {len(images)} images but {len(ok)} OK flags; give one per image")
         n_classes = self._resolve_classes(points, scribbles)
         if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
-        X, y, groups, moments, fmaps = [], [], [], [], []
+        parts: list[_ImagePart] = []
         for i, image in enumerate(images):
-            pts = np.asarray(points[i], dtype=np.float64) if points[i] is not None else np.zeros((0, 3))
-            scrib = scribbles[i] if scribbles is not None else None
-            if len(pts) == 0 and not scrib:
-                continue
-            fmap = self.extract_features(image)
-            where = f"image {i}"
-            pts = validate_points(pts, n_classes, fmap.image_size, where=f"{where} points")
-            xy, labels = pts[:, :2], pts[:, 2].astype(np.int64)
-            for s in validate_scribbles(scrib, n_classes, fmap.image_size, where=f"{where} scribbles"):
-                raster = rasterize_scribble(s, spacing=float(self.extractor.spec.stride))
-                h, w = fmap.image_size
-                raster = raster[(raster[:, 0] >= 0) & (raster[:, 0] < w) & (raster[:, 1] >= 0) & (raster[:, 1] < h)]
-                xy = np.concatenate([xy, raster])
-                labels = np.concatenate([labels, np.full(len(raster), s.label, dtype=np.int64)])
-            X.append(_point_features(fmap, xy))
-            y.append(labels)
-            groups.append(np.full(len(labels), i))
-            moments.append(fmap.moments())
-            fmaps.append(fmap)
-        if not X:
+            part = self._image_part(i, image, points[i], scribbles[i] if scribbles is not None else None,
+                                    bool(ok[i]) if ok is not None else False, n_classes)
+            if part is not None:
+                parts.append(part)
+        if not any(len(p.y) for p in parts):
             raise PointsegError("no points to train on; mark at least one point of two classes")
-        X, y, groups = np.concatenate(X), np.concatenate(y), np.concatenate(groups)
-        standardizer = Standardizer.from_moments(moments)
+        standardizer = Standardizer.from_moments([p.moments for p in parts])
         clf = PointClassifier(self.classifier, self.C, self.class_weight)
         previous = getattr(self, "head_", None) if self.warm_start else None
-        head = clf.fit(X, y, n_classes, standardizer, init=previous if isinstance(previous, LinearHead) else None)
+        head, X, y, groups = self._fit_parts(clf, parts, n_classes, standardizer,
+                                             previous if isinstance(previous, LinearHead) else None)
         self.class_priors_ = None
         if self.prior_correction and isinstance(head, LinearHead):
-            head, self.class_priors_ = correct_priors(head, _pixel_sample(fmaps), float(self.prior_correction))
+            head, self.class_priors_ = correct_priors(head, _pixel_sample([p.fmap for p in parts]),
+                                                      float(self.prior_correction))
         point_pred = head_scores(head, X).argmax(axis=1)
         fit_seconds = time.perf_counter() - start
         cv_acc, cv_method = (None, None)
+        self.ng_rule_, part_confusion = NGRule(source="default: NG when any region is found"), None
         if self.cross_validate:
             cv_acc, cv_method = cross_validate(clf, X, y, groups, n_classes, standardizer)
+            if isinstance(head, LinearHead):
+                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer)
         self.head_ = head
         self.n_features_in_ = X.shape[1]
         names = self.classes_
@@ -215,11 +247,102 @@ class Segmenter:
             cv_method=cv_method,
             points_per_class={name: int((y == k).sum()) for k, name in enumerate(names)},
             n_points=int(len(y)),
-            n_images=int(len(np.unique(groups))),
+            n_images=int(len(parts)),
             fit_seconds=fit_seconds,
             per_class_accuracy=per_class,
+            part_confusion=part_confusion,
         )
         return self
+
+    def _image_part(self, i: int, image, pts, scrib, ok: bool, n_classes: int) -> "_ImagePart | None":
+        """One image's training material: click features and labels, and for an OK image its pixel pool."""
+        pts = np.asarray(pts, dtype=np.float64) if pts is not None else np.zeros((0, 3))
+        if len(pts) == 0 and not scrib and not ok:
+            return None
+        fmap = self.extract_features(image)
+        where = f"image {i}"
+        pts = validate_points(pts, n_classes, fmap.image_size, where=f"{where} points")
+        xy, labels = pts[:, :2], pts[:, 2].astype(np.int64)
+        for s in validate_scribbles(scrib, n_classes, fmap.image_size, where=f"{where} scribbles"):
+            raster = rasterize_scribble(s, spacing=float(self.extractor.spec.stride))
+            h, w = fmap.image_size
+            raster = raster[(raster[:, 0] >= 0) & (raster[:, 0] < w) & (raster[:, 1] >= 0) & (raster[:, 1] < h)]
+            xy = np.concatenate([xy, raster])
+            labels = np.concatenate([labels, np.full(len(raster), s.label, dtype=np.int64)])
+        if ok and (labels != self.background_).any():
+            other = self.classes_[int(labels[labels != self.background_][0])]
+            raise PointsegError(
+                f"{where} is marked OK (defect-free) but has points or scribbles of class {other!r}; "
+                "remove them or unmark the image"
+            )
+        pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS) if ok else None
+        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool)
+
+    def _fit_parts(self, clf: PointClassifier, parts: list["_ImagePart"], n_classes: int,
+                   standardizer: Standardizer, init: LinearHead | None):
+        """Fit the head on the parts' clicks plus background pixels of their OK images.
+
+        OK images first give pixels spread evenly over them; the model fitted on those then scores each OK
+        image's pool and its most defect-like pixels (hard negatives) join the background class for a second
+        fit, warm-started from the first. Both counts are bounded (:func:`_ok_budget`), so a refit costs two
+        small fits however many OK images there are. Returns ``(head, X, y, groups)`` of the final fit.
+        """
+        X = [p.X for p in parts]
+        y = [p.y for p in parts]
+        groups = [np.full(len(p.y), p.index) for p in parts]
+        ok_parts = [p for p in parts if p.ok]
+        n_spread, n_hard = _ok_budget(len(ok_parts))
+        for p in ok_parts:
+            X.append(p.pool[np.linspace(0, len(p.pool) - 1, min(n_spread, len(p.pool))).astype(np.intp)])
+        Xc = np.concatenate(X)
+        yc = np.concatenate(y + [np.full(len(x), self.background_, dtype=np.int64) for x in X[len(parts):]])
+        gc = np.concatenate(groups + [np.full(len(x), p.index) for x, p in zip(X[len(parts):], ok_parts)])
+        head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
+        if not ok_parts or not isinstance(head, LinearHead) or n_hard == 0:
+            return head, Xc, yc, gc
+        hard = []
+        for p in ok_parts:
+            scores = head_scores(head, p.pool)
+            others = np.delete(scores, self.background_, axis=1)
+            margin = others.max(axis=1) - scores[:, self.background_]
+            hard.append(p.pool[np.argsort(-margin, kind="stable")[:n_hard]])
+        Xc = np.concatenate([Xc] + hard)
+        yc = np.concatenate([yc, np.full(sum(len(h) for h in hard), self.background_, dtype=np.int64)])
+        gc = np.concatenate([gc] + [np.full(len(h), p.index) for h, p in zip(hard, ok_parts)])
+        return clf.fit(Xc, yc, n_classes, standardizer, init=head), Xc, yc, gc
+
+    def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
+        """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
+        (marked OK, or with a point of a defect class) is scored by a model fitted without it."""
+        from pointseg.decision import DEFAULT_SCORE, choose_threshold, part_confusion
+
+        status = {p.index: (False if p.ok else True if (p.y != self.background_).any() else None) for p in parts}
+        known = [p for p in parts if status[p.index] is not None]
+        if len(known) < 2:
+            return NGRule(source="default: NG when any region is found"), None
+        ng_scores, ok_scores = [], []
+        twin = copy.copy(self)
+        for p in known:
+            rest = [q for q in parts if q is not p]
+            ys = np.concatenate([q.y for q in rest])
+            if len(np.unique(ys)) < 2:
+                continue
+            twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
+            twin.n_features_in_ = p.X.shape[1]
+            score = twin._score_image(p.fmap, DEFAULT_SCORE)
+            (ng_scores if status[p.index] else ok_scores).append(score)
+        threshold, source = choose_threshold(ng_scores, ok_scores, DEFAULT_SCORE)
+        rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
+        confusion = None
+        if ok_scores:
+            confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
+        return rule, confusion
+
+    def _score_image(self, image, kind: str) -> float:
+        from pointseg.decision import image_score
+
+        result = self.predict_full(image, probabilities=kind == "quantile")
+        return image_score(kind, result.labels, result.probabilities, self.background_)
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:
@@ -244,81 +367,40 @@ class Segmenter:
             parse_color(c, f"colour of class {names[i]!r}")
         self.classes_ = names
         self.colors_ = colors
+        self.background_ = self._resolve_background(names)
         return len(names)
+
+    def _resolve_background(self, names: list[str]) -> int:
+        value = self.background
+        if value is None:
+            return 0
+        if isinstance(value, str) and not isinstance(value, bool):
+            if value not in names:
+                raise PointsegError(f"background class {value!r} is not one of the classes: {', '.join(names)}")
+            return names.index(value)
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= int(value) < len(names):
+            return int(value)
+        raise PointsegError(
+            f"background must be a class index 0..{len(names) - 1} or a class name, got {value!r}"
+        )
 
     # ------------------------------------------------------------------ prediction
     def _check_fitted(self) -> None:
         if not hasattr(self, "head_"):
             raise PointsegError("this Segmenter is not trained yet; call fit() or Segmenter.load() first")
 
-    def decision_grid(self, image) -> "_Decision":
-        """Class scores on the feature grid ``(K, h_f, w_f)`` plus what is needed to finish them per pixel.
+    def decision_grid(self, image) -> Scores:
+        """The head applied to an image's features: :class:`~pointseg.features.Scores`, which give the logits
+        of any pixel box on demand (deep part from the stride-4 grid, fine part at full resolution).
 
-        Large uncached images stream through the backbone tile by tile, so only the K-channel score grid
-        is ever held for the whole image; their fine features are computed band by band later.
+        Large uncached images stream through the backbone tile by tile, so only the K-channel score grid is
+        ever held for the whole image (:meth:`FeatureExtractor.image_scores`).
         """
         self._check_fitted()
-        extractor = self.extractor
-        if isinstance(image, FeatureMap):
-            extractor.check_compatible(image)
-            with single_thread():
-                grid = self._grid_scores(image.data, image.context)
-            return _Decision(grid, image.extent, image.image_size, image.fine, None)
-        rgb = load_image(image)
-        key = extractor.key_for(rgb)
-        fmap = extractor.cache.get(key)
-        if fmap is None and rgb.shape[0] * rgb.shape[1] <= STREAM_ABOVE_PIXELS:
-            fmap = extractor.extract(rgb)
-        if fmap is not None:
-            with single_thread():
-                grid = self._grid_scores(fmap.data, fmap.context)
-            return _Decision(grid, fmap.extent, fmap.image_size, fmap.fine, None)
-        h, w = rgb.shape[:2]
-        extent = extractor.padded_size((h, w))
-        stride = extractor.spec.stride
-        grid = torch.empty((len(self.classes_), extent[0] // stride, extent[1] // stride))
-        for (y0, y1, x0, x1), tile in extractor.iter_tiles(rgb):
-            grid[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = self._grid_scores(tile)
-        return _Decision(grid, extent, (h, w), None, rgb if extractor.hybrid else None)
-
-    def _grid_scores(self, data: np.ndarray, context: np.ndarray | None = None) -> torch.Tensor:
-        """Deep scores on the grid. A linear head scores a stride-32 context map before upsampling it: the
-        same numbers as upsampling the map first (interpolation is linear), for 1/64 of the work."""
-        c, hf, wf = data.shape
-        c_ctx = context.shape[0] if context is not None else 0
-        n_fine = self.extractor.fine_channels
-        if c + c_ctx + n_fine != self.n_features_in_:
-            raise PointsegError(
-                f"features have {c + c_ctx + n_fine} channels but the model expects {self.n_features_in_}"
-            )
         if isinstance(self.head_, LinearHead):
             w, b = self.head_.folded()
-            weights = torch.from_numpy(np.ascontiguousarray(w[:, : c + c_ctx]))
-            flat = torch.from_numpy(data).reshape(c, -1)
-            scores = (weights[:, :c] @ flat + torch.from_numpy(b)[:, None]).reshape(-1, hf, wf)
-            if context is not None:
-                coarse = weights[:, c:] @ torch.from_numpy(context).reshape(c_ctx, -1)
-                scores += upsample_context(coarse.reshape(-1, *context.shape[1:]), (hf, wf))
-            return scores
-        if context is not None:
-            data = np.concatenate([data, upsample_context(torch.from_numpy(context), (hf, wf)).numpy()])
-        scores = self.head_.scores(data.reshape(data.shape[0], -1).T)
-        return torch.from_numpy(np.ascontiguousarray(scores.T)).reshape(-1, hf, wf)
-
-    def _fine_scores(self, decision: "_Decision", r0: int, r1: int) -> torch.Tensor | None:
-        """The full-resolution part of the logits for rows ``r0:r1`` (hybrid features only)."""
-        if not self.extractor.hybrid:
-            return None
-        if decision.fine is not None:
-            fine = decision.fine[:, r0:r1]
-        else:
-            from pointseg.filters import low_level_band
-
-            fine = low_level_band(decision.rgb, r0, r1)
-        w, _ = self.head_.folded()
-        w_fine = torch.from_numpy(np.ascontiguousarray(w[:, self.extractor.channels:]))
-        c, h, width = fine.shape
-        return (w_fine @ torch.from_numpy(np.ascontiguousarray(fine)).reshape(c, -1)).reshape(-1, h, width)
+            return self.extractor.image_scores(image, w, b, stream_above=STREAM_ABOVE_PIXELS)
+        return self.extractor.image_scores(image, fn=self.head_.scores, stream_above=STREAM_ABOVE_PIXELS)
 
     def predict_proba(self, image) -> np.ndarray:
         """Class probabilities ``(K, H, W)`` float32."""
@@ -331,19 +413,139 @@ class Segmenter:
     def predict_full(self, image, probabilities: bool = True) -> Prediction:
         """Labels, uncertainty (1 − max probability) and optionally probabilities in one pass.
 
-        Without probabilities the upsampling runs in bands of rows, so memory stays bounded on huge images.
+        The logits are computed in bands of rows (with a halo for smoothing), so memory stays bounded on huge
+        images: the whole-image arrays are the outputs themselves.
         """
-        decision = self.decision_grid(image)
+        scores = self.decision_grid(image)
         with single_thread():  # small per-pixel work: a thread pool only adds waiting (see classifier)
-            return self._finish(decision, probabilities)
+            return self._finish(scores, probabilities)
 
-    def _smooth_scores(self, scores: torch.Tensor) -> torch.Tensor:
+    def predict_region(self, image, box: tuple[int, int, int, int], scale: float = 1.0,
+                       probabilities: bool = True) -> Prediction:
+        """Prediction of the pixel box ``(y0, y1, x0, x1)`` only: what a viewer needs for what it shows.
+
+        At ``scale=1`` the result equals the same crop of :meth:`predict_full` (smoothing included: its
+        Gaussian halo is computed from a margin around the box), at a cost in proportion to the box, not the
+        image; pass a FeatureMap (or a cached image) so nothing is extracted. ``min_region`` is applied
+        within the box only.
+
+        ``scale < 1`` gives a screen-resolution preview of ``ceil(h * scale) x ceil(w * scale)`` pixels, for
+        zoomed-out views: each output pixel shows the pixel under its centre, with the deep scores exact and
+        the full-resolution fine part replaced by its image mean (a screen pixel covers several image pixels,
+        so per-pixel filter detail would be subsampled away anyway); smoothing is scaled with the view.
+        """
+        scores = image if isinstance(image, Scores) else self.decision_grid(image)
+        y0, y1, x0, x1 = _check_box(box, scores.image_size)
+        if not 0 < scale <= 1:
+            raise PointsegError(f"scale must be in (0, 1], got {scale!r}; ask for a smaller box to zoom in")
+        with single_thread():
+            if scale == 1:
+                logits = self._smoothed_box(scores, y0, y1, x0, x1)
+            else:
+                logits = self._preview_logits(scores, y0, y1, x0, x1, scale)
+            return self._decide(logits, probabilities)
+
+    def predict_coarse(self, image, max_side: int = 512, probabilities: bool = False) -> Prediction:
+        """A quick first view of a new image: the image downscaled to ``max_side`` pixels on its long side,
+        through the whole method (features, head, smoothing). Returns labels at that size; scale them to the
+        image (:func:`coarse_scale` says by how much). An approximation (the network sees a smaller image);
+        the exact view follows from :meth:`predict_full` or :meth:`predict_progressive`."""
+        self._check_fitted()
+        rgb = load_image(image) if not isinstance(image, FeatureMap) else None
+        if rgb is None:
+            raise PointsegError("predict_coarse needs the image itself (a path or an array), not a FeatureMap")
+        small = downscale(rgb, max_side)
+        if isinstance(self.head_, LinearHead):
+            w, b = self.head_.folded()
+            scores = self.extractor.image_scores(small, w, b, stream_above=0)
+        else:
+            scores = self.extractor.image_scores(small, fn=self.head_.scores, stream_above=0)
+        with single_thread():
+            return self._finish(scores, probabilities, sigma=self.smoothing_ * small.shape[0] / rgb.shape[0])
+
+    def predict_progressive(self, image, max_side: int = 512, probabilities: bool = False):
+        """Yield :class:`Progress` steps for a first view: a coarse prediction from a downscaled image
+        (``stage="coarse"``), then ``stage="features"`` steps as the backbone's tiles finish, then the exact
+        full-resolution prediction in bands of rows (``stage="band"``, each with its ``box`` and labels), and
+        last ``stage="done"`` with the whole :class:`Prediction` (equal to :meth:`predict_full`).
+
+        ``done / total`` counts real work units (backbone tiles, then bands). The features are extracted with
+        progress reported from the extractor, so the server can stream this generator as it goes.
+        """
+        import queue
+        import threading
+
+        self._check_fitted()
+        rgb = load_image(image)
+        h, w = rgb.shape[:2]
+        n_tiles = self.extractor.n_tiles((h, w))
+        n_bands = len(_band_starts(h, self.extractor.spec.stride))
+        total = n_tiles + n_bands
+        coarse = self.predict_coarse(rgb, max_side=max_side)
+        yield Progress("coarse", 0, total, coarse, (0, h, 0, w), coarse_scale(rgb.shape[:2], max_side))
+        events: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        def work():
+            try:
+                result["fmap"] = self.extractor.extract(rgb, progress=lambda d, t: events.put(d))
+            except BaseException as exc:  # re-raised in the caller's thread
+                result["error"] = exc
+            events.put(None)
+
+        threading.Thread(target=work, name="pointseg-extract", daemon=True).start()
+        while (done := events.get()) is not None:
+            yield Progress("features", done, total, None, None, 1.0)
+        if "error" in result:
+            raise result["error"]
+        scores = self.decision_grid(result["fmap"])
+        parts = []
+        for i, (y0, y1, band) in enumerate(self._iter_bands(scores, probabilities), 1):
+            parts.append(band)
+            yield Progress("band", n_tiles + i, total, band, (y0, y1, 0, w), 1.0)
+        yield Progress("done", total, total, self._join_bands(parts, (h, w), probabilities), (0, h, 0, w), 1.0)
+
+    # ------------------------------------------------------------------ prediction internals
+    def _halo(self, sigma: float | None = None) -> int:
+        sigma = self.smoothing_ if sigma is None else sigma
+        return int(np.ceil(3 * sigma)) + 1 if sigma else 0
+
+    def _smoothed_box(self, scores: Scores, y0: int, y1: int, x0: int, x1: int,
+                      sigma: float | None = None) -> torch.Tensor:
+        """Smoothed logits of a box, from the box plus a halo where the image has pixels (so a box equals
+        the same crop of the whole image)."""
+        h, w = scores.image_size
+        halo = self._halo(sigma)
+        a0, a1, b0, b1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+        logits = self._smooth_scores(scores.logits(a0, a1, b0, b1), sigma)
+        return logits[:, y0 - a0: y1 - a0, x0 - b0: x1 - b0]
+
+    def _preview_logits(self, scores: Scores, y0, y1, x0, x1, scale: float) -> torch.Tensor:
+        """Screen-resolution logits of a box shown at ``scale`` (see :meth:`predict_region`)."""
+        out_h, out_w = max(1, int(np.ceil((y1 - y0) * scale))), max(1, int(np.ceil((x1 - x0) * scale)))
+        # the image pixel under each output pixel's centre, and its continuous grid coordinate
+        ys = np.minimum(y1 - 1, y0 + np.floor((np.arange(out_h) + 0.5) / scale)).astype(np.int64)
+        xs = np.minimum(x1 - 1, x0 + np.floor((np.arange(out_w) + 0.5) / scale)).astype(np.int64)
+        s = scores.stride
+        rows = cell_span(int(ys[0]), int(ys[-1]) + 1, s, scores.grid_size[0])
+        cols = cell_span(int(xs[0]), int(xs[-1]) + 1, s, scores.grid_size[1])
+        cells = scores.grid_window(rows, cols)
+        v = np.clip((ys + 0.5) / s - 0.5, 0, scores.grid_size[0] - 1) - rows[0]
+        u = np.clip((xs + 0.5) / s - 0.5, 0, scores.grid_size[1] - 1) - cols[0]
+        logits = _bilinear_at(cells, v, u)
+        fine = scores.fine_mean_logits()
+        if fine is not None:
+            logits += fine[:, None, None]
+        sigma = self.smoothing_ * scale
+        return self._smooth_scores(logits, sigma if sigma >= 0.3 else 0.0)
+
+    def _smooth_scores(self, scores: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
         """Gaussian smoothing of the class scores (``smoothing`` = σ in pixels; 0 = off).
 
         Per-pixel filter responses make the hybrid head's decision speckled on textured surfaces; a light
         spatial prior on the scores turns speckle into coherent regions (see BENCHMARKS.md).
         """
-        sigma = self.smoothing_
+        sigma = self.smoothing_ if sigma is None else sigma
         if not sigma:
             return scores
         from scipy.ndimage import gaussian_filter
@@ -355,29 +557,42 @@ class Segmenter:
             data[k] = gaussian_filter(data[k], sigma, mode="nearest", truncate=3.0)
         return torch.from_numpy(data)
 
-    def _finish(self, decision: "_Decision", probabilities: bool) -> Prediction:
-        size = decision.image_size
-        if probabilities:
-            scores = upsample(decision.grid, decision.extent, size)
-            fine = self._fine_scores(decision, 0, size[0])
-            if fine is not None:
-                scores += fine
-            proba = torch.softmax(self._smooth_scores(scores), dim=0)
-            top, labels = proba.max(dim=0)
-            labels = self._clean(labels.numpy().astype(np.int64))
-            return Prediction(labels, proba.numpy(), (1 - top).numpy())
-        labels = np.empty(size, dtype=np.int64)
-        uncertainty = np.empty(size, dtype=np.float32)
-        halo = int(np.ceil(3 * self.smoothing_)) + 1 if self.smoothing_ else 0
-        for r0, r1, a0, a1, band in _bands(decision.grid, decision.extent, size, halo):
-            fine = self._fine_scores(decision, a0, a1)
-            if fine is not None:
-                band = band + fine
-            band = self._smooth_scores(band)[:, r0 - a0: r1 - a0]
-            top, lab = torch.softmax(band, dim=0).max(dim=0)
-            labels[r0:r1] = lab.numpy()
-            uncertainty[r0:r1] = (1 - top).numpy()
-        return Prediction(self._clean(labels), None, uncertainty)
+    def _decide(self, logits: torch.Tensor, probabilities: bool, clean: bool = True) -> Prediction:
+        proba = torch.softmax(logits, dim=0)
+        top, labels = proba.max(dim=0)
+        labels = labels.numpy().astype(np.int64)
+        return Prediction(self._clean(labels) if clean else labels,
+                          proba.numpy() if probabilities else None, (1 - top).numpy())
+
+    def _iter_bands(self, scores: Scores, probabilities: bool, sigma: float | None = None):
+        """``(y0, y1, Prediction of rows y0:y1)`` in ``BAND_ROWS`` steps (``min_region`` not yet applied)."""
+        h, w = scores.image_size
+        for r0 in _band_starts(h, scores.stride):
+            r1 = min(h, r0 + _band_step(scores.stride))
+            yield r0, r1, self._decide(self._smoothed_box(scores, r0, r1, 0, w, sigma), probabilities, clean=False)
+
+    def _join_bands(self, parts: list[Prediction], size, probabilities: bool) -> Prediction:
+        labels = np.concatenate([p.labels for p in parts])
+        proba = np.concatenate([p.probabilities for p in parts], axis=1) if probabilities else None
+        return Prediction(self._clean(labels), proba, np.concatenate([p.uncertainty for p in parts]))
+
+    def _finish(self, scores: Scores, probabilities: bool, sigma: float | None = None) -> Prediction:
+        parts = [band for _, _, band in self._iter_bands(scores, probabilities, sigma)]
+        return self._join_bands(parts, scores.image_size, probabilities)
+
+    def decide(self, image, rule: "NGRule | None" = None) -> "Decision":
+        """OK or NG for one image (path, array or FeatureMap): the image score, the threshold of ``rule``
+        (default: the learned ``ng_rule_``), and the regions found, largest first.
+
+        >>> d = seg.decide("part_017.png")                 # doctest: +SKIP
+        >>> d.ng, d.score, d.threshold, d.regions[0].area  # doctest: +SKIP
+        """
+        from pointseg.decision import decide_labels
+
+        self._check_fitted()
+        rule = rule if rule is not None else getattr(self, "ng_rule_", None) or NGRule()
+        result = self.predict_full(image, probabilities=rule.score == "quantile")
+        return decide_labels(result.labels, result.probabilities, rule, self.background_)
 
     def _clean(self, labels: np.ndarray) -> np.ndarray:
         if not self.min_region:
@@ -397,6 +612,23 @@ class Segmenter:
         save_model(self, path)
 
     @classmethod
+    def from_fitted(cls, head: LinearHead, classes, colors, *, training_report: TrainingReport | None = None,
+                    model_metadata: dict | None = None, **params) -> "Segmenter":
+        """A fitted Segmenter from a trained head and its classes (what a model file holds); ``params`` are
+        constructor parameters. The one place besides :meth:`fit` that sets the learned attributes."""
+        seg = cls(classes=classes, colors=colors, **params)
+        seg.head_ = head
+        seg.n_features_in_ = int(head.coef.shape[1])
+        seg.classes_ = list(classes)
+        seg.colors_ = list(colors)
+        seg.class_priors_ = None
+        if training_report is not None:
+            seg.training_report_ = training_report
+        if model_metadata is not None:
+            seg.model_metadata_ = model_metadata
+        return seg
+
+    @classmethod
     def load(cls, path: str | os.PathLike, weights=None, cache: FeatureCache | None = None,
              device: str | None = None, precision: str | None = None) -> "Segmenter":
         """Read a model file; the backbone weights must be the ones it was trained with."""
@@ -406,22 +638,47 @@ class Segmenter:
 
 
 @dataclass
-class _Decision:
-    grid: torch.Tensor  # (K, h_f, w_f) deep scores incl. bias
-    extent: tuple[int, int]
-    image_size: tuple[int, int]
-    fine: np.ndarray | None  # cached full-resolution low-level features (hybrid)
-    rgb: np.ndarray | None  # the image, when fine features must be computed band by band (hybrid, streamed)
+class _ImagePart:
+    """What fit keeps of one training image: click features ``X`` / labels ``y``; an OK image's pixel pool."""
+
+    index: int
+    fmap: FeatureMap
+    X: np.ndarray
+    y: np.ndarray
+    moments: tuple
+    ok: bool
+    pool: np.ndarray | None
+
+
+#: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
+OK_POOL_PIXELS = 4000
+#: background points per OK image: spread evenly, and hard negatives; the total over all OK images is capped
+OK_SPREAD, OK_HARD, OK_TOTAL = 32, 32, 512
+
+
+def _ok_budget(n_ok: int) -> tuple[int, int]:
+    """(spread, hard) points per OK image, so that all OK images together give at most ``OK_TOTAL``."""
+    if n_ok == 0:
+        return 0, 0
+    per = min(OK_SPREAD + OK_HARD, max(2, OK_TOTAL // n_ok))
+    return per - per // 2, per // 2
+
+
+@dataclass
+class Progress:
+    """One step of :meth:`Segmenter.predict_progressive`."""
+
+    stage: str  # "coarse", "features", "band" or "done"
+    done: int
+    total: int
+    prediction: Prediction | None  # coarse: at the downscaled size; band: rows of box; done: the whole image
+    box: tuple[int, int, int, int] | None  # (y0, y1, x0, x1) in image pixels that ``prediction`` covers
+    scale: float  # output pixels per image pixel (coarse < 1)
 
 
 def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
-    """Deep features sampled bilinearly at the points, then fine features at the pixels the points fall in."""
-    deep = sample_points(fmap, xy)
-    if fmap.fine is None:
-        return deep
-    cols = np.clip(np.floor(xy[:, 0]).astype(np.intp), 0, fmap.image_size[1] - 1)
-    rows = np.clip(np.floor(xy[:, 1]).astype(np.intp), 0, fmap.image_size[0] - 1)
-    return np.concatenate([deep, fmap.fine[:, rows, cols].T], axis=1)
+    """The feature vectors a head trains on at points ``xy`` (:meth:`FeatureMap.sample`)."""
+    return fmap.sample(xy)
 
 
 def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
@@ -431,18 +688,55 @@ def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
         h, w = fmap.image_size
         step = max(1.0, np.sqrt(h * w / per_image))
         ys, xs = np.meshgrid(np.arange(step / 2, h, step), np.arange(step / 2, w, step), indexing="ij")
-        out.append(_point_features(fmap, np.column_stack([xs.ravel(), ys.ravel()])))
+        out.append(fmap.sample(np.column_stack([xs.ravel(), ys.ravel()])))
     return np.concatenate(out)
 
 
-def _bands(grid: torch.Tensor, extent: tuple[int, int], size: tuple[int, int], halo: int = 0):
-    """Yield ``(r0, r1, a0, a1, scores)``: output rows ``r0:r1`` in ``BAND_ROWS`` steps, with the upsampled
-    scores of rows ``a0:a1`` (``halo`` more rows each side where the image has them, for smoothing), each
-    exactly what the whole-image interpolation gives there (:func:`~pointseg.features.upsample_window`)."""
+def _band_step(stride: int) -> int:
+    return max(stride, BAND_ROWS // stride * stride)
+
+
+def _band_starts(h: int, stride: int) -> list[int]:
+    return list(range(0, h, _band_step(stride)))
+
+
+def _check_box(box, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    try:
+        y0, y1, x0, x1 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise PointsegError(f"box must be (y0, y1, x0, x1) in pixels, got {box!r}") from None
     h, w = size
-    scale = extent[0] // grid.shape[1]
-    step = max(scale, BAND_ROWS // scale * scale)
-    for r0 in range(0, h, step):
-        r1 = min(h, r0 + step)
-        a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
-        yield r0, r1, a0, a1, upsample_window(grid, scale, (a0, a1), (0, w))
+    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+        raise PointsegError(f"box {(y0, y1, x0, x1)} is not a non-empty box inside the {h} x {w} image")
+    return y0, y1, x0, x1
+
+
+def _bilinear_at(cells: torch.Tensor, v: np.ndarray, u: np.ndarray) -> torch.Tensor:
+    """``cells`` (``K x h x w``) sampled bilinearly at the grid of row coordinates ``v`` × column
+    coordinates ``u`` (cell indices, already clamped): ``K x len(v) x len(u)``."""
+    v0 = np.floor(v).astype(np.int64)
+    u0 = np.floor(u).astype(np.int64)
+    v1 = np.minimum(v0 + 1, cells.shape[1] - 1)
+    u1 = np.minimum(u0 + 1, cells.shape[2] - 1)
+    dv = torch.from_numpy((v - v0).astype(np.float32))[None, :, None]
+    du = torch.from_numpy((u - u0).astype(np.float32))[None, None, :]
+    rows0, rows1 = cells[:, torch.from_numpy(v0)], cells[:, torch.from_numpy(v1)]
+    top = rows0[:, :, torch.from_numpy(u0)] * (1 - du) + rows0[:, :, torch.from_numpy(u1)] * du
+    bottom = rows1[:, :, torch.from_numpy(u0)] * (1 - du) + rows1[:, :, torch.from_numpy(u1)] * du
+    return top * (1 - dv) + bottom * dv
+
+
+def coarse_scale(size: tuple[int, int], max_side: int) -> float:
+    """Output pixels per image pixel of :meth:`Segmenter.predict_coarse` for an image of ``size``."""
+    return min(1.0, max_side / max(size))
+
+
+def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """``rgb`` resized (area-averaged) so its long side is at most ``max_side`` pixels."""
+    from PIL import Image
+
+    scale = coarse_scale(rgb.shape[:2], max_side)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BOX))

@@ -1,0 +1,229 @@
+"""Per-part decisions: an image score, and the OK/NG rule learned from the annotated and OK images.
+
+A pixel classifier that is good at ranking parts can still be a bad inspector: "NG when any defect pixel is
+predicted" flags nearly every clean part, because some speck of any clean surface looks like a defect. What an
+inspector needs is one number per image (how much defect is there) and a threshold on it chosen so that the
+annotated parts come out right *when the model has not seen their clicks* - otherwise the threshold would be
+fitted to the very clicks that made the model right on them.
+
+Image scores (:data:`SCORES`):
+
+* ``"largest_region"``: area in pixels of the largest connected (8-connected) region of non-background labels,
+  after the segmenter's ``min_region`` clean-up. Inspectors reason in defect sizes; a rule "NG above 300 px"
+  reads like a specification.
+* ``"quantile"``: the 99.9th percentile of the defect probability (1 - P(background)) over the image: no
+  regions needed, but no unit a person can check either.
+
+The threshold (:func:`choose_threshold`) minimises false-alarm rate + miss rate over leave-one-image-out
+scores of the annotated images; without clean examples it falls back to half the smallest defective score.
+
+>>> rule = NGRule("largest_region", threshold=120.0)
+>>> labels = np.zeros((50, 50), np.int64); labels[10:30, 10:30] = 1
+>>> d = decide_labels(labels, None, rule, background=0)
+>>> d.ng, d.score, len(d.regions)
+(True, 400.0, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pointseg.errors import PointsegError
+
+SCORES = ("largest_region", "quantile")
+DEFAULT_SCORE = "largest_region"
+#: quantile of the defect probability used by the ``"quantile"`` score
+SCORE_QUANTILE = 0.999
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class Region:
+    """One connected finding: its class, area in pixels and bounding box ``(x0, y0, x1, y1)`` (exclusive)."""
+
+    label: int
+    area: int
+    bbox: tuple[int, int, int, int]
+
+    def as_dict(self) -> dict:
+        return {"label": int(self.label), "area": int(self.area), "bbox": [int(v) for v in self.bbox]}
+
+
+@dataclass
+class NGRule:
+    """"NG when ``score`` > ``threshold``". ``source`` says where the threshold came from."""
+
+    score: str = DEFAULT_SCORE
+    threshold: float = 0.0
+    source: str = "default"          # "leave-one-image-out", "fallback: ...", "user", "default"
+    n_ok: int = 0                    # annotated images it was chosen from
+    n_ng: int = 0
+
+    def __post_init__(self):
+        if self.score not in SCORES:
+            raise PointsegError(f"unknown image score {self.score!r}; choose one of: {', '.join(SCORES)}")
+        if not isinstance(self.threshold, (int, float)) or not math.isfinite(self.threshold) or self.threshold < 0:
+            raise PointsegError(f"NG threshold must be a finite number >= 0, got {self.threshold!r}")
+        self.threshold = float(self.threshold)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "NGRule":
+        if not isinstance(raw, dict):
+            raise PointsegError(f"an NG rule is an object with score and threshold, got {raw!r}")
+        known = {k: raw[k] for k in ("score", "threshold", "source", "n_ok", "n_ng") if k in raw}
+        return cls(**known)
+
+    @classmethod
+    def parse(cls, text: str) -> "NGRule":
+        """``"largest_region:300"`` or ``"quantile:0.9"`` (the ``--ng-rule`` option)."""
+        score, sep, value = str(text).partition(":")
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = None
+        if not sep or threshold is None:
+            raise PointsegError(
+                f"--ng-rule {text!r}: write SCORE:THRESHOLD, e.g. largest_region:300 (pixels) or quantile:0.9"
+            )
+        return cls(score.strip(), threshold, source="user")
+
+    def describe(self) -> str:
+        unit = " px" if self.score == "largest_region" else ""
+        return f"NG when {self.score} > {self.threshold:g}{unit} ({self.source})"
+
+
+@dataclass
+class Decision:
+    """The verdict on one image: ``ng``, its ``score`` and the rule's ``threshold``, and the regions found."""
+
+    ng: bool
+    score: float
+    threshold: float
+    regions: list[Region] = field(default_factory=list)
+    rule: NGRule | None = None
+
+    @property
+    def status(self) -> str:
+        return "NG" if self.ng else "OK"
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "score": self.score, "threshold": self.threshold,
+                "score_kind": self.rule.score if self.rule else None,
+                "regions": [r.as_dict() for r in self.regions]}
+
+
+def find_regions(labels: np.ndarray, background: int = 0) -> list[Region]:
+    """Connected regions (8-connected) of each non-background class, largest first."""
+    from scipy import ndimage
+
+    out = []
+    for k in np.unique(labels):
+        if int(k) == background:
+            continue
+        regions, n = ndimage.label(labels == k, structure=_EIGHT)
+        if n == 0:
+            continue
+        areas = np.bincount(regions.ravel())[1:]
+        for i, box in enumerate(ndimage.find_objects(regions)):
+            ys, xs = box
+            out.append(Region(int(k), int(areas[i]), (xs.start, ys.start, xs.stop, ys.stop)))
+    out.sort(key=lambda r: -r.area)
+    return out
+
+
+def image_score(kind: str, labels: np.ndarray, proba: np.ndarray | None = None, background: int = 0,
+                regions: list[Region] | None = None) -> float:
+    """The image score ``kind`` (see :data:`SCORES`) of one prediction.
+
+    Parameters
+    ----------
+    labels : ``(H, W)`` class indices (after ``min_region``).
+    proba : ``(K, H, W)`` probabilities; needed by ``"quantile"``.
+    regions : :func:`find_regions` of ``labels``, when already computed.
+    """
+    if kind == "largest_region":
+        regions = find_regions(labels, background) if regions is None else regions
+        return float(regions[0].area) if regions else 0.0
+    if kind == "quantile":
+        if proba is None:
+            raise PointsegError("the 'quantile' image score needs probabilities")
+        defect = 1.0 - proba[background]
+        return float(np.quantile(defect, SCORE_QUANTILE))
+    raise PointsegError(f"unknown image score {kind!r}; choose one of: {', '.join(SCORES)}")
+
+
+def decide_labels(labels: np.ndarray, proba: np.ndarray | None, rule: NGRule, background: int = 0) -> Decision:
+    """Apply ``rule`` to one prediction."""
+    regions = find_regions(labels, background)
+    score = image_score(rule.score, labels, proba, background, regions)
+    return Decision(bool(score > rule.threshold), score, rule.threshold, regions, rule)
+
+
+def choose_threshold(ng_scores, ok_scores, kind: str = DEFAULT_SCORE) -> tuple[float, str]:
+    """A threshold between the scores of defective (``ng_scores``) and clean (``ok_scores``) images.
+
+    Minimises false-alarm rate + miss rate; among equally good thresholds the one farthest from the nearest
+    score (on a log scale for areas, whose spread spans orders of magnitude) so it is not balanced on one
+    image. Without clean examples: half the smallest defective score (clean parts are then judged only by
+    how much smaller their findings are than the smallest real defect). Returns ``(threshold, source)``.
+
+    Examples
+    --------
+    >>> choose_threshold([400, 900], [0, 30])[0]
+    109.5...
+    """
+    pos = np.sort(np.asarray(ng_scores, dtype=np.float64))
+    neg = np.sort(np.asarray(ok_scores, dtype=np.float64))
+    if len(pos) == 0:
+        if len(neg) == 0:
+            return 0.0, "default"
+        return float(neg.max()), "fallback: no defective image, above every clean one"
+    if len(neg) == 0:
+        return float(pos.min()) / 2, "fallback: no OK image, half the smallest defect score"
+    warp = (lambda v: np.log1p(v)) if kind == "largest_region" else (lambda v: v)
+    unwarp = (lambda v: np.expm1(v)) if kind == "largest_region" else (lambda v: v)
+    values = np.unique(np.concatenate([pos, neg]))
+    w = warp(values)
+    candidates = np.concatenate([[w[0] - 1.0], (w[:-1] + w[1:]) / 2, [w[-1] + 1.0]])
+    best, best_key = None, None
+    all_w = warp(np.concatenate([pos, neg]))
+    for c in candidates:
+        t = unwarp(c)
+        cost = float((neg > t).mean() + (pos <= t).mean())
+        margin = float(np.min(np.abs(all_w - c)))
+        key = (round(cost, 12), -margin)
+        if best_key is None or key < best_key:
+            best, best_key = max(0.0, float(t)), key
+    return best, "leave-one-image-out"
+
+
+def auroc(ng_scores, ok_scores) -> float:
+    """Area under the ROC curve of an image score (ties count half); NaN without both kinds of image."""
+    pos = np.asarray(ng_scores, dtype=np.float64)
+    neg = np.asarray(ok_scores, dtype=np.float64)
+    if len(pos) == 0 or len(neg) == 0:
+        return math.nan
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
+    """False alarms (clean parts called NG) and misses (defective parts called OK) at ``threshold``."""
+    pos = np.asarray(ng_scores, dtype=np.float64)
+    neg = np.asarray(ok_scores, dtype=np.float64)
+    fa = int((neg > threshold).sum())
+    miss = int((pos <= threshold).sum())
+    return {
+        "ok_images": int(len(neg)), "ng_images": int(len(pos)),
+        "false_alarms": fa, "misses": miss,
+        "false_alarm_rate": fa / len(neg) if len(neg) else None,
+        "miss_rate": miss / len(pos) if len(pos) else None,
+    }

@@ -1,0 +1,132 @@
+"""Every size limit pointseg enforces, in one place, each with an environment variable to change it.
+
+A limit exists so that one bad or hostile input (a decompression bomb, a megabyte-deep JSON, a million
+points, a brush a billion pixels wide) gets a one-line error instead of exhausting the memory or the disk of
+the machine. The defaults suit a 2-core / 24 GB workstation; raise a limit with its variable when the input
+is genuine (the error message names the variable). Values are read from the environment at each use, so a
+server started with a variable set, or a test using ``monkeypatch.setenv``, sees it.
+
+The README's "Limits" table lists the same entries (:data:`LIMITS`); keep the two in agreement.
+
+Examples
+--------
+>>> from pointseg import limits
+>>> limits.max_pixels() == limits.MAX_PIXELS.default   # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from pointseg.errors import PointsegError
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One bound: its default, the variable that overrides it and the unit that variable is written in.
+
+    ``scale`` converts the variable's unit to the value's (e.g. MiB → bytes), so a user writes
+    ``POINTSEG_MAX_UPLOAD_MB=512`` rather than a byte count.
+    """
+
+    env: str
+    default: int
+    unit: str
+    what: str
+    scale: int = 1
+
+    def value(self) -> int:
+        """The limit in effect: the variable when set (in ``unit``), else the default."""
+        text = os.environ.get(self.env, "").strip()
+        if not text:
+            return self.default
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < 0:
+            raise PointsegError(f"{self.env}={text!r} is not a non-negative number of {self.unit}; "
+                                f"unset it to use the default ({self.default // self.scale:,} {self.unit})")
+        return int(number * self.scale)
+
+
+#: Pillow's own decompression-bomb threshold (2 x ``PIL.Image.MAX_IMAGE_PIXELS``): an 8-bit RGB image of
+#: this size is ~0.5 GB decoded, several GB once converted to features; a 2-core / 24 GB machine survives it.
+MAX_PIXELS = Limit("POINTSEG_MAX_PIXELS", 178_956_970, "pixels",
+                   "pixels (width x height) of an image decoded whole")
+MAX_UPLOAD_BYTES = Limit("POINTSEG_MAX_UPLOAD_MB", 256 * MiB, "MiB",
+                         "bytes of one image upload to `pointseg serve`", scale=MiB)
+MAX_JSON_FILE_BYTES = Limit("POINTSEG_MAX_JSON_MB", 64 * MiB, "MiB",
+                            "bytes of an annotation JSON file", scale=MiB)
+MAX_JSON_BODY_BYTES = Limit("POINTSEG_MAX_JSON_BODY_MB", 4 * MiB, "MiB",
+                            "bytes of a JSON request body to `pointseg serve`", scale=MiB)
+MAX_POINTS_PER_IMAGE = Limit("POINTSEG_MAX_POINTS_PER_IMAGE", 20_000, "points",
+                             "points (clicks plus scribble vertices) on one image, in a file or one request")
+MAX_POINTS_PER_FILE = Limit("POINTSEG_MAX_POINTS_PER_FILE", 200_000, "points",
+                            "points (clicks plus scribble vertices) in one annotation file")
+MAX_SCRIBBLE_WIDTH = Limit("POINTSEG_MAX_SCRIBBLE_WIDTH", 512, "pixels", "width of one scribble's brush")
+MAX_SCRIBBLE_SAMPLES = Limit("POINTSEG_MAX_SCRIBBLE_SAMPLES", 1_000_000, "samples",
+                             "training samples one scribble rasterises to (length x width / cell size²)")
+MAX_MODEL_FILE_BYTES = Limit("POINTSEG_MAX_MODEL_MB", 256 * MiB, "MiB", "bytes of a .pointseg model file",
+                             scale=MiB)
+DISK_CACHE_BYTES = Limit("POINTSEG_FEATURE_CACHE_MB", 10 * 1024 * MiB, "MiB",
+                         "bytes of float16 feature maps kept in a project's disk cache (oldest removed first)",
+                         scale=MiB)
+
+#: every limit, in the order of the README table
+LIMITS = (MAX_PIXELS, MAX_UPLOAD_BYTES, MAX_JSON_FILE_BYTES, MAX_JSON_BODY_BYTES, MAX_POINTS_PER_IMAGE,
+          MAX_POINTS_PER_FILE, MAX_SCRIBBLE_WIDTH, MAX_SCRIBBLE_SAMPLES, MAX_MODEL_FILE_BYTES, DISK_CACHE_BYTES)
+
+
+def max_pixels() -> int:
+    return MAX_PIXELS.value()
+
+
+def max_upload_bytes() -> int:
+    return MAX_UPLOAD_BYTES.value()
+
+
+def max_json_file_bytes() -> int:
+    return MAX_JSON_FILE_BYTES.value()
+
+
+def max_json_body_bytes() -> int:
+    return MAX_JSON_BODY_BYTES.value()
+
+
+def max_points_per_image() -> int:
+    return MAX_POINTS_PER_IMAGE.value()
+
+
+def max_points_per_file() -> int:
+    return MAX_POINTS_PER_FILE.value()
+
+
+def max_scribble_width() -> int:
+    return MAX_SCRIBBLE_WIDTH.value()
+
+
+def max_scribble_samples() -> int:
+    return MAX_SCRIBBLE_SAMPLES.value()
+
+
+def max_model_file_bytes() -> int:
+    return MAX_MODEL_FILE_BYTES.value()
+
+
+def disk_cache_bytes() -> int:
+    return DISK_CACHE_BYTES.value()
+
+
+def markdown_table() -> str:
+    """The README's Limits table, generated from :data:`LIMITS` (a test keeps the README equal to it)."""
+    rows = ["| limit | default | variable (unit) |", "|---|---|---|"]
+    for limit in LIMITS:
+        default = f"{limit.default // limit.scale:,} {limit.unit}"
+        rows.append(f"| {limit.what} | {default} | `{limit.env}` ({limit.unit}) |")
+    return "\n".join(rows)
