@@ -75,18 +75,16 @@ def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = No
     ``decision`` (a :class:`pointseg.decision.Decision`: the model's learned rule, with its ``ng_score`` and
     ``ng_threshold`` columns).
     """
-    from scipy import ndimage
+    from pointseg.regions import connected_regions
 
     total = labels.size
     row: dict = {}
     for k, name in enumerate(classes):
         row[f"fraction_{name}"] = round(float((labels == k).sum()) / total, 6)
-    structure = np.ones((3, 3), dtype=bool)
     for k, name in enumerate(classes):
         if k == background:
             continue
-        _, count = ndimage.label(labels == k, structure=structure)
-        row[f"regions_{name}"] = int(count)
+        row[f"regions_{name}"] = connected_regions(labels == k).count
     if ng_area is not None:
         defect_fraction = 1.0 - row[f"fraction_{classes[background]}"]
         row["status"] = "NG" if defect_fraction > ng_area else "OK"

@@ -1,8 +1,10 @@
-"""The per-image summary row (class fractions, region counts, OK/NG) in plain numpy.
+"""Connected regions of a mask (count, areas, bounding boxes) in plain numpy.
 
-Kept free of torch and scipy on purpose: the torch-free runner (:mod:`pointseg.deploy.runtime`) and the
-inspection service compute the same row as ``pointseg predict`` (:func:`pointseg.outputs.summarize`
-re-exports :func:`summarize`), so a line PC and a workstation report identical numbers for the same labels.
+Kept free of torch and scipy on purpose: the summary row (:func:`pointseg.outputs.summarize`) and the OK/NG
+decision (:func:`pointseg.decision.find_regions`) count regions with it, and so do the torch-free runner
+(:mod:`pointseg.deploy.runtime`) and the inspection service, which import those same functions: a line PC
+and a workstation report identical numbers for the same labels. Results equal ``scipy.ndimage.label`` with
+8-connectivity (count, areas, ``find_objects`` boxes, raster order), which the tests check.
 
 Regions are 8-connected (a diagonal crack counts once), found from horizontal runs of pixels: runs in
 adjacent rows that touch (diagonally included) are joined with a vectorised union-find, which needs no
@@ -68,10 +70,10 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             parent = jumped
 
 
-def find_regions(mask: np.ndarray) -> Regions:
+def connected_regions(mask: np.ndarray) -> Regions:
     """8-connected regions of a boolean mask: their count, areas and bounding boxes.
 
-    >>> find_regions(np.eye(3, dtype=bool)).count
+    >>> connected_regions(np.eye(3, dtype=bool)).count
     1
     """
     mask = np.asarray(mask, dtype=bool)
@@ -91,23 +93,3 @@ def find_regions(mask: np.ndarray) -> Regions:
         reduce.at(out, region, values)
         boxes[:, column] = out
     return Regions(count, area, boxes)
-
-
-def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = None) -> dict:
-    """Per-image row: fraction of each class, connected regions of each non-first class, OK/NG.
-
-    The first class is taken as the "good" one (background, normal surface); every other class counts as a
-    finding. Regions use 8-connectivity, so a diagonal crack counts once.
-    """
-    labels = np.asarray(labels)
-    total = labels.size
-    counts = np.bincount(labels.ravel(), minlength=len(classes))
-    row: dict = {}
-    for k, name in enumerate(classes):
-        row[f"fraction_{name}"] = round(float(counts[k]) / total, 6)
-    for k, name in enumerate(classes[1:], start=1):
-        row[f"regions_{name}"] = find_regions(labels == k).count if counts[k] else 0
-    if ng_area is not None:
-        defect_fraction = 1.0 - row[f"fraction_{classes[0]}"]
-        row["status"] = "NG" if defect_fraction > ng_area else "OK"
-    return row
