@@ -13,6 +13,7 @@ from rich.console import Console
 from pointseg.errors import PointsegError
 from pointseg.evaluation.command import evaluate_command
 from pointseg.server.command import serve_command
+from pointseg.deploy.command import export_command, serve_model_command
 
 app = typer.Typer(
     name="pointseg",
@@ -101,6 +102,9 @@ def predict(
     ng_rule: Annotated[Optional[str], typer.Option("--ng-rule", help="Override the model's learned OK/NG rule: SCORE:THRESHOLD, e.g. largest_region:300 (px) or quantile:0.9; 'any' = NG when any region is found.")] = None,
     weights: WeightsOption = None,
     min_region: MinRegionOption = None,
+    engine: Annotated[Optional[str], typer.Option(help="torch: the library path, all PyTorch; onnxruntime or "
+                      "openvino: the model exported to one ONNX graph (once, cached). Default: the library path "
+                      "with its backbone on the fastest installed engine.")] = None,
 ) -> None:
     """Label every pixel of new images with a trained model."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -114,7 +118,9 @@ def predict(
     if ng_area is not None and not 0.0 <= ng_area <= 1.0:
         raise PointsegError(f"--ng-area must be a fraction between 0 and 1, got {ng_area}")
     # a batch sees each image once: keeping feature maps would only grow memory with the folder
-    seg = Segmenter.load(model, weights=weights, cache=FeatureCache(max_bytes=0))
+    from pointseg.deploy.predictor import load_for_predict
+
+    seg = load_for_predict(model, engine, weights=weights, cache=FeatureCache(max_bytes=0))
     if min_region is not None:
         seg.min_region = min_region
     rule = _ng_rule(seg, ng_rule)
@@ -216,6 +222,8 @@ def info() -> None:
 
 
 app.command("serve")(serve_command)
+app.command("export")(export_command)
+app.command("serve-model")(serve_model_command)
 app.command("evaluate")(evaluate_command)
 
 

@@ -60,3 +60,22 @@ def cache_dir() -> Path:
     path = Path(env) if env else Path.home() / ".cache" / "pointseg" / "engines"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class forced_engine:
+    """``with forced_engine("torch"):`` — extractors created inside resolve ``engine="auto"`` to ``engine``
+    (via ``$POINTSEG_ENGINE``), e.g. for a model file loaded as the fp32 PyTorch reference."""
+
+    def __init__(self, engine: str):
+        self.engine = engine
+
+    def __enter__(self):
+        self._old = os.environ.get("POINTSEG_ENGINE")
+        os.environ["POINTSEG_ENGINE"] = self.engine
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is None:
+            os.environ.pop("POINTSEG_ENGINE", None)
+        else:
+            os.environ["POINTSEG_ENGINE"] = self._old
