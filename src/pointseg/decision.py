@@ -38,7 +38,6 @@ DEFAULT_SCORE = "largest_region"
 #: quantile of the defect probability used by the ``"quantile"`` score
 SCORE_QUANTILE = 0.999
 
-_EIGHT = np.ones((3, 3), dtype=bool)
 
 
 @dataclass
@@ -121,19 +120,15 @@ class Decision:
 
 def find_regions(labels: np.ndarray, background: int = 0) -> list[Region]:
     """Connected regions (8-connected) of each non-background class, largest first."""
-    from scipy import ndimage
+    from pointseg.regions import connected_regions  # numpy only: the torch-free runner decides with this
 
     out = []
     for k in np.unique(labels):
         if int(k) == background:
             continue
-        regions, n = ndimage.label(labels == k, structure=_EIGHT)
-        if n == 0:
-            continue
-        areas = np.bincount(regions.ravel())[1:]
-        for i, box in enumerate(ndimage.find_objects(regions)):
-            ys, xs = box
-            out.append(Region(int(k), int(areas[i]), (xs.start, ys.start, xs.stop, ys.stop)))
+        found = connected_regions(labels == k)
+        for area, box in zip(found.area, found.boxes):
+            out.append(Region(int(k), int(area), tuple(int(v) for v in box)))
     out.sort(key=lambda r: -r.area)
     return out
 
