@@ -140,3 +140,79 @@ def test_disk_cache_keeps_the_context_map(image, tmp_path):
     loaded = FeatureCache(disk_dir=tmp_path).get(fmap.key)
     np.testing.assert_allclose(loaded.context, fmap.context, rtol=2e-3, atol=2e-3)
     assert loaded.deep_channels == 368 and loaded.nbytes == fmap.nbytes
+
+
+def test_fine_responses_per_tile_equal_the_whole_image_filter_bank(image, monkeypatch):
+    import pointseg.features as features_module
+    from pointseg.features import ByteLRU, FineFeatures
+    from pointseg.filters import low_level_features
+
+    monkeypatch.setattr(features_module, "FINE_TILE", 64)  # 329 x 427: tiles cut the image 6 x 7 ways
+    whole = low_level_features(image)
+    fine = FineFeatures(image, "t", cache=ByteLRU(10**9))
+    for y0, y1, x0, x1 in [(0, 329, 0, 427), (0, 5, 0, 3), (60, 70, 120, 200), (300, 329, 400, 427)]:
+        np.testing.assert_array_equal(fine.box(y0, y1, x0, x1), whole[:, y0:y1, x0:x1])
+    rows, cols = np.array([0, 328, 64, 63, 200]), np.array([0, 426, 64, 63, 17])
+    np.testing.assert_array_equal(fine.at(rows, cols), whole[:, rows, cols].T)
+    cold = FineFeatures(image, "cold", cache=ByteLRU(0))  # nothing cached: each point from its own window
+    np.testing.assert_array_equal(cold.at(rows, cols), whole[:, rows, cols].T)
+    total, total_sq = fine.sums()
+    flat = whole.reshape(whole.shape[0], -1).astype(np.float64)
+    np.testing.assert_allclose(total, flat.sum(1), rtol=1e-9)
+    np.testing.assert_allclose(total_sq, (flat * flat).sum(1), rtol=1e-9)
+
+
+def test_tile_cache_is_bounded_in_bytes():
+    from pointseg.features import ByteLRU
+
+    lru = ByteLRU(max_bytes=3 * 400)
+    for i in range(5):
+        lru.put(i, np.zeros(100, np.float32))
+    assert len(lru) == 3 and lru.nbytes == 1200 and lru.get(0) is None and lru.get(4) is not None
+    lru.put("big", np.zeros(1000, np.float32))  # larger than the whole budget: not kept
+    assert lru.get("big") is None
+
+
+def test_hybrid_map_keeps_pixels_not_fine_responses_and_scores_any_box(image):
+    """The channel layout contract: score(w, b) of a box equals w · [upsampled deep | context | fine] + b."""
+    import torch
+
+    from pointseg.features import upsample
+    from pointseg.filters import CHANNELS, low_level_features
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", cache=FeatureCache())
+    fmap = ext.extract(image)
+    assert fmap.fine is None and fmap.layout == {"deep": 176, "context": 192, "fine": CHANNELS}
+    assert fmap.n_channels == ext.n_features and fmap.nbytes == fmap.data.nbytes + fmap.context.nbytes + image.nbytes
+    fine = low_level_features(image)
+    full = np.concatenate([upsample(torch.from_numpy(fmap.full_deep()), fmap.extent, fmap.image_size).numpy(), fine])
+    # statistics streamed at extraction equal those of the whole arrays
+    hf, wf = fmap.valid_grid_size
+    deep = fmap.full_deep()[:, :hf, :wf].reshape(368, -1).astype(np.float64)
+    total, total_sq, count = fmap.moments()
+    np.testing.assert_allclose(total[:368] / count, deep.mean(1), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(total[368:] / count, fine.reshape(CHANNELS, -1).mean(1, dtype=np.float64), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(3, fmap.n_channels)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    scores = fmap.score(w, b)
+    for y0, y1, x0, x1 in [(0, 329, 0, 427), (0, 9, 0, 13), (317, 329, 401, 427), (100, 171, 33, 290)]:
+        expected = np.einsum("kc,chw->khw", w, full[:, y0:y1, x0:x1]) + b[:, None, None]
+        np.testing.assert_allclose(scores.logits(y0, y1, x0, x1).numpy(), expected, rtol=1e-4, atol=2e-3)
+    # a feature vector sampled at a pixel centre gives that pixel's logit (formula (1) + the layout)
+    xy = np.array([[0, 0], [426, 328], [200, 150], [7, 301]])  # pixel (x, y): sampled at its centre
+    logit = fmap.sample(xy) @ w.T + b
+    at = scores.logits(0, 329, 0, 427).numpy()[:, xy[:, 1].astype(int), xy[:, 0].astype(int)].T
+    np.testing.assert_allclose(logit, at, rtol=1e-4, atol=2e-3)
+    with pytest.raises(PointsegError, match="channels but the model expects"):
+        fmap.score(w[:, :-1], b)
+
+
+def test_disk_cache_keeps_pixels_and_statistics_of_hybrid_maps(image, tmp_path):
+    ext = FeatureExtractor("efficientnet_lite0", precision="fp32", features="hybrid",
+                           cache=FeatureCache(disk_dir=tmp_path))
+    fmap = ext.extract(image)
+    loaded = FeatureCache(disk_dir=tmp_path).get(fmap.key)
+    np.testing.assert_array_equal(loaded.rgb, image)
+    assert loaded._stats is not None
+    np.testing.assert_array_equal(loaded.moments()[0], fmap.moments()[0])
+    np.testing.assert_array_equal(loaded.fine_box(10, 20, 30, 40), fmap.fine_box(10, 20, 30, 40))

@@ -197,3 +197,104 @@ def test_damaged_or_foreign_model_files(tmp_path):
         Segmenter.load(tmp_path / "other.safetensors")
     with pytest.raises(ModelFileError, match="not found"):
         Segmenter.load(tmp_path / "missing.pointseg")
+
+
+@pytest.fixture(scope="module")
+def smoothed():
+    """The default set-up (hybrid features, σ = 1.5 smoothing, stride-32 context) on the synthetic image."""
+    image, truth = two_texture_image()
+    seg = Segmenter("efficientnet_lite0_s32", CLASSES, precision="fp32")
+    assert seg.features_ == "hybrid" and seg.smoothing_ > 0
+    seg.fit([image], [points_from_truth(truth, 8)])
+    return seg, image, truth
+
+
+@pytest.mark.parametrize("box", [
+    (0, 160, 0, 224),      # the whole image
+    (0, 23, 0, 31),        # top-left corner
+    (131, 160, 190, 224),  # bottom-right corner
+    (0, 160, 101, 102),    # one column, top to bottom
+    (159, 160, 223, 224),  # the last pixel
+    (37, 93, 45, 170),     # inside, off the grid and the fine tiles
+])
+def test_region_prediction_equals_the_crop_of_the_whole_prediction(smoothed, box, monkeypatch):
+    import pointseg.features as features_module
+
+    seg, image, _ = smoothed
+    whole = seg.predict_full(image)
+    monkeypatch.setattr(features_module, "FINE_TILE", 48)  # boxes straddle fine tiles
+    fmap = seg.extract_features(image)
+    y0, y1, x0, x1 = box
+    region = seg.predict_region(fmap, box)
+    assert region.labels.shape == (y1 - y0, x1 - x0)
+    np.testing.assert_array_equal(region.labels, whole.labels[y0:y1, x0:x1])
+    np.testing.assert_allclose(region.probabilities, whole.probabilities[:, y0:y1, x0:x1], atol=1e-5)
+    np.testing.assert_allclose(region.uncertainty, whole.uncertainty[y0:y1, x0:x1], atol=1e-5)
+
+
+def test_region_needs_its_halo_for_smoothing(smoothed):
+    """Guards the test above: a box predicted without the margin around it would differ at its edges."""
+    seg, image, _ = smoothed
+    fmap = seg.extract_features(image)
+    scores = seg.decision_grid(fmap)
+    box = (37, 93, 45, 170)
+    with_halo = seg._smoothed_box(scores, *box)
+    without = seg._smooth_scores(scores.logits(*box))
+    assert not np.allclose(with_halo.numpy(), without.numpy(), atol=1e-4)
+    assert np.allclose(with_halo.numpy()[:, 8:-8, 8:-8], without.numpy()[:, 8:-8, 8:-8], atol=1e-4)
+
+
+def test_region_preview_at_screen_resolution(smoothed):
+    seg, image, truth = smoothed
+    fmap = seg.extract_features(image)
+    preview = seg.predict_region(fmap, (0, 160, 0, 224), scale=0.25)
+    assert preview.labels.shape == (40, 56) and preview.probabilities.shape == (3, 40, 56)
+    np.testing.assert_allclose(preview.probabilities.sum(0), 1, atol=1e-5)
+    centres = truth[2::4, 2::4]
+    assert (preview.labels == centres).mean() > 0.85
+    odd = seg.predict_region(fmap, (10, 47, 20, 63), scale=0.3, probabilities=False)
+    assert odd.labels.shape == (12, 13) and odd.probabilities is None
+    for box, scale, message in [((0, 161, 0, 10), 1, "inside"), ((5, 5, 0, 10), 1, "non-empty"),
+                                ((0, 10, 0, 10), 1.5, "scale"), ((0, 10), 1, "box must be")]:
+        with pytest.raises(PointsegError, match=message):
+            seg.predict_region(fmap, box, scale=scale)
+
+
+def test_progressive_first_view_ends_with_the_ordinary_prediction(smoothed, monkeypatch):
+    seg, image, truth = smoothed
+    monkeypatch.setattr(segmenter_module, "BAND_ROWS", 48)
+    other = np.ascontiguousarray(image[:, ::-1])  # not in the cache yet: its features are extracted here
+    steps = list(seg.predict_progressive(other, max_side=64))
+    coarse, last = steps[0], steps[-1]
+    assert coarse.stage == "coarse" and coarse.prediction.labels.shape == (46, 64)
+    assert coarse.scale == pytest.approx(64 / 224)
+    assert (coarse.prediction.labels == truth[:, ::-1][::160 // 46, ::224 // 64][:46, :64]).mean() > 0.6
+    stages = [s.stage for s in steps]
+    assert stages.count("features") >= 1 and stages.count("band") == 4 and stages[-1] == "done"
+    done = [s.done for s in steps]
+    assert done == sorted(done) and done[-1] == last.total
+    bands = [s for s in steps if s.stage == "band"]
+    assert [s.box for s in bands] == [(0, 48, 0, 224), (48, 96, 0, 224), (96, 144, 0, 224), (144, 160, 0, 224)]
+    reference = seg.predict_full(other, probabilities=False)
+    np.testing.assert_array_equal(last.prediction.labels, reference.labels)
+    np.testing.assert_allclose(last.prediction.uncertainty, reference.uncertainty, atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([s.prediction.labels for s in bands]), reference.labels)
+
+
+def test_coarse_first_view_of_a_large_image(smoothed):
+    seg, image, truth = smoothed
+    big = np.kron(image, np.ones((4, 4, 1), np.uint8))  # 640 x 896
+    coarse = seg.predict_coarse(big, max_side=224)
+    assert coarse.labels.shape == (160, 224)
+    assert (coarse.labels == truth).mean() > 0.8
+    assert seg.extractor.key_for(big) not in seg.extractor.cache  # the first view computes no full features
+
+
+def test_loaded_model_is_built_through_the_constructor_path(fitted, tmp_path):
+    seg, image, _ = fitted
+    seg.save(tmp_path / "m.pointseg")
+    loaded = Segmenter.load(tmp_path / "m.pointseg")
+    assert loaded.n_features_in_ == seg.n_features_in_ and loaded.model_metadata_["classes"] == CLASSES
+    twin = Segmenter.from_fitted(seg.head_, seg.classes_, seg.colors_, backbone=seg.backbone, precision="fp32",
+                                 smoothing=0, cache=seg.cache)
+    np.testing.assert_array_equal(twin.predict(image), seg.predict(image))

@@ -37,12 +37,162 @@ PREPROCESSING_VERSION = 1
 FEATURE_KINDS = ("deep", "hybrid")
 
 
+#: side of the square tiles in which full-resolution filter responses are computed and cached
+FINE_TILE = 256
+#: bytes of full-resolution filter tiles kept in memory across all images (the "tiles in use")
+FINE_CACHE_BYTES = 256_000_000
+#: points in one tile above which its whole tile is computed rather than a window per point
+POINTS_PER_TILE = 64
+#: grid rows per band when streaming statistics over a deep map (bounds the upsampled-context copy)
+MOMENT_BAND_CELLS = 64
+
+
+class ByteLRU:
+    """A thread-safe least-recently-used mapping bounded by the bytes of its values (``.nbytes``).
+
+    Minimal on purpose: the server engineer's ``pointseg.lru`` replaces it once it is in main.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        size = int(value.nbytes)
+        with self._lock:
+            if key in self._items or size > self.max_bytes:
+                return
+            self._items[key] = value
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= int(old.nbytes)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+@lru_cache(maxsize=1)
+def fine_tile_cache() -> ByteLRU:
+    """The process-wide cache of full-resolution filter tiles (:data:`FINE_CACHE_BYTES`)."""
+    return ByteLRU(FINE_CACHE_BYTES)
+
+
+class FineFeatures:
+    """Full-resolution filter responses of one image (:mod:`pointseg.filters`), computed per tile on demand.
+
+    Held whole they cost 72 bytes a pixel (864 MB for 12 MP) for responses a click needs only where the user
+    looks. This keeps the image's pixels (3 bytes a pixel) and computes :data:`FINE_TILE`-square tiles with
+    :data:`pointseg.filters.HALO` pixels of context, which equal the whole-image responses exactly; recent
+    tiles stay in a byte-bounded cache shared by all images (:func:`fine_tile_cache`).
+    """
+
+    def __init__(self, rgb: np.ndarray, key: str, cache: ByteLRU | None = None):
+        from pointseg import filters
+
+        self.rgb = rgb
+        self.key = key
+        self.channels = filters.CHANNELS
+        self.cache = cache if cache is not None else fine_tile_cache()
+        self._points: dict[tuple[int, int], np.ndarray] = {}
+        self._points_lock = threading.Lock()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.rgb.shape[:2])
+
+    def tile(self, ty: int, tx: int) -> np.ndarray:
+        """Tile ``(ty, tx)`` of the :data:`FINE_TILE` grid, ``C x th x tw`` float32 (cached)."""
+        cache_key = (self.key, FINE_TILE, ty, tx)
+        found = self.cache.get(cache_key)
+        if found is None:
+            found = self._window(ty * FINE_TILE, (ty + 1) * FINE_TILE, tx * FINE_TILE, (tx + 1) * FINE_TILE)
+            self.cache.put(cache_key, found)
+        return found
+
+    def _window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        from pointseg.filters import HALO, low_level_features
+
+        h, w = self.rgb.shape[:2]
+        y1, x1 = min(y1, h), min(x1, w)
+        a, b, c, d = max(0, y0 - HALO), min(h, y1 + HALO), max(0, x0 - HALO), min(w, x1 + HALO)
+        return np.ascontiguousarray(low_level_features(self.rgb[a:b, c:d])[:, y0 - a: y1 - a, x0 - c: x1 - c])
+
+    def box(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Responses of rows ``y0:y1``, columns ``x0:x1``: ``C x (y1-y0) x (x1-x0)`` float32."""
+        out = np.empty((self.channels, y1 - y0, x1 - x0), dtype=np.float32)
+        for ty in range(y0 // FINE_TILE, -(-y1 // FINE_TILE)):
+            for tx in range(x0 // FINE_TILE, -(-x1 // FINE_TILE)):
+                t = self.tile(ty, tx)
+                oy, ox = ty * FINE_TILE, tx * FINE_TILE
+                r0, r1 = max(y0, oy), min(y1, oy + t.shape[1])
+                c0, c1 = max(x0, ox), min(x1, ox + t.shape[2])
+                out[:, r0 - y0: r1 - y0, c0 - x0: c1 - x0] = t[:, r0 - oy: r1 - oy, c0 - ox: c1 - ox]
+        return out
+
+    def at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Responses at pixels ``(rows[i], cols[i])``: ``(n, C)``. A point is computed from its own small
+        window (or read from a cached tile) and remembered, so refitting after a click costs nothing here."""
+        out = np.empty((len(rows), self.channels), dtype=np.float32)
+        tiles, counts = np.unique(np.stack([rows // FINE_TILE, cols // FINE_TILE]), axis=1, return_counts=True)
+        for ty, tx in tiles[:, counts >= POINTS_PER_TILE].T.tolist():  # dense points: a whole tile is cheaper
+            self.tile(ty, tx)
+        for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
+            with self._points_lock:
+                vec = self._points.get((r, c))
+            if vec is None:
+                t = self.cache.get((self.key, FINE_TILE, r // FINE_TILE, c // FINE_TILE))
+                if t is not None:
+                    vec = t[:, r % FINE_TILE, c % FINE_TILE].copy()
+                else:
+                    vec = self._window(r, r + 1, c, c + 1)[:, 0, 0].copy()
+                with self._points_lock:
+                    if len(self._points) < 200_000:
+                        self._points[(r, c)] = vec
+            out[i] = vec
+        return out
+
+    def sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel sum and sum of squares over every pixel (float64), tile by tile."""
+        total = np.zeros(self.channels)
+        total_sq = np.zeros(self.channels)
+        h, w = self.rgb.shape[:2]
+        for ty in range(-(-h // FINE_TILE)):
+            for tx in range(-(-w // FINE_TILE)):
+                flat = self.tile(ty, tx).reshape(self.channels, -1)
+                total += flat.sum(axis=1, dtype=np.float64)
+                total_sq += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
+        return total, total_sq
+
+
 @dataclass
 class FeatureMap:
-    """One image's features.
+    """One image's features, and the one place that knows their channel layout: deep | context | fine.
 
-    ``data`` is the deep map, ``C x h_f x w_f`` float32 covering the padded image extent; ``fine`` (hybrid
-    features only) holds full-resolution low-level filter responses, ``C_fine x H x W`` (:mod:`pointseg.filters`).
+    ``data`` is the deep map, ``C x h_f x w_f`` float32 covering the padded image extent. ``context`` (trunks
+    with a stride-32 stage) is kept at stride 32. Hybrid features add full-resolution low-level filter
+    responses (:mod:`pointseg.filters`): either held whole in ``fine`` (``C_fine x H x W``) or, as
+    :meth:`FeatureExtractor.extract` makes them, computed per tile on demand from ``rgb`` (the image), which
+    bounds memory on large images. A head's weights follow the same order: :meth:`sample` gives the vectors
+    it trains on, :meth:`score` applies trained weights and knows which columns go where.
     """
 
     data: np.ndarray
@@ -55,19 +205,50 @@ class FeatureMap:
     #: follow ``data``'s as if bilinearly upsampled to the grid (what the network's fusion does), but stored
     #: coarse they take 1/64 of the memory and a linear head can score them before upsampling
     context: np.ndarray | None = None
+    #: the image itself (``H x W x 3`` uint8), from which hybrid features compute their fine responses
+    rgb: np.ndarray | None = None
     _stats: tuple[np.ndarray, np.ndarray, int] | None = field(default=None, repr=False)
+    _fine_source: FineFeatures | None = field(default=None, repr=False, compare=False)
 
     @property
     def grid_size(self) -> tuple[int, int]:
         return self.data.shape[1], self.data.shape[2]
 
     @property
+    def stride(self) -> int:
+        return self.extent[0] // self.data.shape[1]
+
+    @property
     def deep_channels(self) -> int:
         return self.data.shape[0] + (self.context.shape[0] if self.context is not None else 0)
 
     @property
+    def fine_channels(self) -> int:
+        if self.fine is not None:
+            return self.fine.shape[0]
+        return self.fine_source.channels if self.fine_source is not None else 0
+
+    @property
+    def n_channels(self) -> int:
+        """Length of a feature vector: what a head trained on this map has as input columns."""
+        return self.deep_channels + self.fine_channels
+
+    @property
+    def layout(self) -> dict[str, int]:
+        """Channels per block, in the order of a feature vector."""
+        return {"deep": self.data.shape[0], "context": self.deep_channels - self.data.shape[0],
+                "fine": self.fine_channels}
+
+    @property
+    def fine_source(self) -> FineFeatures | None:
+        if self._fine_source is None and self.fine is None and self.rgb is not None:
+            self._fine_source = FineFeatures(self.rgb, self.key)
+        return self._fine_source
+
+    @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.data, self.fine, self.context) if a is not None)
+        """Bytes this map holds itself (fine tiles live in the shared, bounded :func:`fine_tile_cache`)."""
+        return sum(a.nbytes for a in (self.data, self.fine, self.context, self.rgb) if a is not None)
 
     def context_on_grid(self) -> np.ndarray | None:
         """The context channels upsampled to the grid, as the network's fusion would give them."""
@@ -81,28 +262,113 @@ class FeatureMap:
             return self.data
         return np.concatenate([self.data, self.context_on_grid()])
 
+    def deep_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """Grid cells ``rows x cols`` of :meth:`full_deep`, without upsampling the whole context map."""
+        (g0, g1), (k0, k1) = rows, cols
+        block = self.data[:, g0:g1, k0:k1]
+        if self.context is None:
+            return block
+        window = upsample_window(torch.from_numpy(self.context), 8, rows, cols).numpy()
+        return np.concatenate([block, window])
+
+    def fine_box(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray | None:
+        """Fine responses of pixel rows ``y0:y1``, columns ``x0:x1`` (``None`` without fine features)."""
+        if self.fine is not None:
+            return self.fine[:, y0:y1, x0:x1]
+        source = self.fine_source
+        return source.box(y0, y1, x0, x1) if source is not None else None
+
+    def sample(self, xy: np.ndarray) -> np.ndarray:
+        """Feature vectors at image points ``(n, 2)`` [x, y] → ``(n, n_channels)``: the deep map sampled
+        bilinearly by formula (1) (:mod:`pointseg.sampling`), then the fine responses of the pixel a point
+        falls in. A linear head's logit for a point is then its logit in :meth:`score`'s map at that pixel."""
+        from pointseg.sampling import sample_points
+
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        deep = sample_points(self, xy)
+        if not self.fine_channels:
+            return deep
+        cols = np.clip(np.floor(xy[:, 0]).astype(np.intp), 0, self.image_size[1] - 1)
+        rows = np.clip(np.floor(xy[:, 1]).astype(np.intp), 0, self.image_size[0] - 1)
+        fine = self.fine[:, rows, cols].T if self.fine is not None else self.fine_source.at(rows, cols)
+        return np.concatenate([deep, fine], axis=1)
+
+    def score(self, weights: np.ndarray, bias: np.ndarray) -> "Scores":
+        """A linear head ``weights (K, n_channels)``, ``bias (K,)`` applied to this map, lazily: the returned
+        :class:`Scores` computes the logits of any box on demand. The context block is scored at stride 32
+        before upsampling (interpolation is linear: the same numbers for 1/64 of the work)."""
+        weights = np.asarray(weights, dtype=np.float32)
+        self._check_columns(weights.shape[1])
+        c, c_deep = self.data.shape[0], self.deep_channels
+        w = torch.from_numpy(np.ascontiguousarray(weights[:, :c]))
+        b = torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32))
+        coarse = None
+        if self.context is not None:
+            w_ctx = torch.from_numpy(np.ascontiguousarray(weights[:, c:c_deep]))
+            ctx = torch.from_numpy(self.context)
+            coarse = (w_ctx @ ctx.reshape(ctx.shape[0], -1)).reshape(-1, *ctx.shape[1:])
+
+        def grid_window(rows, cols):
+            (g0, g1), (k0, k1) = rows, cols
+            block = torch.from_numpy(self.data[:, g0:g1, k0:k1])
+            out = torch.einsum("kc,chw->khw", w, block) + b[:, None, None]
+            if coarse is not None:
+                out += upsample_window(coarse, 8, rows, cols)
+            return out
+
+        return Scores(self.image_size, self.extent, self.grid_size, grid_window, self, weights[:, c_deep:])
+
+    def score_with(self, fn) -> "Scores":
+        """Like :meth:`score` for a non-linear head on deep features: ``fn((n, deep_channels)) → (n, K)``."""
+        self._check_columns(self.deep_channels if fn is not None else 0)
+
+        def grid_window(rows, cols):
+            feats = self.deep_window(rows, cols)
+            c, h, w = feats.shape
+            out = fn(feats.reshape(c, -1).T)
+            return torch.from_numpy(np.ascontiguousarray(out.T, dtype=np.float32)).reshape(-1, h, w)
+
+        return Scores(self.image_size, self.extent, self.grid_size, grid_window, None, None)
+
+    def _check_columns(self, n: int) -> None:
+        if n != self.n_channels:
+            raise PointsegError(f"features have {self.n_channels} channels but the model expects {n}")
+
     def moments(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Per-channel mean and mean of squares over the real image (memoised), deep channels then fine.
 
         Standardisation statistics over all pixels of the training images are built from these, so a refit
-        after a click costs no pass over the feature maps. Each image weighs by its pixel count.
+        after a click costs no pass over the feature maps. Each image weighs by its pixel count. Computed in
+        bands of grid rows and tiles of fine responses, so no whole upsampled or full-resolution copy exists.
         """
         if self._stats is None:
             hf, wf = self.valid_grid_size
-            blocks = [self.data[:, :hf, :wf]]
-            if self.context is not None:
-                blocks.append(self.context_on_grid()[:, :hf, :wf])
-            if self.fine is not None:
-                blocks.append(self.fine)
-            mean, mean_sq = [], []
-            for block in blocks:
-                flat = block.reshape(block.shape[0], -1)
-                m = flat.mean(axis=1, dtype=np.float64)
-                mean.append(m)
-                mean_sq.append(np.einsum("ij,ij->i", flat, flat, dtype=np.float64) / flat.shape[1])
+            deep_sum = np.zeros(self.deep_channels)
+            deep_sq = np.zeros(self.deep_channels)
+            for g0 in range(0, hf, MOMENT_BAND_CELLS):
+                band = self.deep_window((g0, min(hf, g0 + MOMENT_BAND_CELLS)), (0, wf))
+                flat = band.reshape(band.shape[0], -1)
+                deep_sum += flat.sum(axis=1, dtype=np.float64)
+                deep_sq += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
+            mean, mean_sq = [deep_sum / (hf * wf)], [deep_sq / (hf * wf)]
+            if self.fine_channels:
+                n = self.image_size[0] * self.image_size[1]
+                if self.fine is not None:
+                    flat = self.fine.reshape(self.fine.shape[0], -1)
+                    fine_sum = flat.sum(axis=1, dtype=np.float64)
+                    fine_sq = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
+                else:
+                    fine_sum, fine_sq = self.fine_source.sums()
+                mean.append(fine_sum / n)
+                mean_sq.append(fine_sq / n)
             count = self.image_size[0] * self.image_size[1]
             self._stats = (np.concatenate(mean) * count, np.concatenate(mean_sq) * count, count)
         return self._stats
+
+    def feature_means(self) -> np.ndarray:
+        """Mean feature vector over the image (from :meth:`moments`)."""
+        total, _, count = self.moments()
+        return total / count
 
     @property
     def valid_grid_size(self) -> tuple[int, int]:
@@ -113,20 +379,106 @@ class FeatureMap:
         return max(1, int(np.ceil(h * hf / hp))), max(1, int(np.ceil(w * wf / wp)))
 
 
+class Scores:
+    """A head applied to one image: logits ``K x h x w`` of any pixel box, computed when asked.
+
+    The deep part lives on the stride-4 grid and is bilinearly upsampled from just the cells a box needs
+    (:func:`cell_span`), which reproduces the whole-image upsampling exactly; the fine part (hybrid features)
+    is the fine weights times the box's full-resolution responses. So a box's logits equal the same crop of
+    the whole image's logits, and a viewport costs in proportion to its own size.
+    """
+
+    def __init__(self, image_size, extent, grid_size, grid_window, fine_from, fine_weights):
+        self.image_size = tuple(image_size)
+        self.extent = tuple(extent)
+        self.grid_size = tuple(grid_size)
+        self.stride = self.extent[0] // self.grid_size[0]
+        self._grid_window = grid_window
+        self._fine_from = fine_from  # a FeatureMap (or anything with fine_box) or None
+        self._w_fine = (torch.from_numpy(np.ascontiguousarray(fine_weights))
+                        if fine_weights is not None and fine_weights.shape[1] else None)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.grid_window((0, 1), (0, 1)).shape[0])
+
+    def grid_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+        """Deep scores (bias included) of grid cells ``rows x cols``."""
+        return self._grid_window(rows, cols)
+
+    def grid(self) -> torch.Tensor:
+        """The whole deep score grid ``K x h_f x w_f``."""
+        return self.grid_window((0, self.grid_size[0]), (0, self.grid_size[1]))
+
+    def deep_logits(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        s = self.stride
+        rows = cell_span(y0, y1, s, self.grid_size[0])
+        cols = cell_span(x0, x1, s, self.grid_size[1])
+        return upsample_cells(self.grid_window(rows, cols), s, rows[0], cols[0], (y0, y1), (x0, x1))
+
+    def fine_logits(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor | None:
+        if self._w_fine is None:
+            return None
+        fine = torch.from_numpy(np.ascontiguousarray(self._fine_from.fine_box(y0, y1, x0, x1)))
+        c, h, w = fine.shape
+        return (self._w_fine @ fine.reshape(c, -1)).reshape(-1, h, w)
+
+    def fine_mean_logits(self) -> torch.Tensor | None:
+        """The fine part's mean over the image (a constant per class), for coarse previews."""
+        if self._w_fine is None:
+            return None
+        means = self._fine_from.feature_means()[-self._w_fine.shape[1]:]
+        return self._w_fine @ torch.from_numpy(means.astype(np.float32))
+
+    def logits(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """Logits of pixel rows ``y0:y1``, columns ``x0:x1``: ``K x (y1-y0) x (x1-x0)`` float32."""
+        out = self.deep_logits(y0, y1, x0, x1)
+        fine = self.fine_logits(y0, y1, x0, x1)
+        return out if fine is None else out + fine
+
+
+class _StreamedFine:
+    """Fine responses for an image streamed through the backbone (no FeatureMap): per box, from the pixels."""
+
+    def __init__(self, rgb: np.ndarray, key: str):
+        self.source = FineFeatures(rgb, key, cache=ByteLRU(0))  # one pass over the image: nothing to reuse
+
+    def fine_box(self, y0, y1, x0, x1):
+        return self.source._window(y0, y1, x0, x1)
+
+    def feature_means(self) -> np.ndarray:
+        total, _ = self.source.sums()
+        return total / (self.source.rgb.shape[0] * self.source.rgb.shape[1])
+
+
 class FeatureCache:
     """LRU cache of feature maps, bounded in bytes, with an optional float16 disk layer.
 
     Thread-safe: the server computes features in a worker thread while requests read them.
+
+    The disk layer is an accelerator, never a requirement: it is bounded (``max_disk_bytes``, default
+    :data:`pointseg.limits.DISK_CACHE_BYTES`; the least recently used maps go first), a write that fails
+    (full or read-only disk) only counts in ``disk_errors`` and the features stay in memory, and temporary
+    files left by a crash or a failed write are removed when the cache is opened.
     """
 
-    def __init__(self, max_bytes: int = 2_000_000_000, disk_dir: str | os.PathLike | None = None):
+    def __init__(self, max_bytes: int = 2_000_000_000, disk_dir: str | os.PathLike | None = None,
+                 max_disk_bytes: int | None = None):
+        from pointseg.limits import disk_cache_bytes
+
         self.max_bytes = int(max_bytes)
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self.max_disk_bytes = disk_cache_bytes() if max_disk_bytes is None else int(max_disk_bytes)
         self._items: OrderedDict[str, FeatureMap] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._disk_lock = threading.Lock()
+        self._disk_bytes = 0
         self.hits = 0
         self.misses = 0
+        self.disk_errors = 0
+        if self.disk_dir is not None:
+            self._open_disk()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -158,6 +510,11 @@ class FeatureCache:
             self._items.clear()
             self._bytes = 0
 
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of feature files this cache holds on disk (as counted since it was opened)."""
+        return self._disk_bytes
+
     def _put_memory(self, fmap: FeatureMap) -> None:
         with self._lock:
             if fmap.key in self._items:
@@ -174,24 +531,92 @@ class FeatureCache:
     def _disk_path(self, key: str) -> Path | None:
         return None if self.disk_dir is None else self.disk_dir / f"{key}.npz"
 
+    def _open_disk(self) -> None:
+        """Remove the temporary files of writers that are gone, and count the feature files present."""
+        try:
+            entries = list(self.disk_dir.iterdir()) if self.disk_dir.is_dir() else []
+        except OSError:
+            return
+        for path in entries:
+            try:
+                if path.suffix == ".tmp" and _stale_temporary(path):
+                    path.unlink(missing_ok=True)
+                elif path.suffix == ".npz":
+                    self._disk_bytes += path.stat().st_size
+            except OSError:
+                continue
+        self._evict_disk()
+
     def _write_disk(self, fmap: FeatureMap) -> None:
         path = self._disk_path(fmap.key)
         if path is None or path.exists():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {name: a for name, a in (("data", fmap.data), ("fine", fmap.fine), ("context", fmap.context))
+                  if a is not None}
+        if sum(a.size for a in arrays.values()) * 2 > self.max_disk_bytes:
+            return  # alone larger than the whole disk budget (stored as float16)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as handle:
-            extra = {name: a.astype(np.float16) for name, a in (("fine", fmap.fine), ("context", fmap.context))
-                     if a is not None}
-            np.savez(
-                handle,
-                **extra,
-                data=fmap.data.astype(np.float16),
-                image_size=np.array(fmap.image_size),
-                extent=np.array(fmap.extent),
-                extractor_id=np.array(fmap.extractor_id),
-            )
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            extra = {}
+            if fmap.rgb is not None:  # hybrid: the pixels (3 B/px) stand for the fine responses (72 B/px)
+                extra["rgb"] = fmap.rgb
+            if fmap._stats is not None:
+                extra.update(stats_sum=fmap._stats[0], stats_sq=fmap._stats[1], stats_count=np.array(fmap._stats[2]))
+            with open(tmp, "wb") as handle:
+                np.savez(
+                    handle,
+                    **{name: a.astype(np.float16) for name, a in arrays.items()},
+                    **extra,
+                    image_size=np.array(fmap.image_size),
+                    extent=np.array(fmap.extent),
+                    extractor_id=np.array(fmap.extractor_id),
+                )
+            size = tmp.stat().st_size
+            os.replace(tmp, path)
+        except OSError as exc:  # full or read-only disk: the features are in memory and the caller has them
+            self._disk_write_failed(tmp, exc)
+            return
+        with self._disk_lock:
+            self._disk_bytes += size
+        self._evict_disk()
+
+    def _disk_write_failed(self, tmp: Path, exc: OSError) -> None:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        self.disk_errors += 1
+        if self.disk_errors == 1:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "feature cache: cannot write to %s (%s); features are kept in memory only",
+                self.disk_dir, exc.strerror or exc)
+
+    def _evict_disk(self) -> None:
+        """Delete the least recently used feature files until the disk layer is within ``max_disk_bytes``."""
+        with self._disk_lock:
+            if self._disk_bytes <= self.max_disk_bytes:
+                return
+            files = []
+            for path in self.disk_dir.glob("*.npz"):
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                files.append((stat.st_mtime, stat.st_size, path))
+            files.sort(key=lambda item: item[0])
+            total = sum(size for _, size, _ in files)
+            for _, size, path in files:
+                if total <= self.max_disk_bytes:
+                    break
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+                total -= size
+            self._disk_bytes = total
 
     def _read_disk(self, key: str) -> FeatureMap | None:
         path = self._disk_path(key)
@@ -199,7 +624,7 @@ class FeatureCache:
             return None
         try:
             with np.load(path) as z:
-                return FeatureMap(
+                fmap = FeatureMap(
                     data=z["data"].astype(np.float32),
                     image_size=tuple(int(v) for v in z["image_size"]),
                     extent=tuple(int(v) for v in z["extent"]),
@@ -207,10 +632,36 @@ class FeatureCache:
                     extractor_id=str(z["extractor_id"]),
                     fine=z["fine"].astype(np.float32) if "fine" in z.files else None,
                     context=z["context"].astype(np.float32) if "context" in z.files else None,
+                    rgb=z["rgb"] if "rgb" in z.files else None,
+                    _stats=(z["stats_sum"], z["stats_sq"], int(z["stats_count"])) if "stats_sum" in z.files else None,
                 )
         except Exception:
-            path.unlink(missing_ok=True)  # a torn or stale cache file is recomputed, never trusted
+            try:
+                path.unlink(missing_ok=True)  # a torn or stale cache file is recomputed, never trusted
+            except OSError:
+                pass
             return None
+        try:
+            os.utime(path)  # recently used: the last to be evicted
+        except OSError:
+            pass
+        return fmap
+
+
+def _stale_temporary(path: Path, grace_seconds: float = 3600.0) -> bool:
+    """A ``KEY.PID.THREAD.tmp`` file whose writer process has exited, or one untouched for an hour."""
+    import time
+
+    parts = path.name.split(".")
+    pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+    if pid is not None and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+    return time.time() - path.stat().st_mtime > grace_seconds
 
 
 def image_digest(image: np.ndarray) -> str:
@@ -306,11 +757,21 @@ class FeatureExtractor:
 
         return filters.CHANNELS if self.hybrid else 0
 
+    @property
+    def n_features(self) -> int:
+        """Length of a feature vector (deep, context and fine channels): a model's input columns."""
+        return self.channels + self.fine_channels
+
     def key_for(self, image: np.ndarray) -> str:
         return f"{image_digest(image)}-{self.id}"
 
-    def extract(self, image) -> FeatureMap:
-        """Features of one image (path or array), from the cache when possible."""
+    def extract(self, image, progress=None) -> FeatureMap:
+        """Features of one image (path or array), from the cache when possible.
+
+        ``progress(done, total)``, if given, is called as the backbone's tiles finish (a first view can show
+        real progress). Hybrid features keep the image and compute their full-resolution responses per tile
+        on demand (:class:`FineFeatures`); their statistics are streamed once here, so fitting stays cheap.
+        """
         if isinstance(image, FeatureMap):
             self.check_compatible(image)
             return image
@@ -319,15 +780,65 @@ class FeatureExtractor:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        data, context = self.compute_parts(rgb)
-        fine = None
-        if self.hybrid:
-            from pointseg.filters import low_level_features
-
-            fine = low_level_features(rgb)
-        fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, fine, context)
+        data, context = self.compute_parts(rgb, progress=progress)
+        fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, None, context,
+                          rgb=rgb if self.hybrid else None)
+        fmap.moments()
         self.cache.put(fmap)
         return fmap
+
+    def image_scores(self, image, weights=None, bias=None, fn=None, stream_above: int = 16_000_000) -> Scores:
+        """A head's :class:`Scores` of an image (path, array or FeatureMap): scores of this image, streamed if
+        large.
+
+        Linear heads pass ``weights, bias`` (columns in :attr:`FeatureMap.layout` order), others ``fn``
+        (deep features ``(n, C) → (n, K)``). A cached or small image is extracted (and cached) and scored
+        lazily, box by box. A larger uncached image streams through the backbone tile by tile, so only the
+        K-channel score grid is held for the whole image; its fine responses are computed per box later.
+        """
+        if isinstance(image, FeatureMap):
+            self.check_compatible(image)
+            fmap = image
+        else:
+            rgb = load_image(image)
+            fmap = self.cache.get(self.key_for(rgb))
+            if fmap is None and rgb.shape[0] * rgb.shape[1] <= stream_above:
+                fmap = self.extract(rgb)
+        if fmap is not None:
+            return fmap.score(weights, bias) if fn is None else fmap.score_with(fn)
+        return self._streamed_scores(rgb, weights, bias, fn)
+
+    def _streamed_scores(self, rgb: np.ndarray, weights, bias, fn) -> Scores:
+        h, w = rgb.shape[:2]
+        extent = self.padded_size((h, w))
+        stride = self.spec.stride
+        n_fine = self.fine_channels
+        n_in = weights.shape[1] if fn is None else self.channels
+        if n_in != self.channels + n_fine:
+            raise PointsegError(
+                f"features have {self.channels + n_fine} channels but the model expects {n_in}")
+        if fn is None:
+            w_deep = torch.from_numpy(np.ascontiguousarray(weights[:, : self.channels], dtype=np.float32))
+            b = torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32))[:, None]
+
+            def fn_tile(tile):
+                return (w_deep @ torch.from_numpy(tile).reshape(tile.shape[0], -1) + b).numpy()
+        else:
+            def fn_tile(tile):
+                return np.ascontiguousarray(fn(tile.reshape(tile.shape[0], -1).T).T, dtype=np.float32)
+        grid = None
+        for (y0, y1, x0, x1), tile in self.iter_tiles(rgb):
+            out = torch.from_numpy(fn_tile(tile)).reshape(-1, *tile.shape[1:])
+            if grid is None:
+                grid = torch.empty((out.shape[0], extent[0] // stride, extent[1] // stride))
+            grid[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = out
+
+        def grid_window(rows, cols):
+            return grid[:, rows[0]:rows[1], cols[0]:cols[1]]
+
+        fine_w = weights[:, self.channels:] if fn is None and n_fine else None
+        fine_from = _StreamedFine(rgb, self.key_for(rgb)) if fine_w is not None else None
+        return Scores((h, w), extent, grid.shape[1:], grid_window, fine_from, fine_w)
 
     def check_compatible(self, fmap: FeatureMap) -> None:
         if fmap.extractor_id != self.id:
@@ -342,23 +853,38 @@ class FeatureExtractor:
 
     def compute(self, rgb: np.ndarray) -> np.ndarray:
         """Run the backbone over ``rgb`` (tiled when large); returns ``C x Hp/4 x Wp/4`` float32."""
+        return self._compute(rgb)
+
+    def n_tiles(self, size: tuple[int, int]) -> int:
+        """How many backbone passes an image of ``size`` takes (the unit of extraction progress)."""
+        hp, wp = self.padded_size(size)
+        margin, core = self.spec.tile_margin, self.tile_size
+        if hp <= core + 2 * margin and wp <= core + 2 * margin:
+            return 1
+        return -(-hp // core) * -(-wp // core)
+
+    def _compute(self, rgb: np.ndarray, progress=None) -> np.ndarray:
         h, w = rgb.shape[:2]
         hp, wp = self.padded_size((h, w))
         stride = self.spec.stride
         out = np.empty((self.channels, hp // stride, wp // stride), dtype=np.float32)
-        for (y0, y1, x0, x1), tile in self.iter_tiles(rgb):
+        total = self.n_tiles((h, w))
+        for done, ((y0, y1, x0, x1), tile) in enumerate(self.iter_tiles(rgb), 1):
             out[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = tile
+            if progress is not None:
+                progress(done, total)
         return out
 
-    def compute_parts(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def compute_parts(self, rgb: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Like :meth:`compute`, but a stride-32 context stage's map comes back separately, at stride 32
-        (``FeatureMap.context``); ``(compute(rgb), None)`` for trunks without one."""
+        (``FeatureMap.context``); ``(compute(rgb), None)`` for trunks without one. ``progress(done, total)``
+        is called after each tile."""
         if getattr(self.module, "context_start", None) is None:
-            return self.compute(rgb), None
+            return self._compute(rgb, progress), None
         hp, wp = self.padded_size(rgb.shape[:2])
         padded = _pad_reflect(rgb, hp, wp)
         stride = self.spec.stride
-        cores, context = self._context_passes(padded)
+        cores, context = self._context_passes(padded, progress)
         base = np.empty((cores[0][1].shape[0], hp // stride, wp // stride), dtype=np.float32)
         for (y0, y1, x0, x1), fused in cores:
             base[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = _to_numpy(fused)
@@ -407,7 +933,7 @@ class FeatureExtractor:
             window = upsample_window(context, 8, (y0 // 4, y1 // 4), (x0 // 4, x1 // 4))
             yield (y0, y1, x0, x1), np.concatenate([_to_numpy(fused), _to_numpy(window)])
 
-    def _context_passes(self, padded: np.ndarray):
+    def _context_passes(self, padded: np.ndarray, progress=None):
         """``[(core box, fused stride-4/8/16 map of the core)], context map`` for a trunk with a context tail.
 
         The tail's receptive field is too wide for tile margins (a 480-px margin made tiles 2x the whole
@@ -423,6 +949,8 @@ class FeatureExtractor:
             with self._inference():
                 fused, x16 = self.module.forward_base(self._prepare(padded))
                 context = self.module.forward_context(x16)[0].float()
+            if progress is not None:
+                progress(1, 1)
             return [((0, hp, 0, wp), fused[0])], context
         cores, s16 = [], None
         for (y0, y1, x0, x1), (ty0, ty1, tx0, tx1) in self._tile_grid(hp, wp):
@@ -432,6 +960,8 @@ class FeatureExtractor:
                 s16 = torch.empty((x16.shape[1], hp // 16, wp // 16), dtype=x16.dtype)
             s16[:, y0 // 16: y1 // 16, x0 // 16: x1 // 16] = self._core(x16[0], y0, y1, x0, x1, ty0, tx0, 16)
             cores.append(((y0, y1, x0, x1), self._core(fused[0], y0, y1, x0, x1, ty0, tx0).clone()))
+            if progress is not None:
+                progress(len(cores), self.n_tiles((hp, wp)))
         with self._inference():
             context = self.module.forward_context(self._channels_last(s16[None]))[0].float()
         return cores, context
@@ -472,17 +1002,30 @@ def upsample_context(context: torch.Tensor, grid_size: tuple[int, int]) -> torch
     return F.interpolate(context[None].float(), size=grid_size, mode="bilinear", align_corners=False)[0]
 
 
+def cell_span(r0: int, r1: int, scale: int, n: int) -> tuple[int, int]:
+    """Grid cells that bilinear upsampling by ``scale`` needs for output rows ``r0:r1``: the cells under
+    them plus one each side (clamped to the ``n`` cells there are)."""
+    return max(0, r0 // scale - 1), min(n, -(-r1 // scale) + 1)
+
+
+def upsample_cells(cells: torch.Tensor, scale: int, g0: int, k0: int, rows: tuple[int, int],
+                   cols: tuple[int, int]) -> torch.Tensor:
+    """Output rows/columns ``rows x cols`` of a grid's upsampling, from ``cells``: the grid's cells from
+    ``(g0, k0)`` on, as :func:`cell_span` gives them."""
+    (r0, r1), (c0, c1) = rows, cols
+    up = F.interpolate(cells[None], size=(cells.shape[1] * scale, cells.shape[2] * scale),
+                       mode="bilinear", align_corners=False)[0]
+    return up[:, r0 - g0 * scale: r1 - g0 * scale, c0 - k0 * scale: c1 - k0 * scale]
+
+
 def upsample_window(grid: torch.Tensor, scale: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
     """Rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` of ``grid`` (``C x h x w``) bilinearly upsampled
     by the integer ``scale`` (``align_corners=False``), computed from the grid cells they need plus one each
     side: with an integer scale this reproduces the whole-grid interpolation exactly, borders included."""
-    (r0, r1), (c0, c1) = rows, cols
     h, w = grid.shape[1:]
-    g0, g1 = max(0, r0 // scale - 1), min(h, -(-r1 // scale) + 1)
-    k0, k1 = max(0, c0 // scale - 1), min(w, -(-c1 // scale) + 1)
-    up = F.interpolate(grid[None, :, g0:g1, k0:k1], size=((g1 - g0) * scale, (k1 - k0) * scale),
-                       mode="bilinear", align_corners=False)[0]
-    return up[:, r0 - g0 * scale: r1 - g0 * scale, c0 - k0 * scale: c1 - k0 * scale]
+    g0, g1 = cell_span(*rows, scale, h)
+    k0, k1 = cell_span(*cols, scale, w)
+    return upsample_cells(grid[:, g0:g1, k0:k1], scale, g0, k0, rows, cols)
 
 
 def filter_bank_version() -> int:

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pointseg._version import __version__
-from pointseg.annotations import atomic_write_bytes
+from pointseg.fileio import atomic_write_bytes
 from pointseg.classifier import LinearHead, Standardizer, TrainingReport
 from pointseg.errors import ModelFileError, PointsegError
 from pointseg.features import filter_bank_version
@@ -477,12 +477,25 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
     return _validate(meta, tensors, path.name), tensors
 
 
+def _stored_report(meta: dict) -> TrainingReport | None:
+    """The stored report, keeping the fields this version knows: the report is information, not the model."""
+    if not meta["training_report"]:
+        return None
+    known = {f.name for f in dataclass_fields(TrainingReport)}
+    try:
+        return TrainingReport(**{k: v for k, v in meta["training_report"].items() if k in known})
+    except TypeError:  # written before a report field existed
+        return None
+
+
 def load_model(cls, path, weights=None, cache=None, device=None, precision=None):
     meta, tensors = read_metadata(path)
     name = Path(path).name
     params = meta["params"]
-    seg = cls(
-        backbone=meta["backbone"], classes=meta["classes"], colors=meta["colors"], weights=weights,
+    head = LinearHead(tensors["coef"], tensors["intercept"], Standardizer(tensors["mean"], tensors["scale"]))
+    seg = cls.from_fitted(
+        head, meta["classes"], meta["colors"], training_report=_stored_report(meta), model_metadata=meta,
+        backbone=meta["backbone"], weights=weights,
         classifier="logistic", C=params["C"], class_weight=params["class_weight"],
         precision=precision or meta["feature_precision"], device=device,
         tile_size=params["tile_size"], cache=cache, features=meta["features"],
@@ -497,24 +510,13 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
             "pass --weights with the file the model was trained with"
         )
     coef = tensors["coef"]
-    expected = (len(meta["classes"]), ext.channels + ext.fine_channels)
+    expected = (len(meta["classes"]), ext.n_features)
     if coef.shape != expected:
         raise ModelFileError(
             f"{name}: coefficients have shape {coef.shape}, expected {expected} for "
             f"{meta['backbone']} with {ext.features} features; the file is damaged"
         )
-    seg.head_ = LinearHead(coef, tensors["intercept"], Standardizer(tensors["mean"], tensors["scale"]))
-    seg.n_features_in_ = coef.shape[1]
-    seg.classes_ = list(meta["classes"])
-    seg.colors_ = list(meta["colors"])
-    if meta["training_report"]:
-        known = {f.name for f in dataclass_fields(TrainingReport)}
-        try:
-            seg.training_report_ = TrainingReport(**{k: v for k, v in meta["training_report"].items() if k in known})
-        except TypeError:  # written before a report field existed: the report is information, not the model
-            pass
-    _load_decision_fields(seg, meta, Path(path).name)
-    seg.model_metadata_ = meta
+    _load_decision_fields(seg, meta, name)
     return seg
 
 

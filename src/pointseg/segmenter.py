@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,14 +29,7 @@ from pointseg.classifier import (
 )
 from pointseg.decision import Decision, NGRule
 from pointseg.errors import PointsegError
-from pointseg.features import (
-    FeatureCache,
-    FeatureExtractor,
-    FeatureMap,
-    upsample,
-    upsample_context,
-    upsample_window,
-)
+from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, Scores, cell_span
 from pointseg.imageio import load_image
 from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
 from pointseg.sampling import sample_points
@@ -111,6 +105,12 @@ class Segmenter:
         self.min_region = min_region
         self.background = background
         self._extractor: FeatureExtractor | None = None
+
+    def __getstate__(self) -> dict:
+        # the OK-image pools are a cache of weak references: rebuilt on demand, never pickled or copied deep
+        state = self.__dict__.copy()
+        state.pop("_ok_pools", None)
+        return state
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -282,8 +282,21 @@ class Segmenter:
                 f"{where} is marked OK (defect-free) but has points or scribbles of class {other!r}; "
                 "remove them or unmark the image"
             )
-        pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS) if ok else None
-        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool)
+        pool = self._ok_pool(fmap) if ok else None
+        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool, xy)
+
+    def _ok_pool(self, fmap: FeatureMap) -> np.ndarray:
+        """The OK image's pixel pool, kept (for the last :data:`OK_POOL_CACHE` maps, weakly) between refits:
+        sampling it costs more than the fit itself."""
+        pools = self.__dict__.setdefault("_ok_pools", {})
+        hit = pools.get(id(fmap))
+        if hit is not None and hit[0]() is fmap:
+            return hit[1]
+        pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS)
+        pools[id(fmap)] = (weakref.ref(fmap), pool)
+        for key in [k for k, (ref, _) in pools.items() if ref() is None] + list(pools)[:-OK_POOL_CACHE]:
+            pools.pop(key, None)
+        return pool
 
     def _fit_parts(self, clf: PointClassifier, parts: list["_ImagePart"], n_classes: int,
                    standardizer: Standardizer, init: LinearHead | None):
@@ -291,8 +304,9 @@ class Segmenter:
 
         OK images first give pixels spread evenly over them; the model fitted on those then scores each OK
         image's pool and its most defect-like pixels (hard negatives) join the background class for a second
-        fit, warm-started from the first. Both counts are bounded (:func:`_ok_budget`), so a refit costs two
-        small fits however many OK images there are. Returns ``(head, X, y, groups)`` of the final fit.
+        fit, warm-started from the first. With ``warm_start`` (the app's refit after a click) the current
+        model mines them and one fit suffices. Both counts are bounded (:func:`_ok_budget`), so a refit costs
+        at most two small fits however many OK images there are. Returns ``(head, X, y, groups)`` of the final fit.
         """
         X = [p.X for p in parts]
         y = [p.y for p in parts]
@@ -304,15 +318,21 @@ class Segmenter:
         Xc = np.concatenate(X)
         yc = np.concatenate(y + [np.full(len(x), self.background_, dtype=np.int64) for x in X[len(parts):]])
         gc = np.concatenate(groups + [np.full(len(x), p.index) for x, p in zip(X[len(parts):], ok_parts)])
-        head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
+        if ok_parts and n_hard and init is not None and init.coef.shape[1] == Xc.shape[1]:
+            head = init   # a refit (warm start): the current model mines its own hard negatives, one fit
+        else:
+            head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
         if not ok_parts or not isinstance(head, LinearHead) or n_hard == 0:
             return head, Xc, yc, gc
+        from threadpoolctl import threadpool_limits
+
         hard = []
-        for p in ok_parts:
-            scores = head_scores(head, p.pool)
-            others = np.delete(scores, self.background_, axis=1)
-            margin = others.max(axis=1) - scores[:, self.background_]
-            hard.append(p.pool[np.argsort(-margin, kind="stable")[:n_hard]])
+        with threadpool_limits(1):  # a small product: one BLAS thread is ~6x faster on a busy machine
+            for p in ok_parts:
+                scores = head_scores(head, p.pool)
+                others = np.delete(scores, self.background_, axis=1)
+                margin = others.max(axis=1) - scores[:, self.background_]
+                hard.append(p.pool[np.argsort(-margin, kind="stable")[:n_hard]])
         Xc = np.concatenate([Xc] + hard)
         yc = np.concatenate([yc, np.full(sum(len(h) for h in hard), self.background_, dtype=np.int64)])
         gc = np.concatenate([gc] + [np.full(len(h), p.index) for h, p in zip(hard, ok_parts)])
@@ -320,36 +340,39 @@ class Segmenter:
 
     def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
         """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
-        (marked OK, or with a point of a defect class) is scored by a model fitted without it."""
+        (marked OK, or with a point of a defect class) is predicted by a model fitted without it.
+
+        Clean examples are the OK images' scores and, on each defective image, the largest predicted region
+        that no defect click falls in: the user clicked the defects, so such a region is (with corrective
+        clicks nearly always) a false finding on clean surface, the kind a clean part would show.
+        """
         from pointseg.decision import DEFAULT_SCORE, choose_threshold, part_confusion
 
         status = {p.index: (False if p.ok else True if (p.y != self.background_).any() else None) for p in parts}
         known = [p for p in parts if status[p.index] is not None]
         if len(known) < 2:
             return NGRule(source="default: NG when any region is found"), None
-        ng_scores, ok_scores = [], []
+        ng_scores, ok_scores, clean_surface = [], [], []
         twin = copy.copy(self)
         for p in known:
             rest = [q for q in parts if q is not p]
-            ys = np.concatenate([q.y for q in rest])
-            if len(np.unique(ys)) < 2:
+            if len(np.unique(np.concatenate([q.y for q in rest]))) < 2:
                 continue
             twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
             twin.n_features_in_ = p.X.shape[1]
-            score = twin._score_image(p.fmap, DEFAULT_SCORE)
-            (ng_scores if status[p.index] else ok_scores).append(score)
-        threshold, source = choose_threshold(ng_scores, ok_scores, DEFAULT_SCORE)
+            labels = twin.predict(p.fmap)
+            score = _largest_region(labels != self.background_)
+            if status[p.index]:
+                ng_scores.append(score)
+                clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
+            else:
+                ok_scores.append(score)
+        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, DEFAULT_SCORE)
         rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
         confusion = None
         if ok_scores:
             confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
         return rule, confusion
-
-    def _score_image(self, image, kind: str) -> float:
-        from pointseg.decision import image_score
-
-        result = self.predict_full(image, probabilities=kind == "quantile")
-        return image_score(kind, result.labels, result.probabilities, self.background_)
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:
@@ -396,74 +419,18 @@ class Segmenter:
         if not hasattr(self, "head_"):
             raise PointsegError("this Segmenter is not trained yet; call fit() or Segmenter.load() first")
 
-    def decision_grid(self, image) -> "_Decision":
-        """Class scores on the feature grid ``(K, h_f, w_f)`` plus what is needed to finish them per pixel.
+    def decision_grid(self, image) -> Scores:
+        """The head applied to an image's features: :class:`~pointseg.features.Scores`, which give the logits
+        of any pixel box on demand (deep part from the stride-4 grid, fine part at full resolution).
 
-        Large uncached images stream through the backbone tile by tile, so only the K-channel score grid
-        is ever held for the whole image; their fine features are computed band by band later.
+        Large uncached images stream through the backbone tile by tile, so only the K-channel score grid is
+        ever held for the whole image (:meth:`FeatureExtractor.image_scores`).
         """
         self._check_fitted()
-        extractor = self.extractor
-        if isinstance(image, FeatureMap):
-            extractor.check_compatible(image)
-            with single_thread():
-                grid = self._grid_scores(image.data, image.context)
-            return _Decision(grid, image.extent, image.image_size, image.fine, None)
-        rgb = load_image(image)
-        key = extractor.key_for(rgb)
-        fmap = extractor.cache.get(key)
-        if fmap is None and rgb.shape[0] * rgb.shape[1] <= STREAM_ABOVE_PIXELS:
-            fmap = extractor.extract(rgb)
-        if fmap is not None:
-            with single_thread():
-                grid = self._grid_scores(fmap.data, fmap.context)
-            return _Decision(grid, fmap.extent, fmap.image_size, fmap.fine, None)
-        h, w = rgb.shape[:2]
-        extent = extractor.padded_size((h, w))
-        stride = extractor.spec.stride
-        grid = torch.empty((len(self.classes_), extent[0] // stride, extent[1] // stride))
-        for (y0, y1, x0, x1), tile in extractor.iter_tiles(rgb):
-            grid[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = self._grid_scores(tile)
-        return _Decision(grid, extent, (h, w), None, rgb if extractor.hybrid else None)
-
-    def _grid_scores(self, data: np.ndarray, context: np.ndarray | None = None) -> torch.Tensor:
-        """Deep scores on the grid. A linear head scores a stride-32 context map before upsampling it: the
-        same numbers as upsampling the map first (interpolation is linear), for 1/64 of the work."""
-        c, hf, wf = data.shape
-        c_ctx = context.shape[0] if context is not None else 0
-        n_fine = self.extractor.fine_channels
-        if c + c_ctx + n_fine != self.n_features_in_:
-            raise PointsegError(
-                f"features have {c + c_ctx + n_fine} channels but the model expects {self.n_features_in_}"
-            )
         if isinstance(self.head_, LinearHead):
             w, b = self.head_.folded()
-            weights = torch.from_numpy(np.ascontiguousarray(w[:, : c + c_ctx]))
-            flat = torch.from_numpy(data).reshape(c, -1)
-            scores = (weights[:, :c] @ flat + torch.from_numpy(b)[:, None]).reshape(-1, hf, wf)
-            if context is not None:
-                coarse = weights[:, c:] @ torch.from_numpy(context).reshape(c_ctx, -1)
-                scores += upsample_context(coarse.reshape(-1, *context.shape[1:]), (hf, wf))
-            return scores
-        if context is not None:
-            data = np.concatenate([data, upsample_context(torch.from_numpy(context), (hf, wf)).numpy()])
-        scores = self.head_.scores(data.reshape(data.shape[0], -1).T)
-        return torch.from_numpy(np.ascontiguousarray(scores.T)).reshape(-1, hf, wf)
-
-    def _fine_scores(self, decision: "_Decision", r0: int, r1: int) -> torch.Tensor | None:
-        """The full-resolution part of the logits for rows ``r0:r1`` (hybrid features only)."""
-        if not self.extractor.hybrid:
-            return None
-        if decision.fine is not None:
-            fine = decision.fine[:, r0:r1]
-        else:
-            from pointseg.filters import low_level_band
-
-            fine = low_level_band(decision.rgb, r0, r1)
-        w, _ = self.head_.folded()
-        w_fine = torch.from_numpy(np.ascontiguousarray(w[:, self.extractor.channels:]))
-        c, h, width = fine.shape
-        return (w_fine @ torch.from_numpy(np.ascontiguousarray(fine)).reshape(c, -1)).reshape(-1, h, width)
+            return self.extractor.image_scores(image, w, b, stream_above=STREAM_ABOVE_PIXELS)
+        return self.extractor.image_scores(image, fn=self.head_.scores, stream_above=STREAM_ABOVE_PIXELS)
 
     def predict_proba(self, image) -> np.ndarray:
         """Class probabilities ``(K, H, W)`` float32."""
@@ -476,19 +443,139 @@ class Segmenter:
     def predict_full(self, image, probabilities: bool = True) -> Prediction:
         """Labels, uncertainty (1 − max probability) and optionally probabilities in one pass.
 
-        Without probabilities the upsampling runs in bands of rows, so memory stays bounded on huge images.
+        The logits are computed in bands of rows (with a halo for smoothing), so memory stays bounded on huge
+        images: the whole-image arrays are the outputs themselves.
         """
-        decision = self.decision_grid(image)
+        scores = self.decision_grid(image)
         with single_thread():  # small per-pixel work: a thread pool only adds waiting (see classifier)
-            return self._finish(decision, probabilities)
+            return self._finish(scores, probabilities)
 
-    def _smooth_scores(self, scores: torch.Tensor) -> torch.Tensor:
+    def predict_region(self, image, box: tuple[int, int, int, int], scale: float = 1.0,
+                       probabilities: bool = True) -> Prediction:
+        """Prediction of the pixel box ``(y0, y1, x0, x1)`` only: what a viewer needs for what it shows.
+
+        At ``scale=1`` the result equals the same crop of :meth:`predict_full` (smoothing included: its
+        Gaussian halo is computed from a margin around the box), at a cost in proportion to the box, not the
+        image; pass a FeatureMap (or a cached image) so nothing is extracted. ``min_region`` is applied
+        within the box only.
+
+        ``scale < 1`` gives a screen-resolution preview of ``ceil(h * scale) x ceil(w * scale)`` pixels, for
+        zoomed-out views: each output pixel shows the pixel under its centre, with the deep scores exact and
+        the full-resolution fine part replaced by its image mean (a screen pixel covers several image pixels,
+        so per-pixel filter detail would be subsampled away anyway); smoothing is scaled with the view.
+        """
+        scores = image if isinstance(image, Scores) else self.decision_grid(image)
+        y0, y1, x0, x1 = _check_box(box, scores.image_size)
+        if not 0 < scale <= 1:
+            raise PointsegError(f"scale must be in (0, 1], got {scale!r}; ask for a smaller box to zoom in")
+        with single_thread():
+            if scale == 1:
+                logits = self._smoothed_box(scores, y0, y1, x0, x1)
+            else:
+                logits = self._preview_logits(scores, y0, y1, x0, x1, scale)
+            return self._decide(logits, probabilities)
+
+    def predict_coarse(self, image, max_side: int = 512, probabilities: bool = False) -> Prediction:
+        """A quick first view of a new image: the image downscaled to ``max_side`` pixels on its long side,
+        through the whole method (features, head, smoothing). Returns labels at that size; scale them to the
+        image (:func:`coarse_scale` says by how much). An approximation (the network sees a smaller image);
+        the exact view follows from :meth:`predict_full` or :meth:`predict_progressive`."""
+        self._check_fitted()
+        rgb = load_image(image) if not isinstance(image, FeatureMap) else None
+        if rgb is None:
+            raise PointsegError("predict_coarse needs the image itself (a path or an array), not a FeatureMap")
+        small = downscale(rgb, max_side)
+        if isinstance(self.head_, LinearHead):
+            w, b = self.head_.folded()
+            scores = self.extractor.image_scores(small, w, b, stream_above=0)
+        else:
+            scores = self.extractor.image_scores(small, fn=self.head_.scores, stream_above=0)
+        with single_thread():
+            return self._finish(scores, probabilities, sigma=self.smoothing_ * small.shape[0] / rgb.shape[0])
+
+    def predict_progressive(self, image, max_side: int = 512, probabilities: bool = False):
+        """Yield :class:`Progress` steps for a first view: a coarse prediction from a downscaled image
+        (``stage="coarse"``), then ``stage="features"`` steps as the backbone's tiles finish, then the exact
+        full-resolution prediction in bands of rows (``stage="band"``, each with its ``box`` and labels), and
+        last ``stage="done"`` with the whole :class:`Prediction` (equal to :meth:`predict_full`).
+
+        ``done / total`` counts real work units (backbone tiles, then bands). The features are extracted with
+        progress reported from the extractor, so the server can stream this generator as it goes.
+        """
+        import queue
+        import threading
+
+        self._check_fitted()
+        rgb = load_image(image)
+        h, w = rgb.shape[:2]
+        n_tiles = self.extractor.n_tiles((h, w))
+        n_bands = len(_band_starts(h, self.extractor.spec.stride))
+        total = n_tiles + n_bands
+        coarse = self.predict_coarse(rgb, max_side=max_side)
+        yield Progress("coarse", 0, total, coarse, (0, h, 0, w), coarse_scale(rgb.shape[:2], max_side))
+        events: queue.Queue = queue.Queue()
+        result: dict = {}
+
+        def work():
+            try:
+                result["fmap"] = self.extractor.extract(rgb, progress=lambda d, t: events.put(d))
+            except BaseException as exc:  # re-raised in the caller's thread
+                result["error"] = exc
+            events.put(None)
+
+        threading.Thread(target=work, name="pointseg-extract", daemon=True).start()
+        while (done := events.get()) is not None:
+            yield Progress("features", done, total, None, None, 1.0)
+        if "error" in result:
+            raise result["error"]
+        scores = self.decision_grid(result["fmap"])
+        parts = []
+        for i, (y0, y1, band) in enumerate(self._iter_bands(scores, probabilities), 1):
+            parts.append(band)
+            yield Progress("band", n_tiles + i, total, band, (y0, y1, 0, w), 1.0)
+        yield Progress("done", total, total, self._join_bands(parts, (h, w), probabilities), (0, h, 0, w), 1.0)
+
+    # ------------------------------------------------------------------ prediction internals
+    def _halo(self, sigma: float | None = None) -> int:
+        sigma = self.smoothing_ if sigma is None else sigma
+        return int(np.ceil(3 * sigma)) + 1 if sigma else 0
+
+    def _smoothed_box(self, scores: Scores, y0: int, y1: int, x0: int, x1: int,
+                      sigma: float | None = None) -> torch.Tensor:
+        """Smoothed logits of a box, from the box plus a halo where the image has pixels (so a box equals
+        the same crop of the whole image)."""
+        h, w = scores.image_size
+        halo = self._halo(sigma)
+        a0, a1, b0, b1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
+        logits = self._smooth_scores(scores.logits(a0, a1, b0, b1), sigma)
+        return logits[:, y0 - a0: y1 - a0, x0 - b0: x1 - b0]
+
+    def _preview_logits(self, scores: Scores, y0, y1, x0, x1, scale: float) -> torch.Tensor:
+        """Screen-resolution logits of a box shown at ``scale`` (see :meth:`predict_region`)."""
+        out_h, out_w = max(1, int(np.ceil((y1 - y0) * scale))), max(1, int(np.ceil((x1 - x0) * scale)))
+        # the image pixel under each output pixel's centre, and its continuous grid coordinate
+        ys = np.minimum(y1 - 1, y0 + np.floor((np.arange(out_h) + 0.5) / scale)).astype(np.int64)
+        xs = np.minimum(x1 - 1, x0 + np.floor((np.arange(out_w) + 0.5) / scale)).astype(np.int64)
+        s = scores.stride
+        rows = cell_span(int(ys[0]), int(ys[-1]) + 1, s, scores.grid_size[0])
+        cols = cell_span(int(xs[0]), int(xs[-1]) + 1, s, scores.grid_size[1])
+        cells = scores.grid_window(rows, cols)
+        v = np.clip((ys + 0.5) / s - 0.5, 0, scores.grid_size[0] - 1) - rows[0]
+        u = np.clip((xs + 0.5) / s - 0.5, 0, scores.grid_size[1] - 1) - cols[0]
+        logits = _bilinear_at(cells, v, u)
+        fine = scores.fine_mean_logits()
+        if fine is not None:
+            logits += fine[:, None, None]
+        sigma = self.smoothing_ * scale
+        return self._smooth_scores(logits, sigma if sigma >= 0.3 else 0.0)
+
+    def _smooth_scores(self, scores: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
         """Gaussian smoothing of the class scores (``smoothing`` = σ in pixels; 0 = off).
 
         Per-pixel filter responses make the hybrid head's decision speckled on textured surfaces; a light
         spatial prior on the scores turns speckle into coherent regions (see BENCHMARKS.md).
         """
-        sigma = self.smoothing_
+        sigma = self.smoothing_ if sigma is None else sigma
         if not sigma:
             return scores
         from scipy.ndimage import gaussian_filter
@@ -500,29 +587,28 @@ class Segmenter:
             data[k] = gaussian_filter(data[k], sigma, mode="nearest", truncate=3.0)
         return torch.from_numpy(data)
 
-    def _finish(self, decision: "_Decision", probabilities: bool) -> Prediction:
-        size = decision.image_size
-        if probabilities:
-            scores = upsample(decision.grid, decision.extent, size)
-            fine = self._fine_scores(decision, 0, size[0])
-            if fine is not None:
-                scores += fine
-            proba = torch.softmax(self._smooth_scores(scores), dim=0)
-            top, labels = proba.max(dim=0)
-            labels = self._clean(labels.numpy().astype(np.int64))
-            return Prediction(labels, proba.numpy(), (1 - top).numpy())
-        labels = np.empty(size, dtype=np.int64)
-        uncertainty = np.empty(size, dtype=np.float32)
-        halo = int(np.ceil(3 * self.smoothing_)) + 1 if self.smoothing_ else 0
-        for r0, r1, a0, a1, band in _bands(decision.grid, decision.extent, size, halo):
-            fine = self._fine_scores(decision, a0, a1)
-            if fine is not None:
-                band = band + fine
-            band = self._smooth_scores(band)[:, r0 - a0: r1 - a0]
-            top, lab = torch.softmax(band, dim=0).max(dim=0)
-            labels[r0:r1] = lab.numpy()
-            uncertainty[r0:r1] = (1 - top).numpy()
-        return Prediction(self._clean(labels), None, uncertainty)
+    def _decide(self, logits: torch.Tensor, probabilities: bool, clean: bool = True) -> Prediction:
+        proba = torch.softmax(logits, dim=0)
+        top, labels = proba.max(dim=0)
+        labels = labels.numpy().astype(np.int64)
+        return Prediction(self._clean(labels) if clean else labels,
+                          proba.numpy() if probabilities else None, (1 - top).numpy())
+
+    def _iter_bands(self, scores: Scores, probabilities: bool, sigma: float | None = None):
+        """``(y0, y1, Prediction of rows y0:y1)`` in ``BAND_ROWS`` steps (``min_region`` not yet applied)."""
+        h, w = scores.image_size
+        for r0 in _band_starts(h, scores.stride):
+            r1 = min(h, r0 + _band_step(scores.stride))
+            yield r0, r1, self._decide(self._smoothed_box(scores, r0, r1, 0, w, sigma), probabilities, clean=False)
+
+    def _join_bands(self, parts: list[Prediction], size, probabilities: bool) -> Prediction:
+        labels = np.concatenate([p.labels for p in parts])
+        proba = np.concatenate([p.probabilities for p in parts], axis=1) if probabilities else None
+        return Prediction(self._clean(labels), proba, np.concatenate([p.uncertainty for p in parts]))
+
+    def _finish(self, scores: Scores, probabilities: bool, sigma: float | None = None) -> Prediction:
+        parts = [band for _, _, band in self._iter_bands(scores, probabilities, sigma)]
+        return self._join_bands(parts, scores.image_size, probabilities)
 
     def decide(self, image, rule: "NGRule | None" = None) -> "Decision":
         """OK or NG for one image (path, array or FeatureMap): the image score, the threshold of ``rule``
@@ -556,6 +642,23 @@ class Segmenter:
         save_model(self, path)
 
     @classmethod
+    def from_fitted(cls, head: LinearHead, classes, colors, *, training_report: TrainingReport | None = None,
+                    model_metadata: dict | None = None, **params) -> "Segmenter":
+        """A fitted Segmenter from a trained head and its classes (what a model file holds); ``params`` are
+        constructor parameters. The one place besides :meth:`fit` that sets the learned attributes."""
+        seg = cls(classes=classes, colors=colors, **params)
+        seg.head_ = head
+        seg.n_features_in_ = int(head.coef.shape[1])
+        seg.classes_ = list(classes)
+        seg.colors_ = list(colors)
+        seg.class_priors_ = None
+        if training_report is not None:
+            seg.training_report_ = training_report
+        if model_metadata is not None:
+            seg.model_metadata_ = model_metadata
+        return seg
+
+    @classmethod
     def load(cls, path: str | os.PathLike, weights=None, cache: FeatureCache | None = None,
              device: str | None = None, precision: str | None = None) -> "Segmenter":
         """Read a model file; the backbone weights must be the ones it was trained with."""
@@ -575,12 +678,15 @@ class _ImagePart:
     moments: tuple
     ok: bool
     pool: np.ndarray | None
+    xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
 
 
 #: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
 OK_POOL_PIXELS = 4000
 #: background points per OK image: spread evenly, and hard negatives; the total over all OK images is capped
 OK_SPREAD, OK_HARD, OK_TOTAL = 32, 32, 512
+#: OK images whose pools a Segmenter keeps between refits (4,000 x ~400 float32 = 6 MB each)
+OK_POOL_CACHE = 32
 
 
 def _ok_budget(n_ok: int) -> tuple[int, int]:
@@ -592,22 +698,38 @@ def _ok_budget(n_ok: int) -> tuple[int, int]:
 
 
 @dataclass
-class _Decision:
-    grid: torch.Tensor  # (K, h_f, w_f) deep scores incl. bias
-    extent: tuple[int, int]
-    image_size: tuple[int, int]
-    fine: np.ndarray | None  # cached full-resolution low-level features (hybrid)
-    rgb: np.ndarray | None  # the image, when fine features must be computed band by band (hybrid, streamed)
+class Progress:
+    """One step of :meth:`Segmenter.predict_progressive`."""
+
+    stage: str  # "coarse", "features", "band" or "done"
+    done: int
+    total: int
+    prediction: Prediction | None  # coarse: at the downscaled size; band: rows of box; done: the whole image
+    box: tuple[int, int, int, int] | None  # (y0, y1, x0, x1) in image pixels that ``prediction`` covers
+    scale: float  # output pixels per image pixel (coarse < 1)
 
 
 def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
-    """Deep features sampled bilinearly at the points, then fine features at the pixels the points fall in."""
-    deep = sample_points(fmap, xy)
-    if fmap.fine is None:
-        return deep
-    cols = np.clip(np.floor(xy[:, 0]).astype(np.intp), 0, fmap.image_size[1] - 1)
-    rows = np.clip(np.floor(xy[:, 1]).astype(np.intp), 0, fmap.image_size[0] - 1)
-    return np.concatenate([deep, fmap.fine[:, rows, cols].T], axis=1)
+    """The feature vectors a head trains on at points ``xy`` (:meth:`FeatureMap.sample`)."""
+    return fmap.sample(xy)
+
+
+def _largest_region(mask: np.ndarray, avoid: np.ndarray | None = None) -> float:
+    """Area of the largest 8-connected region of ``mask``, leaving out regions that a point of ``avoid``
+    (``(n, 2)`` [x, y]) falls in."""
+    from scipy import ndimage
+
+    regions, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return 0.0
+    areas = np.bincount(regions.ravel())
+    areas[0] = 0
+    if avoid is not None and len(avoid):
+        h, w = mask.shape
+        cols = np.clip(np.floor(avoid[:, 0]).astype(np.intp), 0, w - 1)
+        rows = np.clip(np.floor(avoid[:, 1]).astype(np.intp), 0, h - 1)
+        areas[regions[rows, cols]] = 0
+    return float(areas.max())
 
 
 def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
@@ -617,18 +739,55 @@ def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
         h, w = fmap.image_size
         step = max(1.0, np.sqrt(h * w / per_image))
         ys, xs = np.meshgrid(np.arange(step / 2, h, step), np.arange(step / 2, w, step), indexing="ij")
-        out.append(_point_features(fmap, np.column_stack([xs.ravel(), ys.ravel()])))
+        out.append(fmap.sample(np.column_stack([xs.ravel(), ys.ravel()])))
     return np.concatenate(out)
 
 
-def _bands(grid: torch.Tensor, extent: tuple[int, int], size: tuple[int, int], halo: int = 0):
-    """Yield ``(r0, r1, a0, a1, scores)``: output rows ``r0:r1`` in ``BAND_ROWS`` steps, with the upsampled
-    scores of rows ``a0:a1`` (``halo`` more rows each side where the image has them, for smoothing), each
-    exactly what the whole-image interpolation gives there (:func:`~pointseg.features.upsample_window`)."""
+def _band_step(stride: int) -> int:
+    return max(stride, BAND_ROWS // stride * stride)
+
+
+def _band_starts(h: int, stride: int) -> list[int]:
+    return list(range(0, h, _band_step(stride)))
+
+
+def _check_box(box, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    try:
+        y0, y1, x0, x1 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise PointsegError(f"box must be (y0, y1, x0, x1) in pixels, got {box!r}") from None
     h, w = size
-    scale = extent[0] // grid.shape[1]
-    step = max(scale, BAND_ROWS // scale * scale)
-    for r0 in range(0, h, step):
-        r1 = min(h, r0 + step)
-        a0, a1 = max(0, r0 - halo), min(h, r1 + halo)
-        yield r0, r1, a0, a1, upsample_window(grid, scale, (a0, a1), (0, w))
+    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+        raise PointsegError(f"box {(y0, y1, x0, x1)} is not a non-empty box inside the {h} x {w} image")
+    return y0, y1, x0, x1
+
+
+def _bilinear_at(cells: torch.Tensor, v: np.ndarray, u: np.ndarray) -> torch.Tensor:
+    """``cells`` (``K x h x w``) sampled bilinearly at the grid of row coordinates ``v`` × column
+    coordinates ``u`` (cell indices, already clamped): ``K x len(v) x len(u)``."""
+    v0 = np.floor(v).astype(np.int64)
+    u0 = np.floor(u).astype(np.int64)
+    v1 = np.minimum(v0 + 1, cells.shape[1] - 1)
+    u1 = np.minimum(u0 + 1, cells.shape[2] - 1)
+    dv = torch.from_numpy((v - v0).astype(np.float32))[None, :, None]
+    du = torch.from_numpy((u - u0).astype(np.float32))[None, None, :]
+    rows0, rows1 = cells[:, torch.from_numpy(v0)], cells[:, torch.from_numpy(v1)]
+    top = rows0[:, :, torch.from_numpy(u0)] * (1 - du) + rows0[:, :, torch.from_numpy(u1)] * du
+    bottom = rows1[:, :, torch.from_numpy(u0)] * (1 - du) + rows1[:, :, torch.from_numpy(u1)] * du
+    return top * (1 - dv) + bottom * dv
+
+
+def coarse_scale(size: tuple[int, int], max_side: int) -> float:
+    """Output pixels per image pixel of :meth:`Segmenter.predict_coarse` for an image of ``size``."""
+    return min(1.0, max_side / max(size))
+
+
+def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """``rgb`` resized (area-averaged) so its long side is at most ``max_side`` pixels."""
+    from PIL import Image
+
+    scale = coarse_scale(rgb.shape[:2], max_side)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.BOX))

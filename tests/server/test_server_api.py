@@ -393,19 +393,27 @@ def test_predict_all_and_exports(make_server, tmp_path):
         seg = Segmenter.load(tmp_path / "m.pointseg")
         assert seg.classes_ == ["background", "stripes"]
         assert (seg.predict(read_image(files[0])) == live).mean() > 0.99
-        # the annotation file is the one `pointseg train` reads
+        # the annotation file is the one `pointseg train` reads; its image paths are relative to the file
+        # as the project keeps it (export/annotations.json), never absolute server paths (#12 item 8)
         r = c.get("/api/export/annotations.json")
-        (tmp_path / "a.json").write_bytes(r.content)
-        ann = AnnotationSet.load(tmp_path / "a.json")
+        kept = s.project / "export" / "annotations.json"
+        assert r.content == kept.read_bytes()
+        paths = [i["path"] for i in json.loads(r.content)["images"]]
+        assert paths and not any(p.startswith("/") or str(tmp_path) in p for p in paths)
+        ann = AnnotationSet.load(kept)
         assert ann.classes == ["background", "stripes"] and len(ann.images) == 1
         assert ann.images[0].points.shape == (8, 3)
         out = subprocess.run([sys.executable, "-c", "from pointseg.cli import main; main()", "train",
-                              str(tmp_path / "a.json"), "-o", str(tmp_path / "cli.pointseg")],
+                              str(kept), "-o", str(tmp_path / "cli.pointseg")],
                              capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout + out.stderr       # `pointseg train` reads it as is
         assert (tmp_path / "cli.pointseg").stat().st_size > 0
-        z = zipfile.ZipFile(io.BytesIO(c.get("/api/export/results.zip", params={"probabilities": True}).content))
+        r = c.get("/api/export/results.zip", params={"probabilities": True})
+        assert 'filename="results-probabilities.zip"' in r.headers["content-disposition"]
+        z = zipfile.ZipFile(io.BytesIO(r.content))
         names = z.namelist()
+        # label names are the CLI's: <stem>.png (#12 item 8)
+        assert sorted(n for n in names if n.startswith("labels/")) == [f"labels/{f.stem}.png" for f in files]
         for must in ("summary.csv", "annotations.json", "model.pointseg"):
             assert must in names
         assert sum(n.startswith("labels/") for n in names) == 3

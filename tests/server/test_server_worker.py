@@ -1,6 +1,8 @@
-"""The worker's scheduling on its own: stale fits are dropped, bursts are coalesced, predict-all stops.
+"""The scheduler and model service on their own: stale fits are dropped, bursts are coalesced, predict-all
+stops and resumes, cross-validation yields to a click.
 
-A stand-in Segmenter with a slow, recorded ``fit`` makes the timing deterministic; the store is the real one.
+A stand-in Segmenter with a slow, recorded ``fit`` makes the timing deterministic; the store, the scheduler,
+the model service and the library's cross-validation protocol are the real ones.
 """
 from __future__ import annotations
 
@@ -8,64 +10,11 @@ import threading
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
+from fakes import SlowSegmenter, make_scheduler
+from pointseg.server.model_service import NoModel
 from pointseg.server.store import ProjectStore
-from pointseg.server.worker import NoModel, Worker
-
-
-class SlowSegmenter:
-    """Records every fit; a fit takes ``delay`` seconds and learns "class = number of points % K"."""
-
-    def __init__(self, log: list, delay: float, started: threading.Event):
-        self.log, self.delay, self.started = log, delay, started
-        self.events: list = []
-        self.classes = self.colors = None
-        self.cross_validate = False
-
-    def fit(self, fmaps, points, scribbles=None):
-        n = sum(len(p) for p in points)
-        self.started.set()
-        self.events.append(("start", n, time.monotonic()))
-        time.sleep(self.delay)
-        self.log.append(n)
-        self.n_ = n
-        self.classes_, self.colors_ = list(self.classes), list(self.colors)
-        self.training_report_ = SimpleNamespace(
-            as_dict=lambda: {"n_points": n, "point_accuracy": 1.0}, cv_accuracy=None, cv_method=None)
-        return self
-
-    def predict_full(self, fmap, probabilities=True):
-        h, w = fmap.image_size
-        labels = np.full((h, w), self.n_ % len(self.classes), dtype=np.int64)
-        proba = np.zeros((len(self.classes), h, w), dtype=np.float32)
-        return SimpleNamespace(labels=labels, probabilities=proba, uncertainty=np.zeros((h, w), np.float32))
-
-    def save(self, path):
-        open(path, "wb").write(b"model")
-
-
-class FakeFeatures:
-    def __init__(self, base):
-        self.base = base
-        self.cache = SimpleNamespace(hits=0, misses=0)
-        self.compute_ms = {}
-
-    def warm(self):
-        pass
-
-    def ready(self, image_id):
-        return True
-
-    def get(self, image_id):
-        return SimpleNamespace(image_size=(8, 10), moments=lambda: None)
-
-    def pin(self, ids, fmaps):
-        pass
-
-    def forget(self, image_id):
-        pass
 
 
 @pytest.fixture
@@ -76,7 +25,7 @@ def setup(tmp_path):
     log: list[int] = []
     started = threading.Event()
     seg = SlowSegmenter(log, delay=0.3, started=started)
-    worker = Worker(store, FakeFeatures(seg), debounce_s=0.05, idle_s=5.0)
+    worker = make_scheduler(store, seg, debounce_s=0.05, idle_s=5.0)
     worker.start()
     yield SimpleNamespace(store=store, worker=worker, img=img, a=a, b=b, log=log, started=started)
     worker.stop()
@@ -148,7 +97,7 @@ def test_cross_validation_yields_to_a_click(tmp_path):
                                           {"kind": "point", "class_id": b["id"], "x": 8.0, "y": 6.0}])
         ids.append(img["id"])
     seg = SlowSegmenter([], delay=0.25, started=threading.Event())
-    worker = Worker(store, FakeFeatures(seg), debounce_s=0.0, idle_s=0.2)
+    worker = make_scheduler(store, seg, debounce_s=0.0, idle_s=0.2)
     worker.start()
     try:
         worker.request_prediction(ids[0]).result(timeout=10)         # the 8-point model

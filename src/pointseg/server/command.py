@@ -10,8 +10,6 @@ from typing import Annotated, Optional
 
 import typer
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
 
 def serve_command(
     project_dir: Annotated[Path, typer.Argument(
@@ -21,7 +19,7 @@ def serve_command(
         help="Folder of images to add to the project (by reference; repeatable).")] = None,
     host: Annotated[str, typer.Option(
         help="Address to bind. Anything but the loopback requires an access token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8765,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the app in the default browser.")] = False,
     token: Annotated[Optional[str], typer.Option(
         help="Access token for the API (generated and printed when binding a non-loopback address).",
@@ -39,25 +37,33 @@ def serve_command(
 
     from pointseg.errors import PointsegError
     from pointseg.presets import DEFAULT_BACKBONE
+    from pointseg.backbones.registry import available_backbones
     from pointseg.server.app import Settings, create_app, register_folder
+    from pointseg.server.guards import is_loopback
     from pointseg.server.store import ProjectStore, StoreError, project_lock
 
+    import sqlite3
+
     err = typer.echo
+    if backbone is not None and backbone not in available_backbones():
+        err(f"error: unknown backbone {backbone!r}; choose one of: {', '.join(available_backbones())}", err=True)
+        raise typer.Exit(2)
     try:
         store = ProjectStore(project_dir)
-    except StoreError as exc:
-        err(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    try:
         lock = project_lock(store.dir)
     except StoreError as exc:
         err(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except (OSError, sqlite3.Error) as exc:  # a read-only disk or folder, no permission, a full disk
+        reason = getattr(exc, "strerror", None) or str(exc)
+        err(f"error: cannot open the project {project_dir}: {reason}; pointseg serve writes to its project "
+            "folder, so give a writable one (or copy the project to a writable disk)", err=True)
+        raise typer.Exit(2) from None
 
     stored_backbone = store.get_meta("backbone")
+    pin_backbone = stored_backbone is None      # pinned once the server runs, not on a failed start
     if stored_backbone is None:
         stored_backbone = backbone or DEFAULT_BACKBONE
-        store.set_meta("backbone", stored_backbone)
     elif backbone and backbone != stored_backbone:
         err(f"error: this project uses the {stored_backbone} backbone (its features and annotations are "
             f"tied to it); start a new project folder to use {backbone}", err=True)
@@ -86,7 +92,7 @@ def serve_command(
         err(f"error: cannot listen on {host}:{port} ({exc.strerror}); choose another --port", err=True)
         raise typer.Exit(2) from None
 
-    if host not in LOOPBACK and not token:
+    if not is_loopback(host) and not token:
         token = secrets.token_urlsafe(24)
     max_mb = float(os.environ.get("POINTSEG_MAX_UPLOAD_MB", "256"))
     settings = Settings(project_dir=store.dir, host=host, token=token, backbone=stored_backbone,
@@ -99,23 +105,28 @@ def serve_command(
     err(f"pointseg serve: project {store.dir} ({summary['n_images']} images, "
         f"{summary['n_annotations']} annotations, backbone {stored_backbone})")
     err(f"open {url}")
-    if token and host not in LOOPBACK:
+    if token and not is_loopback(host):
         err("the API requires the token above on every request (it is in the URL)")
     sys.stdout.flush()
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=2, lifespan="on")
     server = uvicorn.Server(config)
-    if open_browser:
-        import webbrowser
 
-        def _open() -> None:
-            import time
+    def _when_started() -> None:
+        import time
 
-            while not server.started:
-                time.sleep(0.05)
+        while not server.started:
+            if server.should_exit:
+                return
+            time.sleep(0.05)
+        if pin_backbone:
+            store.set_meta("backbone", stored_backbone)
+        if open_browser:
+            import webbrowser
+
             webbrowser.open(url)
-        threading.Thread(target=_open, daemon=True).start()
+    threading.Thread(target=_when_started, daemon=True).start()
     code = 0
     try:
         server.run()

@@ -12,13 +12,10 @@ import io
 import numpy as np
 from PIL import Image
 
+from pointseg.annotations import parse_color
+
 #: zlib level for overlays: level 1 is ~5x faster than the default and only ~20% larger on label maps
 PNG_LEVEL = 1
-
-
-def hex_rgb(color: str) -> tuple[int, int, int]:
-    c = color.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
 
 
 def _png(img: Image.Image, **params) -> bytes:
@@ -46,7 +43,7 @@ def ramp_png(values: np.ndarray, color: tuple[int, int, int], *, max_alpha: int 
 
 
 def proba_png(proba_k: np.ndarray, color: str) -> bytes:
-    return ramp_png(proba_k, hex_rgb(color), max_alpha=235)
+    return ramp_png(proba_k, parse_color(color), max_alpha=235)
 
 
 def uncertainty_png(uncertainty: np.ndarray, n_classes: int) -> bytes:
@@ -55,12 +52,19 @@ def uncertainty_png(uncertainty: np.ndarray, n_classes: int) -> bytes:
     return ramp_png(np.asarray(uncertainty) / top, (236, 0, 140), max_alpha=240, gamma=0.8)
 
 
-def label_stats(labels: np.ndarray, classes: list[str]) -> dict:
-    """Fraction of pixels per class and connected regions of every class but the first (the core's
-    summary row, as used in ``summary.csv``)."""
+def label_stats(labels: np.ndarray, classes: list[str], background: int = 0,
+                ng_area: float | None = None) -> dict:
+    """Fraction of pixels per class and connected regions of every class but the background one (the
+    core's summary row, as used in ``summary.csv``; OK/NG when ``ng_area`` is set)."""
     from pointseg.outputs import summarize
 
-    return summarize(labels, classes)
+    if background:
+        # the core's summary treats the first class as the good one: put the background class first
+        order = [background] + [k for k in range(len(classes)) if k != background]
+        lut = np.empty(max(len(classes), int(labels.max(initial=0)) + 1), dtype=labels.dtype)
+        lut[order] = np.arange(len(order), dtype=labels.dtype)
+        labels, classes = lut[labels], [classes[k] for k in order]
+    return summarize(labels, classes, ng_area=ng_area)
 
 
 def suggest_clicks(uncertainty: np.ndarray, *, n: int = 5, avoid: list[tuple[float, float]] = (),

@@ -34,14 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-DB_NAME = "project.sqlite"
-SCHEMA_VERSION = 2
+from pointseg.annotations import DEFAULT_COLORS, parse_color
+from pointseg.errors import PointsegError
+from pointseg.presets import DEFAULT_FEATURES, DEFAULT_SMOOTHING
 
-#: Eight-plus-one distinct, colour-blind-friendly defaults (Okabe-Ito + extras).
-DEFAULT_COLORS = [
-    "#0072b2", "#e69f00", "#009e73", "#cc79a7", "#d55e00",
-    "#56b4e9", "#f0e442", "#7f7f7f", "#8c564b",
-]
+DB_NAME = "project.sqlite"
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -111,8 +109,28 @@ _SCHEMA_V2 = """
 ALTER TABLE model_versions ADD COLUMN timings TEXT NOT NULL DEFAULT '{}';
 """
 
+# v3: the background ("OK") class is an explicit property of a class, not its position; method settings per
+# project; which model (training signature) made each prediction, so badges follow the model; images that
+# cannot be read are marked failed with a short reason.
+_SCHEMA_V3 = """
+ALTER TABLE classes ADD COLUMN background INTEGER NOT NULL DEFAULT 0;
+UPDATE classes SET background = 1 WHERE id = (SELECT id FROM classes ORDER BY position, id LIMIT 1);
+ALTER TABLE predictions ADD COLUMN model_sig TEXT;
+ALTER TABLE images ADD COLUMN error TEXT;
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
 #: ``MIGRATIONS[v]`` upgrades a database at ``user_version == v`` to ``v + 1``.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+
+#: the method settings a project may change in the page (item 12), with their defaults (None: the
+#: library's default); validated by the API's pydantic model, stored as JSON values
+DEFAULT_SETTINGS: dict[str, Any] = {"features": DEFAULT_FEATURES, "smoothing": DEFAULT_SMOOTHING, "C": None,
+                                    "min_region": 0,
+                                    "ng_area": None}
 
 
 class StoreError(Exception):
@@ -133,6 +151,14 @@ class TrainingSet:
     image_ids: list[int]
     points: list[list[tuple[float, float, int]]] = field(default_factory=list)
     scribbles: list[list[dict]] = field(default_factory=list)
+    background: int = 0                                  # index of the background / OK class
+    settings: dict = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
+
+    def signature(self) -> str:
+        """Everything a fit depends on, hashed: equal signatures mean the same model."""
+        raw = json.dumps([self.classes, self.colors, self.image_ids, self.points, self.scribbles,
+                          self.background, self.settings], sort_keys=True)
+        return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
 
     @property
     def n_points(self) -> int:
@@ -149,10 +175,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def _valid_color(color: str) -> str:
-    c = color.strip().lower()
-    if len(c) != 7 or c[0] != "#" or any(ch not in "0123456789abcdef" for ch in c[1:]):
-        raise StoreError(f"colour {color!r} is not of the form #rrggbb", 422)
-    return c
+    """``#rrggbb`` in lower case, by the library's one colour parser."""
+    try:
+        rgb = parse_color(color, "colour")
+    except PointsegError as exc:
+        raise StoreError(str(exc), 422) from None
+    return "#%02x%02x%02x" % rgb
 
 
 def _seg_dist2(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> float:
@@ -280,38 +308,35 @@ class ProjectStore:
             "SELECT kind, COUNT(*) FROM annotations WHERE image_id=? AND deleted=0 GROUP BY kind",
             (row["id"],)).fetchall()
         c = {k: n for k, n in counts}
-        pred = db.execute("SELECT rev, status, stats FROM predictions WHERE image_id=?",
+        pred = db.execute("SELECT rev, status, stats, model_sig FROM predictions WHERE image_id=?",
                           (row["id"],)).fetchone()
-        return {
-            "id": row["id"], "name": row["name"], "width": row["width"], "height": row["height"],
-            "n_bytes": row["n_bytes"], "sha256": row["sha256"],
-            "uploaded": row["stored_path"] is not None,
-            "n_points": c.get("point", 0), "n_scribbles": c.get("scribble", 0),
-            "prediction": None if pred is None else {
-                "rev": pred["rev"], "status": pred["status"],
-                "stats": json.loads(pred["stats"]) if pred["stats"] else None},
-        }
+        return _image_entry(row, c.get("point", 0), c.get("scribble", 0), pred, None)
 
-    def list_images(self) -> list[dict]:
-        """All images with their status, in one query (the strip of a 10,000-image project)."""
+    def list_images(self, model_sig: str | None = None) -> list[dict]:
+        """All images with their status, in one query (the strip of a 10,000-image project).
+
+        ``model_sig`` is the signature of the current model (:meth:`TrainingSet.signature`): a prediction
+        made by another one is ``prediction_stale``."""
         with self._lock:
             rows = self._db.execute("""
                 SELECT i.*, COALESCE(a.n_points, 0) AS n_points, COALESCE(a.n_scribbles, 0) AS n_scribbles,
-                       p.rev AS p_rev, p.status AS p_status, p.stats AS p_stats
+                       p.rev AS p_rev, p.status AS p_status, p.stats AS p_stats, p.model_sig AS p_sig
                 FROM images i
                 LEFT JOIN (SELECT image_id, SUM(kind = 'point') AS n_points,
                                   SUM(kind = 'scribble') AS n_scribbles
                            FROM annotations WHERE deleted = 0 GROUP BY image_id) a ON a.image_id = i.id
                 LEFT JOIN predictions p ON p.image_id = i.id
                 ORDER BY i.name, i.id""").fetchall()
-        return [{
-            "id": r["id"], "name": r["name"], "width": r["width"], "height": r["height"],
-            "n_bytes": r["n_bytes"], "sha256": r["sha256"], "uploaded": r["stored_path"] is not None,
-            "n_points": r["n_points"], "n_scribbles": r["n_scribbles"],
-            "prediction": None if r["p_status"] is None else {
-                "rev": r["p_rev"], "status": r["p_status"],
-                "stats": json.loads(r["p_stats"]) if r["p_stats"] else None},
-        } for r in rows]
+        return [_image_entry(r, r["n_points"], r["n_scribbles"],
+                             None if r["p_status"] is None else {"rev": r["p_rev"], "status": r["p_status"],
+                                                                  "stats": r["p_stats"], "model_sig": r["p_sig"]},
+                             model_sig) for r in rows]
+
+    def set_image_error(self, image_id: int, error: str | None) -> bool:
+        """Mark an image failed (it cannot be read) or clear the mark; True when that changed anything."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE images SET error=? WHERE id=? AND error IS NOT ?", (error, image_id, error))
+            return cur.rowcount > 0
 
     def image(self, image_id: int) -> dict:
         with self._lock:
@@ -359,14 +384,23 @@ class ProjectStore:
 
     @staticmethod
     def _classes(db) -> list[dict]:
-        rows = db.execute("SELECT id, name, color, position FROM classes ORDER BY position, id")
+        rows = db.execute("SELECT id, name, color, position, background FROM classes ORDER BY position, id")
+        counts = {(r[0], r[1]): r[2] for r in db.execute(
+            "SELECT class_id, kind, COUNT(*) FROM annotations WHERE deleted=0 GROUP BY class_id, kind")}
         out = []
         for index, r in enumerate(rows.fetchall()):
-            n = db.execute("SELECT COUNT(*) FROM annotations WHERE class_id=? AND deleted=0",
-                           (r["id"],)).fetchone()[0]
+            pts, scr = counts.get((r["id"], "point"), 0), counts.get((r["id"], "scribble"), 0)
             out.append({"id": r["id"], "name": r["name"], "color": r["color"], "index": index,
-                        "n_annotations": n})
+                        "background": bool(r["background"]), "n_annotations": pts + scr,
+                        "n_points": pts, "n_scribbles": scr})
         return out
+
+    @staticmethod
+    def _ensure_background(db) -> None:
+        """Exactly one class is the background: the first one when none is (a new or emptied project)."""
+        if not db.execute("SELECT 1 FROM classes WHERE background=1").fetchone():
+            db.execute("UPDATE classes SET background=1 WHERE id=(SELECT id FROM classes "
+                       "ORDER BY position, id LIMIT 1)")
 
     def add_class(self, name: str, color: str | None = None) -> dict:
         name = name.strip()
@@ -382,10 +416,14 @@ class ProjectStore:
                              DEFAULT_COLORS[n[0] % len(DEFAULT_COLORS)])
             cur = db.execute("INSERT INTO classes(name, color, position, created_at) VALUES (?,?,?,?)",
                              (name, _valid_color(color), n[1] + 1, time.time()))
+            self._ensure_background(db)
             self._bump()
             return next(c for c in self._classes(db) if c["id"] == cur.lastrowid)
 
-    def update_class(self, class_id: int, *, name: str | None = None, color: str | None = None) -> dict:
+    def update_class(self, class_id: int, *, name: str | None = None, color: str | None = None,
+                     background: bool | None = None) -> dict:
+        """Rename, recolour, or make this class the background / OK class (``background=True``; the
+        background cannot be unset directly: choose another class as background instead)."""
         with self._tx() as db:
             if not db.execute("SELECT 1 FROM classes WHERE id=?", (class_id,)).fetchone():
                 raise StoreError(f"no class with id {class_id}", 404)
@@ -398,6 +436,12 @@ class ProjectStore:
                 db.execute("UPDATE classes SET name=? WHERE id=?", (name, class_id))
             if color is not None:
                 db.execute("UPDATE classes SET color=? WHERE id=?", (_valid_color(color), class_id))
+            if background is False and db.execute("SELECT background FROM classes WHERE id=?",
+                                                   (class_id,)).fetchone()[0]:
+                raise StoreError("one class is always the background; make another class the background "
+                                 "instead", 422)
+            if background:
+                db.execute("UPDATE classes SET background=(id=?)", (class_id,))
             self._bump()
             return next(c for c in self._classes(db) if c["id"] == class_id)
 
@@ -416,9 +460,28 @@ class ProjectStore:
         with self._tx() as db:
             if not db.execute("SELECT 1 FROM classes WHERE id=?", (class_id,)).fetchone():
                 raise StoreError(f"no class with id {class_id}", 404)
+            gone = {r[0] for r in db.execute("SELECT id FROM annotations WHERE class_id=?", (class_id,))}
             db.execute("DELETE FROM annotations WHERE class_id=?", (class_id,))
             db.execute("DELETE FROM classes WHERE id=?", (class_id,))
+            self._ensure_background(db)
+            self._drop_from_edits(db, gone)
             return self._bump()
+
+    @staticmethod
+    def _drop_from_edits(db, gone: set[int]) -> None:
+        """Remove deleted annotations from the undo log; an edit left with none is removed, so no undo or
+        redo step remains that would change nothing."""
+        if not gone:
+            return
+        for e in db.execute("SELECT id, annotation_ids FROM edits").fetchall():
+            ids = json.loads(e["annotation_ids"])
+            keep = [i for i in ids if i not in gone]
+            if len(keep) == len(ids):
+                continue
+            if keep:
+                db.execute("UPDATE edits SET annotation_ids=? WHERE id=?", (json.dumps(keep), e["id"]))
+            else:
+                db.execute("DELETE FROM edits WHERE id=?", (e["id"],))
 
     # ------------------------------------------------------------------ annotations
     @staticmethod
@@ -559,7 +622,9 @@ class ProjectStore:
             classes = self._classes(db)
             index = {c["id"]: c["index"] for c in classes}
             ts = TrainingSet(rev=self._rev(db), classes=[c["name"] for c in classes],
-                             colors=[c["color"] for c in classes], image_ids=[])
+                             colors=[c["color"] for c in classes], image_ids=[],
+                             background=next((c["index"] for c in classes if c["background"]), 0),
+                             settings=self._settings(db))
             rows = db.execute("SELECT * FROM annotations WHERE deleted=0 ORDER BY image_id, id").fetchall()
             by_image: dict[int, tuple[list, list]] = {}
             for r in rows:
@@ -586,10 +651,6 @@ class ProjectStore:
             db.execute("DELETE FROM model_versions WHERE id <= ?", (cur.lastrowid - keep,))
             return cur.lastrowid
 
-    def set_model_path(self, version_id: int, model_path: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE model_versions SET model_path=? WHERE id=?", (model_path, version_id))
-
     def latest_model_version(self) -> dict | None:
         with self._lock:
             r = self._db.execute("SELECT * FROM model_versions ORDER BY id DESC LIMIT 1").fetchone()
@@ -606,21 +667,18 @@ class ProjectStore:
         return [{"id": r["id"], "rev": r["rev"], "created_at": r["created_at"], "classes": json.loads(r["classes"]),
                  "report": json.loads(r["report"]), "timings": json.loads(r["timings"])} for r in rows]
 
-    def n_model_versions(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM model_versions").fetchone()[0]
-
     def set_prediction(self, image_id: int, rev: int, status: str, label_path: str | None,
-                       stats: dict | None) -> None:
+                       stats: dict | None, model_sig: str | None = None) -> None:
         with self._tx() as db:
             if not db.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone():
                 return  # deleted meanwhile
             db.execute(
-                "INSERT INTO predictions(image_id, rev, status, label_path, stats, updated_at)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(image_id) DO UPDATE SET rev=excluded.rev,"
+                "INSERT INTO predictions(image_id, rev, status, label_path, stats, updated_at, model_sig)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT(image_id) DO UPDATE SET rev=excluded.rev,"
                 " status=excluded.status, label_path=excluded.label_path, stats=excluded.stats,"
-                " updated_at=excluded.updated_at",
-                (image_id, rev, status, label_path, json.dumps(stats) if stats else None, time.time()))
+                " updated_at=excluded.updated_at, model_sig=excluded.model_sig",
+                (image_id, rev, status, label_path, json.dumps(stats) if stats else None, time.time(),
+                 model_sig))
 
     def prediction(self, image_id: int) -> dict | None:
         with self._lock:
@@ -628,7 +686,31 @@ class ProjectStore:
             if r is None:
                 return None
             return {"rev": r["rev"], "status": r["status"], "label_path": r["label_path"],
-                    "stats": json.loads(r["stats"]) if r["stats"] else None}
+                    "stats": json.loads(r["stats"]) if r["stats"] else None, "model_sig": r["model_sig"]}
+
+    # ------------------------------------------------------------------ method settings
+    @staticmethod
+    def _settings(db) -> dict:
+        out = dict(DEFAULT_SETTINGS)
+        for key, value in db.execute("SELECT key, value FROM settings"):
+            if key in out:
+                out[key] = json.loads(value)
+        return out
+
+    def settings(self) -> dict:
+        with self._lock:
+            return self._settings(self._db)
+
+    def update_settings(self, changes: dict) -> tuple[dict, int]:
+        """Store validated method settings (a retrain follows: they are part of the training signature)."""
+        unknown = sorted(set(changes) - set(DEFAULT_SETTINGS))
+        if unknown:
+            raise StoreError(f"unknown setting(s) {', '.join(unknown)}", 422)
+        with self._tx() as db:
+            db.executemany("INSERT INTO settings(key, value) VALUES (?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                           [(k, json.dumps(v)) for k, v in changes.items()])
+            return self._settings(db), self._bump()
 
     def summary(self) -> dict:
         with self._lock:
@@ -640,6 +722,24 @@ class ProjectStore:
                 "n_classes": db.execute("SELECT COUNT(*) FROM classes").fetchone()[0],
                 "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
             }
+
+
+def _image_entry(row, n_points: int, n_scribbles: int, pred, model_sig: str | None) -> dict:
+    """One image as the API lists it (``prediction_stale``: made by a model other than ``model_sig``)."""
+    error = row["error"]
+    entry = {
+        "id": row["id"], "name": row["name"], "width": row["width"], "height": row["height"],
+        "n_bytes": row["n_bytes"], "sha256": row["sha256"], "uploaded": row["stored_path"] is not None,
+        "n_points": n_points, "n_scribbles": n_scribbles,
+        "status": "failed" if error else "ok", "error": error,
+        "prediction": None, "prediction_stale": False,
+    }
+    if pred is not None:
+        stats = pred["stats"]
+        entry["prediction"] = {"rev": pred["rev"], "status": pred["status"],
+                               "stats": json.loads(stats) if isinstance(stats, str) else stats}
+        entry["prediction_stale"] = model_sig is not None and pred["model_sig"] != model_sig
+    return entry
 
 
 class _Transaction:
@@ -658,8 +758,19 @@ class _Transaction:
         return self.store._db
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        # SQLite rolls a transaction back by itself on some errors (SQLITE_FULL, SQLITE_IOERR): a second
+        # ROLLBACK would then fail and hide the error that matters ("database or disk is full")
+        db = self.store._db
         try:
-            self.store._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            elif db.in_transaction:
+                db.execute("ROLLBACK")
         finally:
             self.store._lock.release()
 

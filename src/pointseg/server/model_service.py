@@ -1,0 +1,328 @@
+"""The app's model work as plain calls that return values: fit, predict, cross-validate, save.
+
+Nothing here starts a thread, waits, resolves a future or publishes an event — that is
+:mod:`pointseg.server.scheduler`'s job, which calls these from its model thread. Each call takes the state
+it needs (a :class:`~pointseg.server.store.TrainingSet`, a :class:`ModelState`) and returns a new value, so
+the calls are testable one by one and the scheduler decides what to do with a result that came too late.
+
+Models are made with :meth:`pointseg.Segmenter.clone` from one template that owns the loaded network
+(:class:`FeatureStore`), so every model shares one network and one feature cache; refits after a click
+start from the last solution (``warm_start``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pointseg.errors import PointsegError
+from pointseg.fileio import atomic_write_bytes
+from pointseg.lru import ByteLRU
+from pointseg.server import render
+from pointseg.server.store import ProjectStore, TrainingSet
+
+log = logging.getLogger("pointseg.server")
+
+#: what a user sees before there is anything to train on
+NO_MODEL_MESSAGE = "Add two classes and click points of both to train."
+
+
+class NoModel(Exception):
+    """There is no usable model (the message says why); the API answers 409."""
+
+
+@dataclass
+class ModelState:
+    """The model the server predicts with, trained on the annotations at revision ``rev``."""
+
+    rev: int = -1
+    version: int = 0            # bumps on every real refit (predictions are cached per version)
+    status: str = "none"        # none | ok | insufficient | error
+    message: str = NO_MODEL_MESSAGE
+    segmenter: object | None = None
+    classes: list[str] = field(default_factory=list)
+    colors: list[str] = field(default_factory=list)
+    background: int = 0
+    settings: dict = field(default_factory=dict)
+    signature: str = ""
+    report: dict | None = None
+    timings: dict = field(default_factory=dict)
+    cv_done: bool = False
+    saved: bool = False
+    recorded: bool = False
+
+    def public(self) -> dict:
+        return {"rev": self.rev, "version": self.version, "status": self.status, "message": self.message,
+                "classes": self.classes, "colors": self.colors, "background": self.background,
+                "signature": self.signature, "report": self.report, "timings": self.timings,
+                "cv_done": self.cv_done}
+
+    def require(self) -> "ModelState":
+        if self.status != "ok" or self.segmenter is None:
+            raise NoModel(self.message)
+        return self
+
+
+@dataclass
+class Result:
+    """One image predicted by one model version; the API encodes views of it on demand."""
+
+    image_id: int
+    rev: int
+    version: int
+    labels: np.ndarray              # (H, W) uint8
+    proba: np.ndarray               # (K, H, W) float32
+    uncertainty: np.ndarray         # (H, W) float32
+    colors: list[str]
+    classes: list[str]
+    background: int
+    timings: dict
+    encoded: dict = field(default_factory=dict)   # (view, class) -> PNG bytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.labels.nbytes + self.proba.nbytes + self.uncertainty.nbytes
+
+
+class FeatureStore:
+    """Feature maps by image id, on top of the core's FeatureCache (memory LRU + float16 on disk).
+
+    ``base`` is the template Segmenter that owns the loaded network; models are its clones. Changing the
+    project's ``features`` setting swaps the template (same backbone and cache, another feature kind).
+    """
+
+    def __init__(self, store: ProjectStore, *, backbone: str, weights=None, precision: str = "auto",
+                 max_bytes: int = 3_000_000_000, features: str | None = None):
+        from pointseg import FeatureCache, Segmenter
+
+        self.store = store
+        self.cache = FeatureCache(max_bytes=max_bytes, disk_dir=store.dir / "features")
+        # the default preset, so the app follows whatever pointseg's default method is
+        self.base = Segmenter.preset("default", backbone=backbone, weights=weights, precision=precision,
+                                     cache=self.cache, cross_validate=False)
+        if features is not None:
+            self.base.set_params(features=features)
+        self._keys: dict[int, str] = {}
+        self._pinned: dict[int, object] = {}
+        self._locks: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.compute_ms: dict[int, float] = {}
+
+    @property
+    def kind(self) -> str:
+        return self.base.features_
+
+    def use_kind(self, kind: str) -> None:
+        """Switch the feature kind (``deep`` | ``hybrid``); maps of the other kind stay in the cache."""
+        if kind == self.kind:
+            return
+        with self._guard:
+            self.base = self.base.clone(features=kind)
+            self._keys.clear()
+            self._pinned = {}
+
+    def warm(self) -> None:
+        """Load the network and run one tiny extraction, fit and prediction, so the first click is fast."""
+        self.base.extractor  # noqa: B018 - the property loads the network
+        rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        fmap = self.base.extract_features(rgb)          # a ~100 kB entry in the cache, reused next start
+        seg = self.base.clone(classes=["a", "b"], colors=None)
+        seg.fit([fmap], [np.array([[5, 5, 0], [50, 50, 1], [10, 5, 0], [55, 50, 1]], dtype=np.float64)])
+        seg.predict_full(fmap, probabilities=True)
+
+    def ready(self, image_id: int) -> bool:
+        key = self._keys.get(image_id)
+        return image_id in self._pinned or (key is not None and key in self.cache)
+
+    def get(self, image_id: int):
+        """The FeatureMap of an image: from memory, from disk, or computed now."""
+        fmap = self._pinned.get(image_id)
+        if fmap is not None:
+            return fmap
+        key = self._keys.get(image_id)
+        if key is not None and (fmap := self.cache.get(key)) is not None:
+            return fmap
+        with self._guard:
+            lock = self._locks.setdefault(image_id, threading.Lock())
+        with lock:
+            key = self._keys.get(image_id)
+            if key is not None and (fmap := self.cache.get(key)) is not None:
+                return fmap
+            path = self.store.image_file(image_id)
+            start = time.perf_counter()
+            fmap = self.base.extract_features(str(path))
+            self.compute_ms[image_id] = (time.perf_counter() - start) * 1000
+            self._keys[image_id] = fmap.key
+            return fmap
+
+    def pin(self, image_ids: list[int], fmaps: list) -> None:
+        """Keep the training images' maps in memory (their moments are memoised on the objects)."""
+        self._pinned = dict(zip(image_ids, fmaps))
+
+    def forget(self, image_id: int) -> None:
+        self._pinned.pop(image_id, None)
+        self._keys.pop(image_id, None)
+
+
+def classes_with_marks(ts: TrainingSet) -> set[int]:
+    return {c for pts in ts.points for *_, c in pts} | {s["class"] for ss in ts.scribbles for s in ss}
+
+
+def insufficiency(ts: TrainingSet) -> str | None:
+    """Why ``ts`` cannot train a model (what to do about it), or None when it can."""
+    if len(ts.classes) < 2:
+        return "Add at least two classes."
+    if len(classes_with_marks(ts)) < 2:
+        return "Click points of at least two classes to train."
+    return None
+
+
+class ModelService:
+    """Fit / predict / cross-validate / save for one project (called from the scheduler's model thread)."""
+
+    def __init__(self, store: ProjectStore, features: FeatureStore, *, cache_results: int = 6,
+                 result_bytes: int = 600_000_000):
+        self.store = store
+        self.features = features
+        # bounded by count and by bytes (a 12 MP result holds ~160 MB of labels and probabilities)
+        self.results: ByteLRU[Result] = ByteLRU(result_bytes, size=lambda r: r.nbytes, max_items=cache_results)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, ts: TrainingSet, previous: ModelState, is_stale: Callable[[], bool]) -> ModelState | None:
+        """A new model for ``ts``; ``None`` when ``is_stale()`` says the annotations changed meanwhile (the
+        fit is dropped: nothing is ever predicted with a model of overtaken annotations)."""
+        sig = ts.signature()
+        version = previous.version + 1
+        common = dict(rev=ts.rev, version=version, classes=list(ts.classes), colors=list(ts.colors),
+                      background=ts.background, settings=dict(ts.settings), signature=sig)
+        msg = insufficiency(ts)
+        if msg is not None:
+            return ModelState(status="insufficient", message=msg, cv_done=True, saved=True, recorded=True,
+                              **common)
+        t0 = time.perf_counter()
+        try:
+            self.features.use_kind(ts.settings.get("features") or self.features.kind)
+            fmaps = [self.features.get(i) for i in ts.image_ids]
+        except Exception as exc:  # noqa: BLE001 - shown to the user as the model's state
+            return self._error(common, f"cannot compute features: {exc}")
+        t1 = time.perf_counter()
+        if is_stale():
+            return None
+        self.features.pin(ts.image_ids, fmaps)
+        seg = self._estimator(ts, previous)
+        try:
+            seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
+        except PointsegError as exc:
+            return self._error(common, str(exc))
+        t2 = time.perf_counter()
+        if is_stale():
+            return None
+        return ModelState(status="ok", message="", segmenter=seg, report=seg.training_report_.as_dict(),
+                          timings={"features_ms": round((t1 - t0) * 1000, 1),
+                                   "fit_ms": round((t2 - t1) * 1000, 1)}, **common)
+
+    def _estimator(self, ts: TrainingSet, previous: ModelState):
+        """An unfitted model for ``ts``: a clone of the last one when the classes are the same (so the fit
+        starts from its solution), else of the template."""
+        prev = previous.segmenter
+        same = prev is not None and previous.classes == list(ts.classes) and \
+            getattr(prev, "features_", None) == self.features.kind
+        params = self._params(ts)
+        return (prev if same else self.features.base).clone(**params)
+
+    def _params(self, ts: TrainingSet, **extra) -> dict:
+        s = ts.settings
+        params = dict(classes=list(ts.classes), colors=list(ts.colors), cross_validate=False, warm_start=True,
+                      smoothing=s.get("smoothing"), C=s.get("C"), min_region=int(s.get("min_region") or 0),
+                      features=s.get("features") or self.features.kind, **extra)
+        if "background" in self.features.base.get_params():   # once the library knows the background class
+            params["background"] = ts.background
+        if params["features"] == self.features.kind:
+            del params["features"]                              # keep sharing the loaded extractor
+        return params
+
+    @staticmethod
+    def _error(common: dict, message: str) -> ModelState:
+        return ModelState(status="error", message=message, cv_done=True, saved=True, recorded=True, **common)
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, model: ModelState, image_id: int) -> Result:
+        """Predict one image with ``model`` (cached per model version)."""
+        model.require()
+        key = (image_id, model.version)
+        hit = self.results.get(key)
+        if hit is not None:
+            return hit
+        t0 = time.perf_counter()
+        fmap = self.features.get(image_id)
+        t1 = time.perf_counter()
+        pred = model.segmenter.predict_full(fmap, probabilities=True)
+        t2 = time.perf_counter()
+        res = Result(image_id=image_id, rev=model.rev, version=model.version,
+                     labels=pred.labels.astype(np.uint8), proba=pred.probabilities, uncertainty=pred.uncertainty,
+                     colors=list(model.colors), classes=list(model.classes), background=model.background,
+                     timings={**model.timings, "predict_ms": round((t2 - t1) * 1000, 1),
+                              "features_wait_ms": round((t1 - t0) * 1000, 1)})
+        self.results.put(key, res)
+        return res
+
+    def predict_to_store(self, model: ModelState, image_id: int) -> None:
+        """Predict one image for "predict all": label PNG under ``predictions/``, stats in the store."""
+        res = self.predict(model, image_id)
+        rel = f"predictions/{image_id}.png"
+        atomic_write_bytes(self.store.dir / rel, render.label_png(res.labels, res.colors))
+        stats = render.label_stats(res.labels, res.classes, background=res.background,
+                                   ng_area=model.settings.get("ng_area"))
+        self.store.set_prediction(image_id, res.rev, "ok", rel, stats, model_sig=model.signature)
+        self.store.set_image_error(image_id, None)
+
+    def forget_image(self, image_id: int) -> None:
+        self.features.forget(image_id)
+        self.results.discard_where(lambda key: key[0] == image_id)
+
+    # ------------------------------------------------------------------ cross-validation
+    def cross_validate(self, model: ModelState, ts: TrainingSet, should_stop: Callable[[], bool]) -> dict | None:
+        """The library's one protocol (:func:`pointseg.classifier.cross_validate`) on ``model``'s training
+        set, checking ``should_stop()`` between folds: the report entries, or ``None`` when interrupted.
+        Raises nothing for a training set that changed: the caller compares signatures first."""
+        from pointseg.classifier import CrossValidationInterrupted, cross_validation_context
+
+        start = time.perf_counter()
+        seg = self._estimator(ts, ModelState()).set_params(cross_validate=True, warm_start=False)
+        fmaps = [self.features.get(i) for i in ts.image_ids]
+        try:
+            with cross_validation_context(should_stop) as ctx:
+                seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
+        except CrossValidationInterrupted:
+            return None
+        except PointsegError:
+            ctx = None
+        res = ctx.result if ctx is not None else None
+        return {"report": {"cv_accuracy": res.accuracy if res else None, "cv_method": res.method if res else None,
+                           "cv_points": res.n_scored if res else 0,
+                           "cv_protocol": "pointseg.classifier.cross_validate (held-out marks scored by the "
+                                          "head on their features)"},
+                "cv_ms": round((time.perf_counter() - start) * 1000, 1)}
+
+    # ------------------------------------------------------------------ persistence
+    def record(self, model: ModelState) -> None:
+        self.store.add_model_version(model.rev, model.classes, model.report or {}, model.timings)
+
+    def save(self, model: ModelState, path: Path) -> Path:
+        """Write ``model`` as a ``.pointseg`` file at ``path`` (atomically); returns the path."""
+        model.require().segmenter.save(path)
+        return path
+
+    def save_current(self, model: ModelState) -> None:
+        """The project's ``models/current.pointseg`` (+ a small JSON of what it was trained on)."""
+        path = self.store.dir / "models" / "current.pointseg"
+        self.save(model, path)
+        meta = {"rev": model.rev, "classes": model.classes, "background": model.background,
+                "settings": model.settings}
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta).encode())

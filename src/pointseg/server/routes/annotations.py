@@ -1,0 +1,47 @@
+"""Annotations of one image: list, add (points and scribbles, one undoable edit), erase, undo, redo."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from pointseg.server.deps import SchedulerDep, StoreDep
+from pointseg.server.schemas import AnnotationsIn, AnnotationsOut, EraseIn, ImageId
+
+router = APIRouter(prefix="/api/images/{image_id}", tags=["annotations"])
+
+
+@router.get("/annotations", response_model=AnnotationsOut)
+def annotations(image_id: ImageId, store: StoreDep):
+    return {"rev": store.rev(), "annotations": store.annotations(image_id), "history": store.history(image_id)}
+
+
+@router.post("/annotations", status_code=201)
+def add_annotations(image_id: ImageId, body: AnnotationsIn, store: StoreDep, scheduler: SchedulerDep):
+    anns, rev = store.add_annotations(image_id, [i.model_dump() for i in body.items])
+    scheduler.changed(rev, what="annotations", image_id=image_id)
+    return {"rev": rev, "annotations": anns, "history": store.history(image_id)}
+
+
+@router.post("/erase")
+def erase(image_id: ImageId, body: EraseIn, store: StoreDep, scheduler: SchedulerDep):
+    ids, rev = store.erase(image_id, [list(p) for p in body.points], body.radius)
+    if rev is not None:
+        scheduler.changed(rev, what="annotations", image_id=image_id)
+    return {"rev": rev if rev is not None else store.rev(), "removed": ids, "history": store.history(image_id)}
+
+
+def _history_step(image_id: int, store, scheduler, undo: bool) -> dict:
+    edit, rev = store.undo(image_id) if undo else store.redo(image_id)
+    if edit is not None:
+        scheduler.changed(rev, what="annotations", image_id=image_id)
+    return {"rev": rev, "edit": edit, "annotations": store.annotations(image_id),
+            "history": store.history(image_id)}
+
+
+@router.post("/undo")
+def undo(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep):
+    return _history_step(image_id, store, scheduler, undo=True)
+
+
+@router.post("/redo")
+def redo(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep):
+    return _history_step(image_id, store, scheduler, undo=False)

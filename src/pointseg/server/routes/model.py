@@ -1,0 +1,134 @@
+"""The model and its predictions: live overlays, suggestions, stats, the model's state and history, and
+"predict all"."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
+from pointseg.server import render
+from pointseg.server.deps import SchedulerDep, ServicesDep, StoreDep
+from pointseg.server.model_service import Result
+from pointseg.server.schemas import BatchIn, BatchOut, ImageId
+from pointseg.server.store import StoreError
+
+router = APIRouter(prefix="/api", tags=["model"])
+
+MinRev = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
+
+
+async def _result(services, image_id: int, min_rev: int | None, timeout: float) -> Result:
+    store = services.store
+    store.image(image_id)  # 404 early
+    if min_rev is not None and min_rev > store.rev():
+        raise HTTPException(422, f"min_rev {min_rev} is ahead of the project (revision {store.rev()})")
+    fut = services.scheduler.request_prediction(image_id, min_rev)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=timeout)
+    except asyncio.TimeoutError:
+        raise HTTPException(504, "the model is still working on this image; try again") from None
+
+
+def _encode(res: Result, view: str, k: int) -> bytes:
+    key = (view, k if view == "proba" else 0)
+    data = res.encoded.get(key)
+    if data is None:
+        if view == "labels":
+            data = render.label_png(res.labels, res.colors)
+        elif view == "proba":
+            data = render.proba_png(res.proba[k], res.colors[k])
+        else:
+            data = render.uncertainty_png(res.uncertainty, len(res.classes))
+        res.encoded[key] = data
+    return data
+
+
+@router.get("/images/{image_id}/overlay.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+async def overlay(image_id: ImageId, services: ServicesDep,
+                  view: Literal["labels", "proba", "uncertainty"] = "labels",
+                  class_index: Annotated[int, Query(ge=0, le=255)] = 0,
+                  min_rev: MinRev = None,
+                  timeout: Annotated[float, Query(gt=0, le=300)] = 60.0):
+    t0 = time.perf_counter()
+    res = await _result(services, image_id, min_rev, timeout)
+    t1 = time.perf_counter()
+    if view == "proba" and class_index >= len(res.classes):
+        raise HTTPException(422, f"class_index {class_index} is out of range (the model has "
+                                 f"{len(res.classes)} classes)")
+    data = await run_in_threadpool(_encode, res, view, class_index)
+    t2 = time.perf_counter()
+    timings = {**res.timings, "wait_ms": round((t1 - t0) * 1000, 1), "encode_ms": round((t2 - t1) * 1000, 1)}
+    return Response(data, media_type="image/png", headers={
+        "Cache-Control": "no-store", "X-Model-Rev": str(res.rev), "X-Model-Version": str(res.version),
+        "X-Timings": json.dumps(timings, separators=(",", ":"))})
+
+
+@router.get("/images/{image_id}/suggestions")
+async def suggestions(image_id: ImageId, services: ServicesDep, n: Annotated[int, Query(ge=1, le=20)] = 5,
+                      min_rev: MinRev = None):
+    res = await _result(services, image_id, min_rev, 60.0)
+    avoid = []
+    for a in services.store.annotations(image_id):
+        avoid.extend([(a["x"], a["y"])] if a["kind"] == "point" else [tuple(p) for p in a["points"]])
+    picks = await run_in_threadpool(render.suggest_clicks, res.uncertainty, n=n, avoid=avoid)
+    return {"rev": res.rev, "suggestions": picks}
+
+
+@router.get("/images/{image_id}/stats")
+async def stats(image_id: ImageId, services: ServicesDep, min_rev: MinRev = None):
+    """Class fractions and regions of the live prediction (regions count every class but the background)."""
+    res = await _result(services, image_id, min_rev, 60.0)
+    out = await run_in_threadpool(render.label_stats, res.labels, res.classes, res.background,
+                                  services.store.settings().get("ng_area"))
+    return {"rev": res.rev, **out}
+
+
+@router.get("/images/{image_id}/prediction.png", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}}}})
+def stored_prediction(image_id: ImageId, store: StoreDep):
+    store.image(image_id)
+    p = store.prediction(image_id)
+    if p is None or not p["label_path"]:
+        raise StoreError(f"image {image_id} has no stored prediction yet; run 'predict all'", 404)
+    return FileResponse(store.dir / p["label_path"], media_type="image/png",
+                        headers={"Cache-Control": "no-store", "X-Model-Rev": str(p["rev"])})
+
+
+@router.get("/model")
+def model(scheduler: SchedulerDep):
+    return scheduler.status()["model"]
+
+
+@router.get("/model/versions")
+def model_versions(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50):
+    return {"versions": store.model_versions(limit)}
+
+
+@router.post("/predict-all", status_code=202, response_model=BatchOut)
+def predict_all(store: StoreDep, scheduler: SchedulerDep, body: BatchIn | None = None):
+    """Predict every image (or ``image_ids``) and store the results. Images already predicted by the
+    current model are skipped, so a run after Stop resumes; while the model retrains the run waits."""
+    ids = [i["id"] for i in store.list_images()]
+    if body is not None and body.image_ids is not None:
+        unknown = sorted(set(body.image_ids) - set(ids))
+        if unknown:
+            shown = ", ".join(map(str, unknown[:10])) + (" …" if len(unknown) > 10 else "")
+            raise HTTPException(404, f"no images with ids {shown}")
+        ids = list(dict.fromkeys(body.image_ids))
+    return scheduler.start_batch(ids)
+
+
+@router.get("/predict-all", response_model=BatchOut)
+def predict_all_status(scheduler: SchedulerDep):
+    return scheduler.status()["batch"]
+
+
+@router.delete("/predict-all", response_model=BatchOut)
+def cancel_predict_all(scheduler: SchedulerDep):
+    return scheduler.cancel_batch()

@@ -1,0 +1,549 @@
+"""Threads, priorities, debounce, futures and events — and nothing else.
+
+Two daemon threads do all heavy work, so request handlers only read the store and wait on futures:
+
+* the **features thread** computes feature maps (the one expensive step) for images as they are first
+  viewed, for the neighbours of the viewed image, and ahead of "predict all", in priority order
+  (:data:`PRIO_VIEW` first); it runs PyTorch on every core;
+* the **model thread** runs PyTorch on one thread (set once when it starts: small matrix products gain
+  nothing from a pool, and the features thread keeps the other core busy). In priority order it retrains
+  after edits (debounced within a burst; a fit whose annotations changed meanwhile is dropped), answers
+  prediction requests (the most recent first), runs jobs (exports), steps "predict all" one image at a
+  time, and when the user pauses fills in the cross-validated accuracy fold by fold (an edit or a request
+  interrupts it after the current fold), records and saves the model.
+
+The work itself is :class:`~pointseg.server.model_service.ModelService`'s; this module is the only place
+that resolves futures and publishes events.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable
+
+from pointseg.server.guards import public_message
+from pointseg.server.model_service import ModelService, ModelState, NoModel, Result, insufficiency
+
+log = logging.getLogger("pointseg.server")
+
+#: priorities of feature jobs (lower runs first)
+PRIO_VIEW, PRIO_TRAIN, PRIO_PREFETCH, PRIO_BATCH = 0, 1, 2, 3
+
+
+class EventHub:
+    """Fan-out of JSON-able events to any number of listeners (the SSE stream); thread-safe."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[dict], None]] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, fn: Callable[[dict], None]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._listeners:
+                    self._listeners.remove(fn)
+        return unsubscribe
+
+    def publish(self, event: dict) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for fn in listeners:
+            try:
+                fn(event)
+            except Exception:  # a dead listener must not break the scheduler
+                log.exception("event listener failed")
+
+
+def _torch_threads(n: int) -> None:
+    """Set this thread's PyTorch thread count (per thread once the thread has used PyTorch)."""
+    try:
+        import torch
+
+        torch.get_num_threads()          # initialise this thread's own count first
+        torch.set_num_threads(max(1, n))
+    except Exception:  # noqa: BLE001 - a stand-in without torch in tests
+        pass
+
+
+class Scheduler:
+    """Owns the model state, the feature jobs, the jobs queue and "predict all" for one project."""
+
+    def __init__(self, service: ModelService, events: EventHub | None = None, *, debounce_s: float = 0.01,
+                 idle_s: float = 1.0):
+        self.service = service
+        self.store = service.store
+        self.features = service.features
+        self.events = events or EventHub()
+        self.debounce_s = debounce_s
+        # cross-validation (several fits) and bookkeeping wait until the user pauses this long, so they
+        # never sit between a click and its overlay
+        self.idle_s = idle_s
+        self.model = ModelState()
+        self._cond = threading.Condition()
+        self._edit_rev = self.store.rev()
+        self._last_edit = self._prev_edit = 0.0
+        self._requests: list[tuple[int, int, Future]] = []      # (image_id, min_rev, future)
+        self._jobs: list[tuple[Callable[[ModelState], object], Future]] = []
+        self._fjobs: list[tuple[int, int, int]] = []             # heap of (prio, seq, image_id)
+        self._fqueued: dict[int, int] = {}
+        self._feature_errors: dict[int, str] = {}
+        self._fcond = threading.Condition()
+        self._seq = itertools.count()
+        self._stop = False
+        self._warmed = threading.Event()
+        self._model_thread_ready = threading.Event()
+        # "id" numbers the runs, so a client can tell a late copy of a run's start from its progress
+        self.batch: dict = {"id": 0, "running": False, "waiting": False, "done": 0, "skipped": 0, "total": 0,
+                            "failed": 0, "rev": None, "cancelled": False, "seconds": 0.0, "message": None}
+        self._batch_queue: list[int] = []
+        self._batch_cancel = False
+        self._batch_started = 0.0
+        self.cancelled_fits = 0
+        self._threads = [threading.Thread(target=self._model_loop, name="pointseg-model", daemon=True),
+                         threading.Thread(target=self._feature_loop, name="pointseg-features", daemon=True)]
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        # the model thread sets its one PyTorch thread first, then the features thread all cores: threads
+        # started later (request handlers) inherit the last value set, i.e. the default
+        self._threads[0].start()
+        self._model_thread_ready.wait(10)
+        self._threads[1].start()
+        # train at once if the project already has annotations (e.g. after a restart)
+        self.notify_edit(self.store.rev())
+
+    def stop(self) -> None:
+        self._stop = True
+        with self._cond:
+            self._cond.notify_all()
+        with self._fcond:
+            self._fcond.notify_all()
+        # a fit or a feature computation in flight is not waited for: the threads are daemons and
+        # every state change they make is one SQLite transaction, so stopping mid-way is safe
+        for t in self._threads:
+            if t.is_alive():
+                t.join(timeout=0.5)
+
+    # ------------------------------------------------------------------ called by request handlers
+    def notify_edit(self, rev: int) -> None:
+        with self._cond:
+            self._edit_rev = max(self._edit_rev, rev)
+            self._prev_edit, self._last_edit = self._last_edit, time.monotonic()
+            self._cond.notify_all()
+
+    def publish(self, event: dict) -> None:
+        self.events.publish(event)
+
+    def changed(self, rev: int, **extra) -> None:
+        """The project changed at ``rev`` (an edit, a class, a setting): retrain and tell every page."""
+        self.notify_edit(rev)
+        self.events.publish({"type": "changed", "rev": rev, **extra})
+
+    def request_features(self, image_id: int, prio: int = PRIO_VIEW) -> bool:
+        """Queue a feature computation; returns True when the features are already there."""
+        if self.features.ready(image_id):
+            return True
+        with self._fcond:
+            if prio == PRIO_VIEW:
+                # the user has moved on: images viewed before become guesses, done when the user pauses
+                for other, p in list(self._fqueued.items()):
+                    if p == PRIO_VIEW and other != image_id:
+                        self._fqueued[other] = PRIO_PREFETCH
+                        heapq.heappush(self._fjobs, (PRIO_PREFETCH, next(self._seq), other))
+            old = self._fqueued.get(image_id)
+            if old is None or prio < old:
+                self._fqueued[image_id] = prio
+                # the image viewed last comes first (the user flipped past the others); prefetch and
+                # batch jobs keep their order
+                seq = next(self._seq)
+                heapq.heappush(self._fjobs, (prio, -seq if prio == PRIO_VIEW else seq, image_id))
+                self._fcond.notify_all()
+        return False
+
+    def request_prediction(self, image_id: int, min_rev: int | None = None) -> Future:
+        """A future that resolves to a :class:`Result` of this image with a model at ``rev >= min_rev``
+        (default: the current revision), or raises :class:`NoModel`."""
+        fut: Future = Future()
+        if min_rev is None:
+            min_rev = self.store.rev()
+        with self._cond:
+            m = self.model
+            if m.rev >= min_rev and self._edit_rev <= m.rev:
+                if m.status != "ok":
+                    fut.set_exception(NoModel(m.message))
+                    return fut
+                hit = self.service.results.get((image_id, m.version))
+                if hit is not None:
+                    fut.set_result(hit)
+                    return fut
+            self._requests.append((image_id, min_rev, fut))
+            self._cond.notify_all()
+        return fut
+
+    def submit(self, job: Callable[[ModelState], object]) -> Future:
+        """Run ``job(model)`` on the model thread once the model is up to date (exports); its value or
+        exception resolves the returned future."""
+        fut: Future = Future()
+        with self._cond:
+            self._jobs.append((job, fut))
+            self._cond.notify_all()
+        return fut
+
+    def start_batch(self, image_ids: list[int]) -> dict:
+        """Start "predict all" over ``image_ids``. Images whose stored prediction is from the current model
+        are skipped (so a run after Stop resumes); while the model is (re)training the run waits for it."""
+        with self._cond:
+            m = self.model
+            training = self._edit_rev > m.rev or m.status == "none"
+            if training:
+                # (re)training, e.g. right after a restart: wait for it, unless it cannot give a model
+                why = insufficiency(self.store.training_set())
+                if why is not None:
+                    raise NoModel(why)
+            elif m.status != "ok":
+                raise NoModel(m.message)
+            self._batch_queue = list(image_ids)
+            self._batch_cancel = False
+            self._batch_started = time.monotonic()
+            self.batch = {"id": self.batch["id"] + 1, "running": True, "waiting": m.status != "ok" or training,
+                          "done": 0, "skipped": 0, "total": len(image_ids), "failed": 0, "rev": m.rev,
+                          "cancelled": False, "seconds": 0.0, "message": None}
+            self._cond.notify_all()
+            event = {"type": "batch", **self.batch}
+        for i in image_ids[:2]:
+            self.request_features(i, PRIO_BATCH)
+        self.events.publish(event)
+        return dict(self.batch)
+
+    def cancel_batch(self) -> dict:
+        with self._cond:
+            if self.batch["running"]:
+                self._batch_cancel = True
+                self._cond.notify_all()
+            return dict(self.batch)
+
+    def forget_image(self, image_id: int) -> None:
+        self.service.forget_image(image_id)
+        with self._fcond:
+            self._feature_errors.pop(image_id, None)
+
+    def status(self) -> dict:
+        with self._cond:
+            cache = self.features.cache
+            return {"model": self.model.public(), "batch": dict(self.batch),
+                    "training": self._edit_rev > self.model.rev, "edit_rev": self._edit_rev,
+                    "cancelled_fits": self.cancelled_fits,
+                    "features": {"cache_hits": cache.hits, "cache_misses": cache.misses}}
+
+    # ------------------------------------------------------------------ features thread
+    def _feature_loop(self) -> None:
+        _torch_threads(os.cpu_count() or 1)
+        try:
+            self.features.base.extractor  # noqa: B018 - load the network before the first view needs it
+        except Exception as exc:  # weights missing etc.: the model thread reports it on training
+            log.error("loading the network failed: %s", exc)
+        finally:
+            self._warmed.set()
+        while not self._stop:
+            image_id = self._next_feature_job()
+            if image_id is None:
+                return
+            start = time.perf_counter()
+            try:
+                self.features.get(image_id).moments()   # memoised: the first fit with it stays fast
+                status, message = "ready", None
+            except Exception as exc:  # noqa: BLE001 - reported to the page, never kills the thread
+                if not isinstance(exc, (OSError, ValueError)) and type(exc).__module__.split(".")[0] != "pointseg":
+                    log.exception("features of image %s failed", image_id)
+                status, message = "error", public_message(exc)
+            ms = (time.perf_counter() - start) * 1000
+            with self._fcond:
+                if message is None:
+                    self._feature_errors.pop(image_id, None)
+                else:
+                    self._feature_errors[image_id] = message
+            if self._mark_failed(image_id, message):
+                self.events.publish({"type": "image", "image_id": image_id,
+                                     "status": "failed" if message else "ok", "error": message})
+            self.events.publish({"type": "features", "image_id": image_id, "status": status,
+                                 "message": message, "ms": round(ms, 1)})
+            with self._cond:
+                self._cond.notify_all()   # a batch may be waiting for these
+
+    def _mark_failed(self, image_id: int, message: str | None) -> bool:
+        try:
+            return self.store.set_image_error(image_id, message)
+        except Exception:  # noqa: BLE001 - deleted meanwhile, or the disk is full: the event still goes out
+            return False
+
+    def _next_feature_job(self) -> int | None:
+        with self._fcond:
+            while not self._stop:
+                if not self._fjobs:
+                    self._fcond.wait()
+                    continue
+                prio, _, image_id = self._fjobs[0]
+                if self._fqueued.get(image_id) != prio:
+                    heapq.heappop(self._fjobs)   # superseded by a higher-priority entry
+                    continue
+                if prio == PRIO_PREFETCH:
+                    # guesses about the next image wait until the user pauses: a network run would
+                    # take the cores from the fit and prediction of a click
+                    quiet = time.monotonic() - self._last_edit
+                    if quiet < self.idle_s or self._edit_rev > self.model.rev or self._requests:
+                        self._fcond.wait(max(0.05, self.idle_s - quiet))
+                        continue
+                heapq.heappop(self._fjobs)
+                del self._fqueued[image_id]
+                return image_id
+        return None
+
+    # ------------------------------------------------------------------ model thread
+    def _model_loop(self) -> None:
+        _torch_threads(1)
+        self._model_thread_ready.set()
+        # a first fit racing the network's loading would run cold code on contended cores: wait for it
+        self._warmed.wait(60)
+        try:
+            self.features.warm()      # one tiny fit and prediction, so the first click is fast
+        except Exception as exc:  # noqa: BLE001
+            log.error("warm-up failed: %s", exc)
+        while not self._stop:
+            try:
+                task = self._next_task()
+                if task is not None:
+                    task()
+            except Exception:  # noqa: BLE001 - never let the model thread die
+                log.exception("model thread error")
+                time.sleep(0.05)
+
+    def _next_task(self):
+        with self._cond:
+            while not self._stop:
+                now = time.monotonic()
+                if self._edit_rev > self.model.rev:
+                    # debounce on the trailing edge only within a burst: the first edit after a pause
+                    # trains at once, edits in quick succession are coalesced into one fit
+                    burst = self._last_edit - self._prev_edit < self.debounce_s
+                    wait = self._last_edit + self.debounce_s - now
+                    if burst and wait > 0:
+                        self._cond.wait(wait)
+                        continue
+                    return self._train
+                if self._requests:
+                    return self._serve_requests
+                if self._jobs:
+                    return self._run_job
+                if self.batch["running"]:
+                    return self._batch_step
+                m = self.model
+                if m.status == "ok" and not (m.cv_done and m.recorded and m.saved):
+                    idle = now - self._last_edit
+                    if idle < self.idle_s:
+                        self._cond.wait(self.idle_s - idle)
+                        continue
+                    if not m.cv_done:
+                        return self._cross_validate
+                    if not m.recorded:
+                        return self._record
+                    return self._save_model
+                self._cond.wait(1.0)
+            return None
+
+    def _set_model(self, model: ModelState) -> None:
+        with self._cond:
+            self.model = model
+        if model.status != "ok":
+            self._fail_requests(model.message)
+        self.events.publish({"type": "model", **model.public()})
+
+    def _fail_requests(self, message: str) -> None:
+        with self._cond:
+            keep = []
+            for image_id, min_rev, fut in self._requests:
+                if min_rev <= self.model.rev:
+                    if not fut.done():
+                        fut.set_exception(NoModel(message))
+                else:
+                    keep.append((image_id, min_rev, fut))
+            self._requests = keep
+
+    def _train(self) -> None:
+        ts = self.store.training_set()
+        sig = ts.signature()
+        m = self.model
+        if sig == m.signature and m.status in ("ok", "insufficient"):
+            with self._cond:
+                m.rev = max(m.rev, ts.rev)   # nothing that training sees changed
+            if m.status != "ok":
+                self._fail_requests(m.message)
+            return
+
+        def stale() -> bool:
+            return self.store.rev() > ts.rev and self.store.training_set().signature() != sig
+
+        new = self.service.fit(ts, m, stale)
+        if new is None:
+            # cancelled: annotations changed during the fit; never predict with a stale model
+            self.cancelled_fits += 1
+            return
+        self._set_model(new)
+
+    def _serve_requests(self) -> None:
+        with self._cond:
+            m = self.model
+            if self._edit_rev > m.rev:
+                return  # retrain first
+            ready = [r for r in self._requests if r[1] <= m.rev]
+            self._requests = [r for r in self._requests if r[1] > m.rev]
+        if m.status != "ok":
+            for _, _, fut in ready:
+                if not fut.done():
+                    fut.set_exception(NoModel(m.message))
+            return
+        # most recent request first: that is the image the user is looking at now
+        done: dict[int, Result | Exception] = {}
+        for image_id, _, fut in reversed(ready):
+            if image_id not in done:
+                try:
+                    done[image_id] = self.service.predict(m, image_id)
+                except Exception as exc:  # noqa: BLE001 - the future carries it to the request
+                    log.warning("prediction of image %s failed: %s", image_id, exc)
+                    done[image_id] = exc
+            out = done[image_id]
+            if not fut.done():
+                if isinstance(out, Exception):
+                    fut.set_exception(out)
+                else:
+                    fut.set_result(out)
+            with self._cond:
+                if self._edit_rev > self.model.rev:
+                    # a new edit arrived: retrain before predicting more images
+                    pend = [(i, r, f) for i, r, f in reversed(ready) if not f.done() and i not in done]
+                    self._requests = pend + self._requests
+                    return
+
+    def _run_job(self) -> None:
+        with self._cond:
+            job, fut = self._jobs.pop(0)
+            m = self.model
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(job(m))
+        except BaseException as exc:  # noqa: BLE001 - the request that submitted it reports it
+            fut.set_exception(exc)
+
+    def _cross_validate(self) -> None:
+        m = self.model
+        ts = self.store.training_set()
+        if ts.signature() != m.signature:
+            with self._cond:
+                m.cv_done = True   # stale: the next fit starts over
+            return
+
+        def interrupted() -> bool:
+            with self._cond:
+                return (self._stop or self.model is not m or self._edit_rev > m.rev or bool(self._requests)
+                        or bool(self._jobs) or self.batch["running"])
+
+        out = self.service.cross_validate(m, ts, interrupted)
+        if out is None:
+            return   # interrupted: cv_done stays False, so it runs again at the next pause
+        with self._cond:
+            if self.model is not m:
+                return
+            m.report = {**(m.report or {}), **out["report"]}
+            m.timings = {**m.timings, "cv_ms": out["cv_ms"]}
+            m.cv_done = True
+        self.events.publish({"type": "model", **m.public()})
+
+    def _record(self) -> None:
+        m = self.model
+        self.service.record(m)
+        m.recorded = True
+
+    def _save_model(self) -> None:
+        m = self.model
+        try:
+            self.service.save_current(m)
+        finally:
+            m.saved = True        # a full disk must not make the thread retry forever
+
+    # ------------------------------------------------------------------ predict all
+    def _batch_step(self) -> None:
+        with self._cond:
+            m = self.model
+            finished = self._batch_cancel or not self._batch_queue
+            if not finished and m.status != "ok":
+                if self._edit_rev > m.rev or m.status == "none":
+                    self.batch["waiting"] = True       # retraining (e.g. right after a restart): wait
+                    self._cond.wait(0.2)
+                    return
+                self.batch["message"] = m.message
+                finished = True
+            if finished:
+                self.batch.update(running=False, waiting=False, cancelled=self._batch_cancel,
+                                  seconds=round(time.monotonic() - self._batch_started, 2))
+                self._batch_queue = []
+                self._cond.notify_all()
+                event = {"type": "batch", **self.batch}
+            else:
+                self.batch.update(waiting=False, rev=m.rev)
+                event = None
+                image_id = self._batch_queue[0]
+        if event is not None:
+            self.events.publish(event)
+            return
+        if self._is_current(image_id, m):
+            self._batch_advance(image_id, "skipped")
+            return
+        with self._fcond:
+            error = self._feature_errors.get(image_id)
+        if error is None and not self.features.ready(image_id):
+            self.request_features(image_id, PRIO_BATCH)
+            with self._cond:
+                self._cond.wait(0.2)   # the feature thread notifies when done (or failed)
+            return
+        for nxt in self._batch_queue[1:3]:
+            self.request_features(nxt, PRIO_BATCH)
+        if error is None:
+            try:
+                self.service.predict_to_store(m, image_id)
+            except Exception as exc:  # noqa: BLE001 - a failed image is marked and the batch moves on
+                error = public_message(exc)
+        if error is not None:
+            log.warning("predict all: image %s failed: %s", image_id, error)
+            self._mark_failed(image_id, error)
+            try:
+                self.store.set_prediction(image_id, m.rev, "failed", None, {"error": error},
+                                          model_sig=m.signature)
+            except Exception:  # noqa: BLE001 - e.g. the disk is full; still move on
+                pass
+        self._batch_advance(image_id, "failed" if error is not None else "done", error)
+
+    def _is_current(self, image_id: int, m: ModelState) -> bool:
+        try:
+            p = self.store.prediction(image_id)
+        except Exception:  # noqa: BLE001
+            return False
+        return p is not None and p["status"] == "ok" and p["model_sig"] == m.signature
+
+    def _batch_advance(self, image_id: int, outcome: str, error: str | None = None) -> None:
+        with self._cond:
+            if self._batch_queue and self._batch_queue[0] == image_id:
+                self._batch_queue.pop(0)
+            self.batch["done"] += 1
+            self.batch["failed"] += outcome == "failed"
+            self.batch["skipped"] += outcome == "skipped"
+            self.batch["seconds"] = round(time.monotonic() - self._batch_started, 2)
+            event = {"type": "batch", "image_id": image_id, "outcome": outcome, "error": error, **self.batch}
+        self.events.publish(event)

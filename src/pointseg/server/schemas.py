@@ -1,0 +1,173 @@
+"""Typed request and response bodies of the API (pydantic), shared by the routers.
+
+Request bodies refuse unknown fields; ids are bounded to SQLite's integer range (an id of 2^64 is a 404 or
+a 422, never an overflow); response models describe what the page relies on and allow extra fields, so the
+OpenAPI schema is a true contract (the fuzz test checks every response against it).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+#: SQLite's largest integer: ids beyond it cannot exist
+MAX_ID = 2**63 - 1
+
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
+ImageId = Annotated[int, Path(ge=0, le=MAX_ID, description="image id")]
+ClassId = Annotated[int, Path(ge=0, le=MAX_ID, description="class id")]
+Coord = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---------------------------------------------------------------------------------------------- requests
+class PointIn(_Body):
+    kind: Literal["point"] = "point"
+    class_id: Id
+    x: Coord
+    y: Coord
+
+
+class ScribbleIn(_Body):
+    kind: Literal["scribble"]
+    class_id: Id
+    width: float = Field(gt=0, le=1000)
+    points: list[tuple[Coord, Coord]] = Field(min_length=1, max_length=20000)
+
+
+def _kind(value) -> str:
+    """Items without ``kind`` are points; unknown kinds fail validation with a clear message."""
+    kind = value.get("kind", "point") if isinstance(value, dict) else getattr(value, "kind", "point")
+    return kind if kind in ("point", "scribble") else "point"
+
+
+class AnnotationsIn(_Body):
+    items: list[Annotated[Union[Annotated[PointIn, Tag("point")], Annotated[ScribbleIn, Tag("scribble")]],
+                          Discriminator(_kind)]] = Field(min_length=1, max_length=5000)
+
+
+class EraseIn(_Body):
+    points: list[tuple[Coord, Coord]] = Field(min_length=1, max_length=20000)
+    radius: float = Field(gt=0, le=5000)
+
+
+Color = Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")]
+Name = Annotated[str, Field(min_length=1, max_length=80, pattern=r"\S")]
+
+
+class ClassIn(_Body):
+    name: Name
+    color: Color | None = None
+
+
+class ClassPatch(_Body):
+    name: Name | None = None
+    color: Color | None = None
+    background: bool | None = Field(default=None, description="make this class the background / OK class")
+
+
+class OrderIn(_Body):
+    ids: list[Id] = Field(max_length=1000)
+
+
+class BatchIn(_Body):
+    image_ids: list[Id] | None = Field(default=None, max_length=1_000_000)
+
+
+class SettingsPatch(_Body):
+    """Method settings (all optional: a PUT changes what it names)."""
+
+    features: Literal["hybrid", "deep"] | None = None
+    smoothing: float | None = Field(default=None, ge=0, le=20, allow_inf_nan=False,
+                                    description="sigma in pixels of the score smoothing (0 = off)")
+    C: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False,
+                            description="inverse L2 strength of the logistic head (null: the default)")
+    min_region: int | None = Field(default=None, ge=0, le=10_000_000,
+                                   description="regions smaller than this many pixels are absorbed")
+    ng_area: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
+                                  description="an image is NG when findings cover more than this fraction")
+
+
+# ---------------------------------------------------------------------------------------------- responses
+class ClassOut(_Out):
+    id: int
+    name: str
+    color: str
+    index: int
+    background: bool
+    n_annotations: int
+    n_points: int
+    n_scribbles: int
+
+
+class ClassesOut(_Out):
+    rev: int
+    classes: list[ClassOut]
+
+
+class OrderOut(_Out):
+    classes: list[ClassOut]
+
+
+class RevOut(_Out):
+    rev: int
+
+
+class SettingsOut(_Out):
+    features: Literal["hybrid", "deep"]
+    smoothing: float
+    C: float | None
+    min_region: int
+    ng_area: float | None
+
+
+class PredictionOut(_Out):
+    rev: int
+    status: str
+    stats: dict[str, Any] | None
+
+
+class ImageOut(_Out):
+    id: int
+    name: str
+    width: int
+    height: int
+    n_bytes: int
+    n_points: int
+    n_scribbles: int
+    status: Literal["ok", "failed"]
+    error: str | None
+    prediction: PredictionOut | None
+    prediction_stale: bool
+
+
+class ImagesOut(_Out):
+    rev: int
+    images: list[ImageOut]
+
+
+class HistoryOut(_Out):
+    can_undo: int
+    can_redo: int
+
+
+class AnnotationsOut(_Out):
+    rev: int
+    annotations: list[dict[str, Any]]
+    history: HistoryOut
+
+
+class BatchOut(_Out):
+    id: int
+    running: bool
+    done: int
+    total: int
+    failed: int
