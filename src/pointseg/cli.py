@@ -108,9 +108,12 @@ def _make_folder(folder: Path, option: str, target: Path) -> None:
 def _probe_writable(folder: Path, option: str, target: Path | None = None) -> None:
     """Write and remove a tiny file in ``folder``: the one test that permissions, read-only mounts and
     special file systems (``/proc``) cannot fool, unlike :func:`os.access` (which says yes to root)."""
+    import os
+
+    probe = folder / f".pointseg-write-test-{os.getpid()}"  # per process: two runs may share a folder
     try:
-        atomic_write_bytes(folder / ".pointseg-write-test", b"")
-        (folder / ".pointseg-write-test").unlink()
+        atomic_write_bytes(probe, b"")
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         reason = exc.message.split(": ", 1)[-1] if isinstance(exc, OutputError) else exc.strerror
         raise OutputError(f"{option} {target or folder}: cannot write in {folder}: {reason}", exc.errno) from None
