@@ -33,7 +33,11 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=10)
     ap.add_argument("--methods", nargs="+", default=["default", "seed"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--tag", default="", help="suffix of the JSON file (to run seed groups in parallel)")
+    ap.add_argument("--merge", nargs="+", type=Path, help="only merge these JSON files of one dataset and print")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge)
 
     from pointseg import FeatureCache, Segmenter
     from pointseg.evaluation.command import _ints
@@ -58,9 +62,22 @@ def main() -> None:
                           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                           "command": "python bench/accuracy_parts.py " + " ".join(sys.argv[1:]),
                           "wall_s": time.time() - start}
-        (args.out / f"accuracy_parts_{name}.json").write_text(json.dumps(result, indent=1))
+        (args.out / f"accuracy_parts_{name}{args.tag}.json").write_text(json.dumps(result, indent=1))
         print(f"\n{name}: {result['meta']['date']}, commit {commit}, {result['meta']['wall_s']:.0f} s")
         print(markdown_parts(result), flush=True)
+
+
+def merge(paths) -> None:
+    """One table from several runs of the same dataset (e.g. seeds 0-2 and 3-5 run side by side)."""
+    from pointseg.evaluation.parts import markdown_parts, summarize_parts
+
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [r for res in results for r in res["runs"]]
+    merged = {"dataset": results[0]["dataset"], "runs": runs, "summary": summarize_parts(runs)}
+    metas = "; ".join(f"{r['meta']['date']}, commit {r['meta']['commit']}, `{r['meta']['command']}`, "
+                      f"{r['meta']['wall_s']:.0f} s" for r in results)
+    print(f"{merged['dataset']}: {metas}")
+    print(markdown_parts(merged))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def test_file_round_trip_with_class_names_and_relative_paths(tmp_path):
     assert ann.classes == ["normal", "defect"] and ann.colors[1] == "#ff0000"
     assert ann.images[0].path == tmp_path / "a.png"
     np.testing.assert_array_equal(ann.images[0].points, [[1, 2, 0], [3.5, 4, 1]])
-    assert ann.images[0].scribbles[0]["class"] == 1
+    assert ann.images[0].scribbles[0].label == 1 and ann.images[0].scribbles[0].width == 3
     out = tmp_path / "sub" / "copy.json"
     ann.save(out)
     again = AnnotationSet.load(out)

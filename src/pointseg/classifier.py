@@ -105,9 +105,12 @@ class PointClassifier:
         if kind not in CLASSIFIERS:
             raise PointsegError(f"unknown classifier {kind!r}; choose one of: {', '.join(CLASSIFIERS)}")
         self.kind = kind
-        self.C = DEFAULT_C if C is None else float(C)
-        if self.C <= 0:
-            raise PointsegError(f"C must be positive, got {self.C}")
+        try:
+            self.C = DEFAULT_C if C is None else float(C)
+        except (TypeError, ValueError):
+            raise PointsegError(f"C must be a positive number, got {C!r}") from None
+        if not self.C > 0 or self.C == float("inf"):
+            raise PointsegError(f"C must be a positive number, got {self.C}")
         self.class_weight = class_weight
         self.random_state = random_state
         self.n_estimators = n_estimators

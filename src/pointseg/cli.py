@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from pointseg.errors import PointsegError
+from pointseg.fileio import atomic_write_bytes
+from pointseg.errors import OutputError, PointsegError
 from pointseg.evaluation.command import evaluate_command
 from pointseg.server.command import serve_command
 from pointseg.deploy.command import export_command, serve_model_command
@@ -58,6 +59,7 @@ def train(
     from pointseg.segmenter import Segmenter
 
     ann = AnnotationSet.load(annotations)
+    _output_file(output)  # before training: minutes of work must not end in "cannot write"
     params = preset_params(preset or "default")
     if backbone:
         params["backbone"] = backbone
@@ -73,6 +75,46 @@ def train(
     seg.save(output)
     _print_report(seg)
     console.print(f"model written to [bold]{output}[/bold]")
+
+
+def _output_folder(path: Path, option: str = "--output") -> Path:
+    """Create the output folder (or accept an existing one) and prove it writable, before any work starts."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot create the folder ({exc.strerror}); choose another path",
+                          exc.errno) from None
+    _probe_writable(path, option)
+    return path
+
+
+def _output_file(path: Path, option: str = "--output") -> Path:
+    """Check that ``path`` can be written as a file (not a folder, its folder writable) before any work starts."""
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; give a file name, e.g. {path / 'model.pointseg'}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot create {parent} ({exc.strerror}); choose another path",
+                          exc.errno) from None
+    _probe_writable(parent, option, target=path)
+    return path
+
+
+def _probe_writable(folder: Path, option: str, target: Path | None = None) -> None:
+    """Write and remove a tiny file in ``folder``: the one test that permissions, read-only mounts and
+    special file systems (``/proc``) cannot fool, unlike :func:`os.access` (which says yes to root)."""
+    try:
+        atomic_write_bytes(folder / ".pointseg-write-test", b"")
+        (folder / ".pointseg-write-test").unlink()
+    except OSError as exc:
+        reason = exc.message.split(": ", 1)[-1] if isinstance(exc, OutputError) else exc.strerror
+        raise OutputError(f"{option} {target or folder}: cannot write in {folder}: {reason}", exc.errno) from None
 
 
 def _print_report(seg) -> None:
@@ -93,81 +135,47 @@ def _print_report(seg) -> None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model file from `pointseg train`.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Images and/or folders of images.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for label PNGs and summary.csv.")],
+    model: Annotated[str, typer.Argument(help="Model file from `pointseg train` (path or URL).")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Images, folders, globs, @list.txt (one path or URL a line), fsspec URLs; zarr / OME-Zarr / TIFF "
+             "images above --tile-above pixels are predicted in tiles.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder (path or URL) for labels, summary.csv and the manifest.")],
     overlay: Annotated[bool, typer.Option(help="Also write <name>_overlay.png.")] = False,
     probabilities: Annotated[Optional[ProbabilityFormat], typer.Option(help="Also write float16 probabilities (npy or tiff).")] = None,
     ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the background class (overrides the model's NG rule).")] = None,
     ng_rule: Annotated[Optional[str], typer.Option("--ng-rule", help="Override the model's learned OK/NG rule: SCORE:THRESHOLD, e.g. largest_region:300 (px) or quantile:0.9; 'any' = NG when any region is found.")] = None,
     weights: WeightsOption = None,
     min_region: MinRegionOption = None,
+    workers: Annotated[Optional[str], typer.Option(
+        "--workers", help="Run on a local Dask cluster of N single-threaded worker processes ('auto': one per core).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(
+        "--scheduler", help="Run on an existing Dask cluster, e.g. tcp://host:8786.")] = None,
+    scheduler_file: Annotated[Optional[str], typer.Option(
+        "--scheduler-file", help="Run on the Dask cluster described by this scheduler file (dask-jobqueue, dask-mpi).")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also take images in sub-folders.")] = False,
+    resume: Annotated[bool, typer.Option(help="Skip images an earlier run into OUT finished with the same model and options.")] = False,
+    channels: Annotated[Optional[str], typer.Option(
+        help="Channels of zarr / OME-Zarr / TIFF images to use, e.g. 0,1,2 or 1 (default: all of 1, 3 or 4).")] = None,
+    tile_above: Annotated[int, typer.Option(
+        "--tile-above", min=1, help="Predict zarr / OME-Zarr / TIFF images above this many pixels as tile tasks.")] = 16_000_000,
     engine: Annotated[Optional[str], typer.Option(help="torch: the library path, all PyTorch; onnxruntime or "
                       "openvino: the model exported to one ONNX graph (once, cached). Default: the library path "
                       "with its backbone on the fastest installed engine.")] = None,
 ) -> None:
-    """Label every pixel of new images with a trained model."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Label every pixel of new images with a trained model, here or on a Dask cluster."""
+    from pointseg.batch.command import run_predict
 
-    from pointseg.decision import decide_labels
-    from pointseg.imageio import list_images, read_image
-    from pointseg.outputs import save_label_png, save_overlay, save_probabilities, summarize, write_summary_csv
-    from pointseg.features import FeatureCache
-    from pointseg.segmenter import Segmenter
-
-    if ng_area is not None and not 0.0 <= ng_area <= 1.0:
-        raise PointsegError(f"--ng-area must be a fraction between 0 and 1, got {ng_area}")
-    # a batch sees each image once: keeping feature maps would only grow memory with the folder
-    from pointseg.deploy.predictor import load_for_predict
-
-    seg = load_for_predict(model, engine, weights=weights, cache=FeatureCache(max_bytes=0))
-    if min_region is not None:
-        seg.min_region = min_region
-    rule = _ng_rule(seg, ng_rule)
-    files = list_images(inputs)
-    if not files:
-        raise PointsegError("no images found in the given paths (supported: png, jpg, bmp, tif)")
-    output.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("predicting", total=len(files))
-        for path in files:
-            try:
-                image = read_image(path)
-                result = seg.predict_full(image, probabilities=probabilities is not None or rule.score == "quantile")
-            except PointsegError as exc:
-                console.print(f"[yellow]skipped[/yellow] {path}: {exc}")
-                rows.append({"image": path.name, "error": str(exc)})
-                failed += 1
-                progress.advance(task)
-                continue
-            save_label_png(result.labels, seg.colors_, output / f"{path.stem}.png")
-            if overlay:
-                save_overlay(image, result.labels, seg.colors_, output / f"{path.stem}_overlay.png")
-            if probabilities is not None:
-                suffix = ".npy" if probabilities is ProbabilityFormat.npy else ".tif"
-                save_probabilities(result.probabilities, output / f"{path.stem}_proba{suffix}")
-            decision = decide_labels(result.labels, result.probabilities, rule, seg.background_)
-            rows.append({"image": path.name, "height": image.shape[0], "width": image.shape[1],
-                         **summarize(result.labels, seg.classes_, ng_area, seg.background_, decision)})
-            progress.advance(task)
-    write_summary_csv(rows, output / "summary.csv")
-    console.print(f"{len(files) - failed} image(s) labelled into [bold]{output}[/bold] (summary.csv)"
-                  + (f"; {failed} skipped" if failed else ""))
-    if failed == len(files):
-        raise typer.Exit(1)
-
-
-def _ng_rule(seg, text: str | None):
-    """The OK/NG rule for `predict`: ``--ng-rule`` when given, else the one learned with the model."""
-    from pointseg.decision import NGRule
-
-    if text is None:
-        return seg.ng_rule_
-    if text.strip().lower() == "any":
-        return NGRule("largest_region", 0.0, source="user: NG when any region is found")
-    return NGRule.parse(text)
+    if "://" not in str(output):
+        _output_folder(Path(output))  # a local folder is proved writable before any work starts
+    code = run_predict(
+        model, inputs, output, overlay=overlay, probabilities=probabilities.value if probabilities else None,
+        ng_area=ng_area, ng_rule=ng_rule, weights=weights, min_region=min_region, workers=workers,
+        scheduler=scheduler,
+        scheduler_file=scheduler_file, recursive=recursive, resume=resume, channels=channels,
+        tile_above=tile_above, engine=engine, console=console,
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -179,6 +187,7 @@ def demo(
     """Run the whole job on a built-in example (a tissue image from scikit-image; no download)."""
     from pointseg.demo import DEMO_POINTS, run_demo
 
+    _output_folder(output)
     with console.status("training on the demo clicks and labelling the image…"):
         result = run_demo(output, backbone=backbone, weights=weights)
     console.print(f"{len(DEMO_POINTS)} clicks → {result['report'].summary()}", markup=False, highlight=False)
@@ -228,12 +237,50 @@ app.command("evaluate")(evaluate_command)
 
 
 def main() -> None:
-    """Console entry point: user errors become one red line and exit code 2, never a traceback."""
+    """Console entry point: user errors become one red line and exit code 2, never a traceback.
+
+    User errors are pointseg's own (:class:`PointsegError`), the command line's (an unknown option, a value
+    out of range: click's usage errors, shortened to one line) and the machine's (:class:`OSError`: a disk
+    full or read-only, a file that vanished).
+    """
+    click = _click_exceptions()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)  # `pointseg` alone: the help, as usual
+        code = exc.exit_code
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "pointseg"
+        _error_line(f"{exc.format_message()} (see `{command} --help`)")
+        code = 2
+    except typer.Abort:
+        console.print("aborted", highlight=False)
+        code = 130
     except PointsegError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-        sys.exit(2)
+        _error_line(str(exc))
+        code = 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        _error_line(f"{exc.strerror or exc}{where}; check the disk and the paths given")
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exceptions():
+    try:
+        from typer._click import exceptions  # typer >= 0.25 ships its own copy of click
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _error_line(message: str) -> None:
+    from rich.text import Text
+
+    console.print(Text.assemble(("error:", "bold red"), " ", " ".join(message.split())), highlight=False,
+                  soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,39 @@ def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
         "false_alarm_rate": fa / len(neg) if len(neg) else None,
         "miss_rate": miss / len(pos) if len(pos) else None,
     }
+
+
+# ---------------------------------------------------------------- which image to annotate next
+RANKINGS = ("uncertainty", "margin")
+
+
+def annotation_priority(prediction, kind: str = "uncertainty") -> float:
+    """How much annotating an image should help, from the current model's prediction of it
+    (a :class:`pointseg.segmenter.Prediction`): ``"uncertainty"`` = mean of 1 - max probability over the
+    image; ``"margin"`` = share of pixels whose two most likely classes are within 0.5 of each other (near
+    the decision boundary; needs probabilities)."""
+    if kind == "uncertainty":
+        return float(np.mean(prediction.uncertainty))
+    if kind == "margin":
+        if prediction.probabilities is None:
+            raise PointsegError("the 'margin' ranking needs probabilities")
+        top2 = np.sort(prediction.probabilities, axis=0)[-2:]
+        return float(np.mean(top2[1] - top2[0] < 0.5))
+    raise PointsegError(f"unknown ranking {kind!r}; choose one of: {', '.join(RANKINGS)}")
+
+
+def rank_images_for_annotation(seg, images, kind: str = "uncertainty") -> list[tuple[int, float]]:
+    """Order unannotated ``images`` (arrays, paths or FeatureMaps) by how much annotating them should help
+    the fitted Segmenter ``seg``: ``[(index, priority), ...]``, most useful first (ties keep input order).
+
+    The app's "next image to annotate" and the evaluation's folder protocol both call this; the folder
+    protocol measures it against a random order (BENCHMARKS.md).
+
+    >>> order = rank_images_for_annotation(seg, fmaps)   # doctest: +SKIP
+    >>> next_index = order[0][0]                          # doctest: +SKIP
+    """
+    scores = []
+    for i, image in enumerate(images):
+        prediction = seg.predict_full(image, probabilities=kind == "margin")
+        scores.append((i, annotation_priority(prediction, kind)))
+    return sorted(scores, key=lambda t: -t[1])

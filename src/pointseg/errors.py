@@ -23,3 +23,17 @@ class AnnotationError(PointsegError):
 
 class ImageError(PointsegError):
     """An image cannot be read or is too large to read safely."""
+
+
+class OutputError(PointsegError, OSError):
+    """An output file or folder cannot be written (full or read-only disk, no permission, a file in the way).
+
+    Also an :class:`OSError` (with ``errno``), so code that handles disk errors as such keeps working.
+    """
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

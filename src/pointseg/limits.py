@@ -63,15 +63,15 @@ MAX_UPLOAD_BYTES = Limit("POINTSEG_MAX_UPLOAD_MB", 256 * MiB, "MiB",
                          "bytes of one image upload to `pointseg serve`", scale=MiB)
 MAX_JSON_FILE_BYTES = Limit("POINTSEG_MAX_JSON_MB", 64 * MiB, "MiB",
                             "bytes of an annotation JSON file", scale=MiB)
-MAX_JSON_BODY_BYTES = Limit("POINTSEG_MAX_JSON_BODY_MB", 4 * MiB, "MiB",
+MAX_JSON_BODY_BYTES = Limit("POINTSEG_MAX_JSON_BODY_MB", 16 * MiB, "MiB",
                             "bytes of a JSON request body to `pointseg serve`", scale=MiB)
-MAX_POINTS_PER_IMAGE = Limit("POINTSEG_MAX_POINTS_PER_IMAGE", 20_000, "points",
-                             "points (clicks plus scribble vertices) on one image, in a file or one request")
+MAX_POINTS_PER_REQUEST = Limit("POINTSEG_MAX_POINTS_PER_REQUEST", 20_000, "points",
+                               "points (clicks plus scribble vertices) in one request to `pointseg serve`")
 MAX_POINTS_PER_FILE = Limit("POINTSEG_MAX_POINTS_PER_FILE", 200_000, "points",
                             "points (clicks plus scribble vertices) in one annotation file")
-MAX_SCRIBBLE_WIDTH = Limit("POINTSEG_MAX_SCRIBBLE_WIDTH", 512, "pixels", "width of one scribble's brush")
-MAX_SCRIBBLE_SAMPLES = Limit("POINTSEG_MAX_SCRIBBLE_SAMPLES", 1_000_000, "samples",
-                             "training samples one scribble rasterises to (length x width / cell size²)")
+MAX_SCRIBBLE_WIDTH = Limit("POINTSEG_MAX_SCRIBBLE_WIDTH", 1000, "pixels", "width of one scribble's brush")
+MAX_SCRIBBLE_SAMPLES = Limit("POINTSEG_MAX_SCRIBBLE_SAMPLES", 250_000, "samples",
+                             "training samples one scribble rasterises to (about length x width / cell²)")
 MAX_MODEL_FILE_BYTES = Limit("POINTSEG_MAX_MODEL_MB", 256 * MiB, "MiB", "bytes of a .pointseg model file",
                              scale=MiB)
 DISK_CACHE_BYTES = Limit("POINTSEG_FEATURE_CACHE_MB", 10 * 1024 * MiB, "MiB",
@@ -79,7 +79,7 @@ DISK_CACHE_BYTES = Limit("POINTSEG_FEATURE_CACHE_MB", 10 * 1024 * MiB, "MiB",
                          scale=MiB)
 
 #: every limit, in the order of the README table
-LIMITS = (MAX_PIXELS, MAX_UPLOAD_BYTES, MAX_JSON_FILE_BYTES, MAX_JSON_BODY_BYTES, MAX_POINTS_PER_IMAGE,
+LIMITS = (MAX_PIXELS, MAX_UPLOAD_BYTES, MAX_JSON_FILE_BYTES, MAX_JSON_BODY_BYTES, MAX_POINTS_PER_REQUEST,
           MAX_POINTS_PER_FILE, MAX_SCRIBBLE_WIDTH, MAX_SCRIBBLE_SAMPLES, MAX_MODEL_FILE_BYTES, DISK_CACHE_BYTES)
 
 
@@ -99,8 +99,8 @@ def max_json_body_bytes() -> int:
     return MAX_JSON_BODY_BYTES.value()
 
 
-def max_points_per_image() -> int:
-    return MAX_POINTS_PER_IMAGE.value()
+def max_points_per_request() -> int:
+    return MAX_POINTS_PER_REQUEST.value()
 
 
 def max_points_per_file() -> int:
@@ -125,8 +125,7 @@ def disk_cache_bytes() -> int:
 
 def markdown_table() -> str:
     """The README's Limits table, generated from :data:`LIMITS` (a test keeps the README equal to it)."""
-    rows = ["| limit | default | variable (unit) |", "|---|---|---|"]
+    rows = ["| what is bounded | default | set with |", "|---|---|---|"]
     for limit in LIMITS:
-        default = f"{limit.default // limit.scale:,} {limit.unit}"
-        rows.append(f"| {limit.what} | {default} | `{limit.env}` ({limit.unit}) |")
+        rows.append(f"| {limit.what} | {limit.default // limit.scale:,} {limit.unit} | `{limit.env}` |")
     return "\n".join(rows)

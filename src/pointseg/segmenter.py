@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,12 @@ class Segmenter:
         self.min_region = min_region
         self.background = background
         self._extractor: FeatureExtractor | None = None
+
+    def __getstate__(self) -> dict:
+        # the OK-image pools are a cache of weak references: rebuilt on demand, never pickled or copied deep
+        state = self.__dict__.copy()
+        state.pop("_ok_pools", None)
+        return state
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -275,8 +282,21 @@ class Segmenter:
                 f"{where} is marked OK (defect-free) but has points or scribbles of class {other!r}; "
                 "remove them or unmark the image"
             )
-        pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS) if ok else None
-        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool)
+        pool = self._ok_pool(fmap) if ok else None
+        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool, xy)
+
+    def _ok_pool(self, fmap: FeatureMap) -> np.ndarray:
+        """The OK image's pixel pool, kept (for the last :data:`OK_POOL_CACHE` maps, weakly) between refits:
+        sampling it costs more than the fit itself."""
+        pools = self.__dict__.setdefault("_ok_pools", {})
+        hit = pools.get(id(fmap))
+        if hit is not None and hit[0]() is fmap:
+            return hit[1]
+        pool = _pixel_sample([fmap], per_image=OK_POOL_PIXELS)
+        pools[id(fmap)] = (weakref.ref(fmap), pool)
+        for key in [k for k, (ref, _) in pools.items() if ref() is None] + list(pools)[:-OK_POOL_CACHE]:
+            pools.pop(key, None)
+        return pool
 
     def _fit_parts(self, clf: PointClassifier, parts: list["_ImagePart"], n_classes: int,
                    standardizer: Standardizer, init: LinearHead | None):
@@ -284,8 +304,9 @@ class Segmenter:
 
         OK images first give pixels spread evenly over them; the model fitted on those then scores each OK
         image's pool and its most defect-like pixels (hard negatives) join the background class for a second
-        fit, warm-started from the first. Both counts are bounded (:func:`_ok_budget`), so a refit costs two
-        small fits however many OK images there are. Returns ``(head, X, y, groups)`` of the final fit.
+        fit, warm-started from the first. With ``warm_start`` (the app's refit after a click) the current
+        model mines them and one fit suffices. Both counts are bounded (:func:`_ok_budget`), so a refit costs
+        at most two small fits however many OK images there are. Returns ``(head, X, y, groups)`` of the final fit.
         """
         X = [p.X for p in parts]
         y = [p.y for p in parts]
@@ -297,15 +318,21 @@ class Segmenter:
         Xc = np.concatenate(X)
         yc = np.concatenate(y + [np.full(len(x), self.background_, dtype=np.int64) for x in X[len(parts):]])
         gc = np.concatenate(groups + [np.full(len(x), p.index) for x, p in zip(X[len(parts):], ok_parts)])
-        head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
+        if ok_parts and n_hard and init is not None and init.coef.shape[1] == Xc.shape[1]:
+            head = init   # a refit (warm start): the current model mines its own hard negatives, one fit
+        else:
+            head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
         if not ok_parts or not isinstance(head, LinearHead) or n_hard == 0:
             return head, Xc, yc, gc
+        from threadpoolctl import threadpool_limits
+
         hard = []
-        for p in ok_parts:
-            scores = head_scores(head, p.pool)
-            others = np.delete(scores, self.background_, axis=1)
-            margin = others.max(axis=1) - scores[:, self.background_]
-            hard.append(p.pool[np.argsort(-margin, kind="stable")[:n_hard]])
+        with threadpool_limits(1):  # a small product: one BLAS thread is ~6x faster on a busy machine
+            for p in ok_parts:
+                scores = head_scores(head, p.pool)
+                others = np.delete(scores, self.background_, axis=1)
+                margin = others.max(axis=1) - scores[:, self.background_]
+                hard.append(p.pool[np.argsort(-margin, kind="stable")[:n_hard]])
         Xc = np.concatenate([Xc] + hard)
         yc = np.concatenate([yc, np.full(sum(len(h) for h in hard), self.background_, dtype=np.int64)])
         gc = np.concatenate([gc] + [np.full(len(h), p.index) for h, p in zip(hard, ok_parts)])
@@ -313,36 +340,39 @@ class Segmenter:
 
     def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
         """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
-        (marked OK, or with a point of a defect class) is scored by a model fitted without it."""
+        (marked OK, or with a point of a defect class) is predicted by a model fitted without it.
+
+        Clean examples are the OK images' scores and, on each defective image, the largest predicted region
+        that no defect click falls in: the user clicked the defects, so such a region is (with corrective
+        clicks nearly always) a false finding on clean surface, the kind a clean part would show.
+        """
         from pointseg.decision import DEFAULT_SCORE, choose_threshold, part_confusion
 
         status = {p.index: (False if p.ok else True if (p.y != self.background_).any() else None) for p in parts}
         known = [p for p in parts if status[p.index] is not None]
         if len(known) < 2:
             return NGRule(source="default: NG when any region is found"), None
-        ng_scores, ok_scores = [], []
+        ng_scores, ok_scores, clean_surface = [], [], []
         twin = copy.copy(self)
         for p in known:
             rest = [q for q in parts if q is not p]
-            ys = np.concatenate([q.y for q in rest])
-            if len(np.unique(ys)) < 2:
+            if len(np.unique(np.concatenate([q.y for q in rest]))) < 2:
                 continue
             twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
             twin.n_features_in_ = p.X.shape[1]
-            score = twin._score_image(p.fmap, DEFAULT_SCORE)
-            (ng_scores if status[p.index] else ok_scores).append(score)
-        threshold, source = choose_threshold(ng_scores, ok_scores, DEFAULT_SCORE)
+            labels = twin.predict(p.fmap)
+            score = _largest_region(labels != self.background_)
+            if status[p.index]:
+                ng_scores.append(score)
+                clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
+            else:
+                ok_scores.append(score)
+        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, DEFAULT_SCORE)
         rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
         confusion = None
         if ok_scores:
             confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
         return rule, confusion
-
-    def _score_image(self, image, kind: str) -> float:
-        from pointseg.decision import image_score
-
-        result = self.predict_full(image, probabilities=kind == "quantile")
-        return image_score(kind, result.labels, result.probabilities, self.background_)
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:
@@ -389,18 +419,21 @@ class Segmenter:
         if not hasattr(self, "head_"):
             raise PointsegError("this Segmenter is not trained yet; call fit() or Segmenter.load() first")
 
-    def decision_grid(self, image) -> Scores:
+    def decision_grid(self, image, stream_above: int | None = None) -> Scores:
         """The head applied to an image's features: :class:`~pointseg.features.Scores`, which give the logits
         of any pixel box on demand (deep part from the stride-4 grid, fine part at full resolution).
 
         Large uncached images stream through the backbone tile by tile, so only the K-channel score grid is
-        ever held for the whole image (:meth:`FeatureExtractor.image_scores`).
+        ever held for the whole image (:meth:`FeatureExtractor.image_scores`); ``stream_above`` overrides
+        :data:`STREAM_ABOVE_PIXELS`.
         """
         self._check_fitted()
+        stream_above = STREAM_ABOVE_PIXELS if stream_above is None else stream_above
         if isinstance(self.head_, LinearHead):
             w, b = self.head_.folded()
-            return self.extractor.image_scores(image, w, b, stream_above=STREAM_ABOVE_PIXELS)
-        return self.extractor.image_scores(image, fn=self.head_.scores, stream_above=STREAM_ABOVE_PIXELS)
+            return self.extractor.image_scores(image, w, b, stream_above=stream_above)
+        return self.extractor.image_scores(image, fn=self.head_.scores, n_features=self.n_features_in_,
+                                           stream_above=stream_above)
 
     def predict_proba(self, image) -> np.ndarray:
         """Class probabilities ``(K, H, W)`` float32."""
@@ -455,11 +488,7 @@ class Segmenter:
         if rgb is None:
             raise PointsegError("predict_coarse needs the image itself (a path or an array), not a FeatureMap")
         small = downscale(rgb, max_side)
-        if isinstance(self.head_, LinearHead):
-            w, b = self.head_.folded()
-            scores = self.extractor.image_scores(small, w, b, stream_above=0)
-        else:
-            scores = self.extractor.image_scores(small, fn=self.head_.scores, stream_above=0)
+        scores = self.decision_grid(small, stream_above=0)  # streamed: not worth a cache entry
         with single_thread():
             return self._finish(scores, probabilities, sigma=self.smoothing_ * small.shape[0] / rgb.shape[0])
 
@@ -648,12 +677,15 @@ class _ImagePart:
     moments: tuple
     ok: bool
     pool: np.ndarray | None
+    xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
 
 
 #: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
 OK_POOL_PIXELS = 4000
 #: background points per OK image: spread evenly, and hard negatives; the total over all OK images is capped
 OK_SPREAD, OK_HARD, OK_TOTAL = 32, 32, 512
+#: OK images whose pools a Segmenter keeps between refits (4,000 x ~400 float32 = 6 MB each)
+OK_POOL_CACHE = 32
 
 
 def _ok_budget(n_ok: int) -> tuple[int, int]:
@@ -679,6 +711,24 @@ class Progress:
 def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
     """The feature vectors a head trains on at points ``xy`` (:meth:`FeatureMap.sample`)."""
     return fmap.sample(xy)
+
+
+def _largest_region(mask: np.ndarray, avoid: np.ndarray | None = None) -> float:
+    """Area of the largest 8-connected region of ``mask``, leaving out regions that a point of ``avoid``
+    (``(n, 2)`` [x, y]) falls in."""
+    from scipy import ndimage
+
+    regions, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return 0.0
+    areas = np.bincount(regions.ravel())
+    areas[0] = 0
+    if avoid is not None and len(avoid):
+        h, w = mask.shape
+        cols = np.clip(np.floor(avoid[:, 0]).astype(np.intp), 0, w - 1)
+        rows = np.clip(np.floor(avoid[:, 1]).astype(np.intp), 0, h - 1)
+        areas[regions[rows, cols]] = 0
+    return float(areas.max())
 
 
 def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:

@@ -12,6 +12,7 @@ class Protocol(str, Enum):
     random = "random"
     corrective = "corrective"
     both = "both"
+    parts = "parts"
 
 
 _METHOD_HELP = "Method to evaluate (repeat to compare; default: default). See the methods above."
@@ -48,7 +49,9 @@ def evaluate_command(
         "--method", "-m", help=_METHOD_HELP, show_default=False)] = None,
     protocol: Annotated[Protocol, typer.Option(
         help="random (N clicks per class drawn 2 px inside the class), corrective (NoC protocol: click the "
-             "deepest point of the largest error, retrain after each click) or both.")] = Protocol.both,
+             "deepest point of the largest error, retrain after each click) or both; parts: per-part OK/NG "
+             "decisions (corrective clicks on --train-images defective images + --ok-images clean ones marked OK; "
+             "false alarms, misses and AUROC on held-out parts including clean ones).")] = Protocol.both,
     train_images: Annotated[int, typer.Option(
         "--train-images", "-k", help="Training images drawn per seed (among images showing >= 2 classes).")] = 3,
     train: Annotated[Optional[list[str]], typer.Option(
@@ -64,6 +67,8 @@ def evaluate_command(
         "--transfer-at", help="Corrective protocol: clicks per image at which held-out images are scored "
                               "(comma list, or 'all' for every click).")] = "5,10,20",
     margin: Annotated[int, typer.Option(help="Random clicks keep this many px away from class boundaries.")] = 2,
+    ok_images: Annotated[str, typer.Option(
+        "--ok-images", help="Parts protocol: clean images marked OK per seed, one condition per value.")] = "3,0",
     backbone: Annotated[Optional[str], typer.Option(
         help="Backbone for the 'default' method (and any Segmenter option not set by a spec).",
         show_default=False)] = None,
@@ -118,6 +123,8 @@ def _run(**kw) -> None:
     from .runner import EvalConfig, evaluate, progress_units
 
     protocol = getattr(kw["protocol"], "value", kw["protocol"])
+    if protocol == "parts":
+        return _run_parts(kw)
     protocols = {"both": ("random", "corrective"), "random": ("random",), "corrective": ("corrective",)}.get(protocol)
     if protocols is None:
         raise PointsegError(f"--protocol {protocol!r}: use random, corrective or both")
@@ -170,3 +177,41 @@ def _run(**kw) -> None:
         out.print(f"CSV: {write_csv(results, kw['csv_out'])}")
     if kw["plot"]:
         out.print(f"plot: {plot_curves(results, kw['plot'])}")
+
+
+def _run_parts(kw) -> None:
+    """``--protocol parts``: the per-part protocol (:mod:`pointseg.evaluation.parts`)."""
+    import json
+
+    from rich.console import Console
+
+    from pointseg import FeatureCache
+    from pointseg.errors import PointsegError
+
+    from .datasets import load_dataset
+    from .methods import SegmenterMethod, build_method, parse_method_spec, parse_options
+    from .parts import PartsConfig, markdown_parts, run_parts
+
+    config = PartsConfig(seeds=_ints(kw["seeds"], "--seeds"), defective=kw["train_images"],
+                         ok_images=_ints(kw["ok_images"], "--ok-images"), budget=kw["budget"], test=kw["test"])
+    config.check()
+    dataset = load_dataset(kw["dataset_dir"], max_megapixels=kw["max_megapixels"])
+    options = parse_options(kw["option"])
+    for key in ("backbone", "precision", "tile_size", "C"):
+        if kw[key] is not None:
+            options[key] = kw[key]
+    cache = FeatureCache(max_bytes=int(kw["cache_mb"]) * 1_000_000)
+    weights = str(kw["weights"]) if kw["weights"] else None
+    factories = {}
+    for spec in (parse_method_spec(m) for m in (kw["method"] or ["default"])):
+        method = build_method(spec, dataset.classes, options=options, weights=weights, cache=cache)
+        if not isinstance(method, SegmenterMethod) or method.segmenter.classifier != "logistic":
+            raise PointsegError(f"--method {spec.text}: the parts protocol needs a logistic pointseg Segmenter")
+        seg = method.segmenter
+        factories[method.name] = lambda seg=seg: type(seg)(**seg.get_params(), cache=cache)
+    result = run_parts(dataset, factories, config)
+    out = Console()
+    out.print(markdown_parts(result), markup=False, highlight=False)
+    if kw["json_out"]:
+        kw["json_out"].write_text(json.dumps(result, indent=1))
+        out.print(f"JSON: {kw['json_out']}")

@@ -66,7 +66,9 @@ def parts_split(stems, defective: dict[str, bool], seed: int, n_defective: int, 
         held_ok = evenly_spaced(ok, len(ok) - reserve_ok)
     else:
         share = len(ng) / max(1, len(ng) + len(ok))
-        k_ng = min(len(ng) - n_defective, max(1, round(test * share)))
+        # the rare defective parts get up to half of the held-out set, so the miss rate has some resolution,
+        # but twice the training count stays out of it, so seeds draw different defective training images
+        k_ng = min(max(1, len(ng) - 2 * n_defective), max(1, round(test * share), test // 2))
         held_ng = evenly_spaced(ng, max(0, k_ng))
         held_ok = evenly_spaced(ok, max(0, min(len(ok) - reserve_ok, test - len(held_ng))))
     rest_ng = [s for s in ng if s not in set(held_ng)]

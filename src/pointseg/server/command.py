@@ -19,7 +19,7 @@ def serve_command(
         help="Folder of images to add to the project (by reference; repeatable).")] = None,
     host: Annotated[str, typer.Option(
         help="Address to bind. Anything but the loopback requires an access token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8765,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the app in the default browser.")] = False,
     token: Annotated[Optional[str], typer.Option(
         help="Access token for the API (generated and printed when binding a non-loopback address).",
@@ -42,19 +42,22 @@ def serve_command(
     from pointseg.server.guards import is_loopback
     from pointseg.server.store import ProjectStore, StoreError, project_lock
 
+    import sqlite3
+
     err = typer.echo
     if backbone is not None and backbone not in available_backbones():
         err(f"error: unknown backbone {backbone!r}; choose one of: {', '.join(available_backbones())}", err=True)
         raise typer.Exit(2)
     try:
         store = ProjectStore(project_dir)
-    except StoreError as exc:
-        err(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    try:
         lock = project_lock(store.dir)
     except StoreError as exc:
         err(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (OSError, sqlite3.Error) as exc:  # a read-only disk or folder, no permission, a full disk
+        reason = getattr(exc, "strerror", None) or str(exc)
+        err(f"error: cannot open the project {project_dir}: {reason}; pointseg serve writes to its project "
+            "folder, so give a writable one (or copy the project to a writable disk)", err=True)
         raise typer.Exit(2) from None
 
     stored_backbone = store.get_meta("backbone")

@@ -60,8 +60,8 @@ export function renderClasses() {
       el("button", { class: "mini del", title: "Delete", "aria-label": `Delete ${c.name}`, onclick: (ev) => { ev.stopPropagation(); removeClass(c); } }, "✕"));
     return el("li", { class: c.id === S.classId ? "current" : "", dataset: { id: c.id },
                       onclick: () => selectClass(c.id) },
-      el("span", { class: "key" }, i < 9 ? String(i + 1) : ""), color, name, bgBtn,
-      el("span", { class: "n", title: "annotations" }, String(c.n_annotations)), eye, acts);
+      el("span", { class: "key" }, i < 9 ? String(i + 1) : ""), eye, color, name, bgBtn,
+      el("span", { class: "n", title: "annotations" }, String(c.n_annotations)), acts);
   });
   list.replaceChildren(...nodes);
   list.setAttribute("aria-label", "Classes");

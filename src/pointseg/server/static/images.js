@@ -108,7 +108,7 @@ function badgesOf(img) {
                    `${plural(img.n_points, "point")}, ${plural(img.n_scribbles, "scribble")}`]);
   if (img.prediction && !failed) {
     const stale = predictionStale(img);
-    out.push([`badge ${stale ? "stale" : "pred"}`, stale ? "old" : "pred",
+    out.push([`badge ${stale ? "stale" : "pred"}`, stale ? "old" : "✓",
               stale ? "predicted by an older model: run Predict all again" : `predicted by model r${img.prediction.rev}`]);
     const f = findings(img);
     if (f) out.push(["badge find", `${f}▲`, `${plural(f, "region")} found`]);

@@ -8,7 +8,7 @@ import { api } from "./api.js";
 import { $, el } from "./util.js";
 
 const FIELDS = {
-  features: { label: "Features", kind: "select", options: [["hybrid", "deep + filter bank (hybrid)"], ["deep", "deep only"]],
+  features: { label: "Features", kind: "select", options: [["hybrid", "hybrid"], ["deep", "deep"]],
               help: "hybrid: CNN features plus a full-resolution filter bank (sharper edges); deep: CNN only" },
   smoothing: { label: "Smoothing σ", kind: "number", step: "0.1", min: "0", help: "Gaussian smoothing of the scores, in pixels (0: none)" },
   C: { label: "C", kind: "number", step: "any", min: "0", placeholder: "auto",
