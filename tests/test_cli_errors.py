@@ -69,6 +69,27 @@ def test_train_output_is_checked_before_training(project):
         assert time.monotonic() - started < 60
 
 
+def test_bad_annotation_files_in_train(project, tmp_path):
+    """The CLI applies the same validation and limits to annotation files as the server to its bodies."""
+    (tmp_path / "null.json").write_text(json.dumps({"classes": ["a", "b"], "images": [
+        {"path": "x.png"}, {"path": "y.png", "points": None}]}))
+    assert_one_line_error(run("train", tmp_path / "null.json", "-o", tmp_path / "m.pointseg"),
+                          "null.json: images[1].points: expected a list")
+    (tmp_path / "deep.json").write_text("[" * 200_000)
+    assert_one_line_error(run("train", tmp_path / "deep.json", "-o", tmp_path / "m.pointseg"), "too deeply")
+    assert_one_line_error(run("train", tmp_path, "-o", tmp_path / "m.pointseg"), "is a folder")
+
+
+def test_outputs_get_the_mode_the_umask_gives(project, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.umask(0o022); from pointseg.cli import main; "
+         "sys.argv = ['pointseg', *sys.argv[1:]]; main()", "predict", str(project / "m.pointseg"),
+         str(project / "part.png"), "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == {"part.png": 0o644, "summary.csv": 0o644}
+
+
 def test_demo_output_that_is_a_file(project):
     assert_one_line_error(run("demo", "-o", project / "a_file"), "is a file; give a folder")
 

@@ -192,6 +192,9 @@ def _rewrite_meta(path, out, **changes):
     header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
     meta = json.loads(header["__metadata__"]["pointseg"])
     meta.update(changes)
+    from pointseg.modelfile import CHECKSUM_KEY, content_checksum
+
+    meta[CHECKSUM_KEY] = content_checksum(load(data), meta)  # a consistent edit: the field checks must catch it
     out.write_bytes(save(load(data), metadata={"pointseg": json.dumps(meta)}))
 
 

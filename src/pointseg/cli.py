@@ -14,6 +14,7 @@ from pointseg.fileio import atomic_write_bytes
 from pointseg.errors import OutputError, PointsegError
 from pointseg.evaluation.command import evaluate_command
 from pointseg.server.command import serve_command
+from pointseg.deploy.command import export_command, serve_model_command
 
 app = typer.Typer(
     name="pointseg",
@@ -157,6 +158,9 @@ def predict(
         help="Channels of zarr / OME-Zarr / TIFF images to use, e.g. 0,1,2 or 1 (default: all of 1, 3 or 4).")] = None,
     tile_above: Annotated[int, typer.Option(
         "--tile-above", min=1, help="Predict zarr / OME-Zarr / TIFF images above this many pixels as tile tasks.")] = 16_000_000,
+    engine: Annotated[Optional[str], typer.Option(help="torch: the library path, all PyTorch; onnxruntime or "
+                      "openvino: the model exported to one ONNX graph (once, cached). Default: the library path "
+                      "with its backbone on the fastest installed engine.")] = None,
 ) -> None:
     """Label every pixel of new images with a trained model, here or on a Dask cluster."""
     from pointseg.batch.command import run_predict
@@ -168,7 +172,7 @@ def predict(
         ng_area=ng_area, ng_rule=ng_rule, weights=weights, min_region=min_region, workers=workers,
         scheduler=scheduler,
         scheduler_file=scheduler_file, recursive=recursive, resume=resume, channels=channels,
-        tile_above=tile_above, console=console,
+        tile_above=tile_above, engine=engine, console=console,
     )
     if code:
         raise typer.Exit(code)
@@ -227,6 +231,8 @@ def info() -> None:
 
 
 app.command("serve")(serve_command)
+app.command("export")(export_command)
+app.command("serve-model")(serve_model_command)
 app.command("evaluate")(evaluate_command)
 
 

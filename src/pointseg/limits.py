@@ -63,7 +63,7 @@ MAX_UPLOAD_BYTES = Limit("POINTSEG_MAX_UPLOAD_MB", 256 * MiB, "MiB",
                          "bytes of one image upload to `pointseg serve`", scale=MiB)
 MAX_JSON_FILE_BYTES = Limit("POINTSEG_MAX_JSON_MB", 64 * MiB, "MiB",
                             "bytes of an annotation JSON file", scale=MiB)
-MAX_JSON_BODY_BYTES = Limit("POINTSEG_MAX_JSON_BODY_MB", 4 * MiB, "MiB",
+MAX_JSON_BODY_BYTES = Limit("POINTSEG_MAX_JSON_BODY_MB", 16 * MiB, "MiB",
                             "bytes of a JSON request body to `pointseg serve`", scale=MiB)
 MAX_POINTS_PER_REQUEST = Limit("POINTSEG_MAX_POINTS_PER_REQUEST", 20_000, "points",
                                "points (clicks plus scribble vertices) in one request to `pointseg serve`")

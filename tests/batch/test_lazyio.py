@@ -52,3 +52,24 @@ def test_atomic_writes_to_urls(tmp_path):
     assert (tmp_path / "a" / "x.bin").read_bytes() == b"one"
     assert lazyio.read_bytes("memory://lazyio-test/x.bin") == b"two"
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.bin"]  # no temporary file left
+
+
+def test_a_16_bit_ome_zarr_predicted_in_tiles_equals_the_whole_image(model_path, tmp_path):
+    """The tiles rescale by the whole image's value range (a first pass over the tiles), as to_rgb8 does."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.writer import write_image
+
+    from conftest import mosaic
+    from pointseg.batch import BatchOptions, predict_many
+    from pointseg.batch.tiled import read_labels
+    from pointseg.segmenter import Segmenter
+
+    rgb = mosaic(300, 420)
+    data = (np.moveaxis(rgb, -1, 0).astype(np.uint16) * 9 + 1000)[[2, 1, 0]]  # 16-bit, channels stored BGR
+    root = zarr.group(store=parse_url(str(tmp_path / "s.ome.zarr"), mode="w").store, overwrite=True)
+    write_image(image=data, group=root, axes="cyx", storage_options=dict(chunks=(1, 128, 128)))
+    (result,) = predict_many(model_path, [str(tmp_path / "s.ome.zarr")], str(tmp_path / "out"),
+                             options=BatchOptions(channels=(2, 1, 0), tile_above_pixels=50_000))
+    assert result.ok, result.error
+    expected = Segmenter.load(model_path).predict(to_rgb8(np.moveaxis(data[[2, 1, 0]], 0, -1)))
+    assert (read_labels(str(tmp_path / "out" / "s.ome.zarr")) == expected).all()

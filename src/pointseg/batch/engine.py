@@ -52,7 +52,7 @@ def predict_many(model, inputs: Iterable, output: str, client=None, *, options: 
 
     Parameters
     ----------
-    model : path or URL of a ``.pointseg`` file, or its bytes.
+    model : path or URL of a ``.pointseg`` file, its bytes, or a fitted :class:`~pointseg.segmenter.Segmenter`.
     inputs : files, folders, globs, ``@list.txt`` and fsspec URLs (:func:`~pointseg.batch.inputs.expand_inputs`),
         or already expanded :class:`InputItem` objects.
     output : folder (path or URL) for the outputs, ``summary.csv`` and the manifest.
@@ -73,10 +73,10 @@ def predict_many(model, inputs: Iterable, output: str, client=None, *, options: 
     ...     print(r.item.name, r.error or r.measures["fraction_defect"])
     """
     options = options or BatchOptions()
-    data = model if isinstance(model, bytes) else _read_model(str(model))
-    ref = ModelRef.from_bytes(data, weights=weights, min_region=min_region)
-    items = [i if isinstance(i, InputItem) else None for i in inputs]
-    items = items if all(items) and items else expand_inputs(list(inputs), recursive=recursive)
+    data = _model_bytes(model)
+    ref = ModelRef.from_bytes(data, weights=weights, min_region=min_region, engine=options.engine)
+    inputs = list(inputs)
+    items = inputs if inputs and all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs, recursive)
     _check_output(output)
     manifest = Manifest(output, ref.key.sha256, options.for_manifest())
     previous = manifest.previous_entries() if resume else {}
@@ -99,11 +99,21 @@ def _never() -> bool:
     return False
 
 
-def _read_model(location: str) -> bytes:
+def _model_bytes(model) -> bytes:
+    """A model file's bytes from its path/URL, the bytes themselves, or a fitted Segmenter (the app's)."""
+    if isinstance(model, bytes):
+        return model
+    if hasattr(model, "save") and hasattr(model, "head_"):
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="pointseg-") as tmp:
+            model.save(Path(tmp) / "model.pointseg")
+            return (Path(tmp) / "model.pointseg").read_bytes()
     try:
-        return lazyio.read_bytes(location)
+        return lazyio.read_bytes(str(model))
     except PointsegError:
-        raise PointsegError(f"model file not found: {location}") from None
+        raise PointsegError(f"model file not found: {model}") from None
 
 
 def _check_output(output: str) -> None:
@@ -171,10 +181,18 @@ def _run_local(ref, items, todo, done, output, options, client, cancel, manifest
             continue
         if cancel():
             return
-        value = predict_image(ref.key, item, output, options)
-        if "plan" in value:
-            value = run_tiled(_call, ref.key, item, output, options, value["plan"])
+        try:
+            value = predict_image(ref.key, item, output, options)
+            if "plan" in value:
+                value = run_tiled(_call, ref.key, item, output, options, value["plan"])
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the batch
+            value = _failure(item, exc)
         yield _finished(_result(index, item, value), manifest, on_done)
+
+
+def _failure(item: InputItem, exc: BaseException) -> dict:
+    """An unexpected failure of one image (a bug, a worker killed again and again): reported, not raised."""
+    return {"error": f"{item.name}: {type(exc).__name__}: {exc}".splitlines()[0]}
 
 
 def _call(fn, *args, **kwargs):
@@ -221,7 +239,10 @@ def _run_cluster(ref, items, todo, done, output, options, client, cancel, manife
                 continue
             for future in finished:
                 index = pending.pop(future)
-                value = future.result()
+                try:
+                    value = future.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after repeated crashes
+                    value = _failure(items[index], exc)
                 if "plan" in value:  # an image to predict in tiles: its final task stands in for it
                     tiled = run_tiled(submit, ref.key, items[index], output, options, value["plan"])
                     pending[tiled] = index

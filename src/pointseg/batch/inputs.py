@@ -40,7 +40,7 @@ def expand_inputs(arguments, recursive: bool = False) -> list[InputItem]:
     for argument in arguments:
         if argument.startswith("@"):
             for line in _read_list(argument[1:]):
-                found.extend(_expand_one(line, recursive, single_file_label=True))
+                found.extend(_expand_one(line, recursive))
         else:
             found.extend(_expand_one(argument, recursive))
     if not found:
@@ -54,8 +54,9 @@ def expand_inputs(arguments, recursive: bool = False) -> list[InputItem]:
 
 
 def unique_stems(names: list[str]) -> list[str]:
-    """Output stems for names: ``x.jpg`` → ``x``; where two names share a stem (``x.jpg``, ``x.png``) both keep
-    their suffix (``x_jpg``, ``x_png``); any clash left gets ``-2``, ``-3`` … in input order."""
+    """Output stems for names: ``x.jpg`` → ``x``; where names with different suffixes share a stem (``x.jpg``,
+    ``x.png``) they keep their suffix (``x_jpg``, ``x_png``); any clash left (the same name twice) gets ``-2``,
+    ``-3`` … in input order."""
     def plain(name: str) -> str:
         p = PurePosixPath(name.rstrip("/"))
         base = p.name[: -len(".ome.zarr")] if p.name.lower().endswith(".ome.zarr") else p.stem
@@ -86,15 +87,15 @@ def _read_list(location: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _expand_one(argument: str, recursive: bool, single_file_label: bool = False):
+def _expand_one(argument: str, recursive: bool):
     """``(location, name relative to the argument, label of the argument)`` for one argument."""
     if lazyio.is_local(argument):
-        yield from _expand_local(str(lazyio.local_path(argument)), recursive, single_file_label)
+        yield from _expand_local(str(lazyio.local_path(argument)), recursive)
     else:
         yield from _expand_url(argument, recursive)
 
 
-def _expand_local(argument: str, recursive: bool, single_file_label: bool):
+def _expand_local(argument: str, recursive: bool):
     path = Path(argument)
     if any(m in argument for m in _MAGIC):
         root = _glob_root(argument)
@@ -108,7 +109,7 @@ def _expand_local(argument: str, recursive: bool, single_file_label: bool):
             yield str(item), item.relative_to(path).as_posix(), path.resolve().name
         return
     if path.exists():
-        yield str(path), path.name, "" if single_file_label else ""
+        yield str(path), path.name, ""
         return
     raise PointsegError(f"no such file or folder: {argument}")
 

@@ -89,7 +89,7 @@ def plan_tiles(seg, plan: dict, fingerprint: dict, rule) -> dict:
     while levels < 6 and max(h, w) >> levels >= 256 and ext.tile_size % (1 << levels) == 0:
         levels += 1
     factor = 1
-    while max(h, w) / factor > PREVIEW_SIDE and factor < ext.tile_size:
+    while max(h, w) / factor > PREVIEW_SIDE and ext.tile_size % (2 * factor) == 0:  # tiles hold whole cells
         factor *= 2
     return {**plan, "extent": (hp, wp), "core": ext.tile_size, "boxes": boxes, "levels": levels, "rule": rule,
             "preview_factor": factor, "fingerprint": fingerprint, "started": time.time(),
