@@ -101,7 +101,7 @@ function findings(img) {
 
 function badgesOf(img) {
   const out = [];
-  const failed = img.status === "failed" || (img.prediction && img.prediction.status === "error");
+  const failed = img.status === "failed" || (img.prediction && img.prediction.status !== "ok");
   if (img.status === "failed") out.push(["badge fail", "unreadable", img.error || "the file cannot be read"]);
   const n = img.n_points + img.n_scribbles;
   if (n) out.push(["badge pts", `${img.n_points}${img.n_scribbles ? `+${img.n_scribbles}` : ""}`,
