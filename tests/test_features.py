@@ -144,17 +144,17 @@ def test_disk_cache_keeps_the_context_map(image, tmp_path):
 
 def test_fine_responses_per_tile_equal_the_whole_image_filter_bank(image, monkeypatch):
     import pointseg.features as features_module
-    from pointseg.features import ByteLRU, FineFeatures
+    from pointseg.features import FineFeatures, tile_cache
     from pointseg.filters import low_level_features
 
     monkeypatch.setattr(features_module, "FINE_TILE", 64)  # 329 x 427: tiles cut the image 6 x 7 ways
     whole = low_level_features(image)
-    fine = FineFeatures(image, "t", cache=ByteLRU(10**9))
+    fine = FineFeatures(image, "t", cache=tile_cache(10**9))
     for y0, y1, x0, x1 in [(0, 329, 0, 427), (0, 5, 0, 3), (60, 70, 120, 200), (300, 329, 400, 427)]:
         np.testing.assert_array_equal(fine.box(y0, y1, x0, x1), whole[:, y0:y1, x0:x1])
     rows, cols = np.array([0, 328, 64, 63, 200]), np.array([0, 426, 64, 63, 17])
     np.testing.assert_array_equal(fine.at(rows, cols), whole[:, rows, cols].T)
-    cold = FineFeatures(image, "cold", cache=ByteLRU(0))  # nothing cached: each point from its own window
+    cold = FineFeatures(image, "cold", cache=tile_cache(0))  # at most the last tile: points mostly from their windows
     np.testing.assert_array_equal(cold.at(rows, cols), whole[:, rows, cols].T)
     total, total_sq = fine.sums()
     flat = whole.reshape(whole.shape[0], -1).astype(np.float64)
@@ -162,15 +162,15 @@ def test_fine_responses_per_tile_equal_the_whole_image_filter_bank(image, monkey
     np.testing.assert_allclose(total_sq, (flat * flat).sum(1), rtol=1e-9)
 
 
-def test_tile_cache_is_bounded_in_bytes():
-    from pointseg.features import ByteLRU
+def test_fine_tile_cache_is_bounded_in_bytes(image, monkeypatch):
+    import pointseg.features as features_module
+    from pointseg.features import FineFeatures, tile_cache
 
-    lru = ByteLRU(max_bytes=3 * 400)
-    for i in range(5):
-        lru.put(i, np.zeros(100, np.float32))
-    assert len(lru) == 3 and lru.nbytes == 1200 and lru.get(0) is None and lru.get(4) is not None
-    lru.put("big", np.zeros(1000, np.float32))  # larger than the whole budget: not kept
-    assert lru.get("big") is None
+    monkeypatch.setattr(features_module, "FINE_TILE", 64)
+    lru = tile_cache(max_bytes=3 * 18 * 64 * 64 * 4)  # room for three full tiles
+    fine = FineFeatures(image, "bounded", cache=lru)
+    fine.box(0, 329, 0, 427)  # 42 tiles computed
+    assert len(lru) == 3 and lru.nbytes <= lru.max_bytes
 
 
 def test_hybrid_map_keeps_pixels_not_fine_responses_and_scores_any_box(image):

@@ -14,6 +14,7 @@ from pointseg.fileio import atomic_write_bytes
 from pointseg.errors import OutputError, PointsegError
 from pointseg.evaluation.command import evaluate_command
 from pointseg.server.command import serve_command
+from pointseg.deploy.command import export_command, serve_model_command
 
 app = typer.Typer(
     name="pointseg",
@@ -80,11 +81,7 @@ def _output_folder(path: Path, option: str = "--output") -> Path:
     """Create the output folder (or accept an existing one) and prove it writable, before any work starts."""
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; give a folder (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{option} {path}: cannot create the folder ({exc.strerror}); choose another path",
-                          exc.errno) from None
+    _make_folder(path, option, path)
     _probe_writable(path, option)
     return path
 
@@ -96,21 +93,28 @@ def _output_file(path: Path, option: str = "--output") -> Path:
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{option} {path}: cannot create {parent} ({exc.strerror}); choose another path",
-                          exc.errno) from None
+    _make_folder(parent, option, path)
     _probe_writable(parent, option, target=path)
     return path
+
+
+def _make_folder(folder: Path, option: str, target: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {target}: cannot create the folder {folder} ({exc.strerror}); "
+                          "choose another path", exc.errno) from None
 
 
 def _probe_writable(folder: Path, option: str, target: Path | None = None) -> None:
     """Write and remove a tiny file in ``folder``: the one test that permissions, read-only mounts and
     special file systems (``/proc``) cannot fool, unlike :func:`os.access` (which says yes to root)."""
+    import os
+
+    probe = folder / f".pointseg-write-test-{os.getpid()}"  # per process: two runs may share a folder
     try:
-        atomic_write_bytes(folder / ".pointseg-write-test", b"")
-        (folder / ".pointseg-write-test").unlink()
+        atomic_write_bytes(probe, b"")
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         reason = exc.message.split(": ", 1)[-1] if isinstance(exc, OutputError) else exc.strerror
         raise OutputError(f"{option} {target or folder}: cannot write in {folder}: {reason}", exc.errno) from None
@@ -157,6 +161,9 @@ def predict(
         help="Channels of zarr / OME-Zarr / TIFF images to use, e.g. 0,1,2 or 1 (default: all of 1, 3 or 4).")] = None,
     tile_above: Annotated[int, typer.Option(
         "--tile-above", min=1, help="Predict zarr / OME-Zarr / TIFF images above this many pixels as tile tasks.")] = 16_000_000,
+    engine: Annotated[Optional[str], typer.Option(help="torch: the library path, all PyTorch; onnxruntime or "
+                      "openvino: the model exported to one ONNX graph (once, cached). Default: the library path "
+                      "with its backbone on the fastest installed engine.")] = None,
 ) -> None:
     """Label every pixel of new images with a trained model, here or on a Dask cluster."""
     from pointseg.batch.command import run_predict
@@ -168,7 +175,7 @@ def predict(
         ng_area=ng_area, ng_rule=ng_rule, weights=weights, min_region=min_region, workers=workers,
         scheduler=scheduler,
         scheduler_file=scheduler_file, recursive=recursive, resume=resume, channels=channels,
-        tile_above=tile_above, console=console,
+        tile_above=tile_above, engine=engine, console=console,
     )
     if code:
         raise typer.Exit(code)
@@ -227,6 +234,8 @@ def info() -> None:
 
 
 app.command("serve")(serve_command)
+app.command("export")(export_command)
+app.command("serve-model")(serve_model_command)
 app.command("evaluate")(evaluate_command)
 
 

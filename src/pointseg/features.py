@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pointseg.backbones import build_backbone
 from pointseg.errors import PointsegError
 from pointseg.imageio import load_image
+from pointseg.lru import ByteLRU
 from pointseg.presets import DEFAULT_BACKBONE
 
 #: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches)
@@ -41,59 +42,33 @@ FEATURE_KINDS = ("deep", "hybrid")
 FINE_TILE = 256
 #: bytes of full-resolution filter tiles kept in memory across all images (the "tiles in use")
 FINE_CACHE_BYTES = 256_000_000
+#: images above this many pixels hold their deep map as float16 in memory (see :func:`deep_dtype`)
+DEEP_FLOAT16_ABOVE_PIXELS = 4_000_000
 #: points in one tile above which its whole tile is computed rather than a window per point
-POINTS_PER_TILE = 64
+POINTS_PER_TILE = 32
 #: grid rows per band when streaming statistics over a deep map (bounds the upsampled-context copy)
 MOMENT_BAND_CELLS = 64
 
 
-class ByteLRU:
-    """A thread-safe least-recently-used mapping bounded by the bytes of its values (``.nbytes``).
+def deep_dtype(image_size: tuple[int, int]) -> type:
+    """How a deep map is held in memory: float32, or float16 for images above :data:`DEEP_FLOAT16_ABOVE_PIXELS`.
 
-    Minimal on purpose: the server engineer's ``pointseg.lru`` replaces it once it is in main.
+    Half the bytes (a 12 MP image's stride-4 map: 264 MB instead of 528 MB) for a rounding of 5e-4 relative,
+    far below the bf16 network's own 0.065 and what the float16 disk cache has always stored; small images
+    stay float32 so the exact tiled-equals-whole identities hold to float32 precision.
     """
+    return np.float16 if int(image_size[0]) * int(image_size[1]) > DEEP_FLOAT16_ABOVE_PIXELS else np.float32
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def get(self, key):
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key, value) -> None:
-        size = int(value.nbytes)
-        with self._lock:
-            if key in self._items or size > self.max_bytes:
-                return
-            self._items[key] = value
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= int(old.nbytes)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
+def tile_cache(max_bytes: int) -> ByteLRU:
+    """A :class:`~pointseg.lru.ByteLRU` of arrays, bounded by their bytes."""
+    return ByteLRU(max_bytes, size=lambda a: a.nbytes)
 
 
 @lru_cache(maxsize=1)
 def fine_tile_cache() -> ByteLRU:
     """The process-wide cache of full-resolution filter tiles (:data:`FINE_CACHE_BYTES`)."""
-    return ByteLRU(FINE_CACHE_BYTES)
+    return tile_cache(FINE_CACHE_BYTES)
 
 
 class FineFeatures:
@@ -136,16 +111,21 @@ class FineFeatures:
         a, b, c, d = max(0, y0 - HALO), min(h, y1 + HALO), max(0, x0 - HALO), min(w, x1 + HALO)
         return np.ascontiguousarray(low_level_features(self.rgb[a:b, c:d])[:, y0 - a: y1 - a, x0 - c: x1 - c])
 
-    def box(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Responses of rows ``y0:y1``, columns ``x0:x1``: ``C x (y1-y0) x (x1-x0)`` float32."""
-        out = np.empty((self.channels, y1 - y0, x1 - x0), dtype=np.float32)
+    def pieces(self, y0: int, y1: int, x0: int, x1: int):
+        """Yield ``((r0, c0), responses)``: the box's part in each tile it touches, with its top-left pixel."""
         for ty in range(y0 // FINE_TILE, -(-y1 // FINE_TILE)):
             for tx in range(x0 // FINE_TILE, -(-x1 // FINE_TILE)):
                 t = self.tile(ty, tx)
                 oy, ox = ty * FINE_TILE, tx * FINE_TILE
                 r0, r1 = max(y0, oy), min(y1, oy + t.shape[1])
                 c0, c1 = max(x0, ox), min(x1, ox + t.shape[2])
-                out[:, r0 - y0: r1 - y0, c0 - x0: c1 - x0] = t[:, r0 - oy: r1 - oy, c0 - ox: c1 - ox]
+                yield (r0, c0), t[:, r0 - oy: r1 - oy, c0 - ox: c1 - ox]
+
+    def box(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Responses of rows ``y0:y1``, columns ``x0:x1``: ``C x (y1-y0) x (x1-x0)`` float32."""
+        out = np.empty((self.channels, y1 - y0, x1 - x0), dtype=np.float32)
+        for (r0, c0), piece in self.pieces(y0, y1, x0, x1):
+            out[:, r0 - y0: r0 - y0 + piece.shape[1], c0 - x0: c0 - x0 + piece.shape[2]] = piece
         return out
 
     def at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -165,7 +145,7 @@ class FineFeatures:
                 else:
                     vec = self._window(r, r + 1, c, c + 1)[:, 0, 0].copy()
                 with self._points_lock:
-                    if len(self._points) < 200_000:
+                    if len(self._points) < 50_000:
                         self._points[(r, c)] = vec
             out[i] = vec
         return out
@@ -265,7 +245,7 @@ class FeatureMap:
     def deep_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Grid cells ``rows x cols`` of :meth:`full_deep`, without upsampling the whole context map."""
         (g0, g1), (k0, k1) = rows, cols
-        block = self.data[:, g0:g1, k0:k1]
+        block = self.data[:, g0:g1, k0:k1].astype(np.float32, copy=False)
         if self.context is None:
             return block
         window = upsample_window(torch.from_numpy(self.context), 8, rows, cols).numpy()
@@ -277,6 +257,13 @@ class FeatureMap:
             return self.fine[:, y0:y1, x0:x1]
         source = self.fine_source
         return source.box(y0, y1, x0, x1) if source is not None else None
+
+    def fine_pieces(self, y0: int, y1: int, x0: int, x1: int):
+        """:meth:`fine_box` in pieces, ``((r0, c0), responses)``, without assembling the box."""
+        if self.fine is not None:
+            yield (y0, x0), self.fine[:, y0:y1, x0:x1]
+        elif self.fine_source is not None:
+            yield from self.fine_source.pieces(y0, y1, x0, x1)
 
     def sample(self, xy: np.ndarray) -> np.ndarray:
         """Feature vectors at image points ``(n, 2)`` [x, y] → ``(n, n_channels)``: the deep map sampled
@@ -309,18 +296,16 @@ class FeatureMap:
             coarse = (w_ctx @ ctx.reshape(ctx.shape[0], -1)).reshape(-1, *ctx.shape[1:])
 
         def grid_window(rows, cols):
-            (g0, g1), (k0, k1) = rows, cols
-            block = torch.from_numpy(self.data[:, g0:g1, k0:k1])
-            out = torch.einsum("kc,chw->khw", w, block) + b[:, None, None]
+            out = linear_scores(w, self.data, rows, cols) + b[:, None, None]
             if coarse is not None:
                 out += upsample_window(coarse, 8, rows, cols)
             return out
 
         return Scores(self.image_size, self.extent, self.grid_size, grid_window, self, weights[:, c_deep:])
 
-    def score_with(self, fn) -> "Scores":
-        """Like :meth:`score` for a non-linear head on deep features: ``fn((n, deep_channels)) → (n, K)``."""
-        self._check_columns(self.deep_channels if fn is not None else 0)
+    def score_with(self, fn, n_features: int) -> "Scores":
+        """Like :meth:`score` for a non-linear head on ``n_features`` deep features: ``fn((n, C)) → (n, K)``."""
+        self._check_columns(n_features)
 
         def grid_window(rows, cols):
             feats = self.deep_window(rows, cols)
@@ -379,6 +364,23 @@ class FeatureMap:
         return max(1, int(np.ceil(h * hf / hp))), max(1, int(np.ceil(w * wf / wp)))
 
 
+def linear_scores(weights: torch.Tensor, data: np.ndarray, rows: tuple[int, int], cols: tuple[int, int],
+                  chunk: int = 32) -> torch.Tensor:
+    """``weights (K, C)`` times the cells ``rows x cols`` of ``data (C, h, w)`` → ``K x rows x cols``.
+
+    One matrix product per grid row, batched (BLAS reads the strided window in place: no copy of the
+    window, 8x faster than an einsum that gathers it), ``chunk`` rows at a time so a float16 map is
+    converted to float32 only a cache-sized piece at a time.
+    """
+    (g0, g1), (k0, k1) = rows, cols
+    out = torch.empty((weights.shape[0], g1 - g0, k1 - k0), dtype=torch.float32)
+    for a in range(g0, g1, chunk):
+        b = min(g1, a + chunk)
+        block = torch.from_numpy(data[:, a:b, k0:k1]).permute(1, 0, 2)
+        out[:, a - g0: b - g0] = torch.matmul(weights, block.float()).permute(1, 0, 2)
+    return out
+
+
 class Scores:
     """A head applied to one image: logits ``K x h x w`` of any pixel box, computed when asked.
 
@@ -398,10 +400,6 @@ class Scores:
         self._w_fine = (torch.from_numpy(np.ascontiguousarray(fine_weights))
                         if fine_weights is not None and fine_weights.shape[1] else None)
 
-    @property
-    def n_classes(self) -> int:
-        return int(self.grid_window((0, 1), (0, 1)).shape[0])
-
     def grid_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
         """Deep scores (bias included) of grid cells ``rows x cols``."""
         return self._grid_window(rows, cols)
@@ -419,9 +417,12 @@ class Scores:
     def fine_logits(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor | None:
         if self._w_fine is None:
             return None
-        fine = torch.from_numpy(np.ascontiguousarray(self._fine_from.fine_box(y0, y1, x0, x1)))
-        c, h, w = fine.shape
-        return (self._w_fine @ fine.reshape(c, -1)).reshape(-1, h, w)
+        out = torch.empty((self._w_fine.shape[0], y1 - y0, x1 - x0), dtype=torch.float32)
+        for (r0, c0), piece in self._fine_from.fine_pieces(y0, y1, x0, x1):  # tile by tile: no box-sized copy
+            _, h, w = piece.shape
+            block = torch.from_numpy(piece).permute(1, 0, 2)
+            out[:, r0 - y0: r0 - y0 + h, c0 - x0: c0 - x0 + w] = torch.matmul(self._w_fine, block).permute(1, 0, 2)
+        return out
 
     def fine_mean_logits(self) -> torch.Tensor | None:
         """The fine part's mean over the image (a constant per class), for coarse previews."""
@@ -441,10 +442,10 @@ class _StreamedFine:
     """Fine responses for an image streamed through the backbone (no FeatureMap): per box, from the pixels."""
 
     def __init__(self, rgb: np.ndarray, key: str):
-        self.source = FineFeatures(rgb, key, cache=ByteLRU(0))  # one pass over the image: nothing to reuse
+        self.source = FineFeatures(rgb, key, cache=tile_cache(0))  # one pass over the image: nothing to reuse
 
-    def fine_box(self, y0, y1, x0, x1):
-        return self.source._window(y0, y1, x0, x1)
+    def fine_pieces(self, y0, y1, x0, x1):
+        yield (y0, x0), self.source._window(y0, y1, x0, x1)
 
     def feature_means(self) -> np.ndarray:
         total, _ = self.source.sums()
@@ -566,7 +567,7 @@ class FeatureCache:
             with open(tmp, "wb") as handle:
                 np.savez(
                     handle,
-                    **{name: a.astype(np.float16) for name, a in arrays.items()},
+                    **{name: a.astype(np.float16, copy=False) for name, a in arrays.items()},
                     **extra,
                     image_size=np.array(fmap.image_size),
                     extent=np.array(fmap.extent),
@@ -625,7 +626,7 @@ class FeatureCache:
         try:
             with np.load(path) as z:
                 fmap = FeatureMap(
-                    data=z["data"].astype(np.float32),
+                    data=z["data"].astype(deep_dtype(tuple(z["image_size"]))),
                     image_size=tuple(int(v) for v in z["image_size"]),
                     extent=tuple(int(v) for v in z["extent"]),
                     key=key,
@@ -697,6 +698,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def resolve_extractor_engine(engine: str, device: torch.device) -> str:
+    """``"auto"``: ``$POINTSEG_ENGINE`` if set, torch on a GPU, else the fastest installed CPU runtime."""
+    from pointseg.engines import ENGINES, resolve_engine
+
+    if engine == "auto":
+        engine = os.environ.get("POINTSEG_ENGINE", "auto") or "auto"
+        if engine == "auto" and device.type != "cpu":
+            return "torch"
+    if engine != "torch" and engine in ENGINES and device.type != "cpu":
+        raise PointsegError(f"engine {engine!r} runs on the CPU here; use engine='torch' with device={device.type!r}")
+    return resolve_engine(engine)
+
+
 class FeatureExtractor:
     """Runs one backbone over images and caches the feature maps.
 
@@ -710,11 +724,16 @@ class FeatureExtractor:
     cache : a :class:`FeatureCache` shared between extractors; a private one is made if omitted.
     features : ``"deep"`` (the backbone's map only) or ``"hybrid"`` (plus full-resolution low-level
         filters, :mod:`pointseg.filters`).
+    engine : what runs the backbone: ``"torch"`` (the reference), ``"openvino"``, ``"onnxruntime"``, or
+        ``"auto"``: ``$POINTSEG_ENGINE`` when set, else the fastest installed on a CPU (OpenVINO, then
+        onnxruntime, then torch; see :func:`resolve_extractor_engine`). Runtime engines run the same
+        torch module exported to ONNX (:mod:`pointseg.engines`); their features agree with torch within
+        the precision's error, and the cache key (``id``) names the engine.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights=None, precision: str = "auto",
                  device: str | None = None, tile_size: int = 1024, cache: FeatureCache | None = None,
-                 download: bool = False, features: str = "deep"):
+                 download: bool = False, features: str = "deep", engine: str = "auto"):
         if features not in FEATURE_KINDS:
             raise PointsegError(f"unknown features {features!r}; choose one of: {', '.join(FEATURE_KINDS)}")
         self.features = features
@@ -722,18 +741,24 @@ class FeatureExtractor:
             backbone, weights, download=download
         )
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.engine = resolve_extractor_engine(engine, self.device)
+        self.precision = resolve_precision("fp32" if self.engine == "onnxruntime" and precision == "auto"
+                                           else precision, self.device)
         if tile_size < self.spec.pad_multiple:
             raise PointsegError(f"tile_size {tile_size} is too small; use at least {self.spec.pad_multiple}")
         self.tile_size = int(tile_size) // self.spec.pad_multiple * self.spec.pad_multiple
         self.cache = cache if cache is not None else FeatureCache()
         self.module.to(self.device)
-        if self.precision == "bf16":
+        if self.engine != "torch":
+            from pointseg.engines.trunk import EngineTrunk
+
+            self.module = EngineTrunk(self.module, self.spec, self.weights_sha256, self.engine, self.precision)
+        elif self.precision == "bf16":
             self.module.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
         self.id = (
-            f"{self.spec.name}-{self.weights_sha256[:16]}-{self.precision}-p{PREPROCESSING_VERSION}"
+            f"{self.spec.name}-{self.weights_sha256[:16]}-{self.engine}-{self.precision}-p{PREPROCESSING_VERSION}"
             + (f"-hybrid{filter_bank_version()}" if self.hybrid else "")
         )
         self._run_lock = threading.Lock()
@@ -787,12 +812,13 @@ class FeatureExtractor:
         self.cache.put(fmap)
         return fmap
 
-    def image_scores(self, image, weights=None, bias=None, fn=None, stream_above: int = 16_000_000) -> Scores:
+    def image_scores(self, image, weights=None, bias=None, fn=None, n_features: int | None = None,
+                     stream_above: int = 16_000_000) -> Scores:
         """A head's :class:`Scores` of an image (path, array or FeatureMap): scores of this image, streamed if
         large.
 
         Linear heads pass ``weights, bias`` (columns in :attr:`FeatureMap.layout` order), others ``fn``
-        (deep features ``(n, C) → (n, K)``). A cached or small image is extracted (and cached) and scored
+        (deep features ``(n, C) → (n, K)``) and the ``n_features`` they take. A cached or small image is extracted (and cached) and scored
         lazily, box by box. A larger uncached image streams through the backbone tile by tile, so only the
         K-channel score grid is held for the whole image; its fine responses are computed per box later.
         """
@@ -805,15 +831,15 @@ class FeatureExtractor:
             if fmap is None and rgb.shape[0] * rgb.shape[1] <= stream_above:
                 fmap = self.extract(rgb)
         if fmap is not None:
-            return fmap.score(weights, bias) if fn is None else fmap.score_with(fn)
-        return self._streamed_scores(rgb, weights, bias, fn)
+            return fmap.score(weights, bias) if fn is None else fmap.score_with(fn, n_features)
+        return self._streamed_scores(rgb, weights, bias, fn, n_features)
 
-    def _streamed_scores(self, rgb: np.ndarray, weights, bias, fn) -> Scores:
+    def _streamed_scores(self, rgb: np.ndarray, weights, bias, fn, n_features) -> Scores:
         h, w = rgb.shape[:2]
         extent = self.padded_size((h, w))
         stride = self.spec.stride
         n_fine = self.fine_channels
-        n_in = weights.shape[1] if fn is None else self.channels
+        n_in = weights.shape[1] if fn is None else n_features
         if n_in != self.channels + n_fine:
             raise PointsegError(
                 f"features have {self.channels + n_fine} channels but the model expects {n_in}")
@@ -863,11 +889,11 @@ class FeatureExtractor:
             return 1
         return -(-hp // core) * -(-wp // core)
 
-    def _compute(self, rgb: np.ndarray, progress=None) -> np.ndarray:
+    def _compute(self, rgb: np.ndarray, progress=None, dtype=np.float32) -> np.ndarray:
         h, w = rgb.shape[:2]
         hp, wp = self.padded_size((h, w))
         stride = self.spec.stride
-        out = np.empty((self.channels, hp // stride, wp // stride), dtype=np.float32)
+        out = np.empty((self.channels, hp // stride, wp // stride), dtype=dtype)
         total = self.n_tiles((h, w))
         for done, ((y0, y1, x0, x1), tile) in enumerate(self.iter_tiles(rgb), 1):
             out[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = tile
@@ -880,14 +906,17 @@ class FeatureExtractor:
         (``FeatureMap.context``); ``(compute(rgb), None)`` for trunks without one. ``progress(done, total)``
         is called after each tile."""
         if getattr(self.module, "context_start", None) is None:
-            return self._compute(rgb, progress), None
+            return self._compute(rgb, progress, deep_dtype(rgb.shape[:2])), None
         hp, wp = self.padded_size(rgb.shape[:2])
         padded = _pad_reflect(rgb, hp, wp)
         stride = self.spec.stride
         cores, context = self._context_passes(padded, progress)
-        base = np.empty((cores[0][1].shape[0], hp // stride, wp // stride), dtype=np.float32)
-        for (y0, y1, x0, x1), fused in cores:
+        base = np.empty((cores[0][1].shape[0], hp // stride, wp // stride), dtype=deep_dtype(rgb.shape[:2]))
+        cores.reverse()
+        while cores:  # each core's map is freed once copied: the peak is one deep map, not two
+            (y0, y1, x0, x1), fused = cores.pop()
             base[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = _to_numpy(fused)
+            del fused
         return base, _to_numpy(context)
 
     def iter_tiles(self, rgb: np.ndarray):

@@ -88,12 +88,10 @@ def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = No
     ``decision`` (a :class:`pointseg.decision.Decision`: the model's learned rule, with its ``ng_score`` and
     ``ng_threshold`` columns).
     """
-    from scipy import ndimage
+    from pointseg.regions import connected_regions
 
-    structure = np.ones((3, 3), dtype=bool)
     pixels = np.bincount(labels.ravel(), minlength=len(classes))
-    regions = [0 if k == background else int(ndimage.label(labels == k, structure=structure)[1])
-               for k in range(len(classes))]
+    regions = [0 if k == background else connected_regions(labels == k).count for k in range(len(classes))]
     return summary_from_counts(pixels, regions, classes, ng_area, background, decision)
 
 

@@ -419,18 +419,21 @@ class Segmenter:
         if not hasattr(self, "head_"):
             raise PointsegError("this Segmenter is not trained yet; call fit() or Segmenter.load() first")
 
-    def decision_grid(self, image) -> Scores:
+    def decision_grid(self, image, stream_above: int | None = None) -> Scores:
         """The head applied to an image's features: :class:`~pointseg.features.Scores`, which give the logits
         of any pixel box on demand (deep part from the stride-4 grid, fine part at full resolution).
 
         Large uncached images stream through the backbone tile by tile, so only the K-channel score grid is
-        ever held for the whole image (:meth:`FeatureExtractor.image_scores`).
+        ever held for the whole image (:meth:`FeatureExtractor.image_scores`); ``stream_above`` overrides
+        :data:`STREAM_ABOVE_PIXELS`.
         """
         self._check_fitted()
+        stream_above = STREAM_ABOVE_PIXELS if stream_above is None else stream_above
         if isinstance(self.head_, LinearHead):
             w, b = self.head_.folded()
-            return self.extractor.image_scores(image, w, b, stream_above=STREAM_ABOVE_PIXELS)
-        return self.extractor.image_scores(image, fn=self.head_.scores, stream_above=STREAM_ABOVE_PIXELS)
+            return self.extractor.image_scores(image, w, b, stream_above=stream_above)
+        return self.extractor.image_scores(image, fn=self.head_.scores, n_features=self.n_features_in_,
+                                           stream_above=stream_above)
 
     def predict_proba(self, image) -> np.ndarray:
         """Class probabilities ``(K, H, W)`` float32."""
@@ -485,11 +488,7 @@ class Segmenter:
         if rgb is None:
             raise PointsegError("predict_coarse needs the image itself (a path or an array), not a FeatureMap")
         small = downscale(rgb, max_side)
-        if isinstance(self.head_, LinearHead):
-            w, b = self.head_.folded()
-            scores = self.extractor.image_scores(small, w, b, stream_above=0)
-        else:
-            scores = self.extractor.image_scores(small, fn=self.head_.scores, stream_above=0)
+        scores = self.decision_grid(small, stream_above=0)  # streamed: not worth a cache entry
         with single_thread():
             return self._finish(scores, probabilities, sigma=self.smoothing_ * small.shape[0] / rgb.shape[0])
 

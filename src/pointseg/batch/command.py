@@ -38,14 +38,15 @@ def parse_channels(text: str | None) -> tuple[int, ...] | None:
 
 
 def run_predict(model, inputs, output, *, overlay, probabilities, ng_area, ng_rule, weights, min_region, workers,
-                scheduler, scheduler_file, recursive, resume, channels, tile_above, console: Console) -> int:
+                scheduler, scheduler_file, recursive, resume, channels, tile_above, console: Console,
+                engine: str | None = None) -> int:
     from pointseg.batch.cluster import open_client
     from pointseg.batch.engine import predict_many
     from pointseg.batch.inputs import expand_inputs
     from pointseg.batch.tasks import BatchOptions
 
     options = BatchOptions(overlay=overlay, probabilities=probabilities, ng_area=ng_area, ng_rule=ng_rule,
-                           channels=parse_channels(channels), tile_above_pixels=tile_above)
+                           channels=parse_channels(channels), tile_above_pixels=tile_above, engine=engine)
     items = expand_inputs(inputs, recursive=recursive)
     done, failed, resumed = 0, 0, 0
     with open_client(workers, scheduler, scheduler_file) as client:

@@ -74,7 +74,7 @@ def predict_many(model, inputs: Iterable, output: str, client=None, *, options: 
     """
     options = options or BatchOptions()
     data = _model_bytes(model)
-    ref = ModelRef.from_bytes(data, weights=weights, min_region=min_region)
+    ref = ModelRef.from_bytes(data, weights=weights, min_region=min_region, engine=options.engine)
     inputs = list(inputs)
     items = inputs if inputs and all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs, recursive)
     _check_output(output)

@@ -25,6 +25,7 @@ class ModelKey:
     sha256: str
     weights: str | None = None
     min_region: int | None = None  # the CLI's --min-region override
+    engine: str | None = None  # BatchOptions.engine
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ class ModelRef:
     key: ModelKey
 
     @classmethod
-    def from_bytes(cls, data: bytes, weights=None, min_region=None) -> "ModelRef":
+    def from_bytes(cls, data: bytes, weights=None, min_region=None, engine=None) -> "ModelRef":
         sha = hashlib.sha256(data).hexdigest()
-        return cls(data, ModelKey(sha, None if weights is None else str(weights), min_region))
+        return cls(data, ModelKey(sha, None if weights is None else str(weights), min_region, engine))
 
 
 def register(ref: ModelRef):
@@ -62,7 +63,6 @@ def model_for(key: ModelKey):
 
 def _load(ref: ModelRef):
     from pointseg.features import FeatureCache
-    from pointseg.segmenter import Segmenter
 
     folder = Path(tempfile.gettempdir()) / "pointseg-models"
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,11 +72,25 @@ def _load(ref: ModelRef):
 
         atomic_write_bytes(path, ref.data)
     # a batch sees each image once: keeping feature maps would only grow memory with the folder
-    seg = Segmenter.load(path, weights=ref.key.weights, cache=FeatureCache(max_bytes=0))
+    seg = _load_for_engine(path, ref.key.engine, ref.key.weights, FeatureCache(max_bytes=0))
     if ref.key.min_region is not None:
         seg.min_region = ref.key.min_region
-    seg.extractor  # build the backbone now, not in the first task
+    if hasattr(seg, "extractor"):
+        seg.extractor  # build the backbone now, not in the first task
     return seg
+
+
+def _load_for_engine(path: Path, engine: str | None, weights, cache):
+    """A Segmenter, or for a graph engine (onnxruntime / openvino) the exported model behind the same
+    ``predict_full`` (:mod:`pointseg.deploy.predictor`, imported only then)."""
+    if engine is None:
+        from pointseg.segmenter import Segmenter
+
+        return Segmenter.load(path, weights=weights, cache=cache)
+    from pointseg.deploy.predictor import load_for_predict
+
+    return load_for_predict(path, engine, weights=weights, cache=cache)
+
 
 
 def worker_plugin(ref: ModelRef):

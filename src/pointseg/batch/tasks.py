@@ -31,8 +31,13 @@ class BatchOptions:
     ng_rule: str | None = None  # "SCORE:THRESHOLD" or "any"; None: the model's learned rule
     channels: tuple[int, ...] | None = None
     tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
+    #: None: the library path with its backbone on the fastest installed engine; "torch": all PyTorch;
+    #: "onnxruntime" / "openvino": the model exported to one ONNX graph (pointseg.deploy)
+    engine: str | None = None
 
     def __post_init__(self):
+        if self.engine not in (None, "torch", "onnxruntime", "openvino"):
+            raise PointsegError(f"unknown --engine {self.engine!r}; choose one of: torch, onnxruntime, openvino")
         if self.probabilities not in (None, "npy", "tiff"):
             raise PointsegError(f"probabilities go to 'npy' or 'tiff' files, not {self.probabilities!r}")
         if self.ng_area is not None and not 0.0 <= self.ng_area <= 1.0:
@@ -70,6 +75,10 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
         found = _read_input(item.location, options)
         if "plan" in found:
             from pointseg.batch.tiled import plan_tiles
+
+            if not hasattr(seg, "extractor"):
+                raise PointsegError(f"{item.name} is predicted in tiles, which runs on the library path; "
+                                    "drop --engine onnxruntime/openvino (or raise --tile-above) for it")
 
             return {"plan": plan_tiles(seg, found["plan"], found["fingerprint"], ng_rule_for(seg, options))}
         from pointseg.decision import decide_labels

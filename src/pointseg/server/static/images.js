@@ -101,14 +101,14 @@ function findings(img) {
 
 function badgesOf(img) {
   const out = [];
-  const failed = img.status === "failed" || (img.prediction && img.prediction.status === "error");
+  const failed = img.status === "failed" || (img.prediction && img.prediction.status !== "ok");
   if (img.status === "failed") out.push(["badge fail", "unreadable", img.error || "the file cannot be read"]);
   const n = img.n_points + img.n_scribbles;
   if (n) out.push(["badge pts", `${img.n_points}${img.n_scribbles ? `+${img.n_scribbles}` : ""}`,
                    `${plural(img.n_points, "point")}, ${plural(img.n_scribbles, "scribble")}`]);
   if (img.prediction && !failed) {
     const stale = predictionStale(img);
-    out.push([`badge ${stale ? "stale" : "pred"}`, stale ? "old" : "pred",
+    out.push([`badge ${stale ? "stale" : "pred"}`, stale ? "old" : "✓",
               stale ? "predicted by an older model: run Predict all again" : `predicted by model r${img.prediction.rev}`]);
     const f = findings(img);
     if (f) out.push(["badge find", `${f}▲`, `${plural(f, "region")} found`]);

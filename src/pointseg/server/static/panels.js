@@ -182,12 +182,18 @@ export function renderBatch() {
   if (!b || (!b.running && !b.total)) { box.hidden = true; $("#predict-all").disabled = false; return; }
   box.hidden = false;
   $("#batch-bar").style.width = `${b.total ? (100 * b.done) / b.total : 0}%`;
-  const kept = b.resumed || b.skipped || 0;
-  const failed = b.failed ? `, ${b.failed} failed` : "";
-  const from = kept ? ` (${kept} kept from before)` : "";
-  $("#batch-text").textContent = b.running ? `${b.done} / ${b.total}${from}` :
-    (b.cancelled ? `stopped at ${b.done} / ${b.total}` : `${b.done} / ${b.total} done in ${b.seconds}s${failed}`);
-  $("#batch-text").title = $("#batch-text").textContent;
+  $("#batch .progress").hidden = !b.running;         // a finished run keeps only its one-line result
+  // a run after Stop skips the images already predicted by this model: say so, so 0 → k is not a redo
+  const kept = b.skipped || b.resumed || 0;
+  const upToDate = kept ? ` · ${kept} already up to date` : "";
+  const failed = b.failed ? ` · ${b.failed} failed` : "";
+  let text;
+  if (b.running && b.waiting) text = `waiting for the model… ${b.done} / ${b.total}`;
+  else if (b.running) text = `${b.done} / ${b.total}${upToDate}${failed}`;
+  else if (b.cancelled) text = `stopped at ${b.done} / ${b.total}`;
+  else text = `${b.done} / ${b.total} done in ${b.seconds}s${upToDate}${failed}`;
+  $("#batch-text").textContent = text;
+  $("#batch-text").title = b.message ? `${text} — ${b.message}` : text;
   $("#batch-cancel").hidden = !b.running;
   $("#predict-all").disabled = b.running;
   $("#predict-all").textContent = !b.running && b.cancelled && b.done < b.total ? "Resume" : "Predict all";
