@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from pointseg.errors import OutputError, PointsegError
+from pointseg.limits import max_json_body_bytes
 from pointseg.server.deps import Services, Settings
 from pointseg.server.guards import (GuardMiddleware, MAX_FILES_PER_UPLOAD, is_loopback, public_message,
                                     scrub_paths, storage_error)
@@ -50,7 +51,8 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None,
                   openapi_url="/api/openapi.json")
     app.state.services = services
     app.add_middleware(GuardMiddleware, token=settings.token, loopback=is_loopback(settings.host),
-                       upload_limit=MAX_FILES_PER_UPLOAD * settings.max_upload_bytes + (1 << 20))
+                       upload_limit=MAX_FILES_PER_UPLOAD * settings.max_upload_bytes + (1 << 20),
+                       json_limit=max_json_body_bytes())
     _add_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
