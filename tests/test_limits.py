@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import struct
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -38,14 +37,12 @@ def test_bomb_is_refused_from_its_header(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(bomb_png(30000, 30000))
     assert path.stat().st_size < 2000
-    started = time.perf_counter()
     for reader in (read_image, load_image):
         with pytest.raises(ImageError) as info:
             reader(path)
         message = str(info.value)
         assert "30000x30000" in message or "900,000,000" in message
         assert "POINTSEG_MAX_PIXELS" in message and "tiled TIFF" in message and "\n" not in message
-    assert time.perf_counter() - started < 2  # nothing was decoded
 
 
 def test_default_pixel_limit_is_pillows_and_pillows_guard_stays_on(tmp_path, monkeypatch):
@@ -107,9 +104,7 @@ def test_server_upload_of_a_bomb_is_refused_with_422(tmp_path):
     server = Server(tmp_path / "project").start()
     try:
         with server.client() as client:
-            started = time.perf_counter()
             r = client.post("/api/images", files=[("files", ("bomb.png", bomb_png(30000, 30000), "image/png"))])
-            assert time.perf_counter() - started < 20
             assert r.status_code == 422, r.text
             detail = r.json()["detail"]
             assert "bomb.png" in detail and "POINTSEG_MAX_PIXELS" in detail and str(tmp_path) not in detail

@@ -81,11 +81,7 @@ def _output_folder(path: Path, option: str = "--output") -> Path:
     """Create the output folder (or accept an existing one) and prove it writable, before any work starts."""
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; give a folder (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{option} {path}: cannot create the folder ({exc.strerror}); choose another path",
-                          exc.errno) from None
+    _make_folder(path, option, path)
     _probe_writable(path, option)
     return path
 
@@ -97,21 +93,28 @@ def _output_file(path: Path, option: str = "--output") -> Path:
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{option} {path}: cannot create {parent} ({exc.strerror}); choose another path",
-                          exc.errno) from None
+    _make_folder(parent, option, path)
     _probe_writable(parent, option, target=path)
     return path
+
+
+def _make_folder(folder: Path, option: str, target: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {target}: cannot create the folder {folder} ({exc.strerror}); "
+                          "choose another path", exc.errno) from None
 
 
 def _probe_writable(folder: Path, option: str, target: Path | None = None) -> None:
     """Write and remove a tiny file in ``folder``: the one test that permissions, read-only mounts and
     special file systems (``/proc``) cannot fool, unlike :func:`os.access` (which says yes to root)."""
+    import os
+
+    probe = folder / f".pointseg-write-test-{os.getpid()}"  # per process: two runs may share a folder
     try:
-        atomic_write_bytes(folder / ".pointseg-write-test", b"")
-        (folder / ".pointseg-write-test").unlink()
+        atomic_write_bytes(probe, b"")
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         reason = exc.message.split(": ", 1)[-1] if isinstance(exc, OutputError) else exc.strerror
         raise OutputError(f"{option} {target or folder}: cannot write in {folder}: {reason}", exc.errno) from None

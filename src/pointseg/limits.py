@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from pointseg.errors import PointsegError
 
@@ -121,6 +122,18 @@ def max_model_file_bytes() -> int:
 
 def disk_cache_bytes() -> int:
     return DISK_CACHE_BYTES.value()
+
+
+def read_bounded(path: Path, limit: Limit, what: str, error: type[PointsegError] = PointsegError) -> bytes:
+    """The bytes of ``path``, refused with ``error`` before reading when the file is larger than ``limit``.
+
+    Raises ``OSError`` as reading does (the caller knows what the file is for and says so).
+    """
+    size, bound = path.stat().st_size, limit.value()
+    if size > bound:
+        raise error(f"{path.name} is {size:,} bytes, more than {what} may have ({bound:,}); check the path, "
+                    f"or set {limit.env} to allow it")
+    return path.read_bytes()
 
 
 def markdown_table() -> str:

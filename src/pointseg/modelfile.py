@@ -40,7 +40,7 @@ from pointseg.fileio import atomic_write_bytes
 from pointseg.classifier import LinearHead, Standardizer, TrainingReport
 from pointseg.errors import ModelFileError, PointsegError
 from pointseg.features import filter_bank_version
-from pointseg.limits import MAX_MODEL_FILE_BYTES, max_model_file_bytes
+from pointseg.limits import MAX_MODEL_FILE_BYTES, read_bounded
 
 FORMAT = "pointseg-model"
 FORMAT_VERSION = 2
@@ -484,13 +484,8 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
         raise ModelFileError(f"{path} is a folder, not a model file; give the .pointseg file `pointseg train` wrote")
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
-    limit = max_model_file_bytes()
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise ModelFileError(f"{path.name} is {size:,} bytes, more than a model file can be ({limit:,}); "
-                                 f"check the path, or set {MAX_MODEL_FILE_BYTES.env} to allow it")
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_MODEL_FILE_BYTES, "a model file", ModelFileError)
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {path.name}: {exc.strerror}") from None
     meta, tensors = _parse(data, path.name)

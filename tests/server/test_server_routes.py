@@ -178,8 +178,10 @@ def test_predict_all_resumes_instead_of_starting_over(client):
     ids = [i["id"] for i in c.get("/api/images").json()["images"]]
     annotate(c, ids[0], cls)
     first = run_batch(c, {"image_ids": [ids[0]]})             # as if stopped after the first image
-    assert first["done"] == 1 and first["skipped"] == 0
-    second = run_batch(c)
+    assert first["done"] == 1 and first["skipped"] == 0 and not first["resumed"]
+    started = c.post("/api/predict-all").json()
+    assert started["done"] == started["skipped"] == 1 and started["resumed"]   # progress starts at 1 / 2
+    second = wait_for(lambda: (b := c.get("/api/predict-all").json())["running"] is False and b)
     assert second["done"] == 2 and second["skipped"] == 1      # the finished image is not redone
     assert run_batch(c)["skipped"] == 2
 

@@ -233,18 +233,19 @@ def base_tile(key: ModelKey, job: TileJob, box, value_range, _ready) -> None:
     work["grid"][:, y0 // 4: y1 // 4, x0 // 4: x1 // 4] = scores.numpy()
 
 
-def _head(seg):
-    """The folded head split as ``Segmenter._grid_scores`` splits it: (deep weights incl. context, bias)."""
+def _head(seg) -> tuple[np.ndarray, np.ndarray]:
+    """The folded linear head, as ``Segmenter.decision_grid`` hands it to the features (float32)."""
     w, b = seg.head_.folded()
-    c_deep = seg.extractor.channels
-    return torch.from_numpy(np.ascontiguousarray(w[:, :c_deep])), torch.from_numpy(b), w
+    return np.asarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32)
 
 
 def _deep_scores(seg, data: np.ndarray) -> torch.Tensor:
-    """``Segmenter._grid_scores`` for the base block (the context block is added in phase C)."""
-    weights, bias, _ = _head(seg)
-    c, hf, wf = data.shape
-    return (weights[:, :c] @ torch.from_numpy(data).reshape(c, -1) + bias[:, None]).reshape(-1, hf, wf)
+    """The base block's scores with the bias, as ``FeatureMap.score`` computes them on grid cells."""
+    weights, bias = _head(seg)
+    c = data.shape[0]
+    w = torch.from_numpy(np.ascontiguousarray(weights[:, :c]))
+    b = torch.from_numpy(np.ascontiguousarray(bias))
+    return torch.einsum("kc,chw->khw", w, torch.from_numpy(data)) + b[:, None, None]
 
 
 # ------------------------------------------------------------------------------------------ phase B
@@ -267,42 +268,45 @@ def context_tile(key: ModelKey, job: TileJob, box, _base) -> str:
     with ext._inference():
         context = ext.module.forward_context(ext._channels_last(x16[None]))[0].float()
     context = context[:, cy0 - r0 // 2: cy1 - r0 // 2, cx0 - c0 // 2: cx1 - c0 // 2].contiguous()
-    weights, _, _ = _head(seg)
-    c_base = weights.shape[1] - context.shape[0]
-    with single_thread():
-        coarse = weights[:, c_base:] @ context.reshape(context.shape[0], -1)
+    weights, _ = _head(seg)
+    c_deep = ext.channels
+    w_ctx = torch.from_numpy(np.ascontiguousarray(weights[:, c_deep - context.shape[0]: c_deep]))
+    with single_thread():  # FeatureMap.score: the context block scored at stride 32, upsampled per window
+        coarse = w_ctx @ context.reshape(context.shape[0], -1)
     work["coarse"][:, cy0:cy1, cx0:cx1] = coarse.reshape(-1, cy1 - cy0, cx1 - cx0).numpy()
     return str(box)
 
 
 # ------------------------------------------------------------------------------------------ phase C
 def label_tile(key: ModelKey, job: TileJob, core, value_range, _scored) -> dict:
-    """Labels of one core, written into the pyramid; returns counts, border strips and a preview piece."""
+    """Labels of one core, written into the pyramid; returns counts, border strips and a preview piece.
+
+    The core goes through ``Segmenter.predict_region`` with a :class:`~pointseg.features.Scores` whose deep
+    cells come from the work zarr and whose fine responses come from the image (with ``filters.HALO`` of
+    context): the same logits, smoothing and decision as the whole image's prediction.
+    """
     import zarr
 
-    from pointseg.classifier import single_thread
-    from pointseg.features import upsample_window
+    from pointseg.features import Scores
 
     seg = model_for(key)
-    ext = seg.extractor
     h, w = job.shape
     y0, y1, x0, x1 = core[0], min(core[1], h), core[2], min(core[3], w)
-    sigma = seg.smoothing_
-    halo = int(np.ceil(3 * sigma)) + 1 if sigma else 0
-    a0, a1, b0, b1 = max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo)
     work = zarr.open_group(store=lazyio.zarr_store(job.work), mode="r")
-    with single_thread():
-        grid, (g0, k0) = _cells(work["grid"], 4, (a0, a1), (b0, b1))
-        if job.context:
-            hf, wf = work["grid"].shape[1:]
-            g1, k1 = g0 + grid.shape[1], k0 + grid.shape[2]
-            grid = grid + _upsampled(work["coarse"], 8, (g0, g1), (k0, k1))
-        scores = upsample_window(grid, 4, (a0 - 4 * g0, a1 - 4 * g0), (b0 - 4 * k0, b1 - 4 * k0))
-        if ext.hybrid:
-            scores = scores + _fine_scores(seg, job, (a0, a1, b0, b1), value_range)
-        smoothed = seg._smooth_scores(scores)[:, y0 - a0: y1 - a0, x0 - b0: x1 - b0]
-        _, labels = torch.softmax(smoothed, dim=0).max(dim=0)
-    labels = labels.numpy().astype(np.uint8)
+    grid = work["grid"]
+    coarse = work["coarse"] if job.context else None
+
+    def grid_window(rows, cols):
+        (g0, g1), (k0, k1) = rows, cols
+        out = torch.from_numpy(np.asarray(grid[:, g0:g1, k0:k1]))
+        if coarse is not None:
+            out += _upsampled(coarse, 8, rows, cols)
+        return out
+
+    weights, _ = _head(seg)
+    fine_weights = weights[:, seg.extractor.channels:] if seg.extractor.hybrid else None
+    scores = Scores(job.shape, job.extent, grid.shape[1:], grid_window, _LazyFine(job, value_range), fine_weights)
+    labels = seg.predict_region(scores, (y0, y1, x0, x1), probabilities=False).labels.astype(np.uint8)
     pyramid = zarr.open_group(store=lazyio.zarr_store(job.partial, read_only=False), mode="r+")["labels"][LABEL_NAME]
     for level in range(job.levels):
         s = 1 << level
@@ -311,41 +315,33 @@ def label_tile(key: ModelKey, job: TileJob, core, value_range, _scored) -> dict:
     return _tile_stats(labels, len(seg.classes_), seg.background_, job.preview_factor)
 
 
-def _cells(array, scale: int, rows, cols):
-    """The cells of ``array`` (``C x h x w`` zarr) that ``upsample_window(array, scale, rows, cols)`` reads,
-    as a tensor, and their offset: upsampling them gives exactly the whole-array numbers."""
-    (r0, r1), (c0, c1) = rows, cols
-    h, w = array.shape[1:]
-    g0, g1 = max(0, r0 // scale - 1), min(h, -(-r1 // scale) + 1)
-    k0, k1 = max(0, c0 // scale - 1), min(w, -(-c1 // scale) + 1)
-    return torch.from_numpy(np.asarray(array[:, g0:g1, k0:k1])), (g0, k0)
-
-
 def _upsampled(array, scale: int, rows, cols) -> torch.Tensor:
-    from pointseg.features import upsample_window
+    """Rows x cols of ``array`` (``C x h x w`` zarr) bilinearly upsampled by ``scale``, from just the cells
+    that needs (``features.cell_span``): exactly the whole-array upsampling."""
+    from pointseg.features import cell_span, upsample_cells
 
-    cells, (g0, k0) = _cells(array, scale, rows, cols)
-    return upsample_window(cells, scale, (rows[0] - scale * g0, rows[1] - scale * g0),
-                           (cols[0] - scale * k0, cols[1] - scale * k0))
+    g0, g1 = cell_span(*rows, scale, array.shape[1])
+    k0, k1 = cell_span(*cols, scale, array.shape[2])
+    return upsample_cells(torch.from_numpy(np.asarray(array[:, g0:g1, k0:k1])), scale, g0, k0, rows, cols)
 
 
-def _fine_scores(seg, job: TileJob, window, value_range) -> torch.Tensor:
-    """``Segmenter._fine_scores`` for a window: the filters over it plus ``filters.HALO`` of real context."""
-    from pointseg.filters import HALO, low_level_features
+class _LazyFine:
+    """The full-resolution filter responses of a box, from the lazily read image plus ``filters.HALO``."""
 
-    a0, a1, b0, b1 = window
-    h, w = job.shape
-    r0, r1, c0, c1 = max(0, a0 - HALO), min(h, a1 + HALO), max(0, b0 - HALO), min(w, b1 + HALO)
-    lazy = _open(job)
-    try:
-        rgb = lazy.read_rgb(r0, r1, c0, c1, value_range)
-    finally:
-        lazy.close()
-    fine = low_level_features(rgb)[:, a0 - r0: a1 - r0, b0 - c0: b1 - c0]
-    _, _, w_all = _head(seg)
-    w_fine = torch.from_numpy(np.ascontiguousarray(w_all[:, seg.extractor.channels:]))
-    c, hh, ww = fine.shape
-    return (w_fine @ torch.from_numpy(np.ascontiguousarray(fine)).reshape(c, -1)).reshape(-1, hh, ww)
+    def __init__(self, job: TileJob, value_range):
+        self.job, self.value_range = job, value_range
+
+    def fine_box(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        from pointseg.filters import HALO, low_level_features
+
+        h, w = self.job.shape
+        a, b, c, d = max(0, y0 - HALO), min(h, y1 + HALO), max(0, x0 - HALO), min(w, x1 + HALO)
+        lazy = _open(self.job)
+        try:
+            rgb = lazy.read_rgb(a, b, c, d, self.value_range)
+        finally:
+            lazy.close()
+        return np.ascontiguousarray(low_level_features(rgb)[:, y0 - a: y1 - a, x0 - c: x1 - c])
 
 
 def _tile_stats(labels: np.ndarray, n_classes: int, background: int, preview_factor: int) -> dict:
