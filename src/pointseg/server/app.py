@@ -17,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from pointseg.errors import OutputError, PointsegError
-from pointseg.limits import max_json_body_bytes
 from pointseg.server.deps import Services, Settings
 from pointseg.server.guards import (GuardMiddleware, MAX_FILES_PER_UPLOAD, is_loopback, public_message,
                                     scrub_paths, storage_error)
