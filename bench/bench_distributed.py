@@ -102,6 +102,7 @@ def throughput(model, folder: Path, work: Path, count: int, side: int) -> tuple[
     wall, _ = run_batch(model, [folder], work / "out0")
     figures["inprocess"] = wall
     rows.append(["in-process (torch on all cores)", "–", f"{wall:.1f}", f"{count / wall:.2f}", f"{mp / wall:.3f}", "–"])
+    print(rows[-1], flush=True)
     for n in (1, 2):
         cluster, client, start = local_cluster(n)
         try:
@@ -113,9 +114,11 @@ def throughput(model, folder: Path, work: Path, count: int, side: int) -> tuple[
         eff = "–" if n == 1 else f"**{figures[1] / (2 * wall):.2f}**"
         rows.append([f"LocalCluster, {n} worker(s) × 1 thread", f"{start:.1f}", f"{wall:.1f}", f"{count / wall:.2f}",
                      f"{mp / wall:.3f}", eff])
+        print(rows[-1], flush=True)
     t = time.perf_counter()
     run_batch(model, [folder], work / "out2", resume=True)
     figures["resume"] = time.perf_counter() - t
+    print("resume", figures["resume"], flush=True)
     return rows, figures
 
 
@@ -167,6 +170,7 @@ def main() -> None:
                         help="pixels above which both runs take the large-image path (streaming / tile tasks); "
                              "lower it to measure that path on a smaller image")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-large", action="store_true")
     args = parser.parse_args()
     head = header("bench_distributed.py", sys.argv[1:])
     work = Path(tempfile.mkdtemp(prefix="pointseg-bench-dist-"))
@@ -176,10 +180,10 @@ def main() -> None:
         if not args.skip_throughput:
             write_folder(work / "in", args.images, args.small)
             rows, fig = throughput(model, work / "in", work, args.images, args.small)
-        big_rows, big = large_image(model, work, args.side, args.stream_above)
+        big_rows, big = ([], None) if args.skip_large else large_image(model, work, args.side, args.stream_above)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    big_text = [
+    big_text = [] if big is None else [
         f"A {args.side}×{args.side} px ({args.side ** 2 / 1e6:.1f} MP) synthetic zarr image, both runs on the "
         f"large-image path (above {args.stream_above:,} px):",
         md_table(["run", "wall s", "MP/s", "peak RSS MB"], big_rows),

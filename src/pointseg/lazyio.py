@@ -95,7 +95,7 @@ def read_bytes(location: str) -> bytes:
 def write_bytes(location: str, data: bytes) -> None:
     """Write ``data`` so that ``location`` holds either its old content or all of ``data``, never a part."""
     if is_local(location):
-        from pointseg.annotations import atomic_write_bytes
+        from pointseg.fileio import atomic_write_bytes
 
         atomic_write_bytes(local_path(location), data)
         return

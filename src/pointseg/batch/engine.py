@@ -234,15 +234,13 @@ def _run_cluster(ref, items, todo, done, output, options, client, cancel, manife
             if cancel():
                 return
             try:
-                finished = wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED").done
+                finished = list(wait(list(pending), timeout=0.2, return_when="FIRST_COMPLETED").done)
             except TimeoutError:  # nothing finished yet: look at the cancel hook again
                 continue
-            for future in finished:
+            for future, value in zip(finished, _gather(client, finished)):
                 index = pending.pop(future)
-                try:
-                    value = future.result()
-                except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker after repeated crashes
-                    value = _failure(items[index], exc)
+                if isinstance(value, BaseException):  # e.g. KilledWorker after repeated crashes
+                    value = _failure(items[index], value)
                 if "plan" in value:  # an image to predict in tiles: its final task stands in for it
                     tiled = run_tiled(submit, ref.key, items[index], output, options, value["plan"])
                     pending[tiled] = index
@@ -251,6 +249,21 @@ def _run_cluster(ref, items, todo, done, output, options, client, cancel, manife
     finally:
         if pending:
             client.cancel(list(pending), force=True)
+
+
+def _gather(client, futures: list) -> list:
+    """Results of finished futures in one round trip instead of one per future (the client loop should
+    not be what limits many small images); a failed task's exception takes its place."""
+    try:
+        return client.gather(futures)
+    except Exception:  # noqa: BLE001 - one failed: fetch them one by one to tell which
+        out = []
+        for future in futures:
+            try:
+                out.append(future.result())
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
 
 
 # ------------------------------------------------------------------------------------------ summary

@@ -68,7 +68,7 @@ def _load(ref: ModelRef):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ref.key.sha256}.pointseg"
     if not path.is_file():
-        from pointseg.annotations import atomic_write_bytes
+        from pointseg.fileio import atomic_write_bytes
 
         atomic_write_bytes(path, ref.data)
     # a batch sees each image once: keeping feature maps would only grow memory with the folder

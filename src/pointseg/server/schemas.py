@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 
 from pointseg import limits
 
+from pointseg import limits
+
 #: SQLite's largest integer: ids beyond it cannot exist
 MAX_ID = 2**63 - 1
 
@@ -41,8 +43,8 @@ class PointIn(_Body):
 class ScribbleIn(_Body):
     kind: Literal["scribble"]
     class_id: Id
-    width: float = Field(gt=0, le=1000)
-    points: list[tuple[Coord, Coord]] = Field(min_length=1, max_length=20000)
+    width: float = Field(gt=0, le=limits.max_scribble_width())
+    points: list[tuple[Coord, Coord]] = Field(min_length=1, max_length=limits.max_points_per_request())
 
 
 def _kind(value) -> str:
@@ -71,7 +73,7 @@ class AnnotationsIn(_Body):
 
 
 class EraseIn(_Body):
-    points: list[tuple[Coord, Coord]] = Field(min_length=1, max_length=20000)
+    points: list[tuple[Coord, Coord]] = Field(min_length=1, max_length=limits.max_points_per_request())
     radius: float = Field(gt=0, le=5000)
 
 
