@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -61,9 +60,8 @@ def test_deeply_nested_json_is_refused_without_recursion_error(tmp_path):
 def test_a_million_points_is_refused_quickly(tmp_path):
     points = [[1, 1, 0]] * 1_000_000
     path = _write(tmp_path, {"classes": ["ok", "ng"], "images": [{"path": "a.png", "points": points}]})
-    start = time.perf_counter()
-    text = refused(path, r"images\[0\].points: the file has more than 200,000 points.*POINTSEG_MAX_POINTS_PER_FILE")
-    assert time.perf_counter() - start < 5, text  # parse + count, no per-point work
+    # the list as a whole is refused (no entry index in the message): counted before any point is parsed
+    refused(path, r"images\[0\].points: the file has more than 200,000 points.*POINTSEG_MAX_POINTS_PER_FILE")
 
 
 def test_points_are_counted_over_the_whole_file_including_scribbles(tmp_path, monkeypatch):
@@ -77,7 +75,7 @@ def test_points_are_counted_over_the_whole_file_including_scribbles(tmp_path, mo
 def test_file_size_limit_is_checked_before_parsing(tmp_path, monkeypatch):
     path = _write(tmp_path, _image(points=[[1, 1, 0]] * 1000))
     monkeypatch.setenv("POINTSEG_MAX_JSON_MB", "0.001")
-    refused(path, "more than the 1,048 an annotation file may have.*POINTSEG_MAX_JSON_MB")
+    refused(path, "more than an annotation file may have \\(1,048\\).*POINTSEG_MAX_JSON_MB")
     monkeypatch.setenv("POINTSEG_MAX_JSON_MB", "lots")
     with pytest.raises(Exception, match="POINTSEG_MAX_JSON_MB='lots' is not a non-negative number"):
         AnnotationSet.load(path)
@@ -94,8 +92,7 @@ def test_scribble_width_and_sample_count_are_bounded_where_they_are_used():
     with pytest.raises(AnnotationError, match="width 1e\\+09"):
         validate_scribbles([{"class": 0, "width": 1e9, "points": [[1, 1]]}], 2, (10, 10))
     long_wide = Scribble(0, 1000.0, np.array([[0.0, 0.0], [100_000.0, 0.0]]))
-    start = time.perf_counter()
-    with pytest.raises(AnnotationError, match="training samples, more than 250,000.*POINTSEG_MAX_SCRIBBLE_SAMPLES"):
+    # 25,001 positions along x 251 across: counted, not allocated
+    with pytest.raises(AnnotationError, match="6,275,251 training samples, more than 250,000.*POINTSEG_MAX_SCRIBBLE"):
         rasterize_scribble(long_wide, spacing=4.0)
-    assert time.perf_counter() - start < 1
     assert len(rasterize_scribble(Scribble(0, 8.0, np.array([[0.0, 0.0], [40.0, 0.0]])), spacing=4.0)) > 10

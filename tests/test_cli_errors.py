@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -62,11 +61,30 @@ def test_train_output_is_checked_before_training(project):
                              (Path("/proc/version"), "cannot write in /proc")):
         if not target.exists():
             continue
-        started = time.monotonic()
         result = run("train", project / "ann.json", "-o", target)
         assert_one_line_error(result, fragment)
         assert "training report" not in result.stdout  # refused before the features were computed
-        assert time.monotonic() - started < 60
+
+
+def test_bad_annotation_files_in_train(project, tmp_path):
+    """The CLI applies the same validation and limits to annotation files as the server to its bodies."""
+    (tmp_path / "null.json").write_text(json.dumps({"classes": ["a", "b"], "images": [
+        {"path": "x.png"}, {"path": "y.png", "points": None}]}))
+    assert_one_line_error(run("train", tmp_path / "null.json", "-o", tmp_path / "m.pointseg"),
+                          "null.json: images[1].points: expected a list")
+    (tmp_path / "deep.json").write_text("[" * 200_000)
+    assert_one_line_error(run("train", tmp_path / "deep.json", "-o", tmp_path / "m.pointseg"), "too deeply")
+    assert_one_line_error(run("train", tmp_path, "-o", tmp_path / "m.pointseg"), "is a folder")
+
+
+def test_outputs_get_the_mode_the_umask_gives(project, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", "import os, sys; os.umask(0o022); from pointseg.cli import main; "
+         "sys.argv = ['pointseg', *sys.argv[1:]]; main()", "predict", str(project / "m.pointseg"),
+         str(project / "part.png"), "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert {"part.png", "summary.csv"} <= set(modes) and set(modes.values()) == {0o644}, modes
 
 
 def test_demo_output_that_is_a_file(project):
@@ -91,9 +109,8 @@ def test_bomb_png_in_predict_is_refused_from_its_header(project, tmp_path):
     from test_limits import bomb_png
 
     (tmp_path / "bomb.png").write_bytes(bomb_png(30000, 30000))
-    started = time.monotonic()
     result = run("predict", project / "m.pointseg", tmp_path / "bomb.png", "-o", tmp_path / "out")
-    assert time.monotonic() - started < 60 and "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
     assert "skipped" in result.stderr and "POINTSEG_MAX_PIXELS" in result.stderr
     assert "error" in (tmp_path / "out" / "summary.csv").read_text()
 
@@ -149,7 +166,7 @@ def test_read_only_disk_for_predict_train_and_serve(project, tmp_path):
     with tmpfs(tmp_path / "ro", read_only=True, prepare=_make_project) as disk:
         assert_one_line_error(run("predict", project / "m.pointseg", project / "part.png", "-o", disk / "out"),
                               "Read-only file system")
-        started = time.monotonic()
-        assert_one_line_error(run("train", project / "ann.json", "-o", disk / "m.pointseg"), "read-only")
-        assert time.monotonic() - started < 60
+        result = run("train", project / "ann.json", "-o", disk / "m.pointseg")
+        assert_one_line_error(result, "read-only")
+        assert "training report" not in result.stdout
         assert_one_line_error(run("serve", disk / "project"), "cannot open the project", "writable")

@@ -168,11 +168,18 @@ def test_decide_on_new_parts(fitted):
     assert fitted.decide(part(defect=False, seed=8)[0], rule=NGRule("quantile", 1.0)).ng is False
 
 
-def test_without_ok_images_the_rule_falls_back_and_says_so():
-    defects = [part(defect=True, seed=s)[0] for s in (0, 1)]
+def test_without_ok_images_clean_examples_come_from_click_free_regions():
+    """No OK image: on each defective image (left out in turn) the regions no defect click falls in stand for
+    clean surface; the threshold lies between them and the defect (~600 px)."""
+    defects = [part(defect=True, distractor=True, seed=s)[0] for s in (0, 1)]
     seg = Segmenter(BACKBONE, classes=["ok", "defect"]).fit(defects, [DEFECT_POINTS, DEFECT_POINTS])
-    assert seg.ng_rule_.source.startswith("fallback") and seg.ng_rule_.threshold > 100
-    assert seg.training_report_.part_confusion is None
+    rule = seg.ng_rule_
+    assert rule.source == "leave-one-image-out" and (rule.n_ok, rule.n_ng) == (0, 2)
+    assert 0 < rule.threshold < 600
+    assert seg.decide(part(defect=True, seed=5)[0]).ng
+    assert seg.training_report_.part_confusion is None   # no OK image: no per-part confusion to report
+    one = Segmenter(BACKBONE, classes=["ok", "defect"]).fit(defects[:1], [DEFECT_POINTS])
+    assert one.ng_rule_.source.startswith("default") and one.ng_rule_.threshold == 0
 
 
 def test_rule_and_background_survive_the_model_file(fitted, tmp_path):
@@ -192,6 +199,9 @@ def _rewrite_meta(path, out, **changes):
     header = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")])
     meta = json.loads(header["__metadata__"]["pointseg"])
     meta.update(changes)
+    from pointseg.modelfile import CHECKSUM_KEY, content_checksum
+
+    meta[CHECKSUM_KEY] = content_checksum(load(data), meta)  # a consistent edit: the field checks must catch it
     out.write_bytes(save(load(data), metadata={"pointseg": json.dumps(meta)}))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import struct
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -38,14 +37,12 @@ def test_bomb_is_refused_from_its_header(tmp_path):
     path = tmp_path / "bomb.png"
     path.write_bytes(bomb_png(30000, 30000))
     assert path.stat().st_size < 2000
-    started = time.perf_counter()
     for reader in (read_image, load_image):
         with pytest.raises(ImageError) as info:
             reader(path)
         message = str(info.value)
         assert "30000x30000" in message or "900,000,000" in message
         assert "POINTSEG_MAX_PIXELS" in message and "tiled TIFF" in message and "\n" not in message
-    assert time.perf_counter() - started < 2  # nothing was decoded
 
 
 def test_default_pixel_limit_is_pillows_and_pillows_guard_stays_on(tmp_path, monkeypatch):
@@ -107,12 +104,36 @@ def test_server_upload_of_a_bomb_is_refused_with_422(tmp_path):
     server = Server(tmp_path / "project").start()
     try:
         with server.client() as client:
-            started = time.perf_counter()
             r = client.post("/api/images", files=[("files", ("bomb.png", bomb_png(30000, 30000), "image/png"))])
-            assert time.perf_counter() - started < 20
             assert r.status_code == 422, r.text
             detail = r.json()["detail"]
             assert "bomb.png" in detail and "POINTSEG_MAX_PIXELS" in detail and str(tmp_path) not in detail
             assert client.get("/api/images").json()["images"] == []
+    finally:
+        server.stop()
+
+
+def test_the_server_takes_its_limits_from_the_same_table(tmp_path):
+    """POINTSEG_MAX_SCRIBBLE_WIDTH, _POINTS_PER_REQUEST and _JSON_BODY_MB change what `pointseg serve` accepts."""
+    sys.path.append(str(Path(__file__).parent / "server"))
+    from serverkit import Server, setup_classes, write_images
+
+    write_images(tmp_path / "imgs", 1)
+    env = {"POINTSEG_MAX_SCRIBBLE_WIDTH": "10", "POINTSEG_MAX_POINTS_PER_REQUEST": "3",
+           "POINTSEG_MAX_JSON_BODY_MB": "0.01"}
+    server = Server(tmp_path / "project", images=[tmp_path / "imgs"], env=env).start()
+    try:
+        with server.client() as client:
+            classes = setup_classes(client)
+            image = client.get("/api/images").json()["images"][0]["id"]
+
+            def scribble(width, n):
+                return {"items": [{"kind": "scribble", "class_id": classes[0]["id"], "width": width,
+                                   "points": [[5.0 + i, 5.0] for i in range(n)]}]}
+            url = f"/api/images/{image}/annotations"
+            assert client.post(url, json=scribble(8, 3)).status_code == 201
+            assert client.post(url, json=scribble(12, 3)).status_code == 422   # wider than 10 px
+            assert client.post(url, json=scribble(8, 4)).status_code == 422    # more than 3 points
+            assert client.post(url, json={"items": [{"pad": "x" * 20_000}]}).status_code == 413  # > 10 KiB
     finally:
         server.stop()

@@ -102,6 +102,7 @@ def _delete(path):
     (_delete("weights_sha256"), "weights_sha256 is missing"),
     (_set("params", "fast"), "params is \"fast\", expected an object"),
     (_set("params.smoothing", -1), "params.smoothing is -1, expected a finite number >= 0"),
+    (_set("params.smoothing", 1e300), "params.smoothing is 1e\\+300, expected a finite number >= 0 and <= 1000"),
     (_set("params.min_region", 2.5), "params.min_region is 2.5, expected an integer >= 0"),
     (_set("params.min_region", -1), "params.min_region is -1"),
     (_set("params.C", "abc"), "params.C"),
@@ -119,6 +120,11 @@ def _delete(path):
     (_set("training_report", "good"), "training_report"),
     (_set("training_report.point_accuracy", "high"), "training_report is an object, expected an object whose point_accuracy"),
     (_set("filter_bank_version", 99), "version 99 of the low-level filter bank"),
+    (_set("background_class", 3), "background_class is 3, not a class index 0..2"),
+    (_set("background_class", "0"), "background_class is \"0\", expected an integer >= 0"),
+    (_set("ng_rule", {"score": "largest_region", "threshold": -5}), "ng_rule is an object, expected null or an object"),
+    (_set("ng_rule", {"score": "vibes", "threshold": 1}), "ng_rule"),
+    (_set("ng_rule", {"score": "largest_region", "threshold": 1, "n_ok": "many"}), "n_ok and n_ng integers"),
 ])
 def test_each_bad_field_is_one_line_naming_it(tmp_path, parts, edit, message):
     text = one_line_error(edited(tmp_path, parts, edit), message)

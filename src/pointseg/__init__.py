@@ -8,9 +8,18 @@ Click a few points per class, and a linear model on pretrained CNN features labe
 """
 
 from pointseg._version import __version__
-from pointseg.classifier import TrainingReport
 from pointseg.errors import PointsegError
-from pointseg.features import FeatureCache, FeatureMap
-from pointseg.segmenter import Prediction, Segmenter
 
 __all__ = ["Segmenter", "FeatureCache", "FeatureMap", "Prediction", "TrainingReport", "PointsegError", "__version__"]
+
+_LAZY = {"Segmenter": "pointseg.segmenter", "Prediction": "pointseg.segmenter", "FeatureCache": "pointseg.features",
+         "FeatureMap": "pointseg.features", "TrainingReport": "pointseg.classifier"}
+
+
+def __getattr__(name: str):
+    """Import the torch-backed API on first use, so torch-free parts (pointseg.deploy.runtime) stay torch-free."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pointseg' has no attribute {name!r}")

@@ -27,7 +27,7 @@ import numpy as np
 
 from pointseg.errors import AnnotationError
 from pointseg.limits import (MAX_JSON_FILE_BYTES, MAX_POINTS_PER_FILE, MAX_SCRIBBLE_SAMPLES, MAX_SCRIBBLE_WIDTH,
-                             max_json_file_bytes, max_points_per_file, max_scribble_samples, max_scribble_width)
+                             max_points_per_file, max_scribble_samples, max_scribble_width, read_bounded)
 
 FORMAT_VERSION = 1
 #: a label PNG holds class indices 0..255
@@ -185,13 +185,8 @@ class AnnotationSet:
         path = Path(path)
         if path.is_dir():
             raise AnnotationError(f"{path} is a folder; give the annotation JSON file inside it")
-        limit = max_json_file_bytes()
         try:
-            size = path.stat().st_size
-            if size > limit:
-                raise AnnotationError(f"{path.name} is {size:,} bytes, more than the {limit:,} an annotation file "
-                                      f"may have; split it, or set {MAX_JSON_FILE_BYTES.env} to allow it")
-            text = path.read_bytes().decode("utf-8")
+            text = read_bounded(path, MAX_JSON_FILE_BYTES, "an annotation file", AnnotationError).decode("utf-8")
             raw = json.loads(text)
         except FileNotFoundError:
             raise AnnotationError(f"annotation file not found: {path}") from None

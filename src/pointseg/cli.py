@@ -14,6 +14,7 @@ from pointseg.fileio import atomic_write_bytes
 from pointseg.errors import OutputError, PointsegError
 from pointseg.evaluation.command import evaluate_command
 from pointseg.server.command import serve_command
+from pointseg.deploy.command import export_command, serve_model_command
 
 app = typer.Typer(
     name="pointseg",
@@ -80,11 +81,7 @@ def _output_folder(path: Path, option: str = "--output") -> Path:
     """Create the output folder (or accept an existing one) and prove it writable, before any work starts."""
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is a file; give a folder (it is created if missing)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{option} {path}: cannot create the folder ({exc.strerror}); choose another path",
-                          exc.errno) from None
+    _make_folder(path, option, path)
     _probe_writable(path, option)
     return path
 
@@ -96,21 +93,28 @@ def _output_file(path: Path, option: str = "--output") -> Path:
     parent = path.parent
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{option} {path}: cannot create {parent} ({exc.strerror}); choose another path",
-                          exc.errno) from None
+    _make_folder(parent, option, path)
     _probe_writable(parent, option, target=path)
     return path
+
+
+def _make_folder(folder: Path, option: str, target: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {target}: cannot create the folder {folder} ({exc.strerror}); "
+                          "choose another path", exc.errno) from None
 
 
 def _probe_writable(folder: Path, option: str, target: Path | None = None) -> None:
     """Write and remove a tiny file in ``folder``: the one test that permissions, read-only mounts and
     special file systems (``/proc``) cannot fool, unlike :func:`os.access` (which says yes to root)."""
+    import os
+
+    probe = folder / f".pointseg-write-test-{os.getpid()}"  # per process: two runs may share a folder
     try:
-        atomic_write_bytes(folder / ".pointseg-write-test", b"")
-        (folder / ".pointseg-write-test").unlink()
+        atomic_write_bytes(probe, b"")
+        probe.unlink(missing_ok=True)
     except OSError as exc:
         reason = exc.message.split(": ", 1)[-1] if isinstance(exc, OutputError) else exc.strerror
         raise OutputError(f"{option} {target or folder}: cannot write in {folder}: {reason}", exc.errno) from None
@@ -134,76 +138,47 @@ def _print_report(seg) -> None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Model file from `pointseg train`.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Images and/or folders of images.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for label PNGs and summary.csv.")],
+    model: Annotated[str, typer.Argument(help="Model file from `pointseg train` (path or URL).")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Images, folders, globs, @list.txt (one path or URL a line), fsspec URLs; zarr / OME-Zarr / TIFF "
+             "images above --tile-above pixels are predicted in tiles.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Folder (path or URL) for labels, summary.csv and the manifest.")],
     overlay: Annotated[bool, typer.Option(help="Also write <name>_overlay.png.")] = False,
     probabilities: Annotated[Optional[ProbabilityFormat], typer.Option(help="Also write float16 probabilities (npy or tiff).")] = None,
     ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the background class (overrides the model's NG rule).")] = None,
     ng_rule: Annotated[Optional[str], typer.Option("--ng-rule", help="Override the model's learned OK/NG rule: SCORE:THRESHOLD, e.g. largest_region:300 (px) or quantile:0.9; 'any' = NG when any region is found.")] = None,
     weights: WeightsOption = None,
     min_region: MinRegionOption = None,
+    workers: Annotated[Optional[str], typer.Option(
+        "--workers", help="Run on a local Dask cluster of N single-threaded worker processes ('auto': one per core).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(
+        "--scheduler", help="Run on an existing Dask cluster, e.g. tcp://host:8786.")] = None,
+    scheduler_file: Annotated[Optional[str], typer.Option(
+        "--scheduler-file", help="Run on the Dask cluster described by this scheduler file (dask-jobqueue, dask-mpi).")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also take images in sub-folders.")] = False,
+    resume: Annotated[bool, typer.Option(help="Skip images an earlier run into OUT finished with the same model and options.")] = False,
+    channels: Annotated[Optional[str], typer.Option(
+        help="Channels of zarr / OME-Zarr / TIFF images to use, e.g. 0,1,2 or 1 (default: all of 1, 3 or 4).")] = None,
+    tile_above: Annotated[int, typer.Option(
+        "--tile-above", min=1, help="Predict zarr / OME-Zarr / TIFF images above this many pixels as tile tasks.")] = 16_000_000,
+    engine: Annotated[Optional[str], typer.Option(help="torch: the library path, all PyTorch; onnxruntime or "
+                      "openvino: the model exported to one ONNX graph (once, cached). Default: the library path "
+                      "with its backbone on the fastest installed engine.")] = None,
 ) -> None:
-    """Label every pixel of new images with a trained model."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Label every pixel of new images with a trained model, here or on a Dask cluster."""
+    from pointseg.batch.command import run_predict
 
-    from pointseg.decision import decide_labels
-    from pointseg.imageio import list_images, read_image
-    from pointseg.outputs import save_label_png, save_overlay, save_probabilities, summarize, write_summary_csv
-    from pointseg.features import FeatureCache
-    from pointseg.segmenter import Segmenter
-
-    if ng_area is not None and not 0.0 <= ng_area <= 1.0:
-        raise PointsegError(f"--ng-area must be a fraction between 0 and 1, got {ng_area}")
-    _output_folder(output)
-    # a batch sees each image once: keeping feature maps would only grow memory with the folder
-    seg = Segmenter.load(model, weights=weights, cache=FeatureCache(max_bytes=0))
-    if min_region is not None:
-        seg.min_region = min_region
-    rule = _ng_rule(seg, ng_rule)
-    files = list_images(inputs)
-    if not files:
-        raise PointsegError("no images found in the given paths (supported: png, jpg, bmp, tif)")
-    rows, failed = [], 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("predicting", total=len(files))
-        for path in files:
-            try:
-                image = read_image(path)
-                result = seg.predict_full(image, probabilities=probabilities is not None or rule.score == "quantile")
-            except PointsegError as exc:
-                console.print(f"[yellow]skipped[/yellow] {path}: {exc}")
-                rows.append({"image": path.name, "error": str(exc)})
-                failed += 1
-                progress.advance(task)
-                continue
-            save_label_png(result.labels, seg.colors_, output / f"{path.stem}.png")
-            if overlay:
-                save_overlay(image, result.labels, seg.colors_, output / f"{path.stem}_overlay.png")
-            if probabilities is not None:
-                suffix = ".npy" if probabilities is ProbabilityFormat.npy else ".tif"
-                save_probabilities(result.probabilities, output / f"{path.stem}_proba{suffix}")
-            decision = decide_labels(result.labels, result.probabilities, rule, seg.background_)
-            rows.append({"image": path.name, "height": image.shape[0], "width": image.shape[1],
-                         **summarize(result.labels, seg.classes_, ng_area, seg.background_, decision)})
-            progress.advance(task)
-    write_summary_csv(rows, output / "summary.csv")
-    console.print(f"{len(files) - failed} image(s) labelled into [bold]{output}[/bold] (summary.csv)"
-                  + (f"; {failed} skipped" if failed else ""))
-    if failed == len(files):
-        raise typer.Exit(1)
-
-
-def _ng_rule(seg, text: str | None):
-    """The OK/NG rule for `predict`: ``--ng-rule`` when given, else the one learned with the model."""
-    from pointseg.decision import NGRule
-
-    if text is None:
-        return seg.ng_rule_
-    if text.strip().lower() == "any":
-        return NGRule("largest_region", 0.0, source="user: NG when any region is found")
-    return NGRule.parse(text)
+    if "://" not in str(output):
+        _output_folder(Path(output))  # a local folder is proved writable before any work starts
+    code = run_predict(
+        model, inputs, output, overlay=overlay, probabilities=probabilities.value if probabilities else None,
+        ng_area=ng_area, ng_rule=ng_rule, weights=weights, min_region=min_region, workers=workers,
+        scheduler=scheduler,
+        scheduler_file=scheduler_file, recursive=recursive, resume=resume, channels=channels,
+        tile_above=tile_above, engine=engine, console=console,
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -259,6 +234,8 @@ def info() -> None:
 
 
 app.command("serve")(serve_command)
+app.command("export")(export_command)
+app.command("serve-model")(serve_model_command)
 app.command("evaluate")(evaluate_command)
 
 

@@ -38,7 +38,6 @@ DEFAULT_SCORE = "largest_region"
 #: quantile of the defect probability used by the ``"quantile"`` score
 SCORE_QUANTILE = 0.999
 
-_EIGHT = np.ones((3, 3), dtype=bool)
 
 
 @dataclass
@@ -121,19 +120,15 @@ class Decision:
 
 def find_regions(labels: np.ndarray, background: int = 0) -> list[Region]:
     """Connected regions (8-connected) of each non-background class, largest first."""
-    from scipy import ndimage
+    from pointseg.regions import connected_regions  # numpy only: the torch-free runner decides with this
 
     out = []
     for k in np.unique(labels):
         if int(k) == background:
             continue
-        regions, n = ndimage.label(labels == k, structure=_EIGHT)
-        if n == 0:
-            continue
-        areas = np.bincount(regions.ravel())[1:]
-        for i, box in enumerate(ndimage.find_objects(regions)):
-            ys, xs = box
-            out.append(Region(int(k), int(areas[i]), (xs.start, ys.start, xs.stop, ys.stop)))
+        found = connected_regions(labels == k)
+        for area, box in zip(found.area, found.boxes):
+            out.append(Region(int(k), int(area), tuple(int(v) for v in box)))
     out.sort(key=lambda r: -r.area)
     return out
 
@@ -227,3 +222,39 @@ def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
         "false_alarm_rate": fa / len(neg) if len(neg) else None,
         "miss_rate": miss / len(pos) if len(pos) else None,
     }
+
+
+# ---------------------------------------------------------------- which image to annotate next
+RANKINGS = ("uncertainty", "margin")
+
+
+def annotation_priority(prediction, kind: str = "uncertainty") -> float:
+    """How much annotating an image should help, from the current model's prediction of it
+    (a :class:`pointseg.segmenter.Prediction`): ``"uncertainty"`` = mean of 1 - max probability over the
+    image; ``"margin"`` = share of pixels whose two most likely classes are within 0.5 of each other (near
+    the decision boundary; needs probabilities)."""
+    if kind == "uncertainty":
+        return float(np.mean(prediction.uncertainty))
+    if kind == "margin":
+        if prediction.probabilities is None:
+            raise PointsegError("the 'margin' ranking needs probabilities")
+        top2 = np.sort(prediction.probabilities, axis=0)[-2:]
+        return float(np.mean(top2[1] - top2[0] < 0.5))
+    raise PointsegError(f"unknown ranking {kind!r}; choose one of: {', '.join(RANKINGS)}")
+
+
+def rank_images_for_annotation(seg, images, kind: str = "uncertainty") -> list[tuple[int, float]]:
+    """Order unannotated ``images`` (arrays, paths or FeatureMaps) by how much annotating them should help
+    the fitted Segmenter ``seg``: ``[(index, priority), ...]``, most useful first (ties keep input order).
+
+    The app's "next image to annotate" and the evaluation's folder protocol both call this; the folder
+    protocol measures it against a random order (BENCHMARKS.md).
+
+    >>> order = rank_images_for_annotation(seg, fmaps)   # doctest: +SKIP
+    >>> next_index = order[0][0]                          # doctest: +SKIP
+    """
+    scores = []
+    for i, image in enumerate(images):
+        prediction = seg.predict_full(image, probabilities=kind == "margin")
+        scores.append((i, annotation_priority(prediction, kind)))
+    return sorted(scores, key=lambda t: -t[1])

@@ -715,6 +715,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def resolve_extractor_engine(engine: str, device: torch.device) -> str:
+    """``"auto"``: ``$POINTSEG_ENGINE`` if set, torch on a GPU, else the fastest installed CPU runtime."""
+    from pointseg.engines import ENGINES, resolve_engine
+
+    if engine == "auto":
+        engine = os.environ.get("POINTSEG_ENGINE", "auto") or "auto"
+        if engine == "auto" and device.type != "cpu":
+            return "torch"
+    if engine != "torch" and engine in ENGINES and device.type != "cpu":
+        raise PointsegError(f"engine {engine!r} runs on the CPU here; use engine='torch' with device={device.type!r}")
+    return resolve_engine(engine)
+
+
 class FeatureExtractor:
     """Runs one backbone over images and caches the feature maps.
 
@@ -728,11 +741,16 @@ class FeatureExtractor:
     cache : a :class:`FeatureCache` shared between extractors; a private one is made if omitted.
     features : ``"deep"`` (the backbone's map only) or ``"hybrid"`` (plus full-resolution low-level
         filters, :mod:`pointseg.filters`).
+    engine : what runs the backbone: ``"torch"`` (the reference), ``"openvino"``, ``"onnxruntime"``, or
+        ``"auto"``: ``$POINTSEG_ENGINE`` when set, else the fastest installed on a CPU (OpenVINO, then
+        onnxruntime, then torch; see :func:`resolve_extractor_engine`). Runtime engines run the same
+        torch module exported to ONNX (:mod:`pointseg.engines`); their features agree with torch within
+        the precision's error, and the cache key (``id``) names the engine.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights=None, precision: str = "auto",
                  device: str | None = None, tile_size: int = 1024, cache: FeatureCache | None = None,
-                 download: bool = False, features: str = "deep"):
+                 download: bool = False, features: str = "deep", engine: str = "auto"):
         if features not in FEATURE_KINDS:
             raise PointsegError(f"unknown features {features!r}; choose one of: {', '.join(FEATURE_KINDS)}")
         self.features = features
@@ -740,18 +758,25 @@ class FeatureExtractor:
             backbone, weights, download=download
         )
         self.device = resolve_device(device)
+        self.engine = resolve_extractor_engine(engine, self.device)
+        if self.engine == "onnxruntime" and "auto" in (engine, precision):
+            precision = "fp32"  # onnxruntime's CPU provider has fp32 only: more exact than a bf16 model asked
         self.precision = resolve_precision(precision, self.device)
         if tile_size < self.spec.pad_multiple:
             raise PointsegError(f"tile_size {tile_size} is too small; use at least {self.spec.pad_multiple}")
         self.tile_size = int(tile_size) // self.spec.pad_multiple * self.spec.pad_multiple
         self.cache = cache if cache is not None else FeatureCache()
         self.module.to(self.device)
-        if self.precision == "bf16":
+        if self.engine != "torch":
+            from pointseg.engines.trunk import EngineTrunk
+
+            self.module = EngineTrunk(self.module, self.spec, self.weights_sha256, self.engine, self.precision)
+        elif self.precision == "bf16":
             self.module.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
         self.id = (
-            f"{self.spec.name}-{self.weights_sha256[:16]}-{self.precision}-p{PREPROCESSING_VERSION}"
+            f"{self.spec.name}-{self.weights_sha256[:16]}-{self.engine}-{self.precision}-p{PREPROCESSING_VERSION}"
             + (f"-hybrid{filter_bank_version()}" if self.hybrid else "")
         )
         self._run_lock = threading.Lock()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from pointseg.errors import PointsegError
 
@@ -63,10 +64,10 @@ MAX_UPLOAD_BYTES = Limit("POINTSEG_MAX_UPLOAD_MB", 256 * MiB, "MiB",
                          "bytes of one image upload to `pointseg serve`", scale=MiB)
 MAX_JSON_FILE_BYTES = Limit("POINTSEG_MAX_JSON_MB", 64 * MiB, "MiB",
                             "bytes of an annotation JSON file", scale=MiB)
-MAX_JSON_BODY_BYTES = Limit("POINTSEG_MAX_JSON_BODY_MB", 4 * MiB, "MiB",
+MAX_JSON_BODY_BYTES = Limit("POINTSEG_MAX_JSON_BODY_MB", 16 * MiB, "MiB",
                             "bytes of a JSON request body to `pointseg serve`", scale=MiB)
 MAX_POINTS_PER_REQUEST = Limit("POINTSEG_MAX_POINTS_PER_REQUEST", 20_000, "points",
-                               "points (clicks plus scribble vertices) in one request to `pointseg serve`")
+                               "points of one scribble or eraser stroke sent to `pointseg serve`")
 MAX_POINTS_PER_FILE = Limit("POINTSEG_MAX_POINTS_PER_FILE", 200_000, "points",
                             "points (clicks plus scribble vertices) in one annotation file")
 MAX_SCRIBBLE_WIDTH = Limit("POINTSEG_MAX_SCRIBBLE_WIDTH", 1000, "pixels", "width of one scribble's brush")
@@ -121,6 +122,18 @@ def max_model_file_bytes() -> int:
 
 def disk_cache_bytes() -> int:
     return DISK_CACHE_BYTES.value()
+
+
+def read_bounded(path: Path, limit: Limit, what: str, error: type[PointsegError] = PointsegError) -> bytes:
+    """The bytes of ``path``, refused with ``error`` before reading when the file is larger than ``limit``.
+
+    Raises ``OSError`` as reading does (the caller knows what the file is for and says so).
+    """
+    size, bound = path.stat().st_size, limit.value()
+    if size > bound:
+        raise error(f"{path.name} is {size:,} bytes, more than {what} may have ({bound:,}); check the path, "
+                    f"or set {limit.env} to allow it")
+    return path.read_bytes()
 
 
 def markdown_table() -> str:

@@ -40,7 +40,7 @@ from pointseg.fileio import atomic_write_bytes
 from pointseg.classifier import LinearHead, Standardizer, TrainingReport
 from pointseg.errors import ModelFileError, PointsegError
 from pointseg.features import filter_bank_version
-from pointseg.limits import MAX_MODEL_FILE_BYTES, max_model_file_bytes
+from pointseg.limits import MAX_MODEL_FILE_BYTES, read_bounded
 
 FORMAT = "pointseg-model"
 FORMAT_VERSION = 2
@@ -267,6 +267,21 @@ _REPORT_FIELDS = {
     "per_class_accuracy": _accuracies,
 }
 
+def _ng_rule(value) -> str | None:
+    """An object pointseg.decision.NGRule accepts (score, threshold >= 0, source, n_ok, n_ng)."""
+    from pointseg.decision import SCORES, NGRule
+
+    expected = f"null or an object with score (one of {', '.join(SCORES)}) and threshold >= 0"
+    if not isinstance(value, dict) or isinstance(value.get("threshold"), bool):
+        return expected
+    try:
+        NGRule.from_dict(value)
+    except (PointsegError, TypeError):
+        return expected
+    typed = (optional(is_str())(value.get("source")), is_int(0)(value.get("n_ok", 0)), is_int(0)(value.get("n_ng", 0)))
+    return expected + ", source a string, n_ok and n_ng integers >= 0" if any(typed) else None
+
+
 COLOR = r"#[0-9a-fA-F]{6}"
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -298,10 +313,14 @@ FIELDS: list[Field] = [
     Field("params.C", optional(is_number(positive=True)), required=None, default=None),
     Field("params.class_weight", optional(is_str(("balanced",))), required=None, default="balanced"),
     Field("params.tile_size", is_int(32), required=None, default=1024),
-    Field("params.smoothing", is_number(0), required=None, default=0.0),
+    Field("params.smoothing", is_number(0, maximum=1000), required=None, default=0.0),  # sigma, pixels
     Field("params.prior_correction", is_number(0, maximum=1), required=None, default=0.0),
     Field("params.min_region", is_int(0), required=None, default=0),
     Field("training_report", _training_report, required=None, default=None),
+    # per-part decisions (pointseg.decision); files without them: background = the first class, and the
+    # default rule (NG when any region is found)
+    Field("background_class", is_int(0), required=None, default=0),
+    Field("ng_rule", lambda value: None if value is None else _ng_rule(value), required=None, default=None),
 ]
 
 
@@ -353,6 +372,9 @@ def _check_consistency(meta: dict, where: str) -> None:
 
     if len(meta["colors"]) != len(meta["classes"]):
         raise _fail(where, f"{len(meta['colors'])} colours for {len(meta['classes'])} classes")
+    if meta["background_class"] >= len(meta["classes"]):
+        raise _fail(where, f"background_class is {meta['background_class']}, not a class index "
+                           f"0..{len(meta['classes']) - 1}")
     pre = meta["preprocessing"]
     trained = pre.get("preprocessing_version", 1)
     if trained != PREPROCESSING_VERSION:
@@ -462,13 +484,8 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
         raise ModelFileError(f"{path} is a folder, not a model file; give the .pointseg file `pointseg train` wrote")
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
-    limit = max_model_file_bytes()
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise ModelFileError(f"{path.name} is {size:,} bytes, more than a model file can be ({limit:,}); "
-                                 f"check the path, or set {MAX_MODEL_FILE_BYTES.env} to allow it")
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_MODEL_FILE_BYTES, "a model file", ModelFileError)
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {path.name}: {exc.strerror}") from None
     meta, tensors = _parse(data, path.name)
@@ -532,17 +549,10 @@ def _decision_fields(seg) -> dict:
 
 
 def _load_decision_fields(seg, meta: dict, name: str) -> None:
+    """Set the decision state from fields :data:`FIELDS` has already validated."""
     from pointseg.decision import NGRule
 
-    background = meta.get("background_class", 0)
-    if isinstance(background, bool) or not isinstance(background, int) or not 0 <= background < len(seg.classes_):
-        raise ModelFileError(
-            f"{name}: background_class {background!r} is not a class index 0..{len(seg.classes_) - 1}; "
-            "the file is damaged, retrain the model"
-        )
+    background = meta["background_class"]
     seg.background, seg.background_ = background, background
-    raw = meta.get("ng_rule")
-    try:
-        seg.ng_rule_ = NGRule.from_dict(raw) if raw is not None else NGRule(source="default: NG when any region is found")
-    except (PointsegError, TypeError) as exc:
-        raise ModelFileError(f"{name}: ng_rule is invalid ({exc}); the file is damaged, retrain the model") from None
+    raw = meta["ng_rule"]
+    seg.ng_rule_ = NGRule.from_dict(raw) if raw is not None else NGRule(source="default: NG when any region is found")

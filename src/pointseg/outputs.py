@@ -33,8 +33,12 @@ def encode_png(img: Image.Image, compress_level: int = 1) -> bytes:
     return buffer.getvalue()
 
 
+def label_png_bytes(labels: np.ndarray, colors: list[str]) -> bytes:
+    return encode_png(palette_image(labels, colors), compress_level=6)
+
+
 def save_label_png(labels: np.ndarray, colors: list[str], path: str | os.PathLike) -> None:
-    atomic_write_bytes(Path(path), encode_png(palette_image(labels, colors), compress_level=6))
+    atomic_write_bytes(Path(path), label_png_bytes(labels, colors))
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, colors: list[str], alpha: float = 0.45) -> np.ndarray:
@@ -44,25 +48,34 @@ def overlay(image: np.ndarray, labels: np.ndarray, colors: list[str], alpha: flo
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
+def overlay_png_bytes(image: np.ndarray, labels: np.ndarray, colors: list[str], alpha: float = 0.45) -> bytes:
+    return encode_png(Image.fromarray(overlay(image, labels, colors, alpha)), 6)
+
+
 def save_overlay(image: np.ndarray, labels: np.ndarray, colors: list[str], path: str | os.PathLike,
                  alpha: float = 0.45) -> None:
-    atomic_write_bytes(Path(path), encode_png(Image.fromarray(overlay(image, labels, colors, alpha)), 6))
+    atomic_write_bytes(Path(path), overlay_png_bytes(image, labels, colors, alpha))
+
+
+def probabilities_bytes(proba: np.ndarray, suffix: str) -> bytes:
+    """Probabilities ``(K, H, W)`` as float16 in a ``.npy`` or ``.tif`` file's bytes."""
+    data = proba.astype(np.float16)
+    buffer = io.BytesIO()
+    if suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(buffer, data, photometric="minisblack", compression="zlib")
+    elif suffix.lower() == ".npy":
+        np.save(buffer, data)
+    else:
+        raise PointsegError(f"probabilities go to .npy or .tif files, not {suffix!r}")
+    return buffer.getvalue()
 
 
 def save_probabilities(proba: np.ndarray, path: str | os.PathLike) -> None:
     """Probabilities ``(K, H, W)`` as float16, ``.npy`` or ``.tif`` by the file's suffix."""
     path = Path(path)
-    data = proba.astype(np.float16)
-    buffer = io.BytesIO()
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(buffer, data, photometric="minisblack", compression="zlib")
-    elif path.suffix.lower() == ".npy":
-        np.save(buffer, data)
-    else:
-        raise PointsegError(f"probabilities go to .npy or .tif files, not {path.suffix!r}")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, probabilities_bytes(proba, path.suffix))
 
 
 def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = None, background: int = 0,
@@ -75,18 +88,27 @@ def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = No
     ``decision`` (a :class:`pointseg.decision.Decision`: the model's learned rule, with its ``ng_score`` and
     ``ng_threshold`` columns).
     """
-    from scipy import ndimage
+    from pointseg.regions import connected_regions
 
-    total = labels.size
+    pixels = np.bincount(labels.ravel(), minlength=len(classes))
+    regions = [0 if k == background else connected_regions(labels == k).count for k in range(len(classes))]
+    return summary_from_counts(pixels, regions, classes, ng_area, background, decision)
+
+
+def summary_from_counts(pixels, regions, classes: list[str], ng_area: float | None = None, background: int = 0,
+                        decision=None) -> dict:
+    """The summary row from pixel counts and region counts per class (the background's is unused).
+
+    Images predicted in tiles count pixels and regions per tile and merge them (:mod:`pointseg.batch`);
+    both paths end here, so their rows agree.
+    """
+    total = int(sum(int(p) for p in pixels))
     row: dict = {}
     for k, name in enumerate(classes):
-        row[f"fraction_{name}"] = round(float((labels == k).sum()) / total, 6)
-    structure = np.ones((3, 3), dtype=bool)
+        row[f"fraction_{name}"] = round(float(int(pixels[k])) / total, 6)
     for k, name in enumerate(classes):
-        if k == background:
-            continue
-        _, count = ndimage.label(labels == k, structure=structure)
-        row[f"regions_{name}"] = int(count)
+        if k != background:
+            row[f"regions_{name}"] = int(regions[k])
     if ng_area is not None:
         defect_fraction = 1.0 - row[f"fraction_{classes[background]}"]
         row["status"] = "NG" if defect_fraction > ng_area else "OK"
@@ -97,14 +119,19 @@ def summarize(labels: np.ndarray, classes: list[str], ng_area: float | None = No
     return row
 
 
-def write_summary_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    if not rows:
-        return
-    fields = list(rows[0].keys())
-    for row in rows[1:]:
+def summary_csv_bytes(rows: list[dict]) -> bytes:
+    """CSV of the rows; columns in order of first appearance (an error row may lack the measurements)."""
+    fields: list[str] = []
+    for row in rows:
         fields += [k for k in row if k not in fields]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
+    return buffer.getvalue().encode("utf-8")
+
+
+def write_summary_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    if not rows:
+        return
+    atomic_write_bytes(Path(path), summary_csv_bytes(rows))

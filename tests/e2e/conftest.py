@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "server"))
+sys.path.append(str(Path(__file__).resolve().parent))          # pagekit
 from serverkit import servers_started_in  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")

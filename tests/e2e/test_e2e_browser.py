@@ -33,7 +33,7 @@ COUNT_JS = """([colors, split]) => {
     });
   }
   return {left, right, w: c.width, h: c.height,
-          opacity: +getComputedStyle(img).opacity, visible: img.getBoundingClientRect().width > 0};
+          opacity: +img.dataset.opacity, visible: img.getBoundingClientRect().width > 0};
 }"""
 
 
@@ -239,6 +239,7 @@ def test_upload_classes_scribble_eraser_in_chromium(page, make_server, tmp_path)
     page.locator("#class-list li:has-text('delta')").hover()
     page.click("#class-list li:has-text('delta') button[title='Move up']")
     page.wait_for_function("() => S.classes.map(c => c.name).join() === 'alpha,delta,beta'")
+    page.locator("#class-list li:has-text('delta')").hover()      # the row moved: its actions show on hover
     page.click("#class-list li:has-text('delta') button[title='Delete']")
     page.wait_for_function("() => S.classes.map(c => c.name).join() === 'alpha,beta'")
     assert [c["name"] for c in api.get("/api/classes").json()["classes"]] == ["alpha", "beta"]

@@ -375,9 +375,10 @@ def test_predict_all_and_exports(make_server, tmp_path):
         while (b := c.get("/api/predict-all").json())["running"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert b["done"] == 3 and b["failed"] == 0 and b["id"] == r.json()["id"]
-        # a second run is a new run (the page tells a late copy of a run's start from its progress by id)
+        # a second run is a new run (the page tells a late copy of a run's start from its progress by id);
+        # it redoes nothing the current model has predicted already (#12 item 7: resume)
         again = c.post("/api/predict-all").json()
-        assert again["id"] == b["id"] + 1 and again["done"] == 0
+        assert again["id"] == b["id"] + 1 and again["done"] == again["skipped"] == 3 and again["resumed"]
         while c.get("/api/predict-all").json()["running"] and time.monotonic() < deadline:
             time.sleep(0.1)
         images = c.get("/api/images").json()["images"]
@@ -408,6 +409,15 @@ def test_predict_all_and_exports(make_server, tmp_path):
                              capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout + out.stderr       # `pointseg train` reads it as is
         assert (tmp_path / "cli.pointseg").stat().st_size > 0
+        # "cross-validated accuracy" means the same in the app and in `pointseg train`: the library's one
+        # protocol, and the app says which protocol and how many points it scored
+        deadline = time.monotonic() + 60
+        while not (m := c.get("/api/model").json())["cv_done"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cli_report = Segmenter.load(tmp_path / "cli.pointseg").training_report_
+        assert m["report"]["cv_method"] == cli_report.cv_method == "4-fold"
+        assert m["report"]["cv_accuracy"] == pytest.approx(cli_report.cv_accuracy, abs=0.01)
+        assert m["report"]["cv_points"] == 8 and "cross_validate" in m["report"]["cv_protocol"]
         r = c.get("/api/export/results.zip", params={"probabilities": True})
         assert 'filename="results-probabilities.zip"' in r.headers["content-disposition"]
         z = zipfile.ZipFile(io.BytesIO(r.content))

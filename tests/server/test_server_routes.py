@@ -178,8 +178,10 @@ def test_predict_all_resumes_instead_of_starting_over(client):
     ids = [i["id"] for i in c.get("/api/images").json()["images"]]
     annotate(c, ids[0], cls)
     first = run_batch(c, {"image_ids": [ids[0]]})             # as if stopped after the first image
-    assert first["done"] == 1 and first["skipped"] == 0
-    second = run_batch(c)
+    assert first["done"] == 1 and first["skipped"] == 0 and not first["resumed"]
+    started = c.post("/api/predict-all").json()
+    assert started["done"] == started["skipped"] == 1 and started["resumed"]   # progress starts at 1 / 2
+    second = wait_for(lambda: (b := c.get("/api/predict-all").json())["running"] is False and b)
     assert second["done"] == 2 and second["skipped"] == 1      # the finished image is not redone
     assert run_batch(c)["skipped"] == 2
 
@@ -318,3 +320,16 @@ def test_json_bodies_are_capped_small(client):
 def test_openapi_schema_is_served(client):
     schema = client.get("/api/openapi.json").json()
     assert "/api/classes/{class_id}" in schema["paths"] and "/api/settings" in schema["paths"]
+
+
+def test_points_per_request_follow_the_shared_limit(client, monkeypatch):
+    """The server's bound is pointseg.limits' (the README's Limits table), and its variable changes it."""
+    c = client
+    a, _ = two_classes(c)
+    img = c.get("/api/images").json()["images"][0]["id"]
+    monkeypatch.setenv("POINTSEG_MAX_POINTS_PER_REQUEST", "10")
+    items = [{"kind": "scribble", "class_id": a["id"], "width": 2, "points": [[1, 1]] * 6},
+             {"kind": "scribble", "class_id": a["id"], "width": 2, "points": [[2, 2]] * 6}]
+    r = c.post(f"/api/images/{img}/annotations", json={"items": items})
+    assert r.status_code == 422 and "POINTSEG_MAX_POINTS_PER_REQUEST" in r.json()["detail"]
+    assert c.post(f"/api/images/{img}/annotations", json={"items": items[:1]}).status_code == 201

@@ -41,11 +41,16 @@ class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow's "SAME" padding computed from the input size."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
-        pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
-        pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if torch.onnx.is_in_onnx_export():
+            # an exported graph has dynamic sizes, always multiples of the stride (pointseg pads images to
+            # 32): the padding is then k - s whatever the size, a constant the tracer can keep
+            pad_h, pad_w = max(kh - sh, 0), max(kw - sw, 0)
+        else:
+            ih, iw = x.shape[-2:]
+            pad_h = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+            pad_w = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
         if pad_h or pad_w:
             x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)

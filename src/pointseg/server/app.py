@@ -16,7 +16,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from pointseg.errors import PointsegError
+from pointseg.errors import OutputError, PointsegError
 from pointseg.server.deps import Services, Settings
 from pointseg.server.guards import (GuardMiddleware, MAX_FILES_PER_UPLOAD, is_loopback, public_message,
                                     scrub_paths, storage_error)
@@ -50,11 +50,31 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None,
                   openapi_url="/api/openapi.json")
     app.state.services = services
     app.add_middleware(GuardMiddleware, token=settings.token, loopback=is_loopback(settings.host),
-                       upload_limit=MAX_FILES_PER_UPLOAD * settings.max_upload_bytes + (1 << 20))
+                       upload_limit=MAX_FILES_PER_UPLOAD * settings.max_upload_bytes + (1 << 20),
+                       json_limit=settings.max_json_bytes)
     _add_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    _one_line_errors_in_schema(app)
     return app
+
+
+#: every error the API returns: ``{"detail": "one line"}``
+ERROR_SCHEMA = {"type": "object", "title": "Error", "required": ["detail"],
+                "properties": {"detail": {"type": "string", "title": "Detail"}}}
+
+
+def _one_line_errors_in_schema(app: FastAPI) -> None:
+    """The OpenAPI schema says what validation errors really look like here: one line, not FastAPI's list."""
+    default = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = default()
+            schema.setdefault("components", {}).setdefault("schemas", {})["HTTPValidationError"] = ERROR_SCHEMA
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _version() -> str:
@@ -68,6 +88,15 @@ def _err(status: int, message: str) -> JSONResponse:
                                                "error")}, status_code=status)
 
 
+def _disk_status(exc: OSError) -> int:
+    """507 for a full disk, 503 for one that cannot be written now, 500 for anything else."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return 503
+    return 500
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError):
@@ -76,6 +105,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PointsegError)
     async def _core_error(request: Request, exc: PointsegError):
         return _err(422, str(exc))
+
+    @app.exception_handler(OutputError)          # the project's own files could not be written
+    async def _output_error(request: Request, exc: OutputError):
+        return _err(_disk_status(exc), str(exc))
 
     @app.exception_handler(NoModel)
     async def _no_model(request: Request, exc: NoModel):
@@ -93,9 +126,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OSError)
     async def _os(request: Request, exc: OSError):
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        status = _disk_status(exc)
+        if status == 507:
             return _err(507, "the disk holding the project is full; free some space and try again")
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        if status == 503:
             return _err(503, f"the project folder cannot be written: {public_message(exc)}")
         log.exception("I/O error on %s", request.url.path)
         return _err(500, f"I/O error: {public_message(exc)}")

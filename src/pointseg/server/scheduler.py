@@ -101,7 +101,8 @@ class Scheduler:
         self._warmed = threading.Event()
         self._model_thread_ready = threading.Event()
         # "id" numbers the runs, so a client can tell a late copy of a run's start from its progress
-        self.batch: dict = {"id": 0, "running": False, "waiting": False, "done": 0, "skipped": 0, "total": 0,
+        self.batch: dict = {"id": 0, "running": False, "waiting": False, "done": 0, "skipped": 0,
+                            "resumed": False, "total": 0,
                             "failed": 0, "rev": None, "cancelled": False, "seconds": 0.0, "message": None}
         self._batch_queue: list[int] = []
         self._batch_cancel = False
@@ -210,12 +211,16 @@ class Scheduler:
                     raise NoModel(why)
             elif m.status != "ok":
                 raise NoModel(m.message)
-            self._batch_queue = list(image_ids)
+            # images the current model has predicted already count as done from the start (a resumed run
+            # shows its progress so far); while a model is pending, the steps check each image instead
+            current = set() if training or m.status != "ok" else self._current_predictions(m)
+            self._batch_queue = [i for i in image_ids if i not in current]
+            skipped = len(image_ids) - len(self._batch_queue)
             self._batch_cancel = False
             self._batch_started = time.monotonic()
             self.batch = {"id": self.batch["id"] + 1, "running": True, "waiting": m.status != "ok" or training,
-                          "done": 0, "skipped": 0, "total": len(image_ids), "failed": 0, "rev": m.rev,
-                          "cancelled": False, "seconds": 0.0, "message": None}
+                          "done": skipped, "skipped": skipped, "resumed": skipped > 0, "total": len(image_ids),
+                          "failed": 0, "rev": m.rev, "cancelled": False, "seconds": 0.0, "message": None}
             self._cond.notify_all()
             event = {"type": "batch", **self.batch}
         for i in image_ids[:2]:
@@ -529,6 +534,11 @@ class Scheduler:
             except Exception:  # noqa: BLE001 - e.g. the disk is full; still move on
                 pass
         self._batch_advance(image_id, "failed" if error is not None else "done", error)
+
+    def _current_predictions(self, m: ModelState) -> set[int]:
+        """Ids of the images whose stored prediction is from model ``m`` (one query)."""
+        return {i["id"] for i in self.store.list_images(model_sig=m.signature)
+                if i["prediction"] is not None and i["prediction"]["status"] == "ok" and not i["prediction_stale"]}
 
     def _is_current(self, image_id: int, m: ModelState) -> bool:
         try:

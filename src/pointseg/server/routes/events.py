@@ -23,8 +23,8 @@ def _sse(event: dict) -> str:
     return f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
 
 
-@router.get("/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+# not in the OpenAPI schema: an endless text/event-stream is no operation a generic client can call
+@router.get("/events", include_in_schema=False)
 async def stream(request: Request, services: ServicesDep):
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=1000)

@@ -35,7 +35,7 @@ function renderNet() {
   $("#offline-text").textContent = n
     ? `Server offline — reconnecting… ${n} edit${n > 1 ? "s" : ""} kept, sent when it is back.`
     : "Server offline — reconnecting… Edits you make are kept and sent when it is back.";
-  document.body.classList.toggle("offline", !net.online);
+  document.body.classList.toggle("is-offline", !net.online);
 }
 
 /** The server stopped answering: show it once and probe until it is back. */

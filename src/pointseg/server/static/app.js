@@ -84,7 +84,8 @@ function onEvent(ev) {
     case "model":
       S.model = ev;
       S.training = ev.rev < S.rev;
-      renderStatus(); renderModelPanel(); renderHint(); renderImages();
+      renderStatus(); renderModelPanel(); renderHint();
+      loadImagesSoon();                                         // badges: stale or not, as the server says
       if (ev.status === "ok" && S.overlay && +$("#overlay-img").dataset.rev < 0) refreshOverlay(ev.rev);
       break;
     case "settings":
@@ -188,7 +189,7 @@ function bindControls() {
   document.addEventListener("dragover", (ev) => ev.preventDefault());
   document.addEventListener("drop", (ev) => { ev.preventDefault(); if (ev.dataTransfer.files.length) uploadFiles(ev.dataTransfer.files).catch(fail); });
   $("#predict-all").addEventListener("click", () => api("POST", "/api/predict-all", {}).then(applyBatch).catch(fail));
-  $("#batch-cancel").addEventListener("click", () => api("DELETE", "/api/predict-all").then(applyBatch).catch(fail));
+  $("#batch-cancel").addEventListener("click", () => api("DELETE", "/api/predict-all").catch(fail));
   $("#export-btn").addEventListener("click", (ev) => { ev.stopPropagation(); $("#export-menu").hidden = !$("#export-menu").hidden; });
   document.addEventListener("click", () => { $("#export-menu").hidden = true; });
   document.querySelectorAll("[data-export]").forEach((a) => a.addEventListener("click", (ev) => { ev.preventDefault(); download(a); }));

@@ -72,12 +72,10 @@ export async function openImage(id) {
   document.querySelector(`#image-list li[data-id="${id}"]`)?.scrollIntoView({ block: "nearest" });
 }
 
-/** Stale: predicted by a model older than the project's annotations (the server says so when it can). */
+/** Stale: made by another model than the current annotations and settings give — the server decides
+ * (from the model's signature, so it holds while the model retrains, e.g. right after a restart). */
 export function predictionStale(img) {
-  if (!img.prediction) return false;
-  if (typeof img.prediction_stale === "boolean") return img.prediction_stale;
-  const modelRev = S.model && S.model.status === "ok" && !S.training ? S.model.rev : S.rev;
-  return img.prediction.rev < modelRev;
+  return !!(img.prediction && img.prediction_stale);
 }
 
 function imageVisible(img) {
@@ -101,14 +99,14 @@ function findings(img) {
 
 function badgesOf(img) {
   const out = [];
-  const failed = img.status === "failed" || (img.prediction && img.prediction.status === "error");
+  const failed = img.status === "failed" || (img.prediction && img.prediction.status !== "ok");
   if (img.status === "failed") out.push(["badge fail", "unreadable", img.error || "the file cannot be read"]);
   const n = img.n_points + img.n_scribbles;
   if (n) out.push(["badge pts", `${img.n_points}${img.n_scribbles ? `+${img.n_scribbles}` : ""}`,
                    `${plural(img.n_points, "point")}, ${plural(img.n_scribbles, "scribble")}`]);
   if (img.prediction && !failed) {
     const stale = predictionStale(img);
-    out.push([`badge ${stale ? "stale" : "pred"}`, stale ? "old" : "pred",
+    out.push([`badge ${stale ? "stale" : "pred"}`, stale ? "old" : "✓",
               stale ? "predicted by an older model: run Predict all again" : `predicted by model r${img.prediction.rev}`]);
     const f = findings(img);
     if (f) out.push(["badge find", `${f}▲`, `${plural(f, "region")} found`]);

@@ -46,9 +46,10 @@ export function renderInfobar() {
   const nP = S.annotations.filter((a) => a.kind === "point").length;
   const nS = S.annotations.length - nP;
   add("marks", `${nP} points, ${nS} scribbles`);
-  if (S.lastLatency !== null) add("click → overlay", fmtMs(S.lastLatency));
-  if (t.fit_ms !== undefined) add("fit", fmtMs(t.fit_ms));
-  if (t.predict_ms !== undefined) add("predict", fmtMs(t.predict_ms));
+  // timings are in the model panel too: they give way first when the bar is narrow
+  if (S.lastLatency !== null) add("click → overlay", fmtMs(S.lastLatency), "opt");
+  if (t.fit_ms !== undefined) add("fit", fmtMs(t.fit_ms), "opt");
+  if (t.predict_ms !== undefined) add("predict", fmtMs(t.predict_ms), "opt");
 }
 
 // ------------------------------------------------------------------------------------------ hint
@@ -168,7 +169,9 @@ export function renderImageInfo() {
 export function applyBatch(b) {
   const cur = S.batch;
   if (cur && cur.id === b.id && b.done < cur.done) return;
-  if (cur && cur.id === b.id && !cur.running && !cur.cancelled && b.running) return;
+  // the same run seen ended (finished or stopped): a late "running" answer about it changes nothing;
+  // a resumed run comes with a new id
+  if (cur && cur.id === b.id && !cur.running && b.running && b.done <= cur.done) return;
   S.batch = b;
   renderBatch();
 }
@@ -179,12 +182,18 @@ export function renderBatch() {
   if (!b || (!b.running && !b.total)) { box.hidden = true; $("#predict-all").disabled = false; return; }
   box.hidden = false;
   $("#batch-bar").style.width = `${b.total ? (100 * b.done) / b.total : 0}%`;
-  const kept = b.resumed || b.skipped || 0;
-  const failed = b.failed ? `, ${b.failed} failed` : "";
-  const from = kept ? ` (${kept} kept from before)` : "";
-  $("#batch-text").textContent = b.running ? `${b.done} / ${b.total}${from}` :
-    (b.cancelled ? `stopped at ${b.done} / ${b.total}` : `${b.done} / ${b.total} done in ${b.seconds}s${failed}`);
-  $("#batch-text").title = $("#batch-text").textContent;
+  $("#batch .progress").hidden = !b.running;         // a finished run keeps only its one-line result
+  // a run after Stop skips the images already predicted by this model: say so, so 0 → k is not a redo
+  const kept = b.skipped || 0;
+  const upToDate = kept ? ` · ${kept} already up to date` : "";
+  const failed = b.failed ? ` · ${b.failed} failed` : "";
+  let text;
+  if (b.running && b.waiting) text = `waiting for the model… ${b.done} / ${b.total}`;
+  else if (b.running) text = `${b.done} / ${b.total}${upToDate}${failed}`;
+  else if (b.cancelled) text = `stopped at ${b.done} / ${b.total}`;
+  else text = `${b.done} / ${b.total} done in ${b.seconds}s${upToDate}${failed}`;
+  $("#batch-text").textContent = text;
+  $("#batch-text").title = b.message ? `${text} — ${b.message}` : text;
   $("#batch-cancel").hidden = !b.running;
   $("#predict-all").disabled = b.running;
   $("#predict-all").textContent = !b.running && b.cancelled && b.done < b.total ? "Resume" : "Predict all";

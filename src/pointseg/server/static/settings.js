@@ -1,14 +1,13 @@
 /* The "Method" panel: the project's method settings (GET / PUT /api/settings), retrained on change.
  *
- * Hidden when the server does not offer the settings.  A value the server refuses (422) is shown in one
- * line under the panel and nothing is changed.
+ * A value the server refuses (422) is shown in one line under the panel and nothing is changed.
  */
 import { S } from "./state.js";
 import { api } from "./api.js";
 import { $, el } from "./util.js";
 
 const FIELDS = {
-  features: { label: "Features", kind: "select", options: [["hybrid", "deep + filter bank (hybrid)"], ["deep", "deep only"]],
+  features: { label: "Features", kind: "select", options: [["hybrid", "hybrid"], ["deep", "deep"]],
               help: "hybrid: CNN features plus a full-resolution filter bank (sharper edges); deep: CNN only" },
   smoothing: { label: "Smoothing σ", kind: "number", step: "0.1", min: "0", help: "Gaussian smoothing of the scores, in pixels (0: none)" },
   C: { label: "C", kind: "number", step: "any", min: "0", placeholder: "auto",
@@ -20,15 +19,7 @@ const FIELDS = {
 };
 
 export async function loadSettings() {
-  let data;
-  try {
-    data = await api("GET", "/api/settings");
-  } catch (err) {
-    if (err.status === 404 || err.status === 405) { $("#settings-section").hidden = true; return; }
-    throw err;
-  }
-  S.settings = data;
-  $("#settings-section").hidden = false;
+  S.settings = await api("GET", "/api/settings");
   renderSettings();
 }
 
@@ -39,31 +30,39 @@ function fieldValue(name, input) {
   return name === "min_region" ? Math.round(+input.value) : +input.value;
 }
 
-export function renderSettings() {
+const show = (v) => (v === null || v === undefined ? "" : String(v));
+
+/** Put the stored settings on screen.  The form is built once; later calls (own answers, the event
+ * stream) update the values in place and leave the field being typed in alone, unless ``force`` names it. */
+export function renderSettings(force = null) {
   const form = $("#settings-form");
-  form.onsubmit = (ev) => ev.preventDefault();     // Enter commits the field (change), never reloads
   if (!S.settings) return;
-  const rows = [];
-  for (const [name, f] of Object.entries(FIELDS)) {
-    if (!(name in S.settings)) continue;
+  const names = Object.keys(FIELDS).filter((n) => n in S.settings);
+  if (form.dataset.fields !== names.join()) buildForm(form, names);
+  for (const name of names) {
+    const input = $(`#set-${name}`);
+    if (input === document.activeElement && input !== force) continue;
     const v = S.settings[name];
-    let input;
-    if (f.kind === "select") {
-      input = el("select", { id: `set-${name}`, name });
-      const opts = f.options.some(([k]) => k === v) || v === null ? f.options : f.options.concat([[v, v]]);
-      opts.forEach(([k, text]) => input.append(el("option", { value: k }, text)));
-      input.value = v;
-    } else {
-      input = el("input", { id: `set-${name}`, name, type: "number", step: f.step, min: f.min, max: f.max,
-                            placeholder: f.placeholder, value: v === null || v === undefined ? "" : String(v) });
-    }
-    input.addEventListener("change", () => save(name, fieldValue(name, input)));
-    rows.push(el("label", { class: "set-row", title: f.help, for: `set-${name}` }, el("span", {}, f.label), input));
+    if (input.tagName === "SELECT" && ![...input.options].some((o) => o.value === v)) input.append(el("option", { value: v }, v));
+    input.value = show(v);
   }
-  form.replaceChildren(...rows);
 }
 
-async function save(name, value) {
+function buildForm(form, names) {
+  form.onsubmit = (ev) => ev.preventDefault();     // Enter commits the field (change), never reloads
+  const rows = names.map((name) => {
+    const f = FIELDS[name];
+    const input = f.kind === "select"
+      ? el("select", { id: `set-${name}`, name }, ...f.options.map(([k, text]) => el("option", { value: k }, text)))
+      : el("input", { id: `set-${name}`, name, type: "number", step: f.step, min: f.min, max: f.max, placeholder: f.placeholder });
+    input.addEventListener("change", () => save(name, fieldValue(name, input), input));
+    return el("label", { class: "set-row", title: f.help, for: `set-${name}` }, el("span", {}, f.label), input);
+  });
+  form.replaceChildren(...rows);
+  form.dataset.fields = names.join();
+}
+
+async function save(name, value, input) {
   const note = $("#settings-note");
   note.className = "set-note";
   note.textContent = "Saving…";
@@ -75,5 +74,5 @@ async function save(name, value) {
     note.className = "set-note err";
     note.textContent = err.message;
   }
-  renderSettings();
+  renderSettings(input);          // the stored value, also in the field just edited (a refused value goes)
 }

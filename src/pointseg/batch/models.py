@@ -1,0 +1,113 @@
+"""One loaded model per process, keyed by the model file's sha256: never loaded per task.
+
+A batch sends its model file's bytes once: in-process they go straight into this cache; on a Dask cluster a
+worker plugin puts them there when each worker starts (and on every worker that joins later, e.g. one
+that replaces a dead worker), with torch limited to one thread so N single-threaded workers use N cores.
+Tasks then carry only the small :class:`ModelKey`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pointseg.errors import PointsegError
+
+_MODELS: dict["ModelKey", object] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    sha256: str
+    weights: str | None = None
+    min_region: int | None = None  # the CLI's --min-region override
+    engine: str | None = None  # BatchOptions.engine
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a process needs to load the model: the file's bytes and how to load it."""
+
+    data: bytes
+    key: ModelKey
+
+    @classmethod
+    def from_bytes(cls, data: bytes, weights=None, min_region=None, engine=None) -> "ModelRef":
+        sha = hashlib.sha256(data).hexdigest()
+        return cls(data, ModelKey(sha, None if weights is None else str(weights), min_region, engine))
+
+
+def register(ref: ModelRef):
+    """Load the model into this process's cache (once) and return it."""
+    with _LOCK:
+        seg = _MODELS.get(ref.key)
+        if seg is None:
+            seg = _load(ref)
+            _MODELS[ref.key] = seg
+        return seg
+
+
+def model_for(key: ModelKey):
+    seg = _MODELS.get(key)
+    if seg is None:
+        raise PointsegError(
+            f"model {key.sha256[:12]}… is not loaded in this process; predict_many registers it "
+            "(on a cluster through its worker plugin) before submitting tasks"
+        )
+    return seg
+
+
+def _load(ref: ModelRef):
+    from pointseg.features import FeatureCache
+
+    folder = Path(tempfile.gettempdir()) / "pointseg-models"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ref.key.sha256}.pointseg"
+    if not path.is_file():
+        from pointseg.fileio import atomic_write_bytes
+
+        atomic_write_bytes(path, ref.data)
+    # a batch sees each image once: keeping feature maps would only grow memory with the folder
+    seg = _load_for_engine(path, ref.key.engine, ref.key.weights, FeatureCache(max_bytes=0))
+    if ref.key.min_region is not None:
+        seg.min_region = ref.key.min_region
+    if hasattr(seg, "extractor"):
+        seg.extractor  # build the backbone now, not in the first task
+    return seg
+
+
+def _load_for_engine(path: Path, engine: str | None, weights, cache):
+    """A Segmenter, or for a graph engine (onnxruntime / openvino) the exported model behind the same
+    ``predict_full`` (:mod:`pointseg.deploy.predictor`, imported only then)."""
+    if engine is None:
+        from pointseg.segmenter import Segmenter
+
+        return Segmenter.load(path, weights=weights, cache=cache)
+    from pointseg.deploy.predictor import load_for_predict
+
+    return load_for_predict(path, engine, weights=weights, cache=cache)
+
+
+
+def worker_plugin(ref: ModelRef):
+    """A ``distributed.WorkerPlugin`` that loads the model on each worker and runs torch single-threaded."""
+    from distributed import WorkerPlugin
+
+    class PointsegModel(WorkerPlugin):
+        idempotent = False
+
+        def __init__(self, ref: ModelRef):
+            self.ref = ref
+            self.name = f"pointseg-model-{ref.key.sha256[:16]}"
+
+        def setup(self, worker) -> None:
+            import torch
+
+            torch.set_num_threads(1)
+            register(self.ref)
+
+    return PointsegModel(ref)

@@ -1,0 +1,174 @@
+"""The folder protocol: a simulated user working through a folder, one image after another.
+
+Which images are annotated decides much of what a model learns. Here the user starts with one image
+(drawn per seed), gives it the corrective protocol's clicks (one per class present, then one at the deepest
+point of the largest error, refitting after each) until it has ``per_image`` clicks, then moves to the next
+image of the folder, chosen either at random or by pointseg's ranking
+(:func:`pointseg.decision.rank_images_for_annotation` over the images not yet annotated), until ``budget``
+clicks in all. After each image the held-out images (fixed, evenly spaced, never annotated) are predicted:
+the curve is held-out IoU against total clicks. Both orders start from the same first image.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pointseg.errors import PointsegError
+
+from .datasets import SegmentationDataset, evenly_spaced
+from .methods import to_core_points
+from .metrics import IoUAccumulator, mean_std
+from .protocols import corrective_click, initial_clicks
+
+ORDERS = ("random", "uncertainty", "margin")
+
+
+@dataclass
+class FolderConfig:
+    seeds: tuple[int, ...] = (0,)
+    orders: tuple[str, ...] = ("random", "uncertainty")
+    per_image: int = 5            # clicks on an image before moving on
+    budget: int = 30              # total clicks
+    test: int = 10                # held-out images
+    candidates: int | None = 30   # folder images the user may move to (evenly spaced; None: all)
+
+    def check(self) -> None:
+        bad = [o for o in self.orders if o not in ORDERS]
+        if bad or not self.orders:
+            raise PointsegError(f"unknown order {bad[0] if bad else ''!r}; choose from {', '.join(ORDERS)}")
+        if self.per_image < 1 or self.budget < self.per_image:
+            raise PointsegError("need 1 <= per_image <= budget")
+
+
+def folder_session(seg, folder: dict, masks: dict, first: str, order: str, config: FolderConfig,
+                   held: list[str], images: dict, n_classes: int, rng) -> list[dict]:
+    """One simulated user; returns the curve ``[{"clicks", "images", "image", "transfer"}, ...]``."""
+    from pointseg.decision import rank_images_for_annotation
+
+    seg.cross_validate = False   # the report's cross-validation is not what is measured here
+    annotated, clicks = [], []
+    current, total, curve = first, 0, []
+    while current is not None and total < config.budget:
+        annotated.append(current)
+        clicks.append(initial_clicks(masks[current], n_classes))
+        total += len(clicks[-1])
+        while True:
+            seg.fit([images[s] for s in annotated], [to_core_points(c) for c in clicks])
+            if len(clicks[-1]) >= config.per_image or total >= config.budget:
+                break
+            click = corrective_click(seg.predict(images[current]), masks[current], clicks[-1])
+            if click is None:
+                break
+            clicks[-1] = np.vstack([clicks[-1], click[None]])
+            total += 1
+        acc = IoUAccumulator(n_classes)
+        for s in held:
+            acc.add(masks[s], seg.predict(images[s]))
+        curve.append({"clicks": total, "images": len(annotated), "image": current, "transfer": acc.as_dict(
+            [str(k) for k in range(n_classes)])})
+        rest = [s for s in folder if s not in annotated]
+        if not rest:
+            break
+        if order == "random":
+            current = rest[int(rng.integers(len(rest)))]
+        else:
+            ranked = rank_images_for_annotation(seg, [images[s] for s in rest], kind=order)
+            current = rest[ranked[0][0]]
+    return curve
+
+
+def run_folder(dataset: SegmentationDataset, make, config: FolderConfig, on_progress=None) -> dict:
+    """Run every order for every seed with fresh Segmenters from ``make()``; JSON-serialisable results."""
+    config.check()
+    stems = list(dataset.stems)
+    held = list(evenly_spaced(stems, config.test))
+    pool = [s for s in stems if s not in set(held)]
+    folder = list(evenly_spaced(pool, config.candidates)) if config.candidates else pool
+    masks = {s: dataset.load_mask(s) for s in folder + held}
+    images = {s: dataset.load_image(s) for s in folder + held}
+    informative = [s for s in folder if len(np.unique(masks[s][masks[s] != 255])) >= 2]
+    if not informative:
+        raise PointsegError("no folder image shows two classes; the first image must")
+    runs = []
+    for seed in config.seeds:
+        first = informative[int(np.random.default_rng([seed, 17]).integers(len(informative)))]
+        for order in config.orders:
+            if on_progress:
+                on_progress(f"{dataset.name} · seed {seed} · {order}")
+            seg = make()
+            curve = folder_session(seg, folder, masks, first, order, config, held, images, dataset.n_classes,
+                                   np.random.default_rng([seed, 19]))
+            runs.append({"seed": seed, "order": order, "first": first, "curve": curve})
+    return {"dataset": dataset.name, "config": asdict(config), "held_out": held, "runs": runs,
+            "summary": summarize_folder(runs, config)}
+
+
+def _value_at(curve: list[dict], clicks: int, key: str) -> float:
+    """Held-out ``key`` (miou / fg_iou) of the last state with at most ``clicks`` total clicks."""
+    value = math.nan
+    for c in curve:
+        if c["clicks"] <= clicks:
+            value = c["transfer"][key]
+    return value
+
+
+def clicks_to_reach(curve: list[dict], target: float, key: str) -> float:
+    """Total clicks at which ``curve`` first reaches ``target`` (NaN when it never does)."""
+    for c in curve:
+        if c["transfer"][key] >= target - 1e-12:
+            return float(c["clicks"])
+    return math.nan
+
+
+def summarize_folder(runs: list[dict], config: FolderConfig) -> dict:
+    """Per order: mean ± sd over seeds of held-out IoU at each multiple of ``per_image`` clicks, and the
+    clicks each non-random order needs to reach the random order's final IoU (per seed, then averaged)."""
+    checkpoints = list(range(config.per_image, config.budget + 1, config.per_image))
+    out: dict = {"checkpoints": checkpoints, "orders": {}}
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], {})[r["order"]] = r["curve"]
+    for order in config.orders:
+        curves = [by_seed[s][order] for s in by_seed if order in by_seed[s]]
+        row = {}
+        for key in ("miou", "fg_iou"):
+            row[key] = {str(k): _stat([_value_at(c, k, key) for c in curves]) for k in checkpoints}
+        if order != "random" and "random" in config.orders:
+            ratios = []
+            for s, cs in by_seed.items():
+                target = _value_at(cs["random"], config.budget, "fg_iou")
+                need = clicks_to_reach(cs[order], target, "fg_iou")
+                base = clicks_to_reach(cs["random"], target, "fg_iou")
+                ratios.append(need / base if not math.isnan(need) else math.nan)
+            row["clicks_vs_random"] = _stat([r for r in ratios if not math.isnan(r)])
+            row["reached_random"] = int(sum(not math.isnan(r) for r in ratios))
+        out["orders"][order] = row
+    return out
+
+
+def _stat(values) -> dict:
+    mean, std = mean_std(values)
+    return {"mean": None if math.isnan(mean) else mean, "std": None if math.isnan(std) else std,
+            "n": int(sum(1 for v in values if not math.isnan(v)))}
+
+
+def markdown_folder(result: dict) -> str:
+    s = result["summary"]
+    ks = s["checkpoints"]
+    lines = ["| order | " + " | ".join(f"defect IoU @{k}" for k in ks) + " | clicks to reach random's final |",
+             "|---|" + "---|" * (len(ks) + 1)]
+    for order, row in s["orders"].items():
+        cells = []
+        for k in ks:
+            st = row["fg_iou"][str(k)]
+            cells.append("-" if st["mean"] is None else f"{st['mean']:.3f} ±{st['std']:.3f}")
+        extra = "-"
+        if "clicks_vs_random" in row and row["clicks_vs_random"]["mean"] is not None:
+            extra = (f"{row['clicks_vs_random']['mean']:.2f}× random's ({row['reached_random']} of "
+                     f"{len(result['config']['seeds'])} seeds reach it)")
+        elif "clicks_vs_random" in row:
+            extra = f"never ({row['reached_random']} seeds reach it)"
+        lines.append(f"| {order} | " + " | ".join(cells) + f" | {extra} |")
+    return "\n".join(lines)
