@@ -759,8 +759,9 @@ class FeatureExtractor:
         )
         self.device = resolve_device(device)
         self.engine = resolve_extractor_engine(engine, self.device)
-        self.precision = resolve_precision("fp32" if self.engine == "onnxruntime" and precision == "auto"
-                                           else precision, self.device)
+        if self.engine == "onnxruntime" and "auto" in (engine, precision):
+            precision = "fp32"  # onnxruntime's CPU provider has fp32 only: more exact than a bf16 model asked
+        self.precision = resolve_precision(precision, self.device)
         if tile_size < self.spec.pad_multiple:
             raise PointsegError(f"tile_size {tile_size} is too small; use at least {self.spec.pad_multiple}")
         self.tile_size = int(tile_size) // self.spec.pad_multiple * self.spec.pad_multiple

@@ -439,11 +439,16 @@ def test_method_settings_panel_saves_retrains_and_refuses_bad_values(page, one_i
     cls, rev = trained(api, image_id, W, H)
     open_page(page, server)
     page.wait_for_selector("#settings-section:not([hidden]) #set-C")
+    page.wait_for_function("() => S.model && S.model.status === 'ok' && !S.training", timeout=60000)
+    model_rev = page.evaluate("() => S.model.rev")
     before = api.get("/api/settings").json()
     page.fill("#set-C", "0.5")
     page.press("#set-C", "Enter")
     page.wait_for_function("() => S.settings && S.settings.C === 0.5")
     assert api.get("/api/settings").json()["C"] == 0.5
+    # the change retrains: a newer model arrives and the status line says so
+    page.wait_for_function(f"() => S.model && S.model.status === 'ok' && S.model.rev > {model_rev} && !S.training",
+                           timeout=60000)
     page.wait_for_function("() => /Saved/.test(document.querySelector('#settings-note').textContent)")
     page.select_option("#set-features", "deep" if before["features"] != "deep" else "hybrid")
     page.wait_for_function(f"() => S.settings.features !== '{before['features']}'")

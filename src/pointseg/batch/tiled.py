@@ -343,6 +343,10 @@ class _LazyFine:
             lazy.close()
         return np.ascontiguousarray(low_level_features(rgb)[:, y0 - a: y1 - a, x0 - c: x1 - c])
 
+    def fine_pieces(self, y0: int, y1: int, x0: int, x1: int):
+        """What :class:`~pointseg.features.Scores` asks a fine source for: ``((r0, c0), responses)`` pieces."""
+        yield (y0, x0), self.fine_box(y0, y1, x0, x1)
+
 
 def _tile_stats(labels: np.ndarray, n_classes: int, background: int, preview_factor: int) -> dict:
     """Pixel counts, 8-connected regions per finding class with ids unique in the tile (and their areas),
