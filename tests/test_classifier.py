@@ -72,7 +72,7 @@ def test_em_leaves_absent_classes_absent():
 def test_invalid_settings():
     with pytest.raises(PointsegError, match="unknown classifier"):
         PointClassifier("svm")
-    with pytest.raises(PointsegError, match="C must be positive"):
+    with pytest.raises(PointsegError, match="C must be a positive number"):
         PointClassifier(C=0)
     X = np.zeros((4, 2), np.float32)
     with pytest.raises(PointsegError, match="class_weight"):

@@ -111,3 +111,29 @@ def test_server_upload_of_a_bomb_is_refused_with_422(tmp_path):
             assert client.get("/api/images").json()["images"] == []
     finally:
         server.stop()
+
+
+def test_the_server_takes_its_limits_from_the_same_table(tmp_path):
+    """POINTSEG_MAX_SCRIBBLE_WIDTH, _POINTS_PER_REQUEST and _JSON_BODY_MB change what `pointseg serve` accepts."""
+    sys.path.append(str(Path(__file__).parent / "server"))
+    from serverkit import Server, setup_classes, write_images
+
+    write_images(tmp_path / "imgs", 1)
+    env = {"POINTSEG_MAX_SCRIBBLE_WIDTH": "10", "POINTSEG_MAX_POINTS_PER_REQUEST": "3",
+           "POINTSEG_MAX_JSON_BODY_MB": "0.01"}
+    server = Server(tmp_path / "project", images=[tmp_path / "imgs"], env=env).start()
+    try:
+        with server.client() as client:
+            classes = setup_classes(client)
+            image = client.get("/api/images").json()["images"][0]["id"]
+
+            def scribble(width, n):
+                return {"items": [{"kind": "scribble", "class_id": classes[0]["id"], "width": width,
+                                   "points": [[5.0 + i, 5.0] for i in range(n)]}]}
+            url = f"/api/images/{image}/annotations"
+            assert client.post(url, json=scribble(8, 3)).status_code == 201
+            assert client.post(url, json=scribble(12, 3)).status_code == 422   # wider than 10 px
+            assert client.post(url, json=scribble(8, 4)).status_code == 422    # more than 3 points
+            assert client.post(url, json={"items": [{"pad": "x" * 20_000}]}).status_code == 413  # > 10 KiB
+    finally:
+        server.stop()

@@ -329,6 +329,15 @@ class CrossValidationInterrupted(Exception):
     """Raised between folds when the caller's ``should_stop`` says the result is no longer wanted."""
 
 
+class CrossValidationFinished(Exception):
+    """Raised right after the estimate when the caller only wants the estimate (``only_estimate``): the
+    rest of the fit (the final head, the NG rule's leave-one-image-out predictions) is skipped."""
+
+    def __init__(self, result: "CrossValidationResult"):
+        super().__init__("cross-validation finished")
+        self.result = result
+
+
 @dataclass
 class CrossValidationResult:
     """The one cross-validation protocol's outcome: accuracy over ``n_scored`` held-out points."""
@@ -369,18 +378,21 @@ _CV_CONTEXT = threading.local()
 class CrossValidationContext:
     """What :func:`cross_validation_context` hands out: the caller's stop test and the last result."""
 
-    def __init__(self, should_stop=None):
+    def __init__(self, should_stop=None, only_estimate: bool = False):
         self.should_stop = should_stop
+        self.only_estimate = only_estimate
         self.result: CrossValidationResult | None = None
 
 
 @contextmanager
-def cross_validation_context(should_stop=None):
+def cross_validation_context(should_stop=None, only_estimate: bool = False):
     """Make every :func:`cross_validate` in this thread check ``should_stop()`` between folds (raising
     :class:`CrossValidationInterrupted`) and record its full :class:`CrossValidationResult` (with the
-    number of points scored) on the yielded context. The app uses this around ``Segmenter.fit`` so its
-    estimate is the library's protocol, yet a click never waits for more than one fold."""
-    ctx = CrossValidationContext(should_stop)
+    number of points scored) on the yielded context; with ``only_estimate`` it then raises
+    :class:`CrossValidationFinished`, ending the surrounding fit. The app uses this around
+    ``Segmenter.fit`` so its estimate is the library's protocol, yet a click never waits for more than
+    one fold."""
+    ctx = CrossValidationContext(should_stop, only_estimate)
     previous = getattr(_CV_CONTEXT, "ctx", None)
     _CV_CONTEXT.ctx = ctx
     try:
@@ -418,4 +430,6 @@ def cross_validate(classifier: PointClassifier, X: np.ndarray, y: np.ndarray, gr
                                   should_stop=ctx.should_stop if ctx is not None else None)
     if ctx is not None:
         ctx.result = result
+        if ctx.only_estimate:
+            raise CrossValidationFinished(result)
     return result.accuracy, result.method

@@ -67,7 +67,7 @@ MAX_JSON_FILE_BYTES = Limit("POINTSEG_MAX_JSON_MB", 64 * MiB, "MiB",
 MAX_JSON_BODY_BYTES = Limit("POINTSEG_MAX_JSON_BODY_MB", 16 * MiB, "MiB",
                             "bytes of a JSON request body to `pointseg serve`", scale=MiB)
 MAX_POINTS_PER_REQUEST = Limit("POINTSEG_MAX_POINTS_PER_REQUEST", 20_000, "points",
-                               "points (clicks plus scribble vertices) in one request to `pointseg serve`")
+                               "points of one scribble or eraser stroke sent to `pointseg serve`")
 MAX_POINTS_PER_FILE = Limit("POINTSEG_MAX_POINTS_PER_FILE", 200_000, "points",
                             "points (clicks plus scribble vertices) in one annotation file")
 MAX_SCRIBBLE_WIDTH = Limit("POINTSEG_MAX_SCRIBBLE_WIDTH", 1000, "pixels", "width of one scribble's brush")

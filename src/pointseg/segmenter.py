@@ -29,7 +29,15 @@ from pointseg.classifier import (
 )
 from pointseg.decision import Decision, NGRule
 from pointseg.errors import PointsegError
-from pointseg.features import FeatureCache, FeatureExtractor, FeatureMap, Scores, cell_span
+from pointseg.features import (
+    FeatureCache,
+    FeatureExtractor,
+    FeatureMap,
+    Scores,
+    cell_span,
+    deep_dtype,
+    release_freed_memory,
+)
 from pointseg.imageio import load_image
 from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
 from pointseg.sampling import sample_points
@@ -451,7 +459,10 @@ class Segmenter:
         """
         scores = self.decision_grid(image)
         with single_thread():  # small per-pixel work: a thread pool only adds waiting (see classifier)
-            return self._finish(scores, probabilities)
+            prediction = self._finish(scores, probabilities)
+        if deep_dtype(scores.image_size) is np.float16:  # a large image: its bands' buffers are freed
+            release_freed_memory()
+        return prediction
 
     def predict_region(self, image, box: tuple[int, int, int, int], scale: float = 1.0,
                        probabilities: bool = True) -> Prediction:
@@ -459,8 +470,9 @@ class Segmenter:
 
         At ``scale=1`` the result equals the same crop of :meth:`predict_full` (smoothing included: its
         Gaussian halo is computed from a margin around the box), at a cost in proportion to the box, not the
-        image; pass a FeatureMap (or a cached image) so nothing is extracted. ``min_region`` is applied
-        within the box only.
+        image; pass a FeatureMap (or a cached image) so nothing is extracted, or the :class:`Scores` of
+        :meth:`decision_grid` to predict many boxes with one model (tiles of a background refinement).
+        ``min_region`` is applied within the box only.
 
         ``scale < 1`` gives a screen-resolution preview of ``ceil(h * scale) x ceil(w * scale)`` pixels, for
         zoomed-out views: each output pixel shows the pixel under its centre, with the deep scores exact and

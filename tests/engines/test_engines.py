@@ -102,3 +102,20 @@ def test_unknown_engine_and_unsupported_precision_are_clear_errors():
         assert FeatureExtractor("efficientnet_lite0", engine="onnxruntime").precision == "fp32"
         with pytest.raises(PointsegError, match="fp32"):
             FeatureExtractor("efficientnet_lite0", engine="onnxruntime", precision="bf16")
+
+
+@pytest.mark.skipif(not runtime_installed("openvino"), reason="openvino is not installed")
+def test_first_export_inside_bf16_autocast_still_gives_an_fp32_graph(image):
+    import torch
+
+    ext = FeatureExtractor("efficientnet_lite2", precision="bf16", engine="openvino")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what FeatureExtractor._inference does around a pass
+        out = ext.compute(image[:96, :96])
+    assert np.isfinite(out).all() and out.shape[1:] == (96 // 4, 96 // 4)
+
+
+@pytest.mark.skipif(not runtime_installed("onnxruntime"), reason="onnxruntime is not installed")
+def test_auto_engine_on_onnxruntime_runs_a_bf16_model_in_fp32(monkeypatch):
+    monkeypatch.setenv("POINTSEG_ENGINE", "onnxruntime")  # as where OpenVINO is missing
+    ext = FeatureExtractor("efficientnet_lite0", precision="bf16")  # a model file trained with bf16 features
+    assert (ext.engine, ext.precision) == ("onnxruntime", "fp32")

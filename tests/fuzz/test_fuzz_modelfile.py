@@ -53,7 +53,7 @@ def test_damaged_bytes(tmp_path_factory, model_bytes, data):
     only_pointseg_errors(lambda: load_and_predict(path))
 
 
-@fuzz(50)
+@fuzz(40)
 @given(data=st.data())
 def test_edited_metadata(tmp_path_factory, model, data):
     meta, tensors = model[1]
@@ -83,7 +83,7 @@ def tensor_edits(draw, tensors):
     return out
 
 
-@fuzz(30)
+@fuzz(20)
 @given(data=st.data())
 def test_edited_tensors(tmp_path_factory, model, data):
     meta, tensors = model[1]

@@ -24,6 +24,10 @@ import numpy as np
 
 from pointseg.decision import NGRule, decide_labels
 from pointseg.engines import RUNTIME_PREFERENCE, runtime_installed
+
+#: runtimes for the whole graph by preference: onnxruntime ran it faster than OpenVINO here (BENCHMARKS.md,
+#: "Engines and deployment"), while OpenVINO is the faster for the backbone alone (RUNTIME_PREFERENCE)
+GRAPH_PREFERENCE = ("onnxruntime", "openvino")
 from pointseg.engines.sessions import open_session
 from pointseg.errors import ImageError, PointsegError
 from pointseg.outputs import summarize
@@ -98,7 +102,8 @@ class Runner:
     Parameters
     ----------
     path : the ``.onnx`` file from ``pointseg export``.
-    engine : ``"openvino"``, ``"onnxruntime"`` or ``"auto"`` (the first of them installed).
+    engine : ``"openvino"``, ``"onnxruntime"`` or ``"auto"`` (onnxruntime if installed, else OpenVINO:
+        :data:`GRAPH_PREFERENCE`).
     precision : ``"fp32"`` (default: what the export check verified) or ``"bf16"`` (OpenVINO only).
     threads : CPU threads for the runtime (default: all).
     """
@@ -108,7 +113,7 @@ class Runner:
         self.path = Path(path)
         self.metadata = read_graph_metadata(self.path)
         if engine == "auto":
-            engine = next((e for e in RUNTIME_PREFERENCE if runtime_installed(e)), None)
+            engine = next((e for e in GRAPH_PREFERENCE if runtime_installed(e)), None)
             if engine is None:
                 raise PointsegError("no ONNX runtime installed; `pip install onnxruntime` (or openvino)")
         elif engine not in RUNTIME_PREFERENCE:

@@ -52,7 +52,9 @@ def export_module(module: torch.nn.Module, example: tuple, path: str | os.PathLi
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     module.eval()
-    with _export_lock, _quiet(), torch.inference_mode(False), torch.no_grad():
+    # exports can start inside a caller's bf16 autocast (FeatureExtractor._inference): the graph is fp32
+    with _export_lock, _quiet(), torch.inference_mode(False), torch.no_grad(), \
+            torch.autocast("cpu", enabled=False):
         torch.onnx.export(module, example, str(tmp), dynamo=False, opset_version=OPSET,
                           input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
                           do_constant_folding=True)
@@ -69,7 +71,7 @@ def export_module(module: torch.nn.Module, example: tuple, path: str | os.PathLi
 def _check_against_torch(module, path: Path, inputs: tuple, input_names: list[str], rtol: float) -> None:
     import onnxruntime as ort
 
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         expected = module(*inputs)
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

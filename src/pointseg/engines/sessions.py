@@ -71,6 +71,9 @@ class OnnxRuntimeSession(Session):
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting of idle worker threads: on a few shared cores it steals time from torch and
+        # from the other requests (the interactive app runs torch beside the engine)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")

@@ -50,7 +50,8 @@ def create_app(settings: Settings, *, store: ProjectStore | None = None,
                   openapi_url="/api/openapi.json")
     app.state.services = services
     app.add_middleware(GuardMiddleware, token=settings.token, loopback=is_loopback(settings.host),
-                       upload_limit=MAX_FILES_PER_UPLOAD * settings.max_upload_bytes + (1 << 20))
+                       upload_limit=MAX_FILES_PER_UPLOAD * settings.max_upload_bytes + (1 << 20),
+                       json_limit=settings.max_json_bytes)
     _add_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -94,10 +94,16 @@ def serve_command(
 
     if not is_loopback(host) and not token:
         token = secrets.token_urlsafe(24)
-    max_mb = float(os.environ.get("POINTSEG_MAX_UPLOAD_MB", "256"))
+    from pointseg import limits
+
+    try:
+        max_upload, max_json = limits.max_upload_bytes(), limits.max_json_body_bytes()
+    except PointsegError as exc:       # a malformed POINTSEG_MAX_* variable
+        err(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     settings = Settings(project_dir=store.dir, host=host, token=token, backbone=stored_backbone,
                         weights=str(weights) if weights else None,
-                        max_upload_bytes=int(max_mb * 1024 * 1024))
+                        max_upload_bytes=max_upload, max_json_bytes=max_json)
     app = create_app(settings, store=store)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")

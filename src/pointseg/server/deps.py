@@ -28,7 +28,8 @@ class Settings(BaseModel):
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     precision: str = "auto"
-    max_upload_bytes: int = 256 * 1024 * 1024
+    max_upload_bytes: int = 256 * 1024 * 1024          # of one image (pointseg.limits.MAX_UPLOAD_BYTES)
+    max_json_bytes: int = 16 * 1024 * 1024             # of a JSON body (pointseg.limits.MAX_JSON_BODY_BYTES)
     debounce_ms: float = 10.0
 
 

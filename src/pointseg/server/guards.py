@@ -22,7 +22,7 @@ log = logging.getLogger("pointseg.server")
 #: the names a loopback-bound server answers to (the one set: ``serve`` and the Host check both use it)
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
-#: JSON bodies are small (5,000 annotations of 20,000 vertices at most, far below this)
+#: JSON bodies are small (the default of ``pointseg.limits.MAX_JSON_BODY_BYTES``)
 MAX_JSON_BYTES = 16 * 1024 * 1024
 #: an upload request carries at most this many files (the page sends eight at a time)
 MAX_FILES_PER_UPLOAD = 8

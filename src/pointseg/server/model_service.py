@@ -291,19 +291,23 @@ class ModelService:
         """The library's one protocol (:func:`pointseg.classifier.cross_validate`) on ``model``'s training
         set, checking ``should_stop()`` between folds: the report entries, or ``None`` when interrupted.
         Raises nothing for a training set that changed: the caller compares signatures first."""
-        from pointseg.classifier import CrossValidationInterrupted, cross_validation_context
+        from pointseg.classifier import (CrossValidationFinished, CrossValidationInterrupted,
+                                         cross_validation_context)
 
         start = time.perf_counter()
         seg = self._estimator(ts, ModelState()).set_params(cross_validate=True, warm_start=False)
         fmaps = [self.features.get(i) for i in ts.image_ids]
+        res = None
         try:
-            with cross_validation_context(should_stop) as ctx:
+            # only the estimate is wanted: the fit ends right after it (no final head, no NG-rule predictions)
+            with cross_validation_context(should_stop, only_estimate=True):
                 seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
+        except CrossValidationFinished as done:
+            res = done.result
         except CrossValidationInterrupted:
             return None
         except PointsegError:
-            ctx = None
-        res = ctx.result if ctx is not None else None
+            pass
         return {"report": {"cv_accuracy": res.accuracy if res else None, "cv_method": res.method if res else None,
                            "cv_points": res.n_scored if res else 0,
                            "cv_protocol": "pointseg.classifier.cross_validate (held-out marks scored by the "

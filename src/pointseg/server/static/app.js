@@ -84,7 +84,8 @@ function onEvent(ev) {
     case "model":
       S.model = ev;
       S.training = ev.rev < S.rev;
-      renderStatus(); renderModelPanel(); renderHint(); renderImages();
+      renderStatus(); renderModelPanel(); renderHint();
+      loadImagesSoon();                                         // badges: stale or not, as the server says
       if (ev.status === "ok" && S.overlay && +$("#overlay-img").dataset.rev < 0) refreshOverlay(ev.rev);
       break;
     case "settings":

@@ -20,9 +20,9 @@ export async function loadClasses() {
   drawView();
 }
 
-/** The background / OK class: the server's flag, else (an older server) the first class. */
+/** The background / OK class (the server keeps exactly one). */
 export function backgroundClass() {
-  return S.classes.find((c) => c.background === true) || (S.classes.some((c) => "background" in c) ? null : S.classes[0]);
+  return S.classes.find((c) => c.background === true) || null;
 }
 
 /** Give keyboard focus back to the viewer, so 1–9, P/S/E and the arrows act on the image again. */
@@ -84,13 +84,7 @@ function toggleShown(c) {
 }
 
 function setBackground(c) {
-  api("PATCH", `/api/classes/${c.id}`, { background: true })
-    .then(loadClasses)
-    .catch((err) => {
-      fail(err.status === 422 && !("background" in c)
-        ? new Error("This server takes the first class as the background: move the class to the top instead.")
-        : err);
-    });
+  api("PATCH", `/api/classes/${c.id}`, { background: true }).then(loadClasses).catch(fail);
 }
 
 function rename(c, node) {
@@ -146,11 +140,8 @@ function move(id, delta) {
 
 /** What deleting a class takes with it, in words ("12 points and 3 scribbles"). */
 export function marksOfClass(c) {
-  if (typeof c.n_points === "number" && typeof c.n_scribbles === "number") {
-    const parts = [c.n_points && plural(c.n_points, "point"), c.n_scribbles && plural(c.n_scribbles, "scribble")].filter(Boolean);
-    return parts.join(" and ");
-  }
-  return c.n_annotations ? plural(c.n_annotations, "annotation") : "";
+  return [c.n_points && plural(c.n_points, "point"), c.n_scribbles && plural(c.n_scribbles, "scribble")]
+    .filter(Boolean).join(" and ");
 }
 
 function removeClass(c) {

@@ -72,12 +72,10 @@ export async function openImage(id) {
   document.querySelector(`#image-list li[data-id="${id}"]`)?.scrollIntoView({ block: "nearest" });
 }
 
-/** Stale: predicted by a model older than the project's annotations (the server says so when it can). */
+/** Stale: made by another model than the current annotations and settings give — the server decides
+ * (from the model's signature, so it holds while the model retrains, e.g. right after a restart). */
 export function predictionStale(img) {
-  if (!img.prediction) return false;
-  if (typeof img.prediction_stale === "boolean") return img.prediction_stale;
-  const modelRev = S.model && S.model.status === "ok" && !S.training ? S.model.rev : S.rev;
-  return img.prediction.rev < modelRev;
+  return !!(img.prediction && img.prediction_stale);
 }
 
 function imageVisible(img) {

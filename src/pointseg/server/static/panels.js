@@ -184,7 +184,7 @@ export function renderBatch() {
   $("#batch-bar").style.width = `${b.total ? (100 * b.done) / b.total : 0}%`;
   $("#batch .progress").hidden = !b.running;         // a finished run keeps only its one-line result
   // a run after Stop skips the images already predicted by this model: say so, so 0 → k is not a redo
-  const kept = b.skipped || b.resumed || 0;
+  const kept = b.skipped || 0;
   const upToDate = kept ? ` · ${kept} already up to date` : "";
   const failed = b.failed ? ` · ${b.failed} failed` : "";
   let text;

@@ -1,7 +1,6 @@
 /* The "Method" panel: the project's method settings (GET / PUT /api/settings), retrained on change.
  *
- * Hidden when the server does not offer the settings.  A value the server refuses (422) is shown in one
- * line under the panel and nothing is changed.
+ * A value the server refuses (422) is shown in one line under the panel and nothing is changed.
  */
 import { S } from "./state.js";
 import { api } from "./api.js";
@@ -20,15 +19,7 @@ const FIELDS = {
 };
 
 export async function loadSettings() {
-  let data;
-  try {
-    data = await api("GET", "/api/settings");
-  } catch (err) {
-    if (err.status === 404 || err.status === 405) { $("#settings-section").hidden = true; return; }
-    throw err;
-  }
-  S.settings = data;
-  $("#settings-section").hidden = false;
+  S.settings = await api("GET", "/api/settings");
   renderSettings();
 }
 

@@ -6,8 +6,8 @@
 
 export const S = {
   project: null,
-  images: [],          // [{id, name, width, height, n_points, n_scribbles, prediction, prediction_stale?, status?}]
-  classes: [],         // [{id, name, color, index, n_annotations, background?, n_points?, n_scribbles?}]
+  images: [],          // [{id, name, width, height, n_points, n_scribbles, prediction, prediction_stale, status, error}]
+  classes: [],         // [{id, name, color, index, background, n_annotations, n_points, n_scribbles}]
   classId: null,       // selected class
   currentId: null,
   current: null,       // image detail
