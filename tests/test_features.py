@@ -167,10 +167,10 @@ def test_fine_tile_cache_is_bounded_in_bytes(image, monkeypatch):
     from pointseg.features import FineFeatures, tile_cache
 
     monkeypatch.setattr(features_module, "FINE_TILE", 64)
-    lru = tile_cache(max_bytes=3 * 18 * 64 * 64 * 4)  # room for three full tiles
+    lru = tile_cache(max_bytes=3 * 18 * 64 * 64 * 4)  # room for three full tiles (edge tiles are smaller)
     fine = FineFeatures(image, "bounded", cache=lru)
     fine.box(0, 329, 0, 427)  # 42 tiles computed
-    assert len(lru) == 3 and lru.nbytes <= lru.max_bytes
+    assert lru.nbytes <= lru.max_bytes and 3 <= len(lru) < 42
 
 
 def test_hybrid_map_keeps_pixels_not_fine_responses_and_scores_any_box(image):

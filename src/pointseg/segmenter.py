@@ -540,11 +540,11 @@ class Segmenter:
         if "error" in result:
             raise result["error"]
         scores = self.decision_grid(result["fmap"])
-        parts = []
+        canvas = _Canvas((h, w), probabilities)
         for i, (y0, y1, band) in enumerate(self._iter_bands(scores, probabilities), 1):
-            parts.append(band)
+            canvas.add(y0, y1, band)
             yield Progress("band", n_tiles + i, total, band, (y0, y1, 0, w), 1.0)
-        yield Progress("done", total, total, self._join_bands(parts, (h, w), probabilities), (0, h, 0, w), 1.0)
+        yield Progress("done", total, total, canvas.result(self._clean), (0, h, 0, w), 1.0)
 
     # ------------------------------------------------------------------ prediction internals
     def _halo(self, sigma: float | None = None) -> int:
@@ -612,14 +612,11 @@ class Segmenter:
             r1 = min(h, r0 + _band_step(scores.stride))
             yield r0, r1, self._decide(self._smoothed_box(scores, r0, r1, 0, w, sigma), probabilities, clean=False)
 
-    def _join_bands(self, parts: list[Prediction], size, probabilities: bool) -> Prediction:
-        labels = np.concatenate([p.labels for p in parts])
-        proba = np.concatenate([p.probabilities for p in parts], axis=1) if probabilities else None
-        return Prediction(self._clean(labels), proba, np.concatenate([p.uncertainty for p in parts]))
-
     def _finish(self, scores: Scores, probabilities: bool, sigma: float | None = None) -> Prediction:
-        parts = [band for _, _, band in self._iter_bands(scores, probabilities, sigma)]
-        return self._join_bands(parts, scores.image_size, probabilities)
+        canvas = _Canvas(scores.image_size, probabilities)
+        for y0, y1, band in self._iter_bands(scores, probabilities, sigma):
+            canvas.add(y0, y1, band)
+        return canvas.result(self._clean)
 
     def decide(self, image, rule: "NGRule | None" = None) -> "Decision":
         """OK or NG for one image (path, array or FeatureMap): the image score, the threshold of ``rule``
@@ -718,6 +715,27 @@ class Progress:
     prediction: Prediction | None  # coarse: at the downscaled size; band: rows of box; done: the whole image
     box: tuple[int, int, int, int] | None  # (y0, y1, x0, x1) in image pixels that ``prediction`` covers
     scale: float  # output pixels per image pixel (coarse < 1)
+
+
+class _Canvas:
+    """Whole-image outputs filled band by band (allocated once: no second copy of a large image's maps)."""
+
+    def __init__(self, size: tuple[int, int], probabilities: bool):
+        self.size, self.probabilities = tuple(size), probabilities
+        self.labels = np.empty(self.size, dtype=np.int64)
+        self.uncertainty = np.empty(self.size, dtype=np.float32)
+        self.proba = None
+
+    def add(self, y0: int, y1: int, band: Prediction) -> None:
+        self.labels[y0:y1] = band.labels
+        self.uncertainty[y0:y1] = band.uncertainty
+        if self.probabilities:
+            if self.proba is None:
+                self.proba = np.empty((band.probabilities.shape[0], *self.size), dtype=np.float32)
+            self.proba[:, y0:y1] = band.probabilities
+
+    def result(self, clean) -> Prediction:
+        return Prediction(clean(self.labels), self.proba, self.uncertainty)
 
 
 def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
