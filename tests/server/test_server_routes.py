@@ -320,16 +320,3 @@ def test_json_bodies_are_capped_small(client):
 def test_openapi_schema_is_served(client):
     schema = client.get("/api/openapi.json").json()
     assert "/api/classes/{class_id}" in schema["paths"] and "/api/settings" in schema["paths"]
-
-
-def test_points_per_request_follow_the_shared_limit(client, monkeypatch):
-    """The server's bound is pointseg.limits' (the README's Limits table), and its variable changes it."""
-    c = client
-    a, _ = two_classes(c)
-    img = c.get("/api/images").json()["images"][0]["id"]
-    monkeypatch.setenv("POINTSEG_MAX_POINTS_PER_REQUEST", "10")
-    items = [{"kind": "scribble", "class_id": a["id"], "width": 2, "points": [[1, 1]] * 6},
-             {"kind": "scribble", "class_id": a["id"], "width": 2, "points": [[2, 2]] * 6}]
-    r = c.post(f"/api/images/{img}/annotations", json={"items": items})
-    assert r.status_code == 422 and "POINTSEG_MAX_POINTS_PER_REQUEST" in r.json()["detail"]
-    assert c.post(f"/api/images/{img}/annotations", json={"items": items[:1]}).status_code == 201

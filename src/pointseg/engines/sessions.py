@@ -43,10 +43,10 @@ class OpenVINOSession(Session):
 
         with OpenVINOSession._core_lock:
             if OpenVINOSession._core is None:
-                core = ov.Core()
-                core.set_property({"CACHE_DIR": str(cache_dir() / "openvino")})
-                OpenVINOSession._core = core
-        config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
+                OpenVINOSession._core = ov.Core()
+        # the blob cache is named per compile, so it follows $POINTSEG_ENGINE_CACHE as the ONNX files do
+        config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY",
+                  "CACHE_DIR": str(cache_dir() / "openvino")}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.engine, self.precision = "openvino", precision

@@ -9,9 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
-
-from pointseg import limits
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from pointseg import limits
 
@@ -56,20 +54,6 @@ def _kind(value) -> str:
 class AnnotationsIn(_Body):
     items: list[Annotated[Union[Annotated[PointIn, Tag("point")], Annotated[ScribbleIn, Tag("scribble")]],
                           Discriminator(_kind)]] = Field(min_length=1, max_length=5000)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> "AnnotationsIn":
-        """Clicks plus scribble vertices within ``POINTSEG_MAX_POINTS_PER_REQUEST``; brushes within
-        ``POINTSEG_MAX_SCRIBBLE_WIDTH`` (pointseg.limits, the same bounds as the annotation file)."""
-        n = sum(1 if isinstance(i, PointIn) else len(i.points) for i in self.items)
-        if n > limits.max_points_per_request():
-            raise ValueError(f"{n:,} points in one request, more than the limit of "
-                             f"{limits.max_points_per_request():,} (POINTSEG_MAX_POINTS_PER_REQUEST); send fewer")
-        widest = max((i.width for i in self.items if isinstance(i, ScribbleIn)), default=0)
-        if widest > limits.max_scribble_width():
-            raise ValueError(f"scribble width {widest:g} is more than the limit of {limits.max_scribble_width():,} "
-                             "pixels (POINTSEG_MAX_SCRIBBLE_WIDTH)")
-        return self
 
 
 class EraseIn(_Body):
