@@ -41,7 +41,7 @@ def test_resnet_tiled_equals_whole(image, shared_weights):
 def test_cache_serves_repeat_requests_without_recomputing(image, monkeypatch):
     ext = FeatureExtractor("efficientnet_lite0", precision="fp32", cache=FeatureCache())
     first = ext.extract(image)
-    monkeypatch.setattr(ext, "compute", lambda rgb: pytest.fail("features recomputed"))
+    monkeypatch.setattr(ext, "compute_parts", lambda rgb, progress=None: pytest.fail("features recomputed"))
     again = ext.extract(image.copy())
     assert again is first and ext.cache.hits == 1
 
