@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TILE, mosaic, summary, write_images
+from batchkit import TILE, mosaic, summary, write_images
 
 distributed = pytest.importorskip("distributed")
 

@@ -6,7 +6,7 @@ import sys
 import textwrap
 import time
 
-from conftest import summary, write_images
+from batchkit import summary, write_images
 
 
 def test_in_process_run_imports_no_dask_and_cancel_stops_it(model_path, tmp_path):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import summary, write_images
+from batchkit import summary, write_images
 from pointseg.batch.inputs import expand_inputs, unique_stems
 
 

@@ -59,7 +59,7 @@ def test_a_16_bit_ome_zarr_predicted_in_tiles_equals_the_whole_image(model_path,
     from ome_zarr.io import parse_url
     from ome_zarr.writer import write_image
 
-    from conftest import mosaic
+    from batchkit import mosaic
     from pointseg.batch import BatchOptions, predict_many
     from pointseg.batch.tiled import read_labels
     from pointseg.segmenter import Segmenter
