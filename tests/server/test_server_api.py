@@ -463,3 +463,38 @@ def test_real_images_from_shared(make_server):
         rev = c.post(f"/api/images/{img['id']}/annotations", json={"items": items}).json()["rev"]
         labels, _, _ = _overlay(c, img["id"], rev)
         assert labels.shape == (h, w) and set(np.unique(labels)) <= {0, 1}
+
+
+def test_kill_9_during_predict_all_then_restart_finishes_the_batch(make_server, tmp_path):
+    """#14 fault test: the process dies mid-batch; the project opens intact, the stored predictions are whole
+    PNGs, and a new run finishes the rest without redoing what the current model already predicted."""
+    write_images(tmp_path / "imgs", 8, h=256, w=320)
+    project = tmp_path / "project"
+    s = make_server(project, images=[tmp_path / "imgs"])
+    with s.client() as c:
+        cls = setup_classes(c)
+        ids = [i["id"] for i in c.get("/api/images").json()["images"]]
+        rev = c.post(f"/api/images/{ids[0]}/annotations", json={"items": left_right_points(cls)}).json()["rev"]
+        _overlay(c, ids[0], rev)                                      # a model exists
+        assert c.post("/api/predict-all").status_code == 202
+        deadline = time.monotonic() + 60
+        while c.get("/api/predict-all").json()["done"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    s.kill9()                                                         # mid-batch, no shutdown hook
+    with sqlite3.connect(project / "project.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    s2 = make_server(project)
+    with s2.client() as c:
+        assert [i["id"] for i in c.get("/api/images").json()["images"]] == ids
+        deadline = time.monotonic() + 120
+        while (r := c.post("/api/predict-all")).status_code == 409 and time.monotonic() < deadline:
+            time.sleep(0.2)                                           # the model is retraining after the restart
+        assert r.status_code == 202, r.text
+        while (b := c.get("/api/predict-all").json())["running"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert b["failed"] == 0 and b["done"] == len(ids), b
+        for image in c.get("/api/images").json()["images"]:
+            assert image["prediction"]["status"] == "ok" and not image["prediction_stale"], image
+            png = c.get(f"/api/images/{image['id']}/prediction.png")
+            assert png.status_code == 200
+            assert Image.open(io.BytesIO(png.content)).size == (320, 256)   # whole files, never torn
