@@ -14,6 +14,10 @@ pseudo / pseudo95: self-training; up2: the network on the image upscaled 2x; gui
 upsampling of the deep scores; ms05: a second, half-resolution pass; augj / augf: training-time jitter or
 mirror; bwA: the filter block times A after standardisation; cpadP: reflect P px around the image before
 the network; cwA: the stride-32 context block times A. (The stride-32 rows were measured with a variant that is now the default backbone.)
+
+Stale since the prediction path moved to ``features.Scores`` (2026-12-01): guided_* and ms* patch
+``Segmenter._finish`` / ``_fine_scores`` / ``segmenter.upsample``, which no longer exist or take other
+arguments; port them to ``FeatureMap.score`` / ``Scores`` before measuring them again.
 """
 import sys, numpy as np, os
 from pathlib import Path
