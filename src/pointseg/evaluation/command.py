@@ -41,6 +41,19 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _dataset_and_options(kw: dict):
+    """The dataset and the method options both protocols share (``-o key=value`` plus the named flags)."""
+    from .datasets import load_dataset
+    from .methods import parse_options
+
+    dataset = load_dataset(kw["dataset_dir"], max_megapixels=kw["max_megapixels"])
+    options = parse_options(kw["option"])
+    for key in ("backbone", "precision", "tile_size", "C"):
+        if kw[key] is not None:
+            options[key] = kw[key]
+    return dataset, options
+
+
 def evaluate_command(
     dataset_dir: Annotated[Path, typer.Argument(
         help="Dataset folder: images/, masks/ (same stems, uint8 class ids, 255 = ignore), classes.json, "
@@ -117,8 +130,7 @@ def _run(**kw) -> None:
 
     from pointseg.errors import PointsegError
 
-    from .datasets import load_dataset
-    from .methods import build_method, parse_method_spec, parse_options
+    from .methods import build_method, parse_method_spec
     from .report import plot_curves, print_tables, write_csv, write_json
     from .runner import EvalConfig, evaluate, progress_units
 
@@ -141,12 +153,7 @@ def _run(**kw) -> None:
         transfer_at=transfer_at,
     )
     config.check()
-    dataset = load_dataset(kw["dataset_dir"], max_megapixels=kw["max_megapixels"])
-
-    options = parse_options(kw["option"])
-    for key in ("backbone", "precision", "tile_size", "C"):
-        if kw[key] is not None:
-            options[key] = kw[key]
+    dataset, options = _dataset_and_options(kw)
     specs = [parse_method_spec(m) for m in (kw["method"] or ["default"])]
     cache = None
     if any(s.base != "skimage-rf" for s in specs):
@@ -188,18 +195,13 @@ def _run_parts(kw) -> None:
     from pointseg import FeatureCache
     from pointseg.errors import PointsegError
 
-    from .datasets import load_dataset
-    from .methods import SegmenterMethod, build_method, parse_method_spec, parse_options
+    from .methods import SegmenterMethod, build_method, parse_method_spec
     from .parts import PartsConfig, markdown_parts, run_parts
 
     config = PartsConfig(seeds=_ints(kw["seeds"], "--seeds"), defective=kw["train_images"],
                          ok_images=_ints(kw["ok_images"], "--ok-images"), budget=kw["budget"], test=kw["test"])
     config.check()
-    dataset = load_dataset(kw["dataset_dir"], max_megapixels=kw["max_megapixels"])
-    options = parse_options(kw["option"])
-    for key in ("backbone", "precision", "tile_size", "C"):
-        if kw[key] is not None:
-            options[key] = kw[key]
+    dataset, options = _dataset_and_options(kw)
     cache = FeatureCache(max_bytes=int(kw["cache_mb"]) * 1_000_000)
     weights = str(kw["weights"]) if kw["weights"] else None
     factories = {}
