@@ -165,7 +165,7 @@ if any(t.startswith("ms") for t in variant.split("+")):
         grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None]
         up = TF.grid_sample(d2, grid, mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
         fm2 = F.FeatureMap(np.concatenate([fm.data, up.astype(np.float32)]), fm.image_size, fm.extent, key, self.id, fm.fine)
-        self.cache._items.pop(key, None)
+        self.cache._memory.pop(key)
         self.cache.put(fm2)
         return fm2
     F.FeatureExtractor.extract = extract_ms

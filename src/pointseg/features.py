@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -487,9 +486,7 @@ class FeatureCache:
         self.max_bytes = int(max_bytes)
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         self.max_disk_bytes = disk_cache_bytes() if max_disk_bytes is None else int(max_disk_bytes)
-        self._items: OrderedDict[str, FeatureMap] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._memory: ByteLRU[FeatureMap] = ByteLRU(self.max_bytes, size=lambda fmap: fmap.nbytes)
         self._disk_lock = threading.Lock()
         self._disk_bytes = 0
         self.hits = 0
@@ -499,18 +496,16 @@ class FeatureCache:
             self._open_disk()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._memory)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._items or (self._disk_path(key) is not None and self._disk_path(key).is_file())
+        return key in self._memory or (self._disk_path(key) is not None and self._disk_path(key).is_file())
 
     def get(self, key: str) -> FeatureMap | None:
-        with self._lock:
-            fmap = self._items.get(key)
-            if fmap is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return fmap
+        fmap = self._memory.get(key)
+        if fmap is not None:
+            self.hits += 1
+            return fmap
         fmap = self._read_disk(key)
         if fmap is not None:
             self.hits += 1
@@ -524,9 +519,7 @@ class FeatureCache:
         self._write_disk(fmap)
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
+        self._memory.clear()
 
     @property
     def disk_bytes(self) -> int:
@@ -534,17 +527,9 @@ class FeatureCache:
         return self._disk_bytes
 
     def _put_memory(self, fmap: FeatureMap) -> None:
-        with self._lock:
-            if fmap.key in self._items:
-                self._items.move_to_end(fmap.key)
-                return
-            if fmap.nbytes > self.max_bytes:
-                return
-            self._items[fmap.key] = fmap
-            self._bytes += fmap.nbytes
-            while self._bytes > self.max_bytes and self._items:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= old.nbytes
+        # a map larger than the whole budget is not kept (``max_bytes=0``: a batch that sees each image once)
+        if fmap.nbytes <= self.max_bytes and self._memory.get(fmap.key) is None:
+            self._memory.put(fmap.key, fmap)
 
     def _disk_path(self, key: str) -> Path | None:
         return None if self.disk_dir is None else self.disk_dir / f"{key}.npz"

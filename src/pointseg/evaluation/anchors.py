@@ -16,9 +16,9 @@ is what scikit-learn's forest uses internally anyway).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
+
+from pointseg.lru import ByteLRU
 
 from .methods import Method
 
@@ -43,28 +43,6 @@ def _is_grey(image: np.ndarray) -> bool:
     return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]))
 
 
-class FeatureLRU:
-    """A small least-recently-used cache bounded in bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: str, compute) -> np.ndarray:
-        if key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key]
-        self.misses += 1
-        value = compute()
-        self._items[key] = value
-        while len(self._items) > 1 and sum(v.nbytes for v in self._items.values()) > self.max_bytes:
-            self._items.popitem(last=False)
-        return value
-
-
 class SkimageRF(Method):
     """scikit-image's trainable segmentation behind the harness's :class:`Method` interface."""
 
@@ -76,7 +54,7 @@ class SkimageRF(Method):
         self.classes = tuple(classes)
         self.n_jobs = n_jobs
         self.forest = {**FOREST, **(forest or {})}
-        self._cache = FeatureLRU(max_cache_bytes)
+        self._cache: ByteLRU[np.ndarray] = ByteLRU(max_cache_bytes, size=lambda a: a.nbytes)
         self.clf_ = None
 
     def describe(self) -> dict:
@@ -87,7 +65,12 @@ class SkimageRF(Method):
         self.features(image, key)
 
     def features(self, image: np.ndarray, key: str) -> np.ndarray:
-        return self._cache.get(f"{key}:{image.shape}", lambda: filter_features(image))
+        cache_key = f"{key}:{image.shape}"
+        features = self._cache.get(cache_key)
+        if features is None:
+            features = filter_features(image)
+            self._cache.put(cache_key, features)
+        return features
 
     def fit(self, images, points, keys, seed: int = 0) -> None:
         from skimage.future import fit_segmenter
