@@ -47,6 +47,8 @@ def region_want(box: str | None, scale: float, image: dict) -> Want:
         raise HTTPException(422, f"box {box} at scale {scale:g} is {out:,} output pixels, more than one region "
                                  f"may have ({limits.max_region_pixels():,}); ask for a smaller box or scale, "
                                  f"or set {limits.MAX_REGION_PIXELS.env}")
+    if scale == 1 and (x0, y0, x1, y1) == (0, 0, w, h):
+        return WHOLE                     # the whole overlay: cached per model version, shared with stats
     return Want("region", (y0, y1, x0, x1), scale)
 
 

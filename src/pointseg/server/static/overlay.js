@@ -179,7 +179,7 @@ async function showVisible(O, target, key) {
   if (!b || covered(O, b, target, key)) return true;
   const got = await fetchPatch(O, regionUrl(O.id, b, target, 300));
   if (!got) return false;
-  if (key !== O.cov.view) { O.ctx.clearRect(0, 0, O.comp.width, O.comp.height); O.dirty = []; O.gen++; }
+  if (O.cov.view !== null && key !== O.cov.view) { O.ctx.clearRect(0, 0, O.comp.width, O.comp.height); O.dirty = []; O.gen++; }
   drawPatch(O, got.picture, got.box);
   cover(O, got.box, got.rev, key);
   const ov = $("#overlay-img");
