@@ -4,11 +4,12 @@ Two daemon threads do all heavy work, so request handlers only read the store an
 
 * the **features thread** computes feature maps (the one expensive step) for images as they are first
   viewed, for the neighbours of the viewed image, and ahead of "predict all", in priority order
-  (:data:`PRIO_VIEW` first); it runs PyTorch on every core;
+  (:data:`PRIO_VIEW` first), publishing tiles done / total as it goes; it runs PyTorch on every core;
 * the **model thread** runs PyTorch on one thread (set once when it starts: small matrix products gain
   nothing from a pool, and the features thread keeps the other core busy). In priority order it retrains
   after edits (debounced within a burst; a fit whose annotations changed meanwhile is dropped), answers
-  prediction requests (the most recent first), runs jobs (exports), steps "predict all" one image at a
+  prediction requests (coarse first views, then the regions viewers show, then whole images; the most
+  recent first; one whose image's features are being computed waits without holding the thread), runs jobs (exports), steps "predict all" one image at a
   time, and when the user pauses fills in the cross-validated accuracy fold by fold (an edit or a request
   interrupts it after the current fold), records and saves the model.
 
