@@ -71,9 +71,9 @@ export function visibleBox() {
   const x0 = Math.max(0, Math.floor(-tx / s)), y0 = Math.max(0, Math.floor(-ty / s));
   const x1 = Math.min(W, Math.ceil((r.width - tx) / s)), y1 = Math.min(H, Math.ceil((r.height - ty) / s));
   if (x1 <= x0 || y1 <= y0) return null;
-  // screen resolution, rounded up to a power of two so small zooms reuse what is there
+  // screen resolution, rounded up to a quarter octave (at most 19 % more pixels) so small zooms reuse it
   const want = s * (window.devicePixelRatio || 1);
-  const scale = want >= 0.75 ? 1 : Math.min(1, 2 ** Math.ceil(Math.log2(want)));
+  const scale = want >= 0.75 ? 1 : Math.min(1, Math.ceil(2 ** (Math.ceil(4 * Math.log2(want)) / 4) * 1e6) / 1e6);
   return { x0, y0, x1, y1, scale };
 }
 
