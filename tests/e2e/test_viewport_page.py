@@ -95,3 +95,42 @@ def test_large_image_click_updates_the_view_first_and_tiles_fill_in(page, make_s
     assert page.evaluate("() => S.lastLatency") > 0                     # click → visible overlay, measured
     api.close()
     assert real_errors(page) == []
+
+
+def test_first_view_of_a_large_image_is_coarse_with_tiles_done_of_total(page, make_server, tmp_path):
+    """Opening a new 3.6 MP image (six backbone tiles) before its features exist: a coarse overlay is drawn
+    and the hint counts the backbone's tiles; then the exact overlay replaces it and the hint goes."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(serverkit.two_region_image(240, 320, seed=1)).save(folder / "a_small.png")
+    big = tmp_path / "big.png"
+    Image.fromarray(serverkit.two_region_image(H, W, seed=6)).save(big, compress_level=1)
+    server = make_server(images=[folder])
+    api = server.client()
+    small_id = api.get("/api/images").json()["images"][0]["id"]
+    cls = serverkit.setup_classes(api)
+    rev = api.post(f"/api/images/{small_id}/annotations",
+                   json={"items": serverkit.left_right_points(cls, 320, 240)}).json()["rev"]
+    open_page(page, server)
+    page.wait_for_function("(rev) => +document.querySelector('#overlay-img').dataset.rev >= rev", arg=rev,
+                           timeout=60000)
+    page.set_input_files("#upload-input", [str(big)])
+    page.wait_for_selector("#image-list li >> nth=1")
+    big_id = next(i["id"] for i in api.get("/api/images").json()["images"] if i["name"] == "big.png")
+    page.click(f"#image-list li[data-id='{big_id}']")
+    page.wait_for_function(f"() => S.current && S.current.id === {big_id}")
+    if page.evaluate("() => S.featuresReady[S.currentId]"):
+        pytest.skip("the server had this image's features before it was opened")
+    page.wait_for_function("() => S.overlay && S.overlay.coarse === true", timeout=60000)
+    assert page.evaluate("() => +document.querySelector('#overlay-img').dataset.rev") < 0   # not exact yet
+    page.wait_for_function("() => / of 6 tiles|\\d \\/ 6 tiles/.test(document.querySelector('#hint-text').textContent)",
+                           timeout=60000)
+    assert "coarse preview shown" in page.inner_text("#hint-text")
+    width = page.evaluate("() => parseFloat(document.querySelector('#hint-bar').style.width)")
+    assert 0 < width <= 100
+    page.wait_for_function("(rev) => +document.querySelector('#overlay-img').dataset.rev >= rev", arg=rev,
+                           timeout=120000)
+    assert page.evaluate("() => S.overlay.coarse") is False
+    page.wait_for_function("() => document.querySelector('#hint').hidden", timeout=10000)
+    api.close()
+    assert real_errors(page) == []
