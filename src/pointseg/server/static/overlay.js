@@ -146,7 +146,9 @@ async function fetchPatch(O, url) {
   if (S.overlay !== O) throw new Stop();                 // the user moved to another image
   if (r.status === 409) {                                // no usable model yet: say why
     const data = await r.json();
-    O.drawn = false;
+    O.drawn = false;                                     // nothing of an older model stays around
+    O.ctx.clearRect(0, 0, O.comp.width, O.comp.height);
+    O.gen++;
     O.cov = { rev: -1, view: null, full: new Set(), boxes: [] };
     $("#overlay-img").removeAttribute("src");
     $("#overlay-img").dataset.rev = "-1";
