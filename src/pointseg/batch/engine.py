@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from pointseg import lazyio
 from pointseg.batch.inputs import InputItem, expand_inputs
-from pointseg.batch.manifest import Manifest
+from pointseg.batch.manifest import Manifest, unchanged
 from pointseg.batch.models import ModelRef, register, worker_plugin
 from pointseg.batch.tasks import BatchOptions, predict_image
 from pointseg.errors import PointsegError
@@ -133,22 +133,14 @@ def _split_resumed(items, previous: dict, output: str):
     todo: list[int] = []
     for index, item in enumerate(items):
         entry = previous.get(item.location)
-        if entry and entry.get("error") is None and entry.get("name") == item.name and _unchanged(item, entry) \
+        if entry and entry.get("error") is None and entry.get("name") == item.name \
+                and unchanged(item.location, entry.get("fingerprint", {})) \
                 and all(lazyio.exists(lazyio.join(output, o)) for o in entry.get("outputs", [])):
             done[index] = ImageResult(index, item, entry["measures"], entry["outputs"], None,
                                       entry.get("seconds", 0.0), True, entry.get("fingerprint", {}))
         else:
             todo.append(index)
     return done, todo
-
-
-def _unchanged(item: InputItem, entry: dict) -> bool:
-    try:
-        now = lazyio.stat(item.location)
-    except (OSError, PointsegError):
-        return False
-    before = entry.get("fingerprint", {})
-    return now["size"] == before.get("size") and now["mtime"] == before.get("mtime")
 
 
 def _entry(r: ImageResult) -> dict:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from pointseg import lazyio
 from pointseg.batch.inputs import InputItem
+from pointseg.batch.manifest import fingerprint as input_fingerprint
 from pointseg.batch.models import ModelKey, model_for
 from pointseg.errors import PointsegError
 
@@ -109,7 +110,7 @@ def _read_input(location: str, options: BatchOptions) -> dict:
         lazy = lazyio.open_lazy(location, channels)
         try:
             h, w = lazy.shape
-            fingerprint = {**lazyio.stat(location), "sha256": _fingerprint_hash(location)}
+            fingerprint = input_fingerprint(location)
             if h * w > options.tile_above_pixels:
                 return {"plan": {"location": location, "shape": (h, w), "dtype": str(lazy.dtype)},
                         "fingerprint": fingerprint}
@@ -120,7 +121,7 @@ def _read_input(location: str, options: BatchOptions) -> dict:
         finally:
             lazy.close()
     rgb, data = lazyio.read_whole(location)
-    return {"rgb": rgb, "fingerprint": {**lazyio.stat(location), "sha256": lazyio.content_hash(data)}}
+    return {"rgb": rgb, "fingerprint": input_fingerprint(location, data)}
 
 
 def _tiff_needs_lazy(location: str, channels, threshold: int) -> bool:
@@ -128,12 +129,6 @@ def _tiff_needs_lazy(location: str, channels, threshold: int) -> bool:
         return True
     h, w = lazyio.image_size(location)
     return h * w > threshold
-
-
-def _fingerprint_hash(location: str) -> str:
-    if location.rstrip("/").lower().endswith(lazyio.ZARR_SUFFIXES):
-        return lazyio.tree_hash(location)
-    return lazyio.content_hash(lazyio.read_bytes(location)) if lazyio.is_local(location) else ""
 
 
 def write_outputs(seg, item: InputItem, output: str, options: BatchOptions, rgb, result) -> list[str]:
