@@ -527,6 +527,7 @@ class Scheduler:
                 self.batch.update(running=False, waiting=False, cancelled=self._batch_cancel,
                                   seconds=round(time.monotonic() - self._batch_started, 2))
                 self._batch_queue = []
+                ended = self._batch_run
                 self._batch_run = self._batch_run_model = None
                 self._cond.notify_all()
                 event = {"type": "batch", **self.batch}
@@ -536,7 +537,8 @@ class Scheduler:
                 image_id = self._batch_queue[0]
                 run, planned_with = self._batch_run, self._batch_run_model
         if event is not None:
-            self._close_batch_results()
+            complete = not event["cancelled"] and event["message"] is None
+            self._close_batch_results(ended if complete else None)
             self.events.publish(event)
             return
         if run is None or planned_with is not m:
@@ -602,9 +604,18 @@ class Scheduler:
         self._close_batch_results()                 # exhausted: summary.csv written
         return None
 
-    def _close_batch_results(self) -> None:
+    def _close_batch_results(self, finished=None) -> None:
+        """End the engine's results iterator. ``finished``: the run that just predicted its last image; its
+        remaining (resumed) results are taken first, so the engine writes its summary.csv and manifest as
+        `pointseg predict` does. Closing early keeps every finished manifest line."""
+        if finished is not None:
+            if self._batch_results_of is not finished:     # everything was resumed: nothing drawn yet
+                self._close_batch_results()
+                self._batch_results, self._batch_results_of = finished.results(), finished
+            for _ in self._batch_results:                   # only resumed results are left: no work
+                pass
         if self._batch_results is not None:
-            self._batch_results.close()             # the manifest is closed; finished lines stay
+            self._batch_results.close()
         self._batch_results = self._batch_results_of = None
 
     def _current_predictions(self, m: ModelState) -> set[int]:
