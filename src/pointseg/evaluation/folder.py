@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pointseg.decision import RANKINGS
 from pointseg.errors import PointsegError
 
 from .datasets import SegmentationDataset, evenly_spaced
@@ -22,7 +23,7 @@ from .methods import to_core_points
 from .metrics import IoUAccumulator, mean_std
 from .protocols import corrective_click, initial_clicks
 
-ORDERS = ("random", "uncertainty", "margin")
+ORDERS = ("random",) + RANKINGS
 
 
 @dataclass
@@ -39,7 +40,9 @@ class FolderConfig:
         if bad or not self.orders:
             raise PointsegError(f"unknown order {bad[0] if bad else ''!r}; choose from {', '.join(ORDERS)}")
         if self.per_image < 1 or self.budget < self.per_image:
-            raise PointsegError("need 1 <= per_image <= budget")
+            raise PointsegError(f"need 1 <= --per-image <= --budget, got {self.per_image} and {self.budget}")
+        if self.test < 1 or (self.candidates is not None and self.candidates < 2):
+            raise PointsegError("the folder protocol needs --test >= 1 held-out images and --candidates >= 2")
 
 
 def folder_session(seg, folder: dict, masks: dict, first: str, order: str, config: FolderConfig,
@@ -74,7 +77,8 @@ def folder_session(seg, folder: dict, masks: dict, first: str, order: str, confi
         if order == "random":
             current = rest[int(rng.integers(len(rest)))]
         else:
-            ranked = rank_images_for_annotation(seg, [images[s] for s in rest], kind=order)
+            ranked = rank_images_for_annotation(seg, [images[s] for s in rest], kind=order,
+                                                annotated=[images[s] for s in annotated])
             current = rest[ranked[0][0]]
     return curve
 
@@ -135,6 +139,9 @@ def summarize_folder(runs: list[dict], config: FolderConfig) -> dict:
         row = {}
         for key in ("miou", "fg_iou"):
             row[key] = {str(k): _stat([_value_at(c, k, key) for c in curves]) for k in checkpoints}
+        # the area under the curve: one steadier figure than any single checkpoint
+        row["fg_iou_mean_over_checkpoints"] = _stat(
+            [float(np.mean([_value_at(c, k, "fg_iou") for k in checkpoints])) for c in curves])
         if order != "random" and "random" in config.orders:
             ratios = []
             for s, cs in by_seed.items():
@@ -157,8 +164,9 @@ def _stat(values) -> dict:
 def markdown_folder(result: dict) -> str:
     s = result["summary"]
     ks = s["checkpoints"]
-    lines = ["| order | " + " | ".join(f"defect IoU @{k}" for k in ks) + " | clicks to reach random's final |",
-             "|---|" + "---|" * (len(ks) + 1)]
+    lines = ["| order | " + " | ".join(f"defect IoU @{k}" for k in ks)
+             + " | mean over checkpoints | clicks to reach random's final |",
+             "|---|" + "---|" * (len(ks) + 2)]
     for order, row in s["orders"].items():
         cells = []
         for k in ks:
@@ -170,5 +178,7 @@ def markdown_folder(result: dict) -> str:
                      f"{len(result['config']['seeds'])} seeds reach it)")
         elif "clicks_vs_random" in row:
             extra = f"never ({row['reached_random']} seeds reach it)"
+        auc = row["fg_iou_mean_over_checkpoints"]
+        cells.append("-" if auc["mean"] is None else f"{auc['mean']:.3f} ±{auc['std']:.3f}")
         lines.append(f"| {order} | " + " | ".join(cells) + f" | {extra} |")
     return "\n".join(lines)
