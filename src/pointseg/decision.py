@@ -229,6 +229,8 @@ def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
 #: share of the image by how few marks it has; ``"diversity"`` is the image's distance in feature space from the
 #: annotated images (needs them: ``annotated=``).
 RANKINGS = ("uncertainty", "margin", "rare_class", "diversity")
+#: rankings whose priorities are comparable between images scored one at a time (the app scores image by image)
+PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
 DEFAULT_RANKING = "uncertainty"
 

@@ -90,3 +90,18 @@ def test_run_folder_compares_orders_over_seeds(folder_ds):
     assert row["fg_iou"]["6"]["n"] == 2 and "clicks_vs_random" in row
     assert "| uncertainty |" in markdown_folder(result)
     json.dumps(result)
+
+
+def test_clicks_ratio_counts_an_order_that_never_gets_there():
+    from pointseg.evaluation.folder import clicks_ratio
+
+    def curve(values):
+        return [{"clicks": 5 * (i + 1), "transfer": {"fg_iou": v}} for i, v in enumerate(values)]
+
+    config = FolderConfig(per_image=5, budget=15)
+    rand = curve([0.1, 0.2, 0.3])
+    # at 10 clicks random has 0.2, reached by the fast order at 5; at 15, 0.3 at 10: (5/10 + 10/15) / 2
+    assert clicks_ratio(curve([0.25, 0.3, 0.4]), rand, [5, 10, 15], config) == pytest.approx((0.5 + 10 / 15) / 2)
+    assert clicks_ratio(rand, rand, [5, 10, 15], config) == pytest.approx(1.0)
+    # never reaching 0.3 counts as budget + per_image = 20 clicks
+    assert clicks_ratio(curve([0.1, 0.2, 0.2]), rand, [5, 10, 15], config) == pytest.approx((1.0 + 20 / 15) / 2)
