@@ -227,8 +227,9 @@ def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
 # ---------------------------------------------------------------- which image to annotate next
 #: ``"uncertainty"`` / ``"margin"`` look at the prediction only; ``"rare_class"`` weighs each class's predicted
 #: share of the image by how few marks it has; ``"diversity"`` is the image's distance in feature space from the
-#: annotated images (needs them: ``annotated=``).
-RANKINGS = ("uncertainty", "margin", "rare_class", "diversity")
+#: annotated images (needs them: ``annotated=``); ``"dense_uncertainty"`` is the uncertainty times how typical
+#: the image is of the candidates (information density: pure uncertainty tends to pick outliers).
+RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertainty")
 #: rankings whose priorities are comparable between images scored one at a time (the app scores image by image)
 PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
@@ -281,6 +282,19 @@ def diversity_scores(seg, images, annotated) -> list[float]:
     return [float(v) for v in d.min(axis=1)]
 
 
+def density_scores(seg, images) -> np.ndarray:
+    """How typical each image is of ``images``: ``exp(-d / median d)`` averaged over the others, with ``d``
+    the standardised distance between feature means (1 for a lone image)."""
+    desc = np.stack([_descriptor(seg, im) for im in images])
+    if len(desc) < 2:
+        return np.ones(len(desc))
+    z = (desc - desc.mean(axis=0)) / (desc.std(axis=0) + 1e-6)
+    d = np.linalg.norm(z[:, None, :] - z[None, :, :], axis=2)
+    off = ~np.eye(len(d), dtype=bool)
+    sim = np.exp(-d / (np.median(d[off]) + 1e-12))
+    return (sim * off).sum(axis=1) / off.sum(axis=1)
+
+
 def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotated=None) -> list[tuple[int, float]]:
     """Order unannotated ``images`` (arrays, paths or FeatureMaps) by how much annotating them should help
     the fitted Segmenter ``seg``: ``[(index, priority), ...]``, most useful first (ties keep input order).
@@ -299,6 +313,10 @@ def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotat
         if not annotated:
             raise PointsegError("the 'diversity' ranking needs the annotated images (annotated=...)")
         scores = diversity_scores(seg, images, list(annotated))
+    elif kind == "dense_uncertainty":
+        density = density_scores(seg, images)
+        scores = [float(np.mean(seg.predict_full(image, probabilities=False).uncertainty)) * float(w)
+                  for image, w in zip(images, density)]
     else:
         rarity = class_rarity(seg) if kind == "rare_class" else None
         scores = [annotation_priority(seg.predict_full(image, probabilities=kind != "uncertainty"), kind, rarity)
