@@ -265,27 +265,33 @@ def annotation_priority(prediction, kind: str = "uncertainty", rarity: np.ndarra
     return float(np.dot(rarity, proba.reshape(proba.shape[0], -1).mean(axis=1)))
 
 
-def _descriptor(seg, image) -> np.ndarray:
-    """Per-channel feature means of an image (its FeatureMap's memoised moments)."""
+def image_descriptor(seg, image) -> np.ndarray:
+    """Per-channel feature means of an image (its FeatureMap's memoised moments): what the diversity and
+    density rankings compare. Depends on the features only, not on the fitted model."""
     fmap = image if hasattr(image, "moments") else seg.extract_features(image)
     return np.asarray(fmap.moments()[0], dtype=np.float64)
 
 
-def diversity_scores(seg, images, annotated) -> list[float]:
-    """Distance of each image's feature means from the nearest annotated image's, per channel standardised
-    over all of them: an image unlike everything annotated so far shows the model something new."""
-    cand = np.stack([_descriptor(seg, im) for im in images])
-    seen = np.stack([_descriptor(seg, im) for im in annotated])
-    both = np.concatenate([cand, seen])
-    scale = both.std(axis=0) + 1e-6
+def diversity_from_descriptors(candidates: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """Distance of each candidate descriptor from the nearest annotated one, per channel standardised over
+    all of them: an image unlike everything annotated so far shows the model something new."""
+    cand, seen = np.atleast_2d(candidates), np.atleast_2d(annotated)
+    scale = np.concatenate([cand, seen]).std(axis=0) + 1e-6
     d = np.linalg.norm((cand[:, None, :] - seen[None, :, :]) / scale, axis=2)
-    return [float(v) for v in d.min(axis=1)]
+    return d.min(axis=1)
+
+
+def diversity_scores(seg, images, annotated) -> list[float]:
+    """:func:`diversity_from_descriptors` of images (arrays, paths or FeatureMaps)."""
+    cand = np.stack([image_descriptor(seg, im) for im in images])
+    seen = np.stack([image_descriptor(seg, im) for im in annotated])
+    return [float(v) for v in diversity_from_descriptors(cand, seen)]
 
 
 def density_scores(seg, images) -> np.ndarray:
     """How typical each image is of ``images``: ``exp(-d / median d)`` averaged over the others, with ``d``
     the standardised distance between feature means (1 for a lone image)."""
-    desc = np.stack([_descriptor(seg, im) for im in images])
+    desc = np.stack([image_descriptor(seg, im) for im in images])
     if len(desc) < 2:
         return np.ones(len(desc))
     z = (desc - desc.mean(axis=0)) / (desc.std(axis=0) + 1e-6)

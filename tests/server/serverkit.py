@@ -61,12 +61,12 @@ def ranking_folder(root: Path) -> Path:
     return root
 
 
-def wait_ranking_complete(c: httpx.Client, timeout: float = 120.0) -> dict:
+def wait_ranking_complete(c: httpx.Client, timeout: float = 120.0, **params) -> dict:
     """Ask for the ranking until every unannotated image is scored by the current model (features of
     never-viewed images are computed while nobody clicks)."""
     deadline = time.monotonic() + timeout
     while True:
-        r = c.get("/api/images/ranking", params={"wait": 5})
+        r = c.get("/api/images/ranking", params={"wait": 5, **params})
         assert r.status_code == 200, r.text
         if r.json()["complete"] or time.monotonic() > deadline:
             return r.json()

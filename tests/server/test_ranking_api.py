@@ -2,6 +2,7 @@
 unannotated images in the order of the measured criterion, the annotated ones left out."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from serverkit import left_right_points, ranking_folder, setup_classes, wait_ranking_complete
@@ -46,6 +47,17 @@ def test_ranking_orders_unannotated_images_by_the_models_uncertainty(make_server
         expect = {names[i]: p for i, p in mine}
         for row in data["ranked"]:
             assert row["priority"] == pytest.approx(expect[row["name"]], abs=0.02)
+        # the other orders the app offers, each checked against the library on the same model
+        from pointseg.decision import diversity_scores
+
+        for kind in ("uncertainty", "rare_class", "diversity"):
+            data_k = wait_ranking_complete(c, kind=kind)
+            if kind == "diversity":
+                want = diversity_scores(seg, [str(folder / n) for n in names], [str(folder / "part_00.png")])
+            else:
+                want = [p for _, p in sorted(rank_images_for_annotation(seg, [str(folder / n) for n in names], kind))]
+            want_order = [names[i] for i in np.argsort(-np.asarray(want), kind="stable")]
+            assert data_k["kind"] == kind and [r["name"] for r in data_k["ranked"]] == want_order, kind
         # annotating the top image takes it off the list
         c.post(f"/api/images/{images['part_03.png']}/annotations",
                json={"items": left_right_points(cls)[:1]})
