@@ -233,7 +233,7 @@ RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertain
 #: rankings whose priorities are comparable between images scored one at a time (the app scores image by image)
 PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
-DEFAULT_RANKING = "uncertainty"
+DEFAULT_RANKING = "diversity"
 
 
 def class_rarity(seg) -> np.ndarray:

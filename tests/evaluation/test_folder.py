@@ -56,7 +56,7 @@ def test_ranking_puts_the_unfamiliar_images_first(folder_ds):
     a = folder_ds.load_image("im01")
     seg.fit([a], [np.array([[20, 15, 1], [60, 50, 0], [5, 5, 0]], dtype=np.float64)])
     stems = ["im02", "im03", "im09", "im05", "im10"]
-    order = rank_images_for_annotation(seg, [folder_ds.load_image(s) for s in stems])
+    order = rank_images_for_annotation(seg, [folder_ds.load_image(s) for s in stems], kind="uncertainty")
     assert {stems[i] for i, _ in order[:2]} == {"im09", "im10"}
     assert order[0][1] >= order[1][1] >= order[-1][1]
     margin = rank_images_for_annotation(seg, [folder_ds.load_image(s) for s in stems], kind="margin")

@@ -14,7 +14,7 @@ def _ranking(c, **params):
     return r.json()
 
 
-def test_ranking_orders_unannotated_images_by_the_models_uncertainty(make_server, tmp_path):
+def test_ranking_orders_unannotated_images_by_the_measured_criterion(make_server, tmp_path):
     from pointseg import Segmenter
     from pointseg.decision import DEFAULT_RANKING, rank_images_for_annotation
 
@@ -42,7 +42,8 @@ def test_ranking_orders_unannotated_images_by_the_models_uncertainty(make_server
         model.write_bytes(c.get("/api/export/model.pointseg").content)
         seg = Segmenter.load(model)
         names = ["part_01.png", "part_02.png", "part_03.png"]
-        mine = rank_images_for_annotation(seg, [str(folder / n) for n in names], DEFAULT_RANKING)
+        mine = rank_images_for_annotation(seg, [str(folder / n) for n in names], DEFAULT_RANKING,
+                                          annotated=[str(folder / "part_00.png")])
         assert [names[i] for i, _ in mine] == ranked
         expect = {names[i]: p for i, p in mine}
         for row in data["ranked"]:

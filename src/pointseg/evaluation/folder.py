@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pointseg.decision import RANKINGS
+from pointseg.decision import DEFAULT_RANKING, RANKINGS
 from pointseg.errors import PointsegError
 
 from .datasets import SegmentationDataset, evenly_spaced
@@ -29,7 +29,7 @@ ORDERS = ("random",) + RANKINGS
 @dataclass
 class FolderConfig:
     seeds: tuple[int, ...] = (0,)
-    orders: tuple[str, ...] = ("random", "uncertainty")
+    orders: tuple[str, ...] = ("random", DEFAULT_RANKING)
     per_image: int = 5            # clicks on an image before moving on
     budget: int = 30              # total clicks
     test: int = 10                # held-out images
