@@ -14,7 +14,9 @@ ratio of 1/4 on every image. See :mod:`pointseg.sampling` for the pixel-centre c
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,6 +76,42 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def paged_array(shape: tuple[int, ...], dtype, directory: str | os.PathLike) -> np.ndarray | None:
+    """A writable ``np.memmap`` of ``shape`` over a file in ``directory`` that has no name (unlinked at once:
+    nothing is left behind, even by a crash; the space is freed when the last view of the array goes), or
+    ``None`` when the file cannot be made (no space, read-only directory): the caller then holds the array in
+    memory. The space is reserved up front, so a full disk is this ``None`` rather than a SIGBUS later.
+
+    Large images keep their deep map in one (:data:`pointseg.limits.PAGED_DEEP_ABOVE_PIXELS`): its pages
+    live in the OS page cache, which reclaims them under pressure, and :func:`release_pages` drops them from
+    this process's resident set after each pass, so resident memory does not grow with the image.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory, prefix="pointseg-paged-") as handle:
+            os.posix_fallocate(handle.fileno(), 0, max(1, nbytes))
+            return np.memmap(handle, dtype=dtype, mode="r+", shape=tuple(shape))
+    except (OSError, ValueError):
+        return None
+
+
+def is_paged(array) -> bool:
+    """Whether ``array`` (or the array it is a view of) is a memory-mapped file (:func:`paged_array`)."""
+    return getattr(array, "_mmap", None) is not None
+
+
+def release_pages(array) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set (``MADV_DONTNEED``); the data
+    stays in the file and the page cache and is faulted back in when read again. A no-op on other arrays."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None:
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def tile_cache(max_bytes: int) -> ByteLRU:
@@ -243,8 +281,20 @@ class FeatureMap:
 
     @property
     def nbytes(self) -> int:
-        """Bytes this map holds itself (fine tiles live in the shared, bounded :func:`fine_tile_cache`)."""
+        """Bytes this map holds itself, paged or not (fine tiles live in the shared, bounded
+        :func:`fine_tile_cache`): what a :class:`FeatureCache` budgets, so its memory budget also bounds the
+        paged files of the maps it keeps."""
         return sum(a.nbytes for a in (self.data, self.fine, self.context, self.rgb) if a is not None)
+
+    @property
+    def paged(self) -> bool:
+        """Whether the deep map is paged from a memory-mapped file (:func:`paged_array`), not held in memory."""
+        return is_paged(self.data)
+
+    @property
+    def resident_nbytes(self) -> int:
+        """Bytes this map keeps resident between uses: :attr:`nbytes` less a paged deep map."""
+        return self.nbytes - (self.data.nbytes if self.paged else 0)
 
     def context_on_grid(self) -> np.ndarray | None:
         """The context channels upsampled to the grid, as the network's fusion would give them."""
@@ -262,6 +312,8 @@ class FeatureMap:
         """Grid cells ``rows x cols`` of :meth:`full_deep`, without upsampling the whole context map."""
         (g0, g1), (k0, k1) = rows, cols
         block = self.data[:, g0:g1, k0:k1].astype(np.float32, copy=False)
+        if self.paged:
+            release_pages(self.data)  # the copy is what the caller uses; the pages can go
         if self.context is None:
             return block
         window = upsample_window(torch.from_numpy(self.context), 8, rows, cols).numpy()
@@ -288,13 +340,34 @@ class FeatureMap:
         from pointseg.sampling import sample_points
 
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-        deep = sample_points(self, xy)
+        deep = self._sample_paged(xy) if self.paged else sample_points(self, xy)
         if not self.fine_channels:
             return deep
         cols = np.clip(np.floor(xy[:, 0]).astype(np.intp), 0, self.image_size[1] - 1)
         rows = np.clip(np.floor(xy[:, 1]).astype(np.intp), 0, self.image_size[0] - 1)
         fine = self.fine[:, rows, cols].T if self.fine is not None else self.fine_source.at(rows, cols)
         return np.concatenate([deep, fine], axis=1)
+
+    def _sample_paged(self, xy: np.ndarray) -> np.ndarray:
+        """:func:`~pointseg.sampling.sample_points` of a paged map, remembering each point's vector: a point
+        reads a page per channel (scattered points touch the whole file), and a refit after a click asks for
+        the same points again."""
+        from pointseg.sampling import sample_points
+
+        memo = self.__dict__.setdefault("_point_memo", {})
+        keys = [tuple(p) for p in xy.tolist()]
+        missing = [i for i, k in enumerate(keys) if k not in memo]
+        if missing:
+            fresh = sample_points(self, xy[missing])
+            release_pages(self.data)
+            if len(memo) + len(missing) <= 50_000:
+                memo.update((keys[i], v) for i, v in zip(missing, fresh))
+            else:
+                return np.stack([memo[k] if k in memo else fresh[missing.index(i)] for i, k in enumerate(keys)])
+        out = np.empty((len(keys), self.deep_channels), dtype=np.float32)
+        for i, k in enumerate(keys):
+            out[i] = memo[k]
+        return out
 
     def score(self, weights: np.ndarray, bias: np.ndarray) -> "Scores":
         """A linear head ``weights (K, n_channels)``, ``bias (K,)`` applied to this map, lazily: the returned
@@ -390,10 +463,13 @@ def linear_scores(weights: torch.Tensor, data: np.ndarray, rows: tuple[int, int]
     """
     (g0, g1), (k0, k1) = rows, cols
     out = torch.empty((weights.shape[0], g1 - g0, k1 - k0), dtype=torch.float32)
+    paged = is_paged(data)
     for a in range(g0, g1, chunk):
         b = min(g1, a + chunk)
         block = torch.from_numpy(data[:, a:b, k0:k1]).permute(1, 0, 2)
         out[:, a - g0: b - g0] = torch.matmul(weights, block.float()).permute(1, 0, 2)
+        if paged:  # a paged map is resident one chunk at a time, whatever the window
+            release_pages(data)
     return out
 
 
@@ -498,6 +574,12 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._memory)
 
+    @property
+    def spill_dir(self) -> Path:
+        """Where paged deep maps keep their (nameless) files: the disk layer's folder, else the system's
+        temporary folder (``$TMPDIR``)."""
+        return self.disk_dir if self.disk_dir is not None else Path(tempfile.gettempdir())
+
     def __contains__(self, key: str) -> bool:
         return key in self._memory or (self._disk_path(key) is not None and self._disk_path(key).is_file())
 
@@ -575,6 +657,7 @@ class FeatureCache:
                     extent=np.array(fmap.extent),
                     extractor_id=np.array(fmap.extractor_id),
                 )
+            release_pages(fmap.data)  # writing read every page of a paged map
             size = tmp.stat().st_size
             os.replace(tmp, path)
         except OSError as exc:  # full or read-only disk: the features are in memory and the caller has them
@@ -628,7 +711,7 @@ class FeatureCache:
         try:
             with np.load(path) as z:
                 fmap = FeatureMap(
-                    data=z["data"].astype(deep_dtype(tuple(z["image_size"]))),
+                    data=self._read_deep(z),
                     image_size=tuple(int(v) for v in z["image_size"]),
                     extent=tuple(int(v) for v in z["extent"]),
                     key=key,
@@ -649,6 +732,45 @@ class FeatureCache:
         except OSError:
             pass
         return fmap
+
+
+    def _read_deep(self, z) -> np.ndarray:
+        """The deep map of an open ``.npz``: for a large image streamed into a paged array (never whole in
+        memory), else loaded as :func:`deep_dtype` says."""
+        from pointseg.limits import paged_deep_above_pixels
+
+        size = tuple(int(v) for v in z["image_size"])
+        if size[0] * size[1] > paged_deep_above_pixels():
+            paged = _read_member_paged(z, "data", self.spill_dir)
+            if paged is not None:
+                return paged
+        return z["data"].astype(deep_dtype(size), copy=False)
+
+
+def _read_member_paged(z, name: str, directory: Path, chunk: int = 16 << 20) -> np.ndarray | None:
+    """Array ``name`` of an open ``.npz`` read in ``chunk``-byte pieces into a :func:`paged_array` (float16,
+    C order), or ``None`` when it is not stored that way or no file can be made."""
+    from numpy.lib import format as npy
+
+    with z.zip.open(f"{name}.npy") as member:
+        version = npy.read_magic(member)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read_header(member)
+        if fortran or dtype != np.float16:
+            return None
+        out = paged_array(shape, np.float16, directory)
+        if out is None:
+            return None
+        flat = out.reshape(-1).view(np.uint8)
+        for start in range(0, flat.size, chunk):
+            view = memoryview(flat[start: start + chunk])
+            while len(view):
+                n = member.readinto(view)
+                if not n:
+                    raise ValueError(f"{name}.npy is shorter than its header says")
+                view = view[n:]
+            release_pages(out)
+    return out
 
 
 def _stale_temporary(path: Path, grace_seconds: float = 3600.0) -> bool:
@@ -809,13 +931,26 @@ class FeatureExtractor:
         if cached is not None:
             return cached
         data, context = self.compute_parts(rgb, progress=progress)
+        large = deep_dtype(rgb.shape[:2]) is np.float16
+        if large:  # before the statistics pass fills the fine-tile cache: the peak stays one of the two
+            self.release_engine_memory()
+            release_freed_memory()
         fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, None, context,
                           rgb=rgb if self.hybrid else None)
         fmap.moments()
         self.cache.put(fmap)
-        if deep_dtype(rgb.shape[:2]) is np.float16:
+        release_pages(fmap.data)
+        if large:
             release_freed_memory()  # a large extraction's transients would otherwise stay resident
         return fmap
+
+    def release_engine_memory(self) -> None:
+        """Free what the backbone's runtime keeps for the largest input it ran (OpenVINO's activation
+        buffers: ~260 MB after the tiles of a large image), so a server does not hold it between images.
+        The next run reallocates them, which costs less than a tile's inference; torch keeps none."""
+        release = getattr(self.module, "release_memory", None)
+        if release is not None:
+            release()
 
     def image_scores(self, image, weights=None, bias=None, fn=None, n_features: int | None = None,
                      stream_above: int = 16_000_000) -> Scores:
@@ -894,14 +1029,31 @@ class FeatureExtractor:
             return 1
         return -(-hp // core) * -(-wp // core)
 
-    def _compute(self, rgb: np.ndarray, progress=None, dtype=np.float32) -> np.ndarray:
+    def deep_buffer(self, channels: int, image_size: tuple[int, int]) -> np.ndarray:
+        """The array an image's deep map is written into, tile by tile: paged from a memory-mapped float16
+        file in the cache's :attr:`~FeatureCache.spill_dir` above :data:`pointseg.limits.PAGED_DEEP_ABOVE_PIXELS`
+        (in memory when no file can be made), else in memory as :func:`deep_dtype` says."""
+        from pointseg.limits import paged_deep_above_pixels
+
+        hp, wp = self.padded_size(image_size)
+        shape = (channels, hp // self.spec.stride, wp // self.spec.stride)
+        if int(image_size[0]) * int(image_size[1]) > paged_deep_above_pixels():
+            out = paged_array(shape, np.float16, self.cache.spill_dir)
+            if out is not None:
+                return out
+        return np.empty(shape, dtype=deep_dtype(image_size))
+
+    def _compute(self, rgb: np.ndarray, progress=None, paged: bool = False) -> np.ndarray:
         h, w = rgb.shape[:2]
-        hp, wp = self.padded_size((h, w))
         stride = self.spec.stride
-        out = np.empty((self.channels, hp // stride, wp // stride), dtype=dtype)
+        out = self.deep_buffer(self.channels, (h, w)) if paged else None
+        if out is None:
+            hp, wp = self.padded_size((h, w))
+            out = np.empty((self.channels, hp // stride, wp // stride), dtype=np.float32)
         total = self.n_tiles((h, w))
         for done, ((y0, y1, x0, x1), tile) in enumerate(self.iter_tiles(rgb), 1):
             out[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = tile
+            release_pages(out)  # written tiles go to the page cache, not this process's resident set
             if progress is not None:
                 progress(done, total)
         return out
@@ -911,7 +1063,7 @@ class FeatureExtractor:
         (``FeatureMap.context``); ``(compute(rgb), None)`` for trunks without one. ``progress(done, total)``
         is called after each tile."""
         if getattr(self.module, "context_start", None) is None:
-            return self._compute(rgb, progress, deep_dtype(rgb.shape[:2])), None
+            return self._compute(rgb, progress, paged=True), None
         hp, wp = self.padded_size(rgb.shape[:2])
         padded = _pad_reflect(rgb, hp, wp)
         stride = self.spec.stride
@@ -920,8 +1072,12 @@ class FeatureExtractor:
         def sink(box, fused):  # each core's map goes into the deep map as soon as it is computed
             y0, y1, x0, x1 = box
             if not out:
-                out.append(np.empty((fused.shape[0], hp // stride, wp // stride), dtype=deep_dtype(rgb.shape[:2])))
-            out[0][:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = _to_numpy(fused)
+                out.append(self.deep_buffer(fused.shape[0], rgb.shape[:2]))
+            # assigned from the (strided) core view: no contiguous float32 copy of it on the way
+            core = fused.detach().cpu()
+            core = core if core.dtype == torch.float32 else core.float()
+            out[0][:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = core.numpy()
+            release_pages(out[0])
 
         _, context = self._context_passes(padded, progress, sink)
         return out[0], _to_numpy(context)
