@@ -60,17 +60,20 @@ class PhasePeaks:
         import threading
 
         self.interval, self.current, self.peaks = interval, 0.0, {}
+        self._lock = threading.Lock()  # a sample taken before a mark must not land in the next phase
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self.current = max(self.current, rss_mb())
+            with self._lock:
+                self.current = max(self.current, rss_mb())
 
     def mark(self, phase: str) -> None:
-        self.peaks[phase] = round(max(self.current, rss_mb()))
-        self.current = 0.0
+        with self._lock:
+            self.peaks[phase] = round(max(self.current, rss_mb()))
+            self.current = 0.0
 
     def stop(self) -> dict:
         self._stop.set()

@@ -47,8 +47,10 @@ FINE_CACHE_BYTES = 256_000_000
 DEEP_FLOAT16_ABOVE_PIXELS = 4_000_000
 #: points in one tile above which its whole tile is computed rather than a window per point
 POINTS_PER_TILE = 32
-#: grid rows per band when streaming statistics over a deep map (bounds the upsampled-context copy)
+#: grid rows per band when streaming statistics over a deep map (bounds the upsampled-context copy) ...
 MOMENT_BAND_CELLS = 64
+#: ... and float32 bytes per band, so a wide image's bands have fewer rows
+MOMENT_BAND_BYTES = 32_000_000
 
 
 def deep_dtype(image_size: tuple[int, int]) -> type:
@@ -204,14 +206,19 @@ class FineFeatures:
             out[i] = vec
         return out
 
-    def sums(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel sum and sum of squares over every pixel (float64), tile by tile."""
+    def sums(self, keep: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel sum and sum of squares over every pixel (float64), tile by tile; ``keep=False``
+        leaves the tiles it computes out of the cache."""
         total = np.zeros(self.channels)
         total_sq = np.zeros(self.channels)
         h, w = self.rgb.shape[:2]
         for ty in range(-(-h // FINE_TILE)):
             for tx in range(-(-w // FINE_TILE)):
-                flat = self.tile(ty, tx).reshape(self.channels, -1)
+                tile = self.tile(ty, tx) if keep else self.cache.get((self.key, FINE_TILE, ty, tx))
+                if tile is None:
+                    y0, x0 = ty * FINE_TILE, tx * FINE_TILE
+                    tile = self._window(y0, y0 + FINE_TILE, x0, x0 + FINE_TILE)
+                flat = tile.reshape(self.channels, -1)
                 total += flat.sum(axis=1, dtype=np.float64)
                 total_sq += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
         return total, total_sq
@@ -419,8 +426,9 @@ class FeatureMap:
             hf, wf = self.valid_grid_size
             deep_sum = np.zeros(self.deep_channels)
             deep_sq = np.zeros(self.deep_channels)
-            for g0 in range(0, hf, MOMENT_BAND_CELLS):
-                band = self.deep_window((g0, min(hf, g0 + MOMENT_BAND_CELLS)), (0, wf))
+            rows = max(1, min(MOMENT_BAND_CELLS, MOMENT_BAND_BYTES // (4 * self.deep_channels * wf)))
+            for g0 in range(0, hf, rows):
+                band = self.deep_window((g0, min(hf, g0 + rows)), (0, wf))
                 flat = band.reshape(band.shape[0], -1)
                 deep_sum += flat.sum(axis=1, dtype=np.float64)
                 deep_sq += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
@@ -431,8 +439,8 @@ class FeatureMap:
                     flat = self.fine.reshape(self.fine.shape[0], -1)
                     fine_sum = flat.sum(axis=1, dtype=np.float64)
                     fine_sq = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
-                else:
-                    fine_sum, fine_sq = self.fine_source.sums()
+                else:  # a paged (large) map's tiles would only fill the cache with its last rows
+                    fine_sum, fine_sq = self.fine_source.sums(keep=not self.paged)
                 mean.append(fine_sum / n)
                 mean_sq.append(fine_sq / n)
             count = self.image_size[0] * self.image_size[1]
@@ -1077,7 +1085,9 @@ class FeatureExtractor:
             core = fused.detach().cpu()
             core = core if core.dtype == torch.float32 else core.float()
             out[0][:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = core.numpy()
-            release_pages(out[0])
+            if is_paged(out[0]):  # a large image: neither its written tiles nor a tile's freed buffers stay
+                release_pages(out[0])
+                release_freed_memory()
 
         _, context = self._context_passes(padded, progress, sink)
         return out[0], _to_numpy(context)
