@@ -604,7 +604,7 @@ class Segmenter:
     def _decide(self, logits: torch.Tensor, probabilities: bool, clean: bool = True) -> Prediction:
         proba = torch.softmax(logits, dim=0)
         top, labels = proba.max(dim=0)
-        labels = labels.numpy().astype(np.int64)
+        labels = labels.numpy().astype(np.int64, copy=False)
         return Prediction(self._clean(labels) if clean else labels,
                           proba.numpy() if probabilities else None, (1 - top).numpy())
 
@@ -618,8 +618,12 @@ class Segmenter:
 
     def _finish(self, scores: Scores, probabilities: bool, sigma: float | None = None) -> Prediction:
         canvas = _Canvas(scores.image_size, probabilities)
+        large = deep_dtype(scores.image_size) is np.float16
         for y0, y1, band in self._iter_bands(scores, probabilities, sigma):
             canvas.add(y0, y1, band)
+            del band
+            if large:  # a band's temporaries (and the fine tiles it pushed out) do not pile up in the heap
+                release_freed_memory()
         return canvas.result(self._clean)
 
     def decide(self, image, rule: "NGRule | None" = None) -> "Decision":
