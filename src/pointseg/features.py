@@ -51,6 +51,8 @@ POINTS_PER_TILE = 32
 MOMENT_BAND_CELLS = 64
 #: ... and float32 bytes per band, so a wide image's bands have fewer rows
 MOMENT_BAND_BYTES = 32_000_000
+#: points sampled between two releases of a paged deep map's pages (see ``FeatureMap._sample_paged``)
+PAGED_POINTS_PER_READ = 4
 
 
 def deep_dtype(image_size: tuple[int, int]) -> type:
@@ -365,8 +367,12 @@ class FeatureMap:
         keys = [tuple(p) for p in xy.tolist()]
         missing = [i for i, k in enumerate(keys) if k not in memo]
         if missing:
-            fresh = sample_points(self, xy[missing])
-            release_pages(self.data)
+            fresh = np.empty((len(missing), self.deep_channels), dtype=np.float32)
+            # a few points at a time: each maps ~2 pages per channel plus the kernel's fault-around (64 kB),
+            # ~20 MB a point, which would otherwise add up to the whole file on a first fit
+            for a in range(0, len(missing), PAGED_POINTS_PER_READ):
+                fresh[a: a + PAGED_POINTS_PER_READ] = sample_points(self, xy[missing[a: a + PAGED_POINTS_PER_READ]])
+                release_pages(self.data)
             if len(memo) + len(missing) <= 50_000:
                 memo.update((keys[i], v) for i, v in zip(missing, fresh))
             else:
