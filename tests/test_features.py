@@ -306,3 +306,22 @@ def test_paged_maps_go_to_and_come_back_from_the_disk_cache_paged(image, paged_a
     assert reopened.paged and reopened.data.dtype == np.float16
     np.testing.assert_array_equal(reopened.data, first.data)
     np.testing.assert_array_equal(reopened.rgb, first.rgb)
+
+
+def test_context_tail_in_tiles_equals_one_pass(large_image, monkeypatch):
+    """Large images run the stride-32 tail in tiles with a margin (bounded memory); the result is the one
+    pass's within float32 precision, at the borders and the tile seams too."""
+    import pointseg.features as features_module
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", engine="torch", tile_size=4096)
+    _, whole = ext.compute_parts(large_image)
+    s16_rows = ext.padded_size(large_image.shape[:2])[0] // 16
+    monkeypatch.setattr(features_module, "CONTEXT_TILE_CELLS", 8)
+    monkeypatch.setattr(features_module, "CONTEXT_MARGIN_CELLS", 16)
+    assert s16_rows > 8 + 2 * 16  # really tiled: 6 x 6 tiles
+    _, tiled = ext.compute_parts(large_image)
+    assert tiled.shape == whole.shape
+    np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(features_module, "CONTEXT_MARGIN_CELLS", 2)  # guards the test: too small a margin
+    _, short = ext.compute_parts(large_image)
+    assert not np.allclose(short, whole, atol=1e-3, rtol=1e-3)

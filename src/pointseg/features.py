@@ -51,6 +51,10 @@ POINTS_PER_TILE = 32
 MOMENT_BAND_CELLS = 64
 #: ... and float32 bytes per band, so a wide image's bands have fewer rows
 MOMENT_BAND_BYTES = 32_000_000
+#: stride-16 cells per side of the tiles the context tail runs in on large images, and their margin (both
+#: even; see :meth:`FeatureExtractor._context_tail`)
+CONTEXT_TILE_CELLS = 128
+CONTEXT_MARGIN_CELLS = 32
 #: points sampled between two releases of a paged deep map's pages (see ``FeatureMap._sample_paged``)
 PAGED_POINTS_PER_READ = 4
 
@@ -1158,7 +1162,7 @@ class FeatureExtractor:
         if hp <= core + 2 * margin and wp <= core + 2 * margin:
             with self._inference():
                 fused, x16 = self.module.forward_base(self._prepare(padded))
-                context = self.module.forward_context(x16)[0].float()
+            context = self._context_tail(x16[0])
             if progress is not None:
                 progress(1, 1)
             if sink is not None:
@@ -1181,9 +1185,36 @@ class FeatureExtractor:
             done += 1
             if progress is not None:
                 progress(done, self.n_tiles((hp, wp)))
-        with self._inference():
-            context = self.module.forward_context(self._channels_last(s16[None]))[0].float()
-        return cores, context
+        return cores, self._context_tail(s16)
+
+    def _context_tail(self, s16: torch.Tensor) -> torch.Tensor:
+        """The context tail over an image's stride-16 map, ``C x h x w`` → stride-32 ``C' x h/2 x w/2``.
+
+        One pass when the map is small; otherwise in tiles of :data:`CONTEXT_TILE_CELLS` stride-16 cells with
+        :data:`CONTEXT_MARGIN_CELLS` of margin, so its working memory does not grow with the image (one pass
+        over a 50 MP image's map took 0.9 GB in OpenVINO's buffers). The tail's reach is ~14 cells (measured
+        on efficientnet_lite0_s32: a changed cell moves outputs within 7 stride-32 rows), so the margin covers
+        it and tiles equal the single pass within float precision; cores and margins are even, keeping its
+        stride-2 convolutions on the same phase.
+        """
+        _, h, w = s16.shape
+        core, margin = CONTEXT_TILE_CELLS, CONTEXT_MARGIN_CELLS
+        if h <= core + 2 * margin and w <= core + 2 * margin:
+            with self._inference():
+                return self.module.forward_context(self._channels_last(s16[None]))[0].float()
+        out = None
+        for y0 in range(0, h, core):
+            for x0 in range(0, w, core):
+                y1, x1 = min(h, y0 + core), min(w, x0 + core)
+                ty0, tx0 = max(0, y0 - margin), max(0, x0 - margin)
+                window = s16[None, :, ty0: min(h, y1 + margin), tx0: min(w, x1 + margin)].contiguous()
+                with self._inference():
+                    tile = self.module.forward_context(self._channels_last(window))[0].float()
+                if out is None:
+                    out = torch.empty((tile.shape[0], h // 2, w // 2), dtype=torch.float32)
+                fy, fx = (y0 - ty0) // 2, (x0 - tx0) // 2
+                out[:, y0 // 2: y1 // 2, x0 // 2: x1 // 2] = tile[:, fy: fy + (y1 - y0) // 2, fx: fx + (x1 - x0) // 2]
+        return out
 
     def _prepare(self, rgb: np.ndarray) -> torch.Tensor:
         rgb = np.ascontiguousarray(rgb)
