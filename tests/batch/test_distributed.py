@@ -226,3 +226,19 @@ def test_closing_the_iterator_cancels_pending_tasks(model_path, tmp_path, client
         time.sleep(0.1)
     time.sleep(1.0)
     assert len(list((tmp_path / "out").glob("img*.png"))) < 10  # cancelled before the batch was done
+
+
+def _compute_threads():
+    import torch
+
+    from pointseg.engines import sessions
+
+    return torch.get_num_threads(), sessions._THREADS
+
+
+def test_workers_run_torch_and_the_backbone_engine_on_one_thread_each(model_path, tmp_path, client):
+    """N single-threaded workers must use N cores: the engine's own pool (OpenVINO, onnxruntime) is limited
+    too, not only torch's."""
+    inputs = write_images(tmp_path / "in", 2, start=700)
+    assert all(r.ok for r in predict_many(model_path, inputs, str(tmp_path / "out"), client=client))
+    assert set(client.run(_compute_threads).values()) == {(1, 1)}

@@ -1,4 +1,5 @@
 """Runtime engines agree with the torch fp32 reference, tile exactly, and are named in the cache key."""
+import os
 import numpy as np
 import pytest
 
@@ -119,3 +120,28 @@ def test_auto_engine_on_onnxruntime_runs_a_bf16_model_in_fp32(monkeypatch):
     monkeypatch.setenv("POINTSEG_ENGINE", "onnxruntime")  # as where OpenVINO is missing
     ext = FeatureExtractor("efficientnet_lite0", precision="bf16")  # a model file trained with bf16 features
     assert (ext.engine, ext.precision) == ("onnxruntime", "fp32")
+
+
+@pytest.mark.parametrize("engine", RUNTIMES)
+def test_limit_threads_reaches_the_engine_pool(engine, tmp_path):
+    """A single-threaded Dask worker must compile its engine for one thread, not every core."""
+    import torch
+
+    from pointseg.engines import sessions
+
+    path = tmp_path / "conv.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"])
+    try:
+        sessions.limit_threads(1)
+        one = sessions.open_session(path, engine)
+        sessions.limit_threads(None)
+        default = sessions.open_session(path, engine)
+    finally:
+        sessions.limit_threads(None)
+    if engine == "openvino":
+        assert one._compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert default._compiled.get_property("INFERENCE_NUM_THREADS") != 1 or (os.cpu_count() or 1) == 1
+    else:
+        assert one._session.get_session_options().intra_op_num_threads == 1
+        assert default._session.get_session_options().intra_op_num_threads == 0

@@ -107,7 +107,10 @@ def worker_plugin(ref: ModelRef):
         def setup(self, worker) -> None:
             import torch
 
+            from pointseg.engines.sessions import limit_threads
+
             torch.set_num_threads(1)
+            limit_threads(1)  # the backbone engine's own pool too, or N workers oversubscribe the cores
             register(self.ref)
 
     return PointsegModel(ref)
