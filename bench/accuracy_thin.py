@@ -38,7 +38,7 @@ def apply_variant(variant: str) -> None:
     import pointseg.filters as FL
 
     extra: list[int] = []
-    ridges = False
+    ridges = squares = False
     for part in variant.split("+"):
         if part in ("", "none"):
             continue
@@ -46,20 +46,24 @@ def apply_variant(variant: str) -> None:
             FL.SIGMAS = tuple(float(s) for s in part.split("=", 1)[1].split(","))
         elif part == "ridge":
             ridges = True
+        elif part == "squares":
+            squares = True
         elif part.startswith("tophat"):
             extra.append(int(part[6:] or 5))
         elif part.startswith("bw"):
             _block_weight("fine", float(part[2:]))
         elif part.startswith("dw"):
             _block_weight("deep", float(part[2:]))
+        elif part.startswith("rho_"):
+            _within_image_weight(part[4:])
         elif part.startswith("ctx"):
             _context_upscaled(int(part[3:]))
         else:
             raise SystemExit(f"unknown variant {part!r}")
     FL.CHANNELS = 3 + len(FL.SIGMAS) * len(FL.PER_SIGMA)
     FL.HALO = int(math.ceil(4 * max(FL.SIGMAS))) + 2
-    if ridges or extra:
-        _add_channels(FL, ridges, extra)
+    if ridges or extra or squares:
+        _add_channels(FL, ridges, extra, squares)
 
 
 def _block_weight(block: str, factor: float) -> None:
@@ -77,6 +81,43 @@ def _block_weight(block: str, factor: float) -> None:
             st.scale[st.scale.shape[0] - n_fine:] /= factor
         else:
             st.scale[: st.scale.shape[0] - n_fine] /= factor
+        return st
+
+    CL.Standardizer.from_moments = classmethod(from_moments)
+
+
+def _within_image_weight(block: str) -> None:
+    """Standardised channels times sqrt(within-image variance / total variance) over the training images.
+
+    A channel that is nearly constant within each image (a stride-32 context cell covers most of a
+    200-px image) can only tell the training images apart, which three images cannot teach; its weight
+    shrinks with the share of its variance that lies within images. ``block``: ctx (the context block,
+    one factor per channel), deep (deep and context), all.
+    """
+    import numpy as np
+
+    import pointseg.classifier as CL
+    import pointseg.filters as FL
+
+    orig = CL.Standardizer.from_moments.__func__
+
+    def from_moments(cls, moments):
+        st = orig(cls, moments)
+        count = sum(m[2] for m in moments)
+        within = sum(m[1] - m[0] ** 2 / m[2] for m in moments) / count
+        total = np.maximum(st.scale.astype(np.float64) ** 2, 1e-12)
+        rho = np.clip(within / total, 1e-3, 1.0)
+        n = st.scale.shape[0]
+        n_fine = FL.CHANNELS if n > FL.CHANNELS + 100 else 0
+        sel = np.zeros(n, bool)
+        if block == "ctx" and n - n_fine == 368:
+            sel[176:368] = True
+        elif block == "deep":
+            sel[: n - n_fine] = True
+        elif block == "all":
+            sel[:] = True
+        st.scale = st.scale.copy()
+        st.scale[sel] = (st.scale[sel] / np.sqrt(rho[sel])).astype(np.float32)
         return st
 
     CL.Standardizer.from_moments = classmethod(from_moments)
@@ -116,12 +157,13 @@ def _context_upscaled(min_cells: int) -> None:
     F.FeatureExtractor.compute_parts = compute_parts
 
 
-def _add_channels(FL, ridges: bool, sizes: list[int]) -> None:
+def _add_channels(FL, ridges: bool, sizes: list[int], squares: bool = False) -> None:
     """Extra fine channels. Ridges: per scale, line measures from the Hessian eigenvalues (λmax ≥ λmin):
     dark = max(0, λmax − |λmin|), high across a dark line and near zero on blobs and flat ground, and its
     mirror for bright lines (the ratio Sato's and Frangi's vesselness build on), which a linear head cannot
     form from the eigenvalues. Top-hats of the grey image (square of each size): black (closing − image:
-    dark lines and pits narrower than the square) and white (image − opening), the classic crack detector."""
+    dark lines and pits narrower than the square) and white (image − opening), the classic crack detector.
+    Squares: every filter response squared (quadratic capacity for the linear head)."""
     from scipy import ndimage as ndi
     import numpy as np
 
@@ -139,10 +181,12 @@ def _add_channels(FL, ridges: bool, sizes: list[int]) -> None:
         for size in sizes:
             extra.append(ndi.grey_closing(grey, size=size, mode="reflect") - grey)
             extra.append(grey - ndi.grey_opening(grey, size=size, mode="reflect"))
+        if squares:
+            extra += list(out[3:] ** 2)
         return np.concatenate([out, np.stack(extra).astype(np.float32)])
 
     FL.low_level_features = with_extra
-    FL.CHANNELS += 2 * len(sizes) + (2 * len(FL.SIGMAS) if ridges else 0)
+    FL.CHANNELS += 2 * len(sizes) + (2 * len(FL.SIGMAS) if ridges else 0) + (n_base - 3 if squares else 0)
     FL.HALO = max([FL.HALO] + [size + 2 for size in sizes])
 
 
@@ -177,11 +221,14 @@ def main() -> None:
         stat = curve[split].get(str(k), {}).get("fg_iou")
         return None if stat is None else [round(stat["mean"], 4), round(stat["std"], 4)]
 
+    per_seed = [next(c["transfer"]["fg_iou"] for c in run["curve"] if c["clicks"] == 10 and c["transfer"])
+                for run in result["runs"]]
     row = {"dataset": args.dataset, "variant": args.variant, "spec": args.spec, "seeds": list(seeds),
            "test": args.test, "budget": args.budget,
            "interactive_fg": fg("interactive", args.budget),
            "interactive_miou": round(curve["interactive"][str(args.budget)]["miou"]["mean"], 4),
-           "transfer_fg10": fg("transfer", 10), "transfer_fg": fg("transfer", args.budget),
+           "transfer_fg10": fg("transfer", 10), "transfer_fg10_per_seed": [round(v, 4) for v in per_seed],
+           "transfer_fg": fg("transfer", args.budget),
            "noc85": round(summary["noc"]["85"]["mean"], 2), "wall_s": round(wall, 1),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": round(os.getloadavg()[0], 2)}
     line = json.dumps(row)
