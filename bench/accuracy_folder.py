@@ -6,11 +6,17 @@ A simulated user starts on one image (the same for both orders), gives it correc
 --per-image clicks, moves to the next image (random, or the highest-ranked by
 pointseg.decision.rank_images_for_annotation), up to --budget clicks; held-out defect IoU after each image.
 Default preset. Writes bench/results/accuracy_folder_<dataset>.json and prints markdown tables.
+
+    python bench/accuracy_folder.py --summarize bench/results/accuracy_folder_*.json
+
+recomputes the summaries of earlier runs with the current summary code (e.g. after a new figure was added)
+and merges files of the same dataset run with different seeds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,14 +30,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=["magnetic_tile", "crackforest", "neu_seg"])
     ap.add_argument("--seeds", default="0-5")
-    ap.add_argument("--orders", default="random,uncertainty")
+    ap.add_argument("--orders", default="random,diversity,uncertainty")
     ap.add_argument("--per-image", type=int, default=5)
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--test", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=30)
     ap.add_argument("--preset", default="default")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--summarize", type=Path, nargs="+", help="re-summarize (and merge) result files")
     args = ap.parse_args()
+    if args.summarize:
+        return summarize(args.summarize)
 
     from pointseg import FeatureCache, Segmenter
     from pointseg.evaluation.command import _ints
@@ -47,16 +56,38 @@ def main() -> None:
     for name in args.datasets:
         ds = load_dataset(SHARED / "datasets" / name)
         cache = FeatureCache(max_bytes=2_000_000_000)
-        start = time.time()
+        start, load = time.time(), os.getloadavg()[0]
         result = run_folder(ds, lambda: Segmenter.preset(args.preset, classes=list(ds.classes), cache=cache,
                                                          cross_validate=False), config,
                             on_progress=lambda d: print(f"[{time.time() - start:6.0f}s] {d}", flush=True))
         result["meta"] = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           "command": "python bench/accuracy_folder.py " + " ".join(sys.argv[1:]),
-                          "wall_s": time.time() - start}
+                          "wall_s": time.time() - start, "load_average_start": load,
+                          "load_average_end": os.getloadavg()[0]}
         (args.out / f"accuracy_folder_{name}.json").write_text(json.dumps(result, indent=1))
         print(f"\n{name}: {result['meta']['date']}, commit {commit}, {result['meta']['wall_s']:.0f} s")
         print(markdown_folder(result), flush=True)
+
+
+def summarize(paths: list[Path]) -> None:
+    """Merge the runs of result files by dataset and print each dataset's summary with the current code."""
+    from pointseg.evaluation.folder import FolderConfig, markdown_folder, summarize_folder
+
+    merged: dict[str, dict] = {}
+    for path in paths:
+        result = json.loads(path.read_text())
+        into = merged.setdefault(result["dataset"], {**result, "runs": [], "metas": []})
+        into["runs"] += result["runs"]
+        into["metas"].append(result.get("meta", {}))
+    for name, result in merged.items():
+        cfg = dict(result["config"])
+        cfg["seeds"] = tuple(sorted({r["seed"] for r in result["runs"]}))
+        cfg["orders"] = tuple(dict.fromkeys(r["order"] for r in result["runs"]))
+        config = FolderConfig(**cfg)
+        result["config"], result["summary"] = cfg, summarize_folder(result["runs"], config)
+        print(f"\n{name}: seeds {list(cfg['seeds'])}; " + "; ".join(
+            f"{m.get('date')} commit {m.get('commit')} load {m.get('load_average_start', '?')}" for m in result["metas"]))
+        print(markdown_folder(result))
 
 
 if __name__ == "__main__":

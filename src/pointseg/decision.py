@@ -225,27 +225,86 @@ def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
 
 
 # ---------------------------------------------------------------- which image to annotate next
-RANKINGS = ("uncertainty", "margin")
+#: ``"uncertainty"`` / ``"margin"`` look at the prediction only; ``"rare_class"`` weighs each class's predicted
+#: share of the image by how few marks it has; ``"diversity"`` is the image's distance in feature space from the
+#: annotated images (needs them: ``annotated=``); ``"dense_uncertainty"`` is the uncertainty times how typical
+#: the image is of the candidates (information density: pure uncertainty tends to pick outliers).
+RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertainty")
+#: rankings whose priorities are comparable between images scored one at a time (the app scores image by image)
+PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
+#: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
+DEFAULT_RANKING = "diversity"
 
 
-def annotation_priority(prediction, kind: str = "uncertainty") -> float:
+def class_rarity(seg) -> np.ndarray:
+    """Weight per class, ``1 / (1 + marks of that class)``: classes the user has barely shown count most."""
+    report = getattr(seg, "training_report_", None)
+    counts = report.points_per_class if report is not None else {}
+    names = list(getattr(seg, "classes_", None) or seg.classes or [])
+    return np.array([1.0 / (1.0 + float(counts.get(str(n), 0))) for n in names])
+
+
+def annotation_priority(prediction, kind: str = "uncertainty", rarity: np.ndarray | None = None) -> float:
     """How much annotating an image should help, from the current model's prediction of it
     (a :class:`pointseg.segmenter.Prediction`): ``"uncertainty"`` = mean of 1 - max probability over the
     image; ``"margin"`` = share of pixels whose two most likely classes are within 0.5 of each other (near
-    the decision boundary; needs probabilities)."""
+    the decision boundary); ``"rare_class"`` = sum over classes of ``rarity[k]`` x the mean probability of
+    class k (an image predicted to show much of a class with few marks). The last two need probabilities."""
     if kind == "uncertainty":
         return float(np.mean(prediction.uncertainty))
+    if kind not in ("margin", "rare_class"):
+        raise PointsegError(f"unknown ranking {kind!r}; choose one of: {', '.join(RANKINGS)}")
+    if prediction.probabilities is None:
+        raise PointsegError(f"the {kind!r} ranking needs probabilities")
+    proba = prediction.probabilities
     if kind == "margin":
-        if prediction.probabilities is None:
-            raise PointsegError("the 'margin' ranking needs probabilities")
-        top2 = np.sort(prediction.probabilities, axis=0)[-2:]
+        top2 = np.sort(proba, axis=0)[-2:]
         return float(np.mean(top2[1] - top2[0] < 0.5))
-    raise PointsegError(f"unknown ranking {kind!r}; choose one of: {', '.join(RANKINGS)}")
+    if rarity is None or len(rarity) != proba.shape[0]:
+        raise PointsegError("the 'rare_class' ranking needs one rarity weight per class")
+    return float(np.dot(rarity, proba.reshape(proba.shape[0], -1).mean(axis=1)))
 
 
-def rank_images_for_annotation(seg, images, kind: str = "uncertainty") -> list[tuple[int, float]]:
+def image_descriptor(seg, image) -> np.ndarray:
+    """Per-channel feature means of an image (its FeatureMap's memoised moments): what the diversity and
+    density rankings compare. Depends on the features only, not on the fitted model."""
+    fmap = image if hasattr(image, "moments") else seg.extract_features(image)
+    return np.asarray(fmap.moments()[0], dtype=np.float64)
+
+
+def diversity_from_descriptors(candidates: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """Distance of each candidate descriptor from the nearest annotated one, per channel standardised over
+    all of them: an image unlike everything annotated so far shows the model something new."""
+    cand, seen = np.atleast_2d(candidates), np.atleast_2d(annotated)
+    scale = np.concatenate([cand, seen]).std(axis=0) + 1e-6
+    d = np.linalg.norm((cand[:, None, :] - seen[None, :, :]) / scale, axis=2)
+    return d.min(axis=1)
+
+
+def diversity_scores(seg, images, annotated) -> list[float]:
+    """:func:`diversity_from_descriptors` of images (arrays, paths or FeatureMaps)."""
+    cand = np.stack([image_descriptor(seg, im) for im in images])
+    seen = np.stack([image_descriptor(seg, im) for im in annotated])
+    return [float(v) for v in diversity_from_descriptors(cand, seen)]
+
+
+def density_scores(seg, images) -> np.ndarray:
+    """How typical each image is of ``images``: ``exp(-d / median d)`` averaged over the others, with ``d``
+    the standardised distance between feature means (1 for a lone image)."""
+    desc = np.stack([image_descriptor(seg, im) for im in images])
+    if len(desc) < 2:
+        return np.ones(len(desc))
+    z = (desc - desc.mean(axis=0)) / (desc.std(axis=0) + 1e-6)
+    d = np.linalg.norm(z[:, None, :] - z[None, :, :], axis=2)
+    off = ~np.eye(len(d), dtype=bool)
+    sim = np.exp(-d / (np.median(d[off]) + 1e-12))
+    return (sim * off).sum(axis=1) / off.sum(axis=1)
+
+
+def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotated=None) -> list[tuple[int, float]]:
     """Order unannotated ``images`` (arrays, paths or FeatureMaps) by how much annotating them should help
     the fitted Segmenter ``seg``: ``[(index, priority), ...]``, most useful first (ties keep input order).
+    ``annotated`` (the images annotated so far) is needed by ``kind="diversity"`` only.
 
     The app's "next image to annotate" and the evaluation's folder protocol both call this; the folder
     protocol measures it against a random order (BENCHMARKS.md).
@@ -253,8 +312,19 @@ def rank_images_for_annotation(seg, images, kind: str = "uncertainty") -> list[t
     >>> order = rank_images_for_annotation(seg, fmaps)   # doctest: +SKIP
     >>> next_index = order[0][0]                          # doctest: +SKIP
     """
-    scores = []
-    for i, image in enumerate(images):
-        prediction = seg.predict_full(image, probabilities=kind == "margin")
-        scores.append((i, annotation_priority(prediction, kind)))
-    return sorted(scores, key=lambda t: -t[1])
+    if kind not in RANKINGS:
+        raise PointsegError(f"unknown ranking {kind!r}; choose one of: {', '.join(RANKINGS)}")
+    images = list(images)
+    if kind == "diversity":
+        if not annotated:
+            raise PointsegError("the 'diversity' ranking needs the annotated images (annotated=...)")
+        scores = diversity_scores(seg, images, list(annotated))
+    elif kind == "dense_uncertainty":
+        density = density_scores(seg, images)
+        scores = [float(np.mean(seg.predict_full(image, probabilities=False).uncertainty)) * float(w)
+                  for image, w in zip(images, density)]
+    else:
+        rarity = class_rarity(seg) if kind == "rare_class" else None
+        scores = [annotation_priority(seg.predict_full(image, probabilities=kind != "uncertainty"), kind, rarity)
+                  for image in images]
+    return sorted(enumerate(scores), key=lambda t: -t[1])

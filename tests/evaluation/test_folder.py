@@ -56,7 +56,7 @@ def test_ranking_puts_the_unfamiliar_images_first(folder_ds):
     a = folder_ds.load_image("im01")
     seg.fit([a], [np.array([[20, 15, 1], [60, 50, 0], [5, 5, 0]], dtype=np.float64)])
     stems = ["im02", "im03", "im09", "im05", "im10"]
-    order = rank_images_for_annotation(seg, [folder_ds.load_image(s) for s in stems])
+    order = rank_images_for_annotation(seg, [folder_ds.load_image(s) for s in stems], kind="uncertainty")
     assert {stems[i] for i, _ in order[:2]} == {"im09", "im10"}
     assert order[0][1] >= order[1][1] >= order[-1][1]
     margin = rank_images_for_annotation(seg, [folder_ds.load_image(s) for s in stems], kind="margin")
@@ -90,3 +90,46 @@ def test_run_folder_compares_orders_over_seeds(folder_ds):
     assert row["fg_iou"]["6"]["n"] == 2 and "clicks_vs_random" in row
     assert "| uncertainty |" in markdown_folder(result)
     json.dumps(result)
+
+
+def test_clicks_ratio_counts_an_order_that_never_gets_there():
+    from pointseg.evaluation.folder import clicks_ratio
+
+    def curve(values):
+        return [{"clicks": 5 * (i + 1), "transfer": {"fg_iou": v}} for i, v in enumerate(values)]
+
+    config = FolderConfig(per_image=5, budget=15)
+    rand = curve([0.1, 0.2, 0.3])
+    # at 10 clicks random has 0.2, reached by the fast order at 5; at 15, 0.3 at 10: (5/10 + 10/15) / 2
+    assert clicks_ratio(curve([0.25, 0.3, 0.4]), rand, [5, 10, 15], config) == pytest.approx((0.5 + 10 / 15) / 2)
+    assert clicks_ratio(rand, rand, [5, 10, 15], config) == pytest.approx(1.0)
+    # never reaching 0.3 counts as budget + per_image = 20 clicks
+    assert clicks_ratio(curve([0.1, 0.2, 0.2]), rand, [5, 10, 15], config) == pytest.approx((1.0 + 20 / 15) / 2)
+
+
+def test_rare_class_diversity_and_density_rankings(folder_ds):
+    from pointseg.decision import class_rarity, density_scores
+    from pointseg.segmenter import Prediction
+
+    seg = _make(folder_ds)()
+    a = folder_ds.load_image("im01")
+    seg.fit([a], [np.array([[20, 15, 1], [60, 50, 0], [5, 5, 0]], dtype=np.float64)])
+    rarity = class_rarity(seg)
+    assert rarity == pytest.approx([1 / 3, 1 / 2])                 # 2 background marks, 1 defect mark
+    # rare_class: the image predicted to show more of the barely-marked class comes first
+    proba = np.zeros((2, 10, 10), np.float32)
+    proba[0], proba[1] = 0.9, 0.1
+    little = Prediction(np.zeros((10, 10), np.int64), proba.copy(), 1 - proba.max(0))
+    proba[1, :5], proba[0, :5] = 0.9, 0.1
+    much = Prediction(np.zeros((10, 10), np.int64), proba, 1 - proba.max(0))
+    assert annotation_priority(much, "rare_class", rarity) > annotation_priority(little, "rare_class", rarity)
+    # diversity: the image of the other kind is farthest from the annotated one
+    stems = ["im02", "im09", "im03", "im05"]
+    order = rank_images_for_annotation(seg, [folder_ds.load_image(s) for s in stems], "diversity", annotated=[a])
+    assert stems[order[0][0]] == "im09"
+    with pytest.raises(Exception, match="annotated"):
+        rank_images_for_annotation(seg, [a], "diversity")
+    # density: the lone image of its kind is the least typical of the candidates
+    fmaps = [seg.extract_features(folder_ds.load_image(s)) for s in stems]
+    density = density_scores(seg, fmaps)
+    assert int(np.argmin(density)) == 1 and density.max() <= 1

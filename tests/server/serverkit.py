@@ -47,6 +47,32 @@ def write_images(folder: Path, n: int = 2, h: int = 128, w: int = 160) -> list[P
     return out
 
 
+def ranking_folder(root: Path) -> Path:
+    """For "next image to annotate": part_00 (to annotate), part_01 the same scene with other noise (a model
+    trained on part_00 is sure of it), part_02 the scene at half contrast, part_03 colour noise unlike
+    anything annotated (the model is least sure of it: the top of the ranking)."""
+    root.mkdir(parents=True)
+    Image.fromarray(two_region_image(seed=0)).save(root / "part_00.png")
+    Image.fromarray(two_region_image(seed=1)).save(root / "part_01.png")
+    faint = (0.5 * two_region_image(seed=2).astype(np.float32) + 64).astype(np.uint8)
+    Image.fromarray(faint).save(root / "part_02.png")
+    noise = np.random.default_rng(3).integers(0, 255, (128, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "part_03.png")
+    return root
+
+
+def wait_ranking_complete(c: httpx.Client, timeout: float = 120.0, **params) -> dict:
+    """Ask for the ranking until every unannotated image is scored by the current model (features of
+    never-viewed images are computed while nobody clicks)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = c.get("/api/images/ranking", params={"wait": 5, **params})
+        assert r.status_code == 200, r.text
+        if r.json()["complete"] or time.monotonic() > deadline:
+            return r.json()
+        time.sleep(0.5)
+
+
 class Server:
     """``pointseg serve PROJECT`` in a subprocess; ``url``, ``client``, ``kill9()``, ``stop()``."""
 

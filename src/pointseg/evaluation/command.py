@@ -13,6 +13,7 @@ class Protocol(str, Enum):
     corrective = "corrective"
     both = "both"
     parts = "parts"
+    folder = "folder"
 
 
 _METHOD_HELP = "Method to evaluate (repeat to compare; default: default). See the methods above."
@@ -64,7 +65,9 @@ def evaluate_command(
         help="random (N clicks per class drawn 2 px inside the class), corrective (NoC protocol: click the "
              "deepest point of the largest error, retrain after each click) or both; parts: per-part OK/NG "
              "decisions (corrective clicks on --train-images defective images + --ok-images clean ones marked OK; "
-             "false alarms, misses and AUROC on held-out parts including clean ones).")] = Protocol.both,
+             "false alarms, misses and AUROC on held-out parts including clean ones); folder: a user working "
+             "through a folder (--per-image clicks per image, then the next image at random or by pointseg's "
+             "ranking, up to --budget clicks in all; held-out IoU against total clicks).")] = Protocol.both,
     train_images: Annotated[int, typer.Option(
         "--train-images", "-k", help="Training images drawn per seed (among images showing >= 2 classes).")] = 3,
     train: Annotated[Optional[list[str]], typer.Option(
@@ -75,13 +78,23 @@ def evaluate_command(
                              "default: every image not used for training.", show_default=False)] = None,
     seeds: Annotated[str, typer.Option(help="Seeds, e.g. 0,1,2 or 0-4; mean and spread are over seeds.")] = "0,1,2",
     clicks: Annotated[str, typer.Option(help="Random protocol: clicks per class per image (nested).")] = "2,5,10,20",
-    budget: Annotated[int, typer.Option(help="Corrective protocol: click budget per training image.")] = 20,
+    budget: Annotated[int, typer.Option(
+        help="Corrective and parts protocols: click budget per training image; folder protocol: total clicks.")] = 20,
     transfer_at: Annotated[str, typer.Option(
         "--transfer-at", help="Corrective protocol: clicks per image at which held-out images are scored "
                               "(comma list, or 'all' for every click).")] = "5,10,20",
     margin: Annotated[int, typer.Option(help="Random clicks keep this many px away from class boundaries.")] = 2,
     ok_images: Annotated[str, typer.Option(
         "--ok-images", help="Parts protocol: clean images marked OK per seed, one condition per value.")] = "3,0",
+    per_image: Annotated[int, typer.Option(
+        "--per-image", help="Folder protocol: corrective clicks on an image before moving to the next.")] = 5,
+    candidates: Annotated[int, typer.Option(
+        help="Folder protocol: folder images the user may move to (evenly spaced among those not held out; "
+             "0 = all).")] = 30,
+    order: Annotated[str, typer.Option(
+        help="Folder protocol: the order(s) compared: both (random and ranking), random, ranking (pointseg's "
+             "default ranking), or a comma list of random and ranking kinds "
+             "(uncertainty, margin, rare_class, diversity).")] = "both",
     backbone: Annotated[Optional[str], typer.Option(
         help="Backbone for the 'default' method (and any Segmenter option not set by a spec).",
         show_default=False)] = None,
@@ -137,6 +150,8 @@ def _run(**kw) -> None:
     protocol = getattr(kw["protocol"], "value", kw["protocol"])
     if protocol == "parts":
         return _run_parts(kw)
+    if protocol == "folder":
+        return _run_folder(kw)
     protocols = {"both": ("random", "corrective"), "random": ("random",), "corrective": ("corrective",)}.get(protocol)
     if protocols is None:
         raise PointsegError(f"--protocol {protocol!r}: use random, corrective or both")
@@ -192,28 +207,89 @@ def _run_parts(kw) -> None:
 
     from rich.console import Console
 
-    from pointseg import FeatureCache
-    from pointseg.errors import PointsegError
-
-    from .methods import SegmenterMethod, build_method, parse_method_spec
     from .parts import PartsConfig, markdown_parts, run_parts
 
     config = PartsConfig(seeds=_ints(kw["seeds"], "--seeds"), defective=kw["train_images"],
                          ok_images=_ints(kw["ok_images"], "--ok-images"), budget=kw["budget"], test=kw["test"])
     config.check()
     dataset, options = _dataset_and_options(kw)
+    factories = _segmenter_factories(kw, dataset, options, "parts")
+    result = run_parts(dataset, factories, config)
+    out = Console()
+    out.print(markdown_parts(result), markup=False, highlight=False)
+    if kw["json_out"]:
+        kw["json_out"].write_text(json.dumps(result, indent=1))
+        out.print(f"JSON: {kw['json_out']}")
+
+
+def _segmenter_factories(kw, dataset, options, protocol: str) -> dict:
+    """Method name -> a factory of fresh logistic pointseg Segmenters sharing one feature cache (the parts
+    and folder protocols refit and predict through the Segmenter itself, so anchors cannot take part)."""
+    from pointseg import FeatureCache
+    from pointseg.errors import PointsegError
+
+    from .methods import SegmenterMethod, build_method, parse_method_spec
+
     cache = FeatureCache(max_bytes=int(kw["cache_mb"]) * 1_000_000)
     weights = str(kw["weights"]) if kw["weights"] else None
     factories = {}
     for spec in (parse_method_spec(m) for m in (kw["method"] or ["default"])):
         method = build_method(spec, dataset.classes, options=options, weights=weights, cache=cache)
         if not isinstance(method, SegmenterMethod) or method.segmenter.classifier != "logistic":
-            raise PointsegError(f"--method {spec.text}: the parts protocol needs a logistic pointseg Segmenter")
+            raise PointsegError(f"--method {spec.text}: the {protocol} protocol needs a logistic pointseg Segmenter")
         seg = method.segmenter
         factories[method.name] = lambda seg=seg: type(seg)(**seg.get_params(), cache=cache)
-    result = run_parts(dataset, factories, config)
-    out = Console()
-    out.print(markdown_parts(result), markup=False, highlight=False)
+    return factories
+
+
+def folder_orders(text: str) -> tuple[str, ...]:
+    """``--order``: both | random | ranking | a comma list of orders (:data:`pointseg.evaluation.folder.ORDERS`)."""
+    from pointseg.decision import DEFAULT_RANKING
+    from pointseg.errors import PointsegError
+
+    from .folder import ORDERS
+
+    names = {"both": ("random", DEFAULT_RANKING), "ranking": (DEFAULT_RANKING,)}
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        for name in names.get(part, (part,)):
+            if name not in ORDERS:
+                raise PointsegError(f"--order {part!r}: use both, random, ranking or a comma list of "
+                                    f"{', '.join(ORDERS)}")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise PointsegError("--order is empty; use both, random or ranking")
+    return tuple(out)
+
+
+def _run_folder(kw) -> None:
+    """``--protocol folder``: which image next (:mod:`pointseg.evaluation.folder`), per method."""
+    import json
+
+    from rich.console import Console
+
+    from pointseg.fileio import atomic_write_bytes
+
+    from .folder import FolderConfig, markdown_folder, run_folder
+
+    config = FolderConfig(seeds=_ints(kw["seeds"], "--seeds"), orders=folder_orders(kw["order"]),
+                          per_image=kw["per_image"], budget=kw["budget"],
+                          test=kw["test"] if kw["test"] is not None else FolderConfig.test,
+                          candidates=kw["candidates"] or None)
+    config.check()
+    dataset, options = _dataset_and_options(kw)
+    factories = _segmenter_factories(kw, dataset, options, "folder")
+    out, err = Console(), Console(stderr=True)
+    results = {}
+    for name, make in factories.items():
+        progress = (lambda d: err.print(d, highlight=False)) if kw["progress"] else None
+        results[name] = run_folder(dataset, lambda make=make: make().set_params(cross_validate=False), config,
+                                   on_progress=progress)
+        out.print(f"\n{dataset.name} · {name} · held-out defect IoU (mean ±sd over {len(config.seeds)} seeds) "
+                  f"against total clicks", markup=False, highlight=False)
+        out.print(markdown_folder(results[name]), markup=False, highlight=False)
     if kw["json_out"]:
-        kw["json_out"].write_text(json.dumps(result, indent=1))
+        payload = {"protocol": "folder", "dataset": dataset.name, "methods": results}
+        atomic_write_bytes(Path(kw["json_out"]), json.dumps(payload, indent=1).encode())
         out.print(f"JSON: {kw['json_out']}")

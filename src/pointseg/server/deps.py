@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from pointseg.presets import DEFAULT_BACKBONE
 from pointseg.server.model_service import FeatureStore, ModelService
+from pointseg.server.ranking import AnnotationRanking
 from pointseg.server.scheduler import EventHub, Scheduler
 from pointseg.server.store import ProjectStore
 
@@ -41,6 +42,7 @@ class Services:
     models: ModelService
     scheduler: Scheduler
     events: EventHub
+    ranking: AnnotationRanking = field(default_factory=AnnotationRanking)
     _sig: tuple[int, str] = (-1, "")
     _sig_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from pointseg.server import media
 from pointseg.server.deps import SchedulerDep, ServicesDep, StoreDep
+from pointseg.decision import DEFAULT_RANKING
 from pointseg.server.guards import MAX_FILES_PER_UPLOAD
+from pointseg.server.ranking import RankingOut
 from pointseg.server.scheduler import PRIO_PREFETCH, PRIO_VIEW
 from pointseg.server.schemas import ImageId, ImagesOut, RevOut
 from pointseg.server.store import StoreError
@@ -49,6 +51,16 @@ async def upload(files: Annotated[list[UploadFile], File(description="image file
     return {"added": added}
 
 
+@router.get("/ranking", response_model=RankingOut)
+def ranking(services: ServicesDep,
+            kind: Annotated[str, Query(description="uncertainty, margin, rare_class or diversity")] = DEFAULT_RANKING,
+            wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for scores")] = 2.0):
+    """The unannotated images, most useful to annotate next first (``pointseg.decision``'s ranking with the
+    current model), then the ones not scored yet (``pending``: features not computed, or still scoring).
+    409 while there is no model."""
+    return services.ranking.rank(services, kind=kind, wait_s=wait)
+
+
 @router.get("/{image_id}")
 def image(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep):
     img = store.image(image_id)
@@ -65,9 +77,10 @@ def image(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep):
 
 
 @router.delete("/{image_id}", response_model=RevOut)
-def delete_image(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep):
+def delete_image(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep, services: ServicesDep):
     rev = store.delete_image(image_id)
     scheduler.forget_image(image_id)
+    services.ranking.forget_image(image_id)
     scheduler.changed(rev, what="images")
     return {"rev": rev}
 

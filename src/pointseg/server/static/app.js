@@ -18,7 +18,8 @@ import { keys, fitView, setTool, setBrush, setOpacity, setShowMarks, setAdjust, 
          renderLegend } from "./viewer.js";
 import { refreshOverlay } from "./overlay.js";
 import { own, reloadAnnotations, undoRedo } from "./edits.js";
-import { loadImages, loadImagesSoon, step, uploadFiles, renderImages } from "./images.js";
+import { loadImages, loadImagesSoon, step, uploadFiles, renderImages, openNextToAnnotate, setSort,
+         restoreSort } from "./images.js";
 import { loadClasses, bindAddClass, selectClass, focusViewer } from "./classes.js";
 import { applyBatch, flashHint, renderBatch, renderHint, renderImageInfo, renderModelPanel,
          renderStatus } from "./panels.js";
@@ -178,6 +179,8 @@ function bindControls() {
   $("#next-btn").addEventListener("click", () => step(1));
   $("#filter-text").addEventListener("input", renderImages);
   $("#filter-kind").addEventListener("change", renderImages);
+  $("#sort-kind").addEventListener("change", (ev) => setSort(ev.target.value));
+  $("#next-todo-btn").addEventListener("click", () => openNextToAnnotate().catch(fail));
   $("#suggest-btn").addEventListener("click", suggest);
   $("#help-btn").addEventListener("click", () => $("#help").showModal());
   $("#upload-btn").addEventListener("click", () => $("#upload-input").click());
@@ -218,6 +221,7 @@ function onKey(ev) {
     case "e": setTool("eraser"); break;
     case "f": fitView(); break;
     case "g": suggest(); break;
+    case "n": openNextToAnnotate().catch(fail); break;
     case "m": setShowMarks(!S.showMarks); break;
     case "o": S.overlayOn = !S.overlayOn; setOpacity(); break;
     case "v": {
@@ -237,6 +241,7 @@ function onKey(ev) {
 // ------------------------------------------------------------------------------------------ start
 async function main() {
   bindControls();
+  restoreSort();
   setBrush(S.brush);
   setOpacity();
   try {

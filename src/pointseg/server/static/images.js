@@ -11,6 +11,7 @@ export async function loadImages() {
   const data = await api("GET", "/api/images");
   S.images = data.images;
   renderImages();
+  if (sortByNext()) loadRanking(1).catch(() => {});  // a model may not exist yet: the list keeps its order
   if (S.currentId === null && S.images.length) {
     const want = +sessionStorage.getItem("pointseg-image");
     const first = S.images.find((i) => i.id === want) || S.images[0];
@@ -133,10 +134,68 @@ function rowOf(img) {
                    onclick: (ev) => { ev.stopPropagation(); removeImage(img); } }, "✕"));
 }
 
+// ------------------------------------------------------------------------------- next image to annotate
+/* The server ranks the unannotated images by how much annotating them should help the current model
+ * (GET /api/images/ranking, pointseg.decision's ranking, measured in BENCHMARKS.md's folder protocol).
+ * "N" opens the top one; the sort order "Next to annotate" lists them in that order. */
+let ranking = null;
+let rankingTimer = null;
+
+function sortByNext() {
+  return $("#sort-kind").value === "next";
+}
+
+/** Fetch the ranking (waiting up to ``wait`` s for scores); while some images are still being scored and
+ * the list is sorted by it, ask again in a moment. */
+export async function loadRanking(wait = 2) {
+  const data = await api("GET", `/api/images/ranking?wait=${wait}`);
+  ranking = data;
+  if (sortByNext()) renderImages();
+  clearTimeout(rankingTimer);
+  if (!data.complete && sortByNext()) rankingTimer = setTimeout(() => loadRanking(1).catch(() => {}), 2000);
+  return data;
+}
+
+function annotated(img) {
+  return img.n_points + img.n_scribbles > 0 || !!img.ok;
+}
+
+/** The list in the chosen order: as the server lists them (by name), or ranked unannotated images first,
+ * then unannotated ones not scored yet, then the annotated ones. */
+function ordered(list) {
+  if (!sortByNext() || !ranking) return list;
+  const pos = new Map(ranking.ranked.map((r, k) => [r.id, k]));
+  const tier = (img) => (annotated(img) ? 2 : pos.has(img.id) ? 0 : 1);
+  return [...list].sort((a, b) => tier(a) - tier(b) || (pos.get(a.id) ?? 0) - (pos.get(b.id) ?? 0));
+}
+
+/** Open the unannotated image the model would learn most from (other than the one shown). */
+export async function openNextToAnnotate() {
+  const data = await loadRanking(5);
+  const top = data.ranked.find((r) => r.id !== S.currentId);
+  const id = top ? top.id : data.pending.find((i) => i !== S.currentId);
+  if (id === undefined) { toast("Every image is annotated.", "info", 3000); return; }
+  if (!top) toast("Not ranked yet (features are computed while you pause): opening the next unannotated image.",
+                  "info", 3000);
+  await openImage(id);
+}
+
+export function setSort(value) {
+  $("#sort-kind").value = value;
+  sessionStorage.setItem("pointseg-sort", value);
+  renderImages();
+  if (value === "next") loadRanking(2).catch(fail);
+}
+
+export function restoreSort() {
+  const want = sessionStorage.getItem("pointseg-sort");
+  if (want) $("#sort-kind").value = want;
+}
+
 /** Rows are kept while what they show is unchanged, so thumbnails are not fetched again on every edit. */
 export function renderImages() {
   const list = $("#image-list");
-  const visible = S.images.filter(imageVisible);
+  const visible = ordered(S.images.filter(imageVisible));
   $("#image-count").textContent = S.images.length ? `${S.images.length}` : "";
   const old = new Map([...list.children].map((li) => [li.dataset.key, li]));
   const nodes = visible.map((img) => {
@@ -160,7 +219,7 @@ function removeImage(img) {          // the file on disk stays; its annotations 
 }
 
 export function step(delta) {
-  const visible = S.images.filter(imageVisible);
+  const visible = ordered(S.images.filter(imageVisible));
   if (!visible.length) return;
   let k = visible.findIndex((i) => i.id === S.currentId);
   k = k < 0 ? 0 : Math.min(visible.length - 1, Math.max(0, k + delta));

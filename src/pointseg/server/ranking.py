@@ -1,0 +1,183 @@
+"""The app's "next image to annotate": unannotated images ordered by how much annotating them should help.
+
+The order is :func:`pointseg.decision.rank_images_for_annotation` with the current model — the same function
+the folder protocol of ``pointseg evaluate`` measures against a random order (BENCHMARKS.md).
+
+Scoring an image is one prediction of it. Each image is scored by its own scheduler job on the model thread
+(:meth:`~pointseg.server.scheduler.Scheduler.submit`), and the model thread takes a refit after an edit and
+an overlay request before any job, so a click waits at most for one image's prediction, never for a whole
+folder's ranking. Scores are kept per model version: after a refit, only images asked about again are
+rescored.
+
+Images whose features are not computed yet are not scored: their features cost about a second per
+megapixel each, and a folder may hold thousands. They follow the scored images (in list order, marked
+``pending``), and each ranking request queues a few of them (:data:`PREFETCH`) at prefetch priority, which
+the features thread runs only while the user pauses, so the ranking fills in as the user works.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+
+from pydantic import BaseModel
+
+import numpy as np
+
+from pointseg.decision import (DEFAULT_RANKING, PER_IMAGE_RANKINGS, diversity_from_descriptors, image_descriptor,
+                               rank_images_for_annotation)
+from pointseg.errors import PointsegError
+from pointseg.server.model_service import NoModel
+from pointseg.server.scheduler import PRIO_PREFETCH
+
+#: what the app offers: the per-image rankings, and "diversity" (from per-image feature means, which do not
+#: depend on the model: they are kept across refits, and only the annotated set changes the order)
+APP_RANKINGS = PER_IMAGE_RANKINGS + ("diversity",)
+DESCRIPTOR = "descriptor"
+
+#: feature computations queued (at prefetch priority) per request for images that cannot be scored yet
+PREFETCH = 8
+
+
+class RankedImage(BaseModel):
+    id: int
+    name: str
+    priority: float
+    current: bool            # scored by the current model (else by an earlier one, being rescored)
+
+
+class RankingOut(BaseModel):
+    """Unannotated images, most useful to annotate first (``ranked``), then those not scored yet
+    (``pending``); ``complete`` when every one is scored by the current model."""
+
+    kind: str
+    model_rev: int
+    model_version: int
+    ranked: list[RankedImage]
+    pending: list[int]
+    complete: bool
+    annotated: int
+
+
+def is_annotated(img: dict) -> bool:
+    return img["n_points"] + img["n_scribbles"] > 0 or bool(img.get("ok"))
+
+
+class AnnotationRanking:
+    """Per-image values (a priority, or a feature descriptor for "diversity") computed as scheduler jobs
+    and kept with what they depend on (the model version, or the feature kind)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[int, str], tuple[object, object]] = {}   # (image, what) -> (stamp, value)
+        self._inflight: dict[tuple[int, str], Future] = {}
+
+    def rank(self, services, kind: str = DEFAULT_RANKING, wait_s: float = 2.0) -> dict:
+        """The ranking of the project's unannotated images (waits up to ``wait_s`` for scores to come in)."""
+        if kind not in APP_RANKINGS:
+            raise PointsegError(f"unknown ranking {kind!r}; choose one of: {', '.join(APP_RANKINGS)}")
+        scheduler, features = services.scheduler, services.features
+        model = scheduler.model
+        if model.status != "ok":
+            raise NoModel(model.message)
+        images = services.store.list_images()
+        todo = [i for i in images if not is_annotated(i) and i["status"] != "failed"]
+        what = DESCRIPTOR if kind == "diversity" else kind
+        ids = [i["id"] for i in todo]
+        if what == DESCRIPTOR:
+            ids += list(services.store.training_set().image_ids)
+        futures, missing = [], []
+        for image_id in ids:
+            fut = self._request(scheduler, features, image_id, what, self._stamp(what, model, features))
+            if fut is False:
+                missing.append(image_id)
+            elif fut is not None:
+                futures.append(fut)
+        for image_id in missing[:PREFETCH]:
+            scheduler.request_features(image_id, PRIO_PREFETCH)
+        if futures and wait_s > 0:
+            wait_futures(futures, timeout=wait_s)
+        model = scheduler.model
+        if what == DESCRIPTOR:
+            return self._answer_diversity(services, model, features, todo, len(images) - len(todo))
+        return self._answer(model, todo, kind, len(images) - len(todo))
+
+    @staticmethod
+    def _stamp(what: str, model, features):
+        return ("features", features.kind) if what == DESCRIPTOR else ("model", model.version)
+
+    def _request(self, scheduler, features, image_id: int, what: str, stamp):
+        """A future for the image's value, None when it is there already, False when its features are not."""
+        key = (image_id, what)
+        with self._lock:
+            have = self._values.get(key)
+            if have is not None and have[0] == stamp:
+                return None
+            fut = self._inflight.get(key)
+        if fut is not None and not fut.done():
+            return fut
+        if not features.ready(image_id):
+            return False
+        fut = scheduler.submit(lambda m: self._compute(m, image_id, what, features))
+        with self._lock:
+            self._inflight[key] = fut
+        return fut
+
+    def _compute(self, model, image_id: int, what: str, features):
+        """One image's value with ``model`` (on the model thread); None when it cannot be computed now."""
+        if model.status != "ok" or model.segmenter is None or not features.ready(image_id):
+            return None    # no model, or the features were evicted meanwhile: never compute them here
+        fmap = features.get(image_id)
+        if what == DESCRIPTOR:
+            value = image_descriptor(model.segmenter, fmap)
+        else:
+            value = rank_images_for_annotation(model.segmenter, [fmap], what)[0][1]
+        with self._lock:
+            self._values[(image_id, what)] = (self._stamp(what, model, features), value)
+        return value
+
+    def _answer(self, model, todo: list[dict], kind: str, n_annotated: int) -> dict:
+        """Images scored by the current model first, then those scored by an earlier one (the best guess
+        while they are rescored: the list does not jump back to name order after each click), then the
+        rest; by priority within each group (stable: ties keep the list's order)."""
+        ranked, pending = [], []
+        with self._lock:
+            for img in todo:
+                have = self._values.get((img["id"], kind))
+                if have is None:
+                    pending.append(img["id"])
+                else:
+                    ranked.append({"id": img["id"], "name": img["name"], "priority": float(have[1]),
+                                   "current": have[0] == ("model", model.version)})
+        return _out(kind, model, ranked, pending, n_annotated)
+
+    def _answer_diversity(self, services, model, features, todo: list[dict], n_annotated: int) -> dict:
+        stamp = self._stamp(DESCRIPTOR, model, features)
+        with self._lock:
+            def value(image_id):
+                have = self._values.get((image_id, DESCRIPTOR))
+                return have[1] if have is not None and have[0] == stamp else None
+            seen = [v for v in map(value, services.store.training_set().image_ids) if v is not None]
+            cand = [(img, value(img["id"])) for img in todo]
+        scored = [(img, v) for img, v in cand if v is not None]
+        pending = [img["id"] for img, v in cand if v is None]
+        ranked = []
+        if scored and seen:
+            dist = diversity_from_descriptors(np.stack([v for _, v in scored]), np.stack(seen))
+            ranked = [{"id": img["id"], "name": img["name"], "priority": float(d), "current": True}
+                      for (img, _), d in zip(scored, dist)]
+        else:
+            pending = [img["id"] for img, _ in cand]
+        return _out("diversity", model, ranked, pending, n_annotated)
+
+    def forget_image(self, image_id: int) -> None:
+        with self._lock:
+            for key in [k for k in self._values if k[0] == image_id]:
+                del self._values[key]
+
+
+def _out(kind: str, model, ranked: list[dict], pending: list[int], n_annotated: int) -> dict:
+    ranked.sort(key=lambda r: (not r["current"], -r["priority"]))
+    return {"kind": kind, "model_rev": model.rev, "model_version": model.version, "ranked": ranked,
+            "pending": pending, "complete": not pending and all(r["current"] for r in ranked),
+            "annotated": n_annotated}
