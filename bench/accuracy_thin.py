@@ -56,6 +56,8 @@ def apply_variant(variant: str) -> None:
             _block_weight("deep", float(part[2:]))
         elif part.startswith("rho_"):
             _within_image_weight(part[4:])
+        elif part.startswith("ctxboth"):
+            _context_upscaled(int(part[7:]), keep_original=True)
         elif part.startswith("ctx"):
             _context_upscaled(int(part[3:]))
         else:
@@ -123,10 +125,11 @@ def _within_image_weight(block: str) -> None:
     CL.Standardizer.from_moments = classmethod(from_moments)
 
 
-def _context_upscaled(min_cells: int) -> None:
+def _context_upscaled(min_cells: int, keep_original: bool = False) -> None:
     """The stride-32 context map of an image whose context grid is under ``min_cells`` on its short side
     computed on a copy upscaled by the power of two that brings it there, then average-pooled back to the
-    image's stride-32 grid (so the map keeps its geometry)."""
+    image's stride-32 grid (so the map keeps its geometry). ``keep_original``: both maps side by side (the
+    original twice where the rule does not trigger, so every image has the same channels)."""
     import math
 
     import numpy as np
@@ -143,7 +146,7 @@ def _context_upscaled(min_cells: int) -> None:
             return data, context
         short = min(context.shape[1:])
         if short >= min_cells:
-            return data, context
+            return data, (np.concatenate([context, context]) if keep_original else context)
         f = 2 ** math.ceil(math.log2(min_cells / short))
         hp, wp = self.padded_size(rgb.shape[:2])
         padded = F._pad_reflect(rgb, hp, wp)
@@ -152,7 +155,8 @@ def _context_upscaled(min_cells: int) -> None:
         up = up.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
         _, ctx_up = orig(self, up)
         pooled = TF.avg_pool2d(torch.from_numpy(ctx_up)[None], f)[0].numpy()
-        return data, np.ascontiguousarray(pooled[:, : context.shape[1], : context.shape[2]])
+        pooled = np.ascontiguousarray(pooled[:, : context.shape[1], : context.shape[2]])
+        return data, (np.concatenate([context, pooled]) if keep_original else pooled)
 
     F.FeatureExtractor.compute_parts = compute_parts
 
