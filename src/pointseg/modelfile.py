@@ -321,6 +321,9 @@ FIELDS: list[Field] = [
     # default rule (NG when any region is found)
     Field("background_class", is_int(0), required=None, default=0),
     Field("ng_rule", lambda value: None if value is None else _ng_rule(value), required=None, default=None),
+    # the app's per-project NG setting: NG when findings cover more than this fraction of the image (takes
+    # precedence over ng_rule, as --ng-area does); null / absent: the ng_rule decides
+    Field("ng_area", optional(is_number(0, maximum=1)), required=None, default=None),
 ]
 
 
@@ -540,12 +543,16 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
 # ---------------------------------------------------------------- per-part decision fields (issue 13)
 # ``background_class``: index of the background / OK class. ``ng_rule``: the learned OK/NG rule
 # (pointseg.decision.NGRule: score, threshold, source, n_ok, n_ng). Files without them predate the fields:
-# background = the first class, NG when any region is found.
+# background = the first class, NG when any region is found. ``ng_area`` (``seg.ng_area_``): an area rule
+# chosen by the user (the app's NG setting), which `pointseg predict` and the deploy runner apply unless
+# told otherwise.
 
 def _decision_fields(seg) -> dict:
     rule = getattr(seg, "ng_rule_", None)
+    ng_area = getattr(seg, "ng_area_", None)
     return {"background_class": int(getattr(seg, "background_", 0)),
-            "ng_rule": rule.as_dict() if rule is not None else None}
+            "ng_rule": rule.as_dict() if rule is not None else None,
+            "ng_area": None if ng_area is None else float(ng_area)}
 
 
 def _load_decision_fields(seg, meta: dict, name: str) -> None:
@@ -556,3 +563,4 @@ def _load_decision_fields(seg, meta: dict, name: str) -> None:
     seg.background, seg.background_ = background, background
     raw = meta["ng_rule"]
     seg.ng_rule_ = NGRule.from_dict(raw) if raw is not None else NGRule(source="default: NG when any region is found")
+    seg.ng_area_ = meta["ng_area"]

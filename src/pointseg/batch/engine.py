@@ -9,6 +9,7 @@ client sees only small dicts. There is no shared mutable state between tasks.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from typing import Callable, Iterable, Iterator
 
 from pointseg import lazyio
 from pointseg.batch.inputs import InputItem, expand_inputs
-from pointseg.batch.manifest import Manifest
-from pointseg.batch.models import ModelRef, register, worker_plugin
+from pointseg.batch.manifest import Manifest, unchanged
+from pointseg.batch.models import ModelRef, registered, worker_plugin
 from pointseg.batch.tasks import BatchOptions, predict_image
 from pointseg.errors import PointsegError
 
@@ -47,23 +48,29 @@ class ImageResult:
 def predict_many(model, inputs: Iterable, output: str, client=None, *, options: BatchOptions | None = None,
                  weights=None, min_region: int | None = None, recursive: bool = False, resume: bool = False,
                  cancel: Callable[[], bool] | None = None, on_done: Callable[[ImageResult], None] | None = None,
-                 window: int | None = None) -> Iterator[ImageResult]:
+                 window: int | None = None, reader: Callable[[InputItem], dict] | None = None
+                 ) -> Iterator[ImageResult]:
     """Predict every image of ``inputs`` into ``output``, yielding an :class:`ImageResult` per image in input order.
 
     Parameters
     ----------
-    model : path or URL of a ``.pointseg`` file, its bytes, or a fitted :class:`~pointseg.segmenter.Segmenter`.
+    model : path or URL of a ``.pointseg`` file, its bytes, or a fitted :class:`~pointseg.segmenter.Segmenter`
+        (used as it is in this process, with its feature cache; sent as its file to a cluster).
     inputs : files, folders, globs, ``@list.txt`` and fsspec URLs (:func:`~pointseg.batch.inputs.expand_inputs`),
         or already expanded :class:`InputItem` objects.
     output : folder (path or URL) for the outputs, ``summary.csv`` and the manifest.
     client : a ``distributed.Client``; ``None`` runs in this process.
     options : what to write (:class:`BatchOptions`).
-    resume : skip inputs an earlier run into ``output`` finished with the same model and options.
+    resume : skip inputs an earlier run into ``output`` finished with the same model and options and whose
+        content is unchanged (:func:`pointseg.batch.manifest.unchanged`).
     cancel : polled between results (and every 0.2 s on a cluster); when it returns True, pending tasks are
         cancelled and the iterator ends. Closing the iterator cancels the same way.
     on_done : called as each image finishes, in completion order (progress bars); results are still yielded
         in input order.
     window : images in flight at once on a cluster (default: 4 per worker thread, at least 16).
+    reader : in-process only: ``reader(item)`` → ``{"image": ..., "fingerprint": ...}`` instead of reading
+        ``item.location``, where the caller already holds the image or its features (the app passes the
+        feature maps its features thread computed; ``image`` is anything ``predict_full`` takes).
 
     ``summary.csv`` is written when the iterator is exhausted (:func:`write_summary`).
 
@@ -72,48 +79,95 @@ def predict_many(model, inputs: Iterable, output: str, client=None, *, options: 
     >>> for r in predict_many("model.pointseg", ["parts/"], "out"):      # doctest: +SKIP
     ...     print(r.item.name, r.error or r.measures["fraction_defect"])
     """
-    options = options or BatchOptions()
-    data = _model_bytes(model)
-    ref = ModelRef.from_bytes(data, weights=weights, min_region=min_region, engine=options.engine)
-    inputs = list(inputs)
-    items = inputs if inputs and all(isinstance(i, InputItem) for i in inputs) else expand_inputs(inputs, recursive)
-    _check_output(output)
-    manifest = Manifest(output, ref.key.sha256, options.for_manifest())
-    previous = manifest.previous_entries() if resume else {}
-    done, todo = _split_resumed(items, previous, output)
-    manifest.start([_entry(r) for r in done.values()])
-    runner = _run_local if client is None else _run_cluster
-    results: list[ImageResult] = []
-    try:
-        for result in runner(ref, items, todo, done, output, options, client, cancel or _never, manifest,
-                             on_done, window):
-            results.append(result)
-            yield result
-        if len(results) == len(items):
-            write_summary(results, output)
-    finally:
-        manifest.close()
+    run = BatchRun(model, inputs, output, options=options, weights=weights, min_region=min_region,
+                   recursive=recursive, resume=resume, reader=reader)
+    yield from run.results(client, cancel=cancel, on_done=on_done, window=window)
+
+
+class BatchRun:
+    """A batch planned but not started: its inputs, what an earlier run into ``output`` finished already
+    (:attr:`resumed`) and what is left (:attr:`todo`). Planning reads the manifest and the inputs'
+    fingerprints and writes nothing but the output folder.
+
+    :func:`predict_many` is ``BatchRun(...).results(...)``. The app plans when the user starts "predict
+    all" (so the resumed progress shows at once), then draws one result at a time from :meth:`results` on
+    its model thread, answering clicks between images.
+    """
+
+    def __init__(self, model, inputs: Iterable, output: str, *, options: BatchOptions | None = None,
+                 weights=None, min_region: int | None = None, recursive: bool = False, resume: bool = False,
+                 reader: Callable[[InputItem], dict] | None = None):
+        self.options = options or BatchOptions()
+        self.output = output
+        self.reader = reader
+        self.ref = model_ref(model, weights=weights, min_region=min_region, engine=self.options.engine)
+        inputs = list(inputs)
+        self.items: list[InputItem] = inputs if inputs and all(isinstance(i, InputItem) for i in inputs) \
+            else expand_inputs(inputs, recursive)
+        _check_output(output)
+        self.manifest = Manifest(output, self.ref.key.sha256, self.options.for_manifest())
+        self._previous = self.manifest.previous_entries() if resume else {}
+        self._done, self._todo = _split_resumed(self.items, self._previous, output)
+
+    @property
+    def resumed(self) -> list[ImageResult]:
+        """Results taken over from the earlier run, in input order (no work is done for them)."""
+        return [self._done[i] for i in sorted(self._done)]
+
+    @property
+    def todo(self) -> list[InputItem]:
+        """The items :meth:`results` will predict, in the order it predicts them."""
+        return [self.items[i] for i in self._todo]
+
+    def results(self, client=None, *, cancel: Callable[[], bool] | None = None,
+                on_done: Callable[[ImageResult], None] | None = None, window: int | None = None
+                ) -> Iterator[ImageResult]:
+        """Run the batch: every item's result in input order (see :func:`predict_many`); once only."""
+        if client is not None and self.reader is not None:
+            raise PointsegError("a reader runs in this process only; on a cluster the workers read the inputs")
+        here = {item.location for item in self.items}
+        # entries of inputs not in this run stay (a later run over them resumes too)
+        others = [e for loc, e in self._previous.items() if loc not in here]
+        self.manifest.start([_entry(r) for r in self.resumed] + others)
+        results: list[ImageResult] = []
+        try:
+            if client is None:
+                runner = _run_local(self, cancel or _never, on_done)
+            else:
+                runner = _run_cluster(self.ref, self.items, self._todo, self._done, self.output, self.options,
+                                      client, cancel or _never, self.manifest, on_done, window)
+            for result in runner:
+                results.append(result)
+                yield result
+            if len(results) == len(self.items):
+                write_summary(results, self.output)
+        finally:
+            self.manifest.close()
 
 
 def _never() -> bool:
     return False
 
 
-def _model_bytes(model) -> bytes:
-    """A model file's bytes from its path/URL, the bytes themselves, or a fitted Segmenter (the app's)."""
+def model_ref(model, weights=None, min_region=None, engine=None) -> ModelRef:
+    """The :class:`ModelRef` of a model file's path/URL, its bytes, or a fitted Segmenter (the app's): a
+    fitted model with no load-time override is used as it is in this process (``live``), never reloaded."""
     if isinstance(model, bytes):
-        return model
-    if hasattr(model, "save") and hasattr(model, "head_"):
+        return ModelRef.from_bytes(model, weights=weights, min_region=min_region, engine=engine)
+    if hasattr(model, "save") and not isinstance(model, (str, os.PathLike)):
         import tempfile
         from pathlib import Path
 
         with tempfile.TemporaryDirectory(prefix="pointseg-") as tmp:
             model.save(Path(tmp) / "model.pointseg")
-            return (Path(tmp) / "model.pointseg").read_bytes()
+            data = (Path(tmp) / "model.pointseg").read_bytes()
+        ref = ModelRef.from_bytes(data, weights=weights, min_region=min_region, engine=engine)
+        return ref.with_live(model) if weights is None and min_region is None and engine is None else ref
     try:
-        return lazyio.read_bytes(str(model))
+        data = lazyio.read_bytes(str(model))
     except PointsegError:
         raise PointsegError(f"model file not found: {model}") from None
+    return ModelRef.from_bytes(data, weights=weights, min_region=min_region, engine=engine)
 
 
 def _check_output(output: str) -> None:
@@ -133,22 +187,14 @@ def _split_resumed(items, previous: dict, output: str):
     todo: list[int] = []
     for index, item in enumerate(items):
         entry = previous.get(item.location)
-        if entry and entry.get("error") is None and entry.get("name") == item.name and _unchanged(item, entry) \
-                and all(lazyio.exists(lazyio.join(output, o)) for o in entry.get("outputs", [])):
+        if entry and entry.get("error") is None and entry.get("name") == item.name \
+                and all(lazyio.exists(lazyio.join(output, o)) for o in entry.get("outputs", [])) \
+                and unchanged(item.location, entry.get("fingerprint", {})):
             done[index] = ImageResult(index, item, entry["measures"], entry["outputs"], None,
                                       entry.get("seconds", 0.0), True, entry.get("fingerprint", {}))
         else:
             todo.append(index)
     return done, todo
-
-
-def _unchanged(item: InputItem, entry: dict) -> bool:
-    try:
-        now = lazyio.stat(item.location)
-    except (OSError, PointsegError):
-        return False
-    before = entry.get("fingerprint", {})
-    return now["size"] == before.get("size") and now["mtime"] == before.get("mtime")
 
 
 def _entry(r: ImageResult) -> dict:
@@ -170,24 +216,25 @@ def _finished(result: ImageResult, manifest: Manifest, on_done) -> ImageResult:
 
 
 # ------------------------------------------------------------------------------------------ in-process
-def _run_local(ref, items, todo, done, output, options, client, cancel, manifest, on_done, window):
+def _run_local(run: BatchRun, cancel, on_done):
     from pointseg.batch.tiled import run_tiled
 
-    register(ref)
-    todo_set = set(todo)
-    for index, item in enumerate(items):
-        if index not in todo_set:
-            yield done[index]
-            continue
-        if cancel():
-            return
-        try:
-            value = predict_image(ref.key, item, output, options)
-            if "plan" in value:
-                value = run_tiled(_call, ref.key, item, output, options, value["plan"])
-        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the batch
-            value = _failure(item, exc)
-        yield _finished(_result(index, item, value), manifest, on_done)
+    ref, options, output = run.ref, run.options, run.output
+    with registered(ref) as seg:
+        todo_set = set(run._todo)
+        for index, item in enumerate(run.items):
+            if index not in todo_set:
+                yield run._done[index]
+                continue
+            if cancel():
+                return
+            try:
+                value = predict_image(ref.key, item, output, options, seg=seg, reader=run.reader)
+                if "plan" in value:
+                    value = run_tiled(_call, ref.key, item, output, options, value["plan"])
+            except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the batch
+                value = _failure(item, exc)
+            yield _finished(_result(index, item, value), run.manifest, on_done)
 
 
 def _failure(item: InputItem, exc: BaseException) -> dict:

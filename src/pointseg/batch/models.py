@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import threading
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pointseg.errors import PointsegError
@@ -30,15 +31,27 @@ class ModelKey:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What a process needs to load the model: the file's bytes and how to load it."""
+    """What a process needs to load the model: the file's bytes and how to load it. ``live``: the fitted
+    model these bytes were saved from, when the caller has one in this process (never sent to workers)."""
 
     data: bytes
     key: ModelKey
+    live: object = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_bytes(cls, data: bytes, weights=None, min_region=None, engine=None) -> "ModelRef":
         sha = hashlib.sha256(data).hexdigest()
         return cls(data, ModelKey(sha, None if weights is None else str(weights), min_region, engine))
+
+    def with_live(self, model) -> "ModelRef":
+        return ModelRef(self.data, self.key, model)
+
+    def __getstate__(self):  # pickled for a worker plugin: the bytes, not this process's live object
+        return {"data": self.data, "key": self.key, "live": None}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
 
 def register(ref: ModelRef):
@@ -49,6 +62,25 @@ def register(ref: ModelRef):
             seg = _load(ref)
             _MODELS[ref.key] = seg
         return seg
+
+
+@contextmanager
+def registered(ref: ModelRef):
+    """The model of ``ref`` for an in-process run: its live object while the run lasts (tile tasks find it
+    by key; it is not kept afterwards, the caller owns it), else loaded once into this process's cache."""
+    if ref.live is None:
+        yield register(ref)
+        return
+    with _LOCK:
+        mine = ref.key not in _MODELS
+        if mine:
+            _MODELS[ref.key] = ref.live
+    try:
+        yield _MODELS[ref.key]
+    finally:
+        if mine:
+            with _LOCK:
+                _MODELS.pop(ref.key, None)
 
 
 def model_for(key: ModelKey):

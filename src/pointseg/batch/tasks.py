@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from pointseg import lazyio
 from pointseg.batch.inputs import InputItem
+from pointseg.batch.manifest import fingerprint as input_fingerprint
 from pointseg.batch.models import ModelKey, model_for
 from pointseg.errors import PointsegError
 
@@ -64,15 +65,32 @@ def parse_ng_rule(text: str):
 
 def ng_rule_for(seg, options: BatchOptions):
     """The OK/NG rule of a batch: ``--ng-rule`` when given, else the one learned with the model."""
-    return parse_ng_rule(options.ng_rule) if options.ng_rule is not None else seg.ng_rule_
+    from pointseg.decision import NGRule
+
+    if options.ng_rule is not None:
+        return parse_ng_rule(options.ng_rule)
+    return getattr(seg, "ng_rule_", None) or NGRule(source="default: NG when any region is found")
 
 
-def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOptions) -> dict:
-    """Predict one image and write its outputs; errors in the input come back as ``{"error": ...}``."""
+def ng_area_for(seg, options: BatchOptions) -> float | None:
+    """The area rule of a batch: ``--ng-area`` when given; else the model's own (``ng_area_``, the app's NG
+    setting recorded in the model file) unless ``--ng-rule`` asks for another rule."""
+    if options.ng_area is not None or options.ng_rule is not None:
+        return options.ng_area
+    return getattr(seg, "ng_area_", None)
+
+
+def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOptions, *, seg=None,
+                  reader=None) -> dict:
+    """Predict one image and write its outputs; errors in the input come back as ``{"error": ...}``.
+
+    ``seg``: the model when the caller has it (in-process), else this process's loaded one for ``key``.
+    ``reader(item)``: ``{"image", "fingerprint"}`` from the caller instead of reading ``item.location``.
+    """
     start = time.perf_counter()
     try:
-        seg = model_for(key)
-        found = _read_input(item.location, options)
+        seg = seg if seg is not None else model_for(key)
+        found = reader(item) if reader is not None else _read_input(item.location, options)
         if "plan" in found:
             from pointseg.batch.tiled import plan_tiles
 
@@ -80,18 +98,21 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
                 raise PointsegError(f"{item.name} is predicted in tiles, which runs on the library path; "
                                     "drop --engine onnxruntime/openvino (or raise --tile-above) for it")
 
-            return {"plan": plan_tiles(seg, found["plan"], found["fingerprint"], ng_rule_for(seg, options))}
+            plan = plan_tiles(seg, found["plan"], found["fingerprint"], ng_rule_for(seg, options))
+            return {"plan": {**plan, "ng_area": ng_area_for(seg, options)}}
         from pointseg.decision import decide_labels
         from pointseg.outputs import summarize
 
-        rgb = found["rgb"]
         rule = ng_rule_for(seg, options)
-        result = seg.predict_full(rgb, probabilities=options.probabilities is not None or rule.score == "quantile")
-        outputs = write_outputs(seg, item, output, options, rgb, result)
-        decision = decide_labels(result.labels, result.probabilities, rule, seg.background_)
-        measures = {"height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
-                    **summarize(result.labels, seg.classes_, options.ng_area, seg.background_, decision)}
-        return {"measures": measures, "outputs": outputs, "fingerprint": found["fingerprint"],
+        image = found["image"] if "image" in found else found["rgb"]
+        result = seg.predict_full(image, probabilities=options.probabilities is not None or rule.score == "quantile")
+        outputs = write_outputs(seg, item, output, options, found.get("rgb"), result)
+        background = int(getattr(seg, "background_", 0))
+        decision = decide_labels(result.labels, result.probabilities, rule, background)
+        height, width = result.labels.shape
+        measures = {"height": int(height), "width": int(width),
+                    **summarize(result.labels, seg.classes_, ng_area_for(seg, options), background, decision)}
+        return {"measures": measures, "outputs": outputs, "fingerprint": found.get("fingerprint", {}),
                 "seconds": time.perf_counter() - start}
     except PointsegError as exc:
         return {"error": str(exc), "seconds": time.perf_counter() - start}
@@ -109,7 +130,7 @@ def _read_input(location: str, options: BatchOptions) -> dict:
         lazy = lazyio.open_lazy(location, channels)
         try:
             h, w = lazy.shape
-            fingerprint = {**lazyio.stat(location), "sha256": _fingerprint_hash(location)}
+            fingerprint = input_fingerprint(location)
             if h * w > options.tile_above_pixels:
                 return {"plan": {"location": location, "shape": (h, w), "dtype": str(lazy.dtype)},
                         "fingerprint": fingerprint}
@@ -120,7 +141,7 @@ def _read_input(location: str, options: BatchOptions) -> dict:
         finally:
             lazy.close()
     rgb, data = lazyio.read_whole(location)
-    return {"rgb": rgb, "fingerprint": {**lazyio.stat(location), "sha256": lazyio.content_hash(data)}}
+    return {"rgb": rgb, "fingerprint": input_fingerprint(location, data)}
 
 
 def _tiff_needs_lazy(location: str, channels, threshold: int) -> bool:
@@ -130,17 +151,13 @@ def _tiff_needs_lazy(location: str, channels, threshold: int) -> bool:
     return h * w > threshold
 
 
-def _fingerprint_hash(location: str) -> str:
-    if location.rstrip("/").lower().endswith(lazyio.ZARR_SUFFIXES):
-        return lazyio.tree_hash(location)
-    return lazyio.content_hash(lazyio.read_bytes(location)) if lazyio.is_local(location) else ""
-
-
 def write_outputs(seg, item: InputItem, output: str, options: BatchOptions, rgb, result) -> list[str]:
     """Label PNG (+ overlay, probabilities) of one image, each written atomically; names relative to OUT."""
     from pointseg.outputs import label_png_bytes, overlay_png_bytes, probabilities_bytes
 
     files = {f"{item.stem}.png": lambda: label_png_bytes(result.labels, seg.colors_)}
+    if options.overlay and rgb is None:  # a reader gave features, not pixels
+        rgb = lazyio.read_whole(item.location)[0]
     if options.overlay:
         files[f"{item.stem}_overlay.png"] = lambda: overlay_png_bytes(rgb, result.labels, seg.colors_)
     if options.probabilities is not None:

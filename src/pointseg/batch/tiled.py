@@ -113,7 +113,8 @@ def run_tiled(submit, key: ModelKey, item: InputItem, output: str, options, plan
     if job.context:
         scored = [submit(context_tile, key, job, box, base) for box in context_boxes(job)]
     tiles = [submit(label_tile, key, job, core, value_range, scored) for core, _ in boxes]
-    return submit(finish, key, job, item, output, options.ng_area, plan["rule"], [core for core, _ in boxes], tiles,
+    ng_area = plan.get("ng_area", options.ng_area)  # resolved with the model (its own rule) by predict_image
+    return submit(finish, key, job, item, output, ng_area, plan["rule"], [core for core, _ in boxes], tiles,
                   plan["fingerprint"])
 
 

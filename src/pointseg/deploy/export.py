@@ -282,6 +282,7 @@ def graph_metadata(seg, model_path, version: str) -> dict:
         "colors": list(seg.colors_),
         "background_class": int(getattr(seg, "background_", 0)),
         "ng_rule": rule.as_dict() if rule is not None else None,
+        "ng_area": getattr(seg, "ng_area_", None),  # the app's NG setting: applied by the runner's summary
         "min_region": int((getattr(seg, "model_metadata_", {}) or {}).get("params", {}).get("min_region", 0) or 0),
         "smoothing": float(seg.smoothing_),
         "backbone": seg.extractor.backbone,

@@ -23,6 +23,7 @@ class GraphPredictor:
         self.classes_, self.colors_ = list(runner.classes), list(runner.colors)
         self.background_ = runner.background
         self.ng_rule_ = getattr(seg, "ng_rule_", None) or runner.rule
+        self.ng_area_ = getattr(seg, "ng_area_", None)
         self.min_region = int(seg.min_region or 0)
 
     def predict_full(self, image, probabilities: bool = True):

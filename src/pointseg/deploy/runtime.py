@@ -128,6 +128,8 @@ class Runner:
         self.min_region: int = int(self.metadata.get("min_region", 0))
         raw_rule = self.metadata.get("ng_rule")
         self.rule = NGRule.from_dict(raw_rule) if raw_rule else NGRule()
+        #: the model's area rule (the app's NG setting), applied by :meth:`summary` unless told otherwise
+        self.ng_area: float | None = self.metadata.get("ng_area")
 
     def _graph(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         proba, labels = self.session.run({"images": batch})
@@ -206,7 +208,10 @@ class Runner:
         return decide_labels(result.labels.astype(np.int64), result.probabilities, rule, self.background)
 
     def summary(self, result: RunResult, ng_area: float | None = None, rule: NGRule | None = None) -> dict:
-        """The row ``pointseg predict`` writes to summary.csv for this image (without name and size)."""
+        """The row ``pointseg predict`` writes to summary.csv for this image (without name and size); its
+        ``status`` follows ``ng_area``, else ``rule``, else the model's area rule, else its NG rule."""
+        if ng_area is None and rule is None:
+            ng_area = self.ng_area
         decision = self.decide(result, rule)
         return summarize(result.labels.astype(np.int64), self.classes, ng_area, self.background, decision)
 

@@ -118,7 +118,7 @@ def create_service(runner, settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/model", dependencies=[Depends(authorised)])
     def model() -> dict:
-        keys = ("classes", "colors", "background_class", "ng_rule", "min_region", "backbone", "features",
+        keys = ("classes", "colors", "background_class", "ng_rule", "ng_area", "min_region", "backbone", "features",
                 "pointseg_version", "model_sha256", "model_file", "export_check")
         return {k: runner.metadata.get(k) for k in keys} | {"engine": runner.engine}
 
@@ -198,7 +198,7 @@ def _result_json(runner, result, name, with_png: bool) -> dict:
     row = runner.summary(result)
     areas = np.bincount(result.labels.ravel(), minlength=len(runner.classes))
     out = {
-        "status": decision.status,
+        "status": row["status"],  # the model's area rule (the app's NG setting) when it has one, else the NG rule
         "score": decision.score,
         "threshold": decision.threshold,
         "size": list(result.labels.shape),

@@ -24,10 +24,13 @@ import numpy as np
 from pointseg.errors import PointsegError
 from pointseg.fileio import atomic_write_bytes
 from pointseg.lru import ByteLRU
-from pointseg.server import render
+from pointseg.server.guards import public_message, scrub_paths
 from pointseg.server.store import ProjectStore, TrainingSet
 
 log = logging.getLogger("pointseg.server")
+
+#: the project's sub-folder "predict all" writes into (through pointseg.batch)
+BATCH_FOLDER = "predictions"
 
 #: what a user sees before there is anything to train on
 NO_MODEL_MESSAGE = "Add two classes and click points of both to train."
@@ -220,6 +223,9 @@ class ModelService:
             seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
         except PointsegError as exc:
             return self._error(common, str(exc))
+        # the project's NG setting goes with the model: its file records it, and `pointseg predict`, the
+        # deploy runner and "predict all" apply it (pointseg.batch.tasks.ng_area_for)
+        seg.ng_area_ = ts.settings.get("ng_area")
         t2 = time.perf_counter()
         if is_stale():
             return None
@@ -272,15 +278,65 @@ class ModelService:
         self.results.put(key, res)
         return res
 
-    def predict_to_store(self, model: ModelState, image_id: int) -> None:
-        """Predict one image for "predict all": label PNG under ``predictions/``, stats in the store."""
-        res = self.predict(model, image_id)
-        rel = f"predictions/{image_id}.png"
-        atomic_write_bytes(self.store.dir / rel, render.label_png(res.labels, res.colors))
-        stats = render.label_stats(res.labels, res.classes, background=res.background,
-                                   ng_area=model.settings.get("ng_area"))
-        self.store.set_prediction(image_id, res.rev, "ok", rel, stats, model_sig=model.signature)
-        self.store.set_image_error(image_id, None)
+    # ------------------------------------------------------------------ predict all (pointseg.batch)
+    def batch_folder(self) -> Path:
+        """Where "predict all" writes, as ``pointseg predict -o`` would: ``<id>.png`` label PNGs, the run
+        manifest (what resume reads) and ``summary.csv``."""
+        return self.store.dir / BATCH_FOLDER
+
+    def plan_batch(self, model: ModelState, image_ids: list[int],
+                   feature_error: Callable[[int], str | None] = lambda image_id: None):
+        """The "predict all" run of ``image_ids`` with ``model``: a :class:`pointseg.batch.BatchRun`, the
+        CLI's engine in this process, resumed from its manifest (images this very model predicted, whose
+        files are unchanged, are taken over). It predicts from the feature maps the features thread made
+        (``feature_error(id)``: that thread's message for an image it could not read). ``None`` when no
+        image is left (deleted meanwhile)."""
+        from pointseg.batch import BatchRun, InputItem
+
+        names = {img["id"]: img["name"] for img in self.store.list_images()}
+        items = []
+        for image_id in image_ids:
+            if image_id in names:
+                items.append(InputItem(str(self.store.image_file(image_id)), names[image_id], str(image_id)))
+        if not items:
+            return None
+        return BatchRun(model.require().segmenter, items, str(self.batch_folder()), resume=True,
+                        reader=self._batch_reader(feature_error))
+
+    def _batch_reader(self, feature_error: Callable[[int], str | None]):
+        """The engine's reader for the app: the image's cached FeatureMap (never the network again), and
+        the file's fingerprint for the manifest."""
+        from pointseg.batch.manifest import fingerprint
+
+        def read(item) -> dict:
+            image_id = int(item.stem)
+            error = feature_error(image_id)
+            if error is not None:
+                raise PointsegError(error)
+            try:
+                fmap = self.features.get(image_id)
+            except Exception as exc:  # noqa: BLE001 - an unreadable image: a one-line error without paths
+                raise PointsegError(public_message(exc)) from None
+            try:
+                fp = fingerprint(item.location)
+            except (OSError, ValueError, PointsegError):
+                fp = {}  # no fingerprint: the image is simply not resumable
+            return {"image": fmap, "fingerprint": fp}
+        return read
+
+    def store_batch_result(self, model: ModelState, image_id: int, result) -> str | None:
+        """Record one engine result in the store (the label PNG and the engine's summary row, which the
+        page's badges and the exported summary.csv read); returns the error of a failed image."""
+        if result.ok:
+            label = next(o for o in result.outputs if o.endswith(".png"))
+            self.store.set_prediction(image_id, model.rev, "ok", f"{BATCH_FOLDER}/{label}", result.measures,
+                                      model_sig=model.signature)
+            self.store.set_image_error(image_id, None)
+            return None
+        error = scrub_paths(result.error or "prediction failed")
+        self.store.set_image_error(image_id, error)
+        self.store.set_prediction(image_id, model.rev, "failed", None, {"error": error}, model_sig=model.signature)
+        return error
 
     def forget_image(self, image_id: int) -> None:
         self.features.forget(image_id)

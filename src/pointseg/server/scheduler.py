@@ -104,9 +104,15 @@ class Scheduler:
         self.batch: dict = {"id": 0, "running": False, "waiting": False, "done": 0, "skipped": 0,
                             "resumed": False, "total": 0,
                             "failed": 0, "rev": None, "cancelled": False, "seconds": 0.0, "message": None}
-        self._batch_queue: list[int] = []
+        self._batch_queue: list[int] = []      # ids the run has still to predict, in its order
         self._batch_cancel = False
         self._batch_started = 0.0
+        # the run (pointseg.batch.BatchRun) planned for the model it was planned with; its results are drawn
+        # one per step on the model thread only (_batch_results belongs to that thread)
+        self._batch_run = None
+        self._batch_run_model: ModelState | None = None
+        self._batch_results = None
+        self._batch_results_of = None
         self.cancelled_fits = 0
         self._threads = [threading.Thread(target=self._model_loop, name="pointseg-model", daemon=True),
                          threading.Thread(target=self._feature_loop, name="pointseg-features", daemon=True)]
@@ -199,8 +205,9 @@ class Scheduler:
         return fut
 
     def start_batch(self, image_ids: list[int]) -> dict:
-        """Start "predict all" over ``image_ids``. Images whose stored prediction is from the current model
-        are skipped (so a run after Stop resumes); while the model is (re)training the run waits for it."""
+        """Start "predict all" over ``image_ids`` through :mod:`pointseg.batch` (the CLI's engine). Images
+        the current model has predicted already (the run's manifest says so, and their files are unchanged)
+        are skipped, so a run after Stop resumes; while the model is (re)training the run waits for it."""
         with self._cond:
             m = self.model
             training = self._edit_rev > m.rev or m.status == "none"
@@ -211,22 +218,40 @@ class Scheduler:
                     raise NoModel(why)
             elif m.status != "ok":
                 raise NoModel(m.message)
-            # images the current model has predicted already count as done from the start (a resumed run
-            # shows its progress so far); while a model is pending, the steps check each image instead
-            current = set() if training or m.status != "ok" else self._current_predictions(m)
-            self._batch_queue = [i for i in image_ids if i not in current]
-            skipped = len(image_ids) - len(self._batch_queue)
+        # planned here (reads the manifest, hashes the inputs it lists) so the reply shows the resumed
+        # progress; while a model is pending, the first step plans with the model it gets
+        run = None if training else self.service.plan_batch(m, image_ids, self._feature_error)
+        resumed = [] if run is None else self._take_over(m, run)
+        with self._cond:
+            self._batch_run, self._batch_run_model = run, (None if run is None else m)
+            todo = set(image_ids) if run is None else {int(item.stem) for item in run.todo}
+            self._batch_queue = [i for i in image_ids if i in todo]
+            skipped = len(resumed)
             self._batch_cancel = False
             self._batch_started = time.monotonic()
-            self.batch = {"id": self.batch["id"] + 1, "running": True, "waiting": m.status != "ok" or training,
-                          "done": skipped, "skipped": skipped, "resumed": skipped > 0, "total": len(image_ids),
+            self.batch = {"id": self.batch["id"] + 1, "running": True, "waiting": training, "done": skipped,
+                          "skipped": skipped, "resumed": skipped > 0, "total": len(image_ids),
                           "failed": 0, "rev": m.rev, "cancelled": False, "seconds": 0.0, "message": None}
             self._cond.notify_all()
             event = {"type": "batch", **self.batch}
-        for i in image_ids[:2]:
+        for i in self._batch_queue[:2]:
             self.request_features(i, PRIO_BATCH)
         self.events.publish(event)
         return dict(self.batch)
+
+    def _take_over(self, m: ModelState, run) -> list[int]:
+        """Ids of the images ``run`` resumes; their store rows follow the manifest (a run killed between
+        its manifest line and its store row left the row behind)."""
+        ids = [int(r.item.stem) for r in run.resumed]
+        current = self._current_predictions(m)
+        for r in run.resumed:
+            if int(r.item.stem) not in current:
+                self.service.store_batch_result(m, int(r.item.stem), r)
+        return ids
+
+    def _feature_error(self, image_id: int) -> str | None:
+        with self._fcond:
+            return self._feature_errors.get(image_id)
 
     def cancel_batch(self) -> dict:
         with self._cond:
@@ -485,8 +510,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ predict all
     def _batch_step(self) -> None:
+        """One image of "predict all" (then the model thread looks at clicks again): plan the run with the
+        current model if it changed, wait for the image's features, draw the engine's next result."""
         with self._cond:
             m = self.model
+            run_id = self.batch["id"]
             finished = self._batch_cancel or not self._batch_queue
             if not finished and m.status != "ok":
                 if self._edit_rev > m.rev or m.status == "none":
@@ -499,17 +527,22 @@ class Scheduler:
                 self.batch.update(running=False, waiting=False, cancelled=self._batch_cancel,
                                   seconds=round(time.monotonic() - self._batch_started, 2))
                 self._batch_queue = []
+                ended = self._batch_run
+                self._batch_run = self._batch_run_model = None
                 self._cond.notify_all()
                 event = {"type": "batch", **self.batch}
             else:
                 self.batch.update(waiting=False, rev=m.rev)
                 event = None
                 image_id = self._batch_queue[0]
+                run, planned_with = self._batch_run, self._batch_run_model
         if event is not None:
+            complete = not event["cancelled"] and event["message"] is None
+            self._close_batch_results(ended if complete else None)
             self.events.publish(event)
             return
-        if self._is_current(image_id, m):
-            self._batch_advance(image_id, "skipped")
+        if run is None or planned_with is not m:
+            self._replan_batch(m, run_id)          # a new model: the images left, with it
             return
         with self._fcond:
             error = self._feature_errors.get(image_id)
@@ -520,35 +553,81 @@ class Scheduler:
             return
         for nxt in self._batch_queue[1:3]:
             self.request_features(nxt, PRIO_BATCH)
-        if error is None:
-            try:
-                self.service.predict_to_store(m, image_id)
-            except Exception as exc:  # noqa: BLE001 - a failed image is marked and the batch moves on
-                error = public_message(exc)
+        result = self._next_batch_result(run)
+        if result is None or int(result.item.stem) != image_id:
+            if not self._batch_cancel:              # (a Stop just now ends the run at the next step)
+                log.error("predict all: the run lost its place at image %s", image_id)   # a bug
+                with self._cond:
+                    self._batch_run = None          # plan again over what is left
+            return
+        try:
+            error = self.service.store_batch_result(m, image_id, result)
+        except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: the image counts as failed
+            error = public_message(exc)
         if error is not None:
             log.warning("predict all: image %s failed: %s", image_id, error)
-            self._mark_failed(image_id, error)
-            try:
-                self.store.set_prediction(image_id, m.rev, "failed", None, {"error": error},
-                                          model_sig=m.signature)
-            except Exception:  # noqa: BLE001 - e.g. the disk is full; still move on
+        self._batch_advance(image_id, "failed" if error is not None else "done", error, run_id)
+
+    def _replan_batch(self, m: ModelState, run_id: int) -> None:
+        with self._cond:
+            ids = list(self._batch_queue)
+        try:
+            run = self.service.plan_batch(m, ids, self._feature_error)
+        except Exception as exc:  # noqa: BLE001 - e.g. the project folder is read-only: say so, stop
+            with self._cond:
+                if self.batch["id"] == run_id:
+                    self.batch["message"] = public_message(exc)
+                    self._batch_queue = []
+            return
+        resumed = [] if run is None else self._take_over(m, run)
+        with self._cond:
+            if self.batch["id"] != run_id:
+                return                              # a new run started meanwhile
+            self._batch_run, self._batch_run_model = run, m
+            todo = set() if run is None else {int(item.stem) for item in run.todo}
+            self._batch_queue = [i for i in ids if i in todo]
+        for image_id in resumed:
+            self._batch_advance(image_id, "skipped", None, run_id)
+        for image_id in set(ids) - todo - set(resumed):
+            self._batch_advance(image_id, "failed", "the image was deleted", run_id)
+
+    def _next_batch_result(self, run):
+        """The engine's next result for an image it predicts (results it resumes were counted when the run
+        was planned); the results iterator lives on this, the model thread."""
+        if self._batch_results_of is not run:
+            self._close_batch_results()
+            self._batch_results = run.results(cancel=lambda: self._batch_cancel)
+            self._batch_results_of = run
+        for result in self._batch_results:
+            if not result.resumed:
+                return result
+        self._close_batch_results()                 # exhausted: summary.csv written
+        return None
+
+    def _close_batch_results(self, finished=None) -> None:
+        """End the engine's results iterator. ``finished``: the run that just predicted its last image; its
+        remaining (resumed) results are taken first, so the engine writes its summary.csv and manifest as
+        `pointseg predict` does. Closing early keeps every finished manifest line."""
+        if finished is not None:
+            if self._batch_results_of is not finished:     # everything was resumed: nothing drawn yet
+                self._close_batch_results()
+                self._batch_results, self._batch_results_of = finished.results(), finished
+            for _ in self._batch_results:                   # only resumed results are left: no work
                 pass
-        self._batch_advance(image_id, "failed" if error is not None else "done", error)
+        if self._batch_results is not None:
+            self._batch_results.close()
+        self._batch_results = self._batch_results_of = None
 
     def _current_predictions(self, m: ModelState) -> set[int]:
         """Ids of the images whose stored prediction is from model ``m`` (one query)."""
         return {i["id"] for i in self.store.list_images(model_sig=m.signature)
                 if i["prediction"] is not None and i["prediction"]["status"] == "ok" and not i["prediction_stale"]}
 
-    def _is_current(self, image_id: int, m: ModelState) -> bool:
-        try:
-            p = self.store.prediction(image_id)
-        except Exception:  # noqa: BLE001
-            return False
-        return p is not None and p["status"] == "ok" and p["model_sig"] == m.signature
-
-    def _batch_advance(self, image_id: int, outcome: str, error: str | None = None) -> None:
+    def _batch_advance(self, image_id: int, outcome: str, error: str | None = None,
+                       run_id: int | None = None) -> None:
         with self._cond:
+            if run_id is not None and self.batch["id"] != run_id:
+                return                              # a result of a run that was replaced
             if self._batch_queue and self._batch_queue[0] == image_id:
                 self._batch_queue.pop(0)
             self.batch["done"] += 1

@@ -167,9 +167,115 @@ class AnnotationsOut(_Out):
     history: HistoryOut
 
 
+class EraseOut(_Out):
+    rev: int
+    removed: list[int] = Field(description="ids of the annotations erased")
+    history: HistoryOut
+
+
+class HistoryEditOut(_Out):
+    id: int
+    kind: str
+
+
+class HistoryStepOut(AnnotationsOut):
+    """An undo or redo: the edit taken back (null: nothing to undo / redo) and the image's annotations."""
+
+    edit: HistoryEditOut | None
+
+
 class BatchOut(_Out):
     id: int
     running: bool
     done: int
     total: int
     failed: int
+    waiting: bool = Field(description="waiting for the model to finish (re)training")
+    skipped: int = Field(description="images taken over from an earlier run (resumed) or already current")
+    resumed: bool
+    rev: int | None = Field(description="revision of the model predicting (null before the first run)")
+    cancelled: bool
+    seconds: float
+    message: str | None = Field(description="why the run stopped early, if it did")
+
+
+class ModelOut(_Out):
+    """The model the server predicts with (:meth:`ModelState.public`)."""
+
+    rev: int = Field(description="annotation revision it was trained on (-1: none yet)")
+    version: int
+    status: Literal["none", "ok", "insufficient", "error"]
+    message: str = Field(description="why there is no usable model, and what to do (empty when ok)")
+    classes: list[str]
+    colors: list[str]
+    background: int = Field(description="index of the background / OK class")
+    signature: str
+    report: dict[str, Any] | None = Field(description="training report (point accuracy, cross-validation …)")
+    timings: dict[str, Any]
+    cv_done: bool
+
+
+class FeatureCacheOut(_Out):
+    cache_hits: int
+    cache_misses: int
+
+
+class StatusOut(_Out):
+    """What the page polls: the project revision, the model, "predict all", whether it is retraining."""
+
+    rev: int
+    model: ModelOut
+    batch: BatchOut
+    training: bool = Field(description="edits newer than the model: a fit is pending or running")
+    edit_rev: int
+    cancelled_fits: int
+    features: FeatureCacheOut
+
+
+class ProjectOut(StatusOut):
+    """The project as a whole: its name, method, settings, counts and the status."""
+
+    name: str
+    backbone: str
+    method: dict[str, Any] = Field(description="the method's main parameters (backbone, features, smoothing …)")
+    settings: SettingsOut
+    n_images: int
+    n_annotations: int
+    n_classes: int
+    schema_version: int
+    token_required: bool
+    max_upload_bytes: int
+
+
+class ModelVersionOut(_Out):
+    id: int
+    rev: int
+    created_at: float
+    classes: list[str]
+    report: dict[str, Any]
+    timings: dict[str, Any]
+
+
+class ModelVersionsOut(_Out):
+    versions: list[ModelVersionOut]
+
+
+class SuggestionOut(_Out):
+    """A place to click next: the centre of an uncertain region."""
+
+    x: float
+    y: float
+    score: float = Field(description="mean uncertainty of the region, 0..1")
+    radius: float
+
+
+class SuggestionsOut(_Out):
+    rev: int
+    suggestions: list[SuggestionOut]
+
+
+class StatsOut(_Out):
+    """The live prediction's summary row: ``fraction_<class>`` for every class, ``regions_<class>`` for every
+    finding class, ``status`` (OK/NG) when the project has an NG setting."""
+
+    rev: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from pointseg.server.deps import SchedulerDep, StoreDep
-from pointseg.server.schemas import AnnotationsIn, AnnotationsOut, EraseIn, ImageId
+from pointseg.server.schemas import AnnotationsIn, AnnotationsOut, EraseIn, EraseOut, HistoryStepOut, ImageId
 
 router = APIRouter(prefix="/api/images/{image_id}", tags=["annotations"])
 
@@ -14,14 +14,14 @@ def annotations(image_id: ImageId, store: StoreDep):
     return {"rev": store.rev(), "annotations": store.annotations(image_id), "history": store.history(image_id)}
 
 
-@router.post("/annotations", status_code=201)
+@router.post("/annotations", status_code=201, response_model=AnnotationsOut)
 def add_annotations(image_id: ImageId, body: AnnotationsIn, store: StoreDep, scheduler: SchedulerDep):
     anns, rev = store.add_annotations(image_id, [i.model_dump() for i in body.items])
     scheduler.changed(rev, what="annotations", image_id=image_id)
     return {"rev": rev, "annotations": anns, "history": store.history(image_id)}
 
 
-@router.post("/erase")
+@router.post("/erase", response_model=EraseOut)
 def erase(image_id: ImageId, body: EraseIn, store: StoreDep, scheduler: SchedulerDep):
     ids, rev = store.erase(image_id, [list(p) for p in body.points], body.radius)
     if rev is not None:
@@ -37,11 +37,11 @@ def _history_step(image_id: int, store, scheduler, undo: bool) -> dict:
             "history": store.history(image_id)}
 
 
-@router.post("/undo")
+@router.post("/undo", response_model=HistoryStepOut)
 def undo(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep):
     return _history_step(image_id, store, scheduler, undo=True)
 
 
-@router.post("/redo")
+@router.post("/redo", response_model=HistoryStepOut)
 def redo(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep):
     return _history_step(image_id, store, scheduler, undo=False)

@@ -14,7 +14,8 @@ from fastapi.responses import FileResponse, Response
 from pointseg.server import render
 from pointseg.server.deps import SchedulerDep, ServicesDep, StoreDep
 from pointseg.server.model_service import Result
-from pointseg.server.schemas import BatchIn, BatchOut, ImageId
+from pointseg.server.schemas import (BatchIn, BatchOut, ImageId, ModelOut, ModelVersionsOut, StatsOut,
+                                     SuggestionsOut)
 from pointseg.server.store import StoreError
 
 router = APIRouter(prefix="/api", tags=["model"])
@@ -69,7 +70,7 @@ async def overlay(image_id: ImageId, services: ServicesDep,
         "X-Timings": json.dumps(timings, separators=(",", ":"))})
 
 
-@router.get("/images/{image_id}/suggestions")
+@router.get("/images/{image_id}/suggestions", response_model=SuggestionsOut)
 async def suggestions(image_id: ImageId, services: ServicesDep, n: Annotated[int, Query(ge=1, le=20)] = 5,
                       min_rev: MinRev = None):
     res = await _result(services, image_id, min_rev, 60.0)
@@ -80,7 +81,7 @@ async def suggestions(image_id: ImageId, services: ServicesDep, n: Annotated[int
     return {"rev": res.rev, "suggestions": picks}
 
 
-@router.get("/images/{image_id}/stats")
+@router.get("/images/{image_id}/stats", response_model=StatsOut)
 async def stats(image_id: ImageId, services: ServicesDep, min_rev: MinRev = None):
     """Class fractions and regions of the live prediction (regions count every class but the background)."""
     res = await _result(services, image_id, min_rev, 60.0)
@@ -100,12 +101,12 @@ def stored_prediction(image_id: ImageId, store: StoreDep):
                         headers={"Cache-Control": "no-store", "X-Model-Rev": str(p["rev"])})
 
 
-@router.get("/model")
+@router.get("/model", response_model=ModelOut)
 def model(scheduler: SchedulerDep):
     return scheduler.status()["model"]
 
 
-@router.get("/model/versions")
+@router.get("/model/versions", response_model=ModelVersionsOut)
 def model_versions(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50):
     return {"versions": store.model_versions(limit)}
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from pointseg.server.deps import SchedulerDep, ServicesDep, StoreDep
-from pointseg.server.schemas import SettingsOut, SettingsPatch
+from pointseg.server.schemas import ProjectOut, SettingsOut, SettingsPatch, StatusOut
 
 router = APIRouter(prefix="/api", tags=["project"])
 
 
-@router.get("/project")
+@router.get("/project", response_model=ProjectOut)
 def project(services: ServicesDep):
     s, store, scheduler = services.settings, services.store, services.scheduler
     params = services.features.base.get_params()
@@ -19,7 +19,7 @@ def project(services: ServicesDep):
             "max_upload_bytes": s.max_upload_bytes}
 
 
-@router.get("/status")
+@router.get("/status", response_model=StatusOut)
 def status(store: StoreDep, scheduler: SchedulerDep):
     return {"rev": store.rev(), **scheduler.status()}
 
