@@ -234,7 +234,7 @@ RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertain
 #: rankings whose priorities are comparable between images scored one at a time (the app scores image by image)
 PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
-DEFAULT_RANKING = "diversity"
+DEFAULT_RANKING = "uncertain_diverse"
 
 
 def class_rarity(seg) -> np.ndarray:
