@@ -216,7 +216,7 @@ def _run_parts(kw) -> None:
     factories = _segmenter_factories(kw, dataset, options, "parts")
     result = run_parts(dataset, factories, config)
     out = Console()
-    out.print(markdown_parts(result), markup=False, highlight=False)
+    out.print(markdown_parts(result), markup=False, highlight=False, soft_wrap=True)
     if kw["json_out"]:
         kw["json_out"].write_text(json.dumps(result, indent=1))
         out.print(f"JSON: {kw['json_out']}")
@@ -286,9 +286,9 @@ def _run_folder(kw) -> None:
         progress = (lambda d: err.print(d, highlight=False)) if kw["progress"] else None
         results[name] = run_folder(dataset, lambda make=make: make().set_params(cross_validate=False), config,
                                    on_progress=progress)
-        out.print(f"\n{dataset.name} · {name} · held-out defect IoU (mean ±sd over {len(config.seeds)} seeds) "
-                  f"against total clicks", markup=False, highlight=False)
-        out.print(markdown_folder(results[name]), markup=False, highlight=False)
+        out.print(f"\n{dataset.name} · {name} · held-out defect IoU (mean ±sd over {len(config.seeds)} seed{'s' * (len(config.seeds) != 1)}) "
+                  f"against total clicks", markup=False, highlight=False, soft_wrap=True)
+        out.print(markdown_folder(results[name]), markup=False, highlight=False, soft_wrap=True)
     if kw["json_out"]:
         payload = {"protocol": "folder", "dataset": dataset.name, "methods": results}
         atomic_write_bytes(Path(kw["json_out"]), json.dumps(payload, indent=1).encode())
