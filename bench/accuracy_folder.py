@@ -30,7 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--datasets", nargs="+", default=["magnetic_tile", "crackforest", "neu_seg"])
     ap.add_argument("--seeds", default="0-5")
-    ap.add_argument("--orders", default="random,diversity,uncertainty")
+    ap.add_argument("--orders", default="random,uncertain_diverse,uncertainty,diversity")
     ap.add_argument("--per-image", type=int, default=5)
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--test", type=int, default=10)

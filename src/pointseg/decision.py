@@ -228,12 +228,13 @@ def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
 #: ``"uncertainty"`` / ``"margin"`` look at the prediction only; ``"rare_class"`` weighs each class's predicted
 #: share of the image by how few marks it has; ``"diversity"`` is the image's distance in feature space from the
 #: annotated images (needs them: ``annotated=``); ``"dense_uncertainty"`` is the uncertainty times how typical
-#: the image is of the candidates (information density: pure uncertainty tends to pick outliers).
-RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertainty")
+#: the image is of the candidates (information density: pure uncertainty tends to pick outliers);
+#: ``"uncertain_diverse"`` is the uncertainty times the diversity (uncertain *and* unlike what is annotated).
+RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertainty", "uncertain_diverse")
 #: rankings whose priorities are comparable between images scored one at a time (the app scores image by image)
 PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
-DEFAULT_RANKING = "diversity"
+DEFAULT_RANKING = "uncertain_diverse"
 
 
 def class_rarity(seg) -> np.ndarray:
@@ -319,6 +320,12 @@ def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotat
         if not annotated:
             raise PointsegError("the 'diversity' ranking needs the annotated images (annotated=...)")
         scores = diversity_scores(seg, images, list(annotated))
+    elif kind == "uncertain_diverse":
+        if not annotated:
+            raise PointsegError("the 'uncertain_diverse' ranking needs the annotated images (annotated=...)")
+        far = diversity_scores(seg, images, list(annotated))
+        scores = [float(np.mean(seg.predict_full(image, probabilities=False).uncertainty)) * d
+                  for image, d in zip(images, far)]
     elif kind == "dense_uncertainty":
         density = density_scores(seg, images)
         scores = [float(np.mean(seg.predict_full(image, probabilities=False).uncertainty)) * float(w)

@@ -49,14 +49,10 @@ def test_ranking_orders_unannotated_images_by_the_measured_criterion(make_server
         for row in data["ranked"]:
             assert row["priority"] == pytest.approx(expect[row["name"]], abs=0.02)
         # the other orders the app offers, each checked against the library on the same model
-        from pointseg.decision import diversity_scores
-
-        for kind in ("uncertainty", "rare_class", "diversity"):
+        paths, annotated = [str(folder / n) for n in names], [str(folder / "part_00.png")]
+        for kind in ("uncertainty", "rare_class", "diversity", "uncertain_diverse"):
             data_k = wait_ranking_complete(c, kind=kind)
-            if kind == "diversity":
-                want = diversity_scores(seg, [str(folder / n) for n in names], [str(folder / "part_00.png")])
-            else:
-                want = [p for _, p in sorted(rank_images_for_annotation(seg, [str(folder / n) for n in names], kind))]
+            want = [p for _, p in sorted(rank_images_for_annotation(seg, paths, kind, annotated=annotated))]
             want_order = [names[i] for i in np.argsort(-np.asarray(want), kind="stable")]
             assert data_k["kind"] == kind and [r["name"] for r in data_k["ranked"]] == want_order, kind
         # annotating the top image takes it off the list

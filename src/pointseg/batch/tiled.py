@@ -10,7 +10,7 @@ A. per tile of the extractor's own tile grid (``spec.tile_margin`` of context, t
    head (K channels instead of hundreds are kept), and the core's stride-16 map (the context stage's input),
    both written to a work zarr in OUT;
 B. the context stage over the assembled stride-16 map: one task while that map has at most
-   :data:`CONTEXT_WHOLE_CELLS` cells (a 32,000 × 32,000 px image; identical to the single process), else
+   :data:`CONTEXT_WHOLE_CELLS` cells (a 4,600 × 4,600 px image; identical to the single process), else
    context tiles with a margin of :data:`CONTEXT_MARGIN` stride-16 cells, which covers the stage's
    receptive field (equal up to float rounding: convolutions over other extents may sum in another order);
    the context scores go to the work zarr at stride 32;
@@ -39,10 +39,13 @@ from pointseg.batch.inputs import InputItem
 from pointseg.batch.models import ModelKey, model_for
 from pointseg.errors import PointsegError
 
-#: phase B runs as one task up to this many stride-16 cells (exactly the single-process computation)
-CONTEXT_WHOLE_CELLS = 4_000_000
-#: stride-32 cells per side of a phase-B tile's core when the context stage is tiled
-CONTEXT_CORE = 512
+#: phase B runs as one task up to this many stride-16 cells (exactly the single-process computation): a
+#: 4,600 x 4,600 px image. The context stage's activations cost ~3.3 KB per stride-16 cell (a one-task pass
+#: over a 20,000 x 20,000 px image peaked at 7.9 GB), so larger maps go in context tiles of bounded memory.
+CONTEXT_WHOLE_CELLS = 288 * 288
+#: stride-32 cells per side of a phase-B tile's core when the context stage is tiled (4,096 px: with its
+#: margin 288 x 288 stride-16 cells, ~0.3 GB, the same bound as the whole-map case)
+CONTEXT_CORE = 128
 #: stride-16 cells of margin around a phase-B tile: the context stage (one stride-2 and three stride-1
 #: 5x5 depthwise blocks) reaches 15 cells; 16 keeps offsets even (stride-2 alignment)
 CONTEXT_MARGIN = 16

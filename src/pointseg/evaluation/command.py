@@ -93,8 +93,8 @@ def evaluate_command(
              "0 = all).")] = 30,
     order: Annotated[str, typer.Option(
         help="Folder protocol: the order(s) compared: both (random and ranking), random, ranking (pointseg's "
-             "default ranking), or a comma list of random and ranking kinds "
-             "(uncertainty, margin, rare_class, diversity).")] = "both",
+             "default ranking, uncertain_diverse), or a comma list of random and ranking kinds "
+             "(uncertainty, margin, rare_class, diversity, dense_uncertainty, uncertain_diverse).")] = "both",
     backbone: Annotated[Optional[str], typer.Option(
         help="Backbone for the 'default' method (and any Segmenter option not set by a spec).",
         show_default=False)] = None,
@@ -216,7 +216,7 @@ def _run_parts(kw) -> None:
     factories = _segmenter_factories(kw, dataset, options, "parts")
     result = run_parts(dataset, factories, config)
     out = Console()
-    out.print(markdown_parts(result), markup=False, highlight=False)
+    out.print(markdown_parts(result), markup=False, highlight=False, soft_wrap=True)
     if kw["json_out"]:
         kw["json_out"].write_text(json.dumps(result, indent=1))
         out.print(f"JSON: {kw['json_out']}")
@@ -286,9 +286,9 @@ def _run_folder(kw) -> None:
         progress = (lambda d: err.print(d, highlight=False)) if kw["progress"] else None
         results[name] = run_folder(dataset, lambda make=make: make().set_params(cross_validate=False), config,
                                    on_progress=progress)
-        out.print(f"\n{dataset.name} · {name} · held-out defect IoU (mean ±sd over {len(config.seeds)} seeds) "
-                  f"against total clicks", markup=False, highlight=False)
-        out.print(markdown_folder(results[name]), markup=False, highlight=False)
+        out.print(f"\n{dataset.name} · {name} · held-out defect IoU (mean ±sd over {len(config.seeds)} seed{'s' * (len(config.seeds) != 1)}) "
+                  f"against total clicks", markup=False, highlight=False, soft_wrap=True)
+        out.print(markdown_folder(results[name]), markup=False, highlight=False, soft_wrap=True)
     if kw["json_out"]:
         payload = {"protocol": "folder", "dataset": dataset.name, "methods": results}
         atomic_write_bytes(Path(kw["json_out"]), json.dumps(payload, indent=1).encode())

@@ -15,7 +15,8 @@ Which file does what (requests flow down this list; imports only go down it too)
 * ``scheduler.py`` — threads, priorities, debounce, futures and events, nothing else: the one place that
   resolves futures and publishes events.
 * ``model_service.py`` — plain calls that return values: fit, predict, cross-validate (the library's one
-  protocol, fold by fold), save; and the feature maps by image id.
+  protocol, fold by fold), save, "predict all" planned and recorded through ``pointseg.batch`` (the CLI's
+  engine, reading the feature maps already computed); and the feature maps by image id.
 * ``exports.py`` — annotation file, summary rows, results zip, model file (run as scheduler jobs).
 * ``media.py`` — image files: folder registration, uploads, display files, thumbnails.
 * ``render.py`` — compact PNG encodings of predictions, summary stats, click suggestions.

@@ -111,6 +111,10 @@ class FeatureStore:
 
     ``base`` is the template Segmenter that owns the loaded network; models are its clones. Changing the
     project's ``features`` setting swaps the template (same backbone and cache, another feature kind).
+
+    Large images (above ``pointseg.limits.PAGED_DEEP_ABOVE_PIXELS``) keep their deep map paged from a nameless
+    file in the project's ``features/`` folder rather than in memory, so a map here costs its pixels and
+    small parts in resident memory; ``max_bytes`` counts the paged bytes too, which bounds those files.
     """
 
     def __init__(self, store: ProjectStore, *, backbone: str, weights=None, precision: str = "auto",

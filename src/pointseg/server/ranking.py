@@ -32,8 +32,10 @@ from pointseg.server.scheduler import PRIO_PREFETCH
 
 #: what the app offers: the per-image rankings, and "diversity" (from per-image feature means, which do not
 #: depend on the model: they are kept across refits, and only the annotated set changes the order)
-APP_RANKINGS = PER_IMAGE_RANKINGS + ("diversity",)
+APP_RANKINGS = PER_IMAGE_RANKINGS + ("diversity", "uncertain_diverse")
 DESCRIPTOR = "descriptor"
+#: what each app ranking multiplies: per-image priorities of the model, and the diversity of descriptors
+NEEDS = {"diversity": (DESCRIPTOR,), "uncertain_diverse": ("uncertainty", DESCRIPTOR)}
 
 #: feature computations queued (at prefetch priority) per request for images that cannot be scored yet
 PREFETCH = 8
@@ -82,25 +84,21 @@ class AnnotationRanking:
             raise NoModel(model.message)
         images = services.store.list_images()
         todo = [i for i in images if not is_annotated(i) and i["status"] != "failed"]
-        what = DESCRIPTOR if kind == "diversity" else kind
-        ids = [i["id"] for i in todo]
-        if what == DESCRIPTOR:
-            ids += list(services.store.training_set().image_ids)
+        needs = NEEDS.get(kind, (kind,))
+        annotated_ids = list(services.store.training_set().image_ids) if DESCRIPTOR in needs else []
+        jobs = [(i["id"], what) for i in todo for what in needs] + [(i, DESCRIPTOR) for i in annotated_ids]
         futures, missing = [], []
-        for image_id in ids:
+        for image_id, what in jobs:
             fut = self._request(scheduler, features, image_id, what, self._stamp(what, model, features))
             if fut is False:
                 missing.append(image_id)
             elif fut is not None:
                 futures.append(fut)
-        for image_id in missing[:PREFETCH]:
+        for image_id in list(dict.fromkeys(missing))[:PREFETCH]:
             scheduler.request_features(image_id, PRIO_PREFETCH)
         if futures and wait_s > 0:
             wait_futures(futures, timeout=wait_s)
-        model = scheduler.model
-        if what == DESCRIPTOR:
-            return self._answer_diversity(services, model, features, todo, len(images) - len(todo))
-        return self._answer(model, todo, kind, len(images) - len(todo))
+        return self._answer(scheduler.model, features, todo, annotated_ids, kind, len(images) - len(todo))
 
     @staticmethod
     def _stamp(what: str, model, features):
@@ -136,48 +134,53 @@ class AnnotationRanking:
             self._values[(image_id, what)] = (self._stamp(what, model, features), value)
         return value
 
-    def _answer(self, model, todo: list[dict], kind: str, n_annotated: int) -> dict:
+    def _answer(self, model, features, todo: list[dict], annotated_ids: list[int], kind: str,
+                n_annotated: int) -> dict:
         """Images scored by the current model first, then those scored by an earlier one (the best guess
         while they are rescored: the list does not jump back to name order after each click), then the
-        rest; by priority within each group (stable: ties keep the list's order)."""
-        ranked, pending = [], []
+        rest; by priority within each group (stable: ties keep the list's order). Diversity-based kinds
+        compare each image's descriptor with the annotated images'."""
+        needs = NEEDS.get(kind, (kind,))
+        model_stamp, feature_stamp = ("model", model.version), self._stamp(DESCRIPTOR, model, features)
         with self._lock:
-            for img in todo:
-                have = self._values.get((img["id"], kind))
-                if have is None:
-                    pending.append(img["id"])
-                else:
-                    ranked.append({"id": img["id"], "name": img["name"], "priority": float(have[1]),
-                                   "current": have[0] == ("model", model.version)})
-        return _out(kind, model, ranked, pending, n_annotated)
+            values = {key: self._values.get(key) for key in
+                      [(i["id"], w) for i in todo for w in needs] + [(i, DESCRIPTOR) for i in annotated_ids]}
+        def desc(image_id):
+            have = values.get((image_id, DESCRIPTOR))
+            return have[1] if have is not None and have[0] == feature_stamp else None
 
-    def _answer_diversity(self, services, model, features, todo: list[dict], n_annotated: int) -> dict:
-        stamp = self._stamp(DESCRIPTOR, model, features)
-        with self._lock:
-            def value(image_id):
-                have = self._values.get((image_id, DESCRIPTOR))
-                return have[1] if have is not None and have[0] == stamp else None
-            seen = [v for v in map(value, services.store.training_set().image_ids) if v is not None]
-            cand = [(img, value(img["id"])) for img in todo]
-        scored = [(img, v) for img, v in cand if v is not None]
-        pending = [img["id"] for img, v in cand if v is None]
-        ranked = []
-        if scored and seen:
-            dist = diversity_from_descriptors(np.stack([v for _, v in scored]), np.stack(seen))
-            ranked = [{"id": img["id"], "name": img["name"], "priority": float(d), "current": True}
-                      for (img, _), d in zip(scored, dist)]
-        else:
-            pending = [img["id"] for img, _ in cand]
-        return _out("diversity", model, ranked, pending, n_annotated)
+        seen = [d for d in map(desc, annotated_ids) if d is not None]
+        far: dict[int, float] = {}
+        have_desc = [(i["id"], desc(i["id"])) for i in todo] if DESCRIPTOR in needs and seen else []
+        have_desc = [(i, d) for i, d in have_desc if d is not None]
+        if have_desc:   # one call: the channels are standardised over all of them, as in the library
+            dist = diversity_from_descriptors(np.stack([d for _, d in have_desc]), np.stack(seen))
+            far = {i: float(v) for (i, _), v in zip(have_desc, dist)}
+        rows, pending = [], []
+        for img in todo:
+            priority, current = 1.0, True
+            for what in needs:
+                if what == DESCRIPTOR:
+                    if img["id"] not in far:
+                        break
+                    priority *= far[img["id"]]
+                else:
+                    have = values.get((img["id"], what))
+                    if have is None:
+                        break
+                    priority *= float(have[1])
+                    current = current and have[0] == model_stamp
+            else:
+                rows.append({"id": img["id"], "name": img["name"], "priority": priority, "current": current})
+                continue
+            pending.append(img["id"])
+        rows.sort(key=lambda r: (not r["current"], -r["priority"]))
+        return {"kind": kind, "model_rev": model.rev, "model_version": model.version, "ranked": rows,
+                "pending": pending, "complete": not pending and all(r["current"] for r in rows),
+                "annotated": n_annotated}
 
     def forget_image(self, image_id: int) -> None:
         with self._lock:
             for key in [k for k in self._values if k[0] == image_id]:
                 del self._values[key]
 
-
-def _out(kind: str, model, ranked: list[dict], pending: list[int], n_annotated: int) -> dict:
-    ranked.sort(key=lambda r: (not r["current"], -r["priority"]))
-    return {"kind": kind, "model_rev": model.rev, "model_version": model.version, "ranked": ranked,
-            "pending": pending, "complete": not pending and all(r["current"] for r in ranked),
-            "annotated": n_annotated}

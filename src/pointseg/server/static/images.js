@@ -135,8 +135,8 @@ function rowOf(img) {
 }
 
 // ------------------------------------------------------------------------------- next image to annotate
-/* The server ranks the unannotated images by how much annotating them should help the current model
- * (GET /api/images/ranking, pointseg.decision's ranking, measured in BENCHMARKS.md's folder protocol).
+/* The server ranks the unannotated images by how much annotating them should help (GET /api/images/ranking:
+ * pointseg.decision's default ranking, chosen with BENCHMARKS.md's folder protocol).
  * "N" opens the top one; the sort order "Next to annotate" lists them in that order. */
 let ranking = null;
 let rankingTimer = null;

@@ -1,0 +1,35 @@
+"""The context stage in context tiles (what a slide above ~4,600 px a side gets, so that no task holds the
+whole stride-16 map): labels equal to the single process up to float rounding, run in-process with the
+tiling thresholds lowered so a small image is cut into a 5 x 5 grid of context tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from batchkit import TILE, mosaic
+
+from pointseg import lazyio
+from pointseg.batch import BatchOptions, predict_many, tiled
+from pointseg.batch.tiled import read_labels
+from pointseg.segmenter import Segmenter
+
+
+def test_context_tiles_give_the_single_process_labels(model_path, tmp_path, monkeypatch):
+    image = mosaic(2 * TILE + 40, 2 * TILE + 90)
+    store = lazyio.zarr_store(str(tmp_path / "slide.zarr"), read_only=False)
+    zarr.open_array(store=store, mode="w", shape=image.shape, chunks=(128, 128, 3), dtype="u1")[:] = image
+    expected = Segmenter.load(model_path).predict(image)
+
+    boxes = []
+    original = tiled.context_tile
+    monkeypatch.setattr(tiled, "CONTEXT_WHOLE_CELLS", 0)
+    monkeypatch.setattr(tiled, "CONTEXT_CORE", 4)  # 4 stride-32 cells: 128-px context cores
+    monkeypatch.setattr(tiled, "context_tile", lambda key, job, box, base: boxes.append(box) or
+                        original(key, job, box, base))
+    (result,) = predict_many(model_path, [str(tmp_path / "slide.zarr")], str(tmp_path / "out"),
+                             options=BatchOptions(tile_above_pixels=100_000))
+    assert result.ok, result.error
+    assert len(boxes) == 25  # the 18 x 19 stride-32 grid of the padded image in 4-cell cores
+    labels = read_labels(str(tmp_path / "out" / "slide.ome.zarr"))
+    assert labels.shape == expected.shape
+    assert np.mean(labels != expected) < 1e-4  # the 16-cell margin covers the stage's receptive field

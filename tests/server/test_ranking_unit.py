@@ -1,0 +1,38 @@
+"""AnnotationRanking's answer without a server: current scores first, earlier models' scores next (the list
+does not fall back to name order after a refit), unscored images pending; diversity needs annotated images."""
+from types import SimpleNamespace
+
+import numpy as np
+
+from pointseg.server.ranking import DESCRIPTOR, AnnotationRanking
+
+
+def _img(i):
+    return {"id": i, "name": f"im{i}", "n_points": 0, "n_scribbles": 0, "status": "ok"}
+
+
+def test_current_scores_first_then_stale_then_pending():
+    r = AnnotationRanking()
+    model, features = SimpleNamespace(rev=7, version=3), SimpleNamespace(kind="hybrid")
+    r._values = {(1, "uncertainty"): (("model", 3), 0.2), (2, "uncertainty"): (("model", 2), 0.9),
+                 (3, "uncertainty"): (("model", 3), 0.5)}
+    out = r._answer(model, features, [_img(i) for i in (1, 2, 3, 4)], [], "uncertainty", 1)
+    assert [x["id"] for x in out["ranked"]] == [3, 1, 2] and [x["current"] for x in out["ranked"]] == [True, True, False]
+    assert out["pending"] == [4] and not out["complete"] and out["annotated"] == 1
+    r.forget_image(2)
+    assert (2, "uncertainty") not in r._values
+
+
+def test_uncertain_diverse_multiplies_uncertainty_by_the_distance_from_the_annotated():
+    r = AnnotationRanking()
+    model, features = SimpleNamespace(rev=1, version=1), SimpleNamespace(kind="hybrid")
+    stamp = ("features", "hybrid")
+    r._values = {(9, DESCRIPTOR): (stamp, np.array([0.0, 0.0])),                 # the annotated image
+                 (1, DESCRIPTOR): (stamp, np.array([0.1, 0.0])), (1, "uncertainty"): (("model", 1), 0.9),
+                 (2, DESCRIPTOR): (stamp, np.array([3.0, 3.0])), (2, "uncertainty"): (("model", 1), 0.3),
+                 (3, DESCRIPTOR): (("features", "deep"), np.array([5.0, 5.0])), (3, "uncertainty"): (("model", 1), 1.0)}
+    out = r._answer(model, features, [_img(i) for i in (1, 2, 3)], [9], "uncertain_diverse", 1)
+    assert [x["id"] for x in out["ranked"]] == [2, 1]       # far and somewhat unsure beats near and unsure
+    assert out["pending"] == [3]                             # its descriptor is of another feature kind
+    out = r._answer(model, features, [_img(i) for i in (1, 2)], [], "diversity", 0)
+    assert out["ranked"] == [] and out["pending"] == [1, 2]  # nothing annotated to compare with
