@@ -33,3 +33,16 @@ def test_context_tiles_give_the_single_process_labels(model_path, tmp_path, monk
     labels = read_labels(str(tmp_path / "out" / "slide.ome.zarr"))
     assert labels.shape == expected.shape
     assert np.mean(labels != expected) < 1e-4  # the 16-cell margin covers the stage's receptive field
+
+
+def test_tile_stats_hold_no_view_of_the_tile():
+    """A tile's result lives on its worker until the image's last tile is done: it must not keep the
+    tile's labels and ids (9 MB at 1024 px) alive through numpy views."""
+    labels = np.zeros((64, 64), dtype=np.uint8)
+    labels[10:20, 10:20] = 1
+    stats = tiled._tile_stats(labels, 2, 0, 8)
+    for side in ("top", "bottom", "left", "right"):
+        for strip in stats[side]:
+            assert strip.base is None and strip.nbytes <= 64 * 8
+    assert stats["preview"].base is None and stats["preview"].shape == (8, 8)
+    assert stats["regions"] == [0, 1] and stats["pixels"] == [64 * 64 - 100, 100]

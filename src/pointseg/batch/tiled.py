@@ -387,14 +387,16 @@ def _tile_stats(labels: np.ndarray, n_classes: int, background: int, preview_fac
         ids[local > 0] = local[local > 0] + offset
         regions[k] = int(count)
         offset += count
+    # copies, not views: a view keeps the whole tile's labels and int64 ids alive (9 MB for a 1024-px
+    # tile) for as long as the worker holds this result, i.e. until the image's last tile is done
     return {
         "pixels": np.bincount(labels.ravel(), minlength=n_classes).tolist(),
         "regions": regions,
         "n_ids": offset,
         "areas": np.bincount(ids.ravel(), minlength=offset + 1)[1:].tolist(),
-        "top": (labels[0], ids[0]), "bottom": (labels[-1], ids[-1]),
-        "left": (labels[:, 0], ids[:, 0]), "right": (labels[:, -1], ids[:, -1]),
-        "preview": labels[::preview_factor, ::preview_factor],
+        "top": (labels[0].copy(), ids[0].copy()), "bottom": (labels[-1].copy(), ids[-1].copy()),
+        "left": (labels[:, 0].copy(), ids[:, 0].copy()), "right": (labels[:, -1].copy(), ids[:, -1].copy()),
+        "preview": labels[::preview_factor, ::preview_factor].copy(),
     }
 
 
