@@ -178,12 +178,19 @@ def classes_with_marks(ts: TrainingSet) -> set[int]:
 
 
 def insufficiency(ts: TrainingSet) -> str | None:
-    """Why ``ts`` cannot train a model (what to do about it), or None when it can."""
+    """Why ``ts`` cannot train a model (what to do about it), or None when it can. An image marked OK
+    teaches the background class as clicks on it would."""
     if len(ts.classes) < 2:
         return "Add at least two classes."
-    if len(classes_with_marks(ts)) < 2:
-        return "Click points of at least two classes to train."
+    marked = classes_with_marks(ts) | ({ts.background} if any(ts.ok) else set())
+    if len(marked) < 2:
+        return ("Click points of at least two classes (or mark a defect-free image OK with K and click a "
+                "defect) to train.")
     return None
+
+
+def _points(ts: TrainingSet) -> list[np.ndarray]:
+    return [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points]
 
 
 class ModelService:
@@ -220,7 +227,7 @@ class ModelService:
         self.features.pin(ts.image_ids, fmaps)
         seg = self._estimator(ts, previous)
         try:
-            seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
+            seg.fit(fmaps, _points(ts), ts.scribbles, ok=ts.ok or None)
         except PointsegError as exc:
             return self._error(common, str(exc))
         # the project's NG setting goes with the model: its file records it, and `pointseg predict`, the
@@ -357,7 +364,7 @@ class ModelService:
         try:
             # only the estimate is wanted: the fit ends right after it (no final head, no NG-rule predictions)
             with cross_validation_context(should_stop, only_estimate=True):
-                seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
+                seg.fit(fmaps, _points(ts), ts.scribbles, ok=ts.ok or None)
         except CrossValidationFinished as done:
             res = done.result
         except CrossValidationInterrupted:

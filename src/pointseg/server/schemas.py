@@ -56,6 +56,10 @@ class AnnotationsIn(_Body):
                           Discriminator(_kind)]] = Field(min_length=1, max_length=5000)
 
 
+class OkIn(_Body):
+    ok: bool = Field(description="true: the image is defect-free (every pixel is background); false: unmark it")
+
+
 class EraseIn(_Body):
     points: list[tuple[Coord, Coord]] = Field(min_length=1, max_length=limits.max_points_per_request())
     radius: float = Field(gt=0, le=5000)
@@ -145,6 +149,7 @@ class ImageOut(_Out):
     n_bytes: int
     n_points: int
     n_scribbles: int
+    ok: bool = Field(description="marked OK (defect-free): every pixel is known background")
     status: Literal["ok", "failed"]
     error: str | None
     prediction: PredictionOut | None
@@ -159,6 +164,12 @@ class ImagesOut(_Out):
 class HistoryOut(_Out):
     can_undo: int
     can_redo: int
+
+
+class OkOut(_Out):
+    rev: int
+    image: ImageOut
+    history: HistoryOut
 
 
 class AnnotationsOut(_Out):
