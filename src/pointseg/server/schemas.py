@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag
 
 from pointseg import limits
 
@@ -57,7 +57,7 @@ class AnnotationsIn(_Body):
 
 
 class OkIn(_Body):
-    ok: bool = Field(description="true: the image is defect-free (every pixel is background); false: unmark it")
+    ok: StrictBool = Field(description="true: the image is defect-free (every pixel is background); false: unmark it")
 
 
 class EraseIn(_Body):
