@@ -1,5 +1,5 @@
 /* Read-only panels: the status line, the info bar, the hint, the model and image panels, predict-all. */
-import { S } from "./state.js";
+import { S, currentOk } from "./state.js";
 import { net } from "./api.js";
 import { $, el, esc, fmtPct, fmtMs, plural } from "./util.js";
 
@@ -46,6 +46,7 @@ export function renderInfobar() {
   const nP = S.annotations.filter((a) => a.kind === "point").length;
   const nS = S.annotations.length - nP;
   add("marks", `${nP} points, ${nS} scribbles`);
+  if (currentOk()) add("", "OK (defect-free)", "okmark");
   // timings are in the model panel too: they give way first when the bar is narrow
   if (S.lastLatency !== null) add("click → overlay", fmtMs(S.lastLatency), "opt");
   if (t.fit_ms !== undefined) add("fit", fmtMs(t.fit_ms), "opt");
