@@ -4,18 +4,19 @@ clicks is refused with the server's one-line reason."""
 from __future__ import annotations
 
 from pagekit import open_page, real_errors, trained
-from serverkit import write_images
+from serverkit import left_right_points, write_images
 
 BADGE = "#image-list li[data-id='{}'] .badge.okb"
 
 
 def test_k_marks_the_image_ok_with_a_badge_that_survives_a_reload(page, make_server, tmp_path):
-    write_images(tmp_path / "imgs", 2)
+    write_images(tmp_path / "imgs", 3)
     server = make_server(images=[tmp_path / "imgs"])
     with server.client() as api:
-        first, second = [i["id"] for i in api.get("/api/images").json()["images"]]
-        trained(api, first, 160, 128)
-    open_page(page, server, n_images=2)
+        first, second, third = [i["id"] for i in api.get("/api/images").json()["images"]]
+        cls, _ = trained(api, first, 160, 128)
+        api.post(f"/api/images/{third}/annotations", json={"items": left_right_points(cls)})
+    open_page(page, server, n_images=3)
     page.wait_for_function("(id) => S.currentId === id", arg=first)
     page.locator("#viewport").focus()
     # the first image has stripes clicks: refused, and the page says why
@@ -28,11 +29,15 @@ def test_k_marks_the_image_ok_with_a_badge_that_survives_a_reload(page, make_ser
     page.wait_for_selector(BADGE.format(second))
     assert page.locator(BADGE.format(second)).inner_text() == "OK"
     assert "OK (defect-free)" in page.locator("#infobar").inner_text()
+    # between clicks the NG rule is learned from the OK image, and the model panel says so
+    page.wait_for_function("() => document.querySelector('#model-info').innerText.includes('1 OK image')",
+                           timeout=120000)
+    assert "of 1 OK called NG" in page.locator("#model-info").inner_text()      # the per-part confusion
     with server.client() as api:
         assert api.get(f"/api/images/{second}").json()["ok"] is True
     # a reload shows it again
     page.reload()
-    open_page(page, server, n_images=2)
+    open_page(page, server, n_images=3)
     page.wait_for_function("(id) => S.current && S.current.id === id", arg=second)
     page.wait_for_selector(BADGE.format(second))
     page.wait_for_function("() => document.querySelector('#infobar').innerText.includes('OK (defect-free)')")

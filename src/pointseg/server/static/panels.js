@@ -142,6 +142,10 @@ export function renderModelPanel() {
     dl.append(el("dt", {}, `points: ${name}`), el("dd", {}, bar, String(n)));
   }
   row("images used", String(r.n_images ?? "–"));
+  // learned between clicks from the images marked OK (K), as `pointseg train` does
+  if (r.ng_rule) row("NG rule", `${r.ng_rule.score} > ${+r.ng_rule.threshold.toFixed(3)} (${plural(r.ng_rule.n_ok, "OK image")}, ${r.ng_rule.n_ng} NG)`);
+  const pc = r.part_confusion;
+  if (pc) row("per part (left out)", `${pc.false_alarms} of ${pc.ok_images} OK called NG, ${pc.misses} of ${pc.ng_images} NG missed`);
   row("fit", fmtMs((m.timings || {}).fit_ms));
   if (S.timings) row("predict (this image)", fmtMs(S.timings.predict_ms));
   if (S.lastLatency !== null) row("click → overlay", fmtMs(S.lastLatency));
