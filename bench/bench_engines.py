@@ -6,7 +6,8 @@ Prints ms/MP of feature extraction per backbone × engine × precision (best of 
 within each repetition so machine noise hits them alike), the relative RMS difference of the features to
 torch fp32, and the fraction of the physical reference reached (issue 15: ~16 GFLOP/MP for the default trunk;
 2 Zen 4 cores ≈ 200 GFLOP/s fp32, 400 GFLOP/s bf16). With --whole: the exported model's predict ms/MP per
-runtime with label agreement against the torch fp32 path.
+runtime with label agreement against the torch fp32 path. With --harness DATASETS: the default method's
+mIoU through the evaluation harness per engine × precision and its difference to torch fp32.
 """
 from __future__ import annotations
 
@@ -73,6 +74,49 @@ def feature_table(backbones, size: int, reps: int) -> None:
             gflops = GFLOP_PER_MP / (ms / 1e3) if backbone == "efficientnet_lite0_s32" else float("nan")
             share = f"{gflops:.0f} ({gflops / PEAK[c[1]]:.0%})" if gflops == gflops else "-"
             print(f"| {backbone} | {c[0]} | {c[1]} | {ms:.0f} | {_rel(outs[c], ref):.2g} | {share} |")
+
+
+def harness_table(datasets: list[str], seeds: tuple[int, ...], clicks: tuple[int, ...], test: int) -> None:
+    """mIoU of the default method through the evaluation harness, once per engine × precision (same clicks,
+    same images; only what runs the backbone differs), and its difference to torch fp32."""
+    from pointseg import FeatureCache
+    from pointseg.engines import forced_engine, runtime_installed
+    from pointseg.evaluation.datasets import load_dataset
+    from pointseg.evaluation.methods import build_method
+    from pointseg.evaluation.runner import EvalConfig, evaluate
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    configs = [("torch", "fp32"), ("torch", "bf16")]
+    configs += [("openvino", p) for p in ("fp32", "bf16") if runtime_installed("openvino")]
+    configs += [("onnxruntime", "fp32")] if runtime_installed("onnxruntime") else []
+    cfg = EvalConfig(protocols=("random",), seeds=seeds, train_images=3, test=test, clicks=clicks)
+    print(f"\n## default method through the harness per engine (random clicks, 3 training images, {test} held-out, "
+          f"seeds {','.join(map(str, seeds))})\n")
+    print("| dataset | clicks/class | engine | precision | interactive mIoU (± sd over seeds) | Δ | "
+          "transfer mIoU (± sd) | Δ |")
+    print("|---|---:|---|---|---:|---:|---:|---:|")
+    for name in datasets:
+        root = shared / name
+        if not root.is_dir():
+            print(f"| {name} | - | - | - | skipped: not in ../shared | | | |")
+            continue
+        ds = load_dataset(root)
+        cache = FeatureCache(max_bytes=1_000_000_000)  # keys name engine and precision: no sharing across them
+        methods = []
+        for engine, precision in configs:
+            with forced_engine(engine):  # the extractor resolves engine="auto" when it is built, here
+                methods.append(build_method(f"default:precision='{precision}'@{engine}-{precision}", ds.classes,
+                                            cache=cache))
+        summary = evaluate(ds, methods, cfg)["summary"]["random"]
+        for n in map(str, clicks):
+            ref = summary["torch-fp32"]
+            for engine, precision in configs:
+                row = summary[f"{engine}-{precision}"]
+                cells = []
+                for part in ("interactive", "transfer"):
+                    m, r = row[part][n]["miou"], ref[part][n]["miou"]
+                    cells += [f"{m['mean']:.4f} ± {m.get('std', 0):.4f}", f"{m['mean'] - r['mean']:+.4f}"]
+                print(f"| {name} | {n} | {engine} | {precision} | " + " | ".join(cells) + " |", flush=True)
 
 
 def whole_model_table(size: int, reps: int) -> None:
@@ -246,6 +290,12 @@ def main() -> None:
     parser.add_argument("--serve", type=int, default=0, metavar="N",
                         help="also `pointseg predict` folder and service throughput over N images")
     parser.add_argument("--serve-side", type=int, default=512)
+    parser.add_argument("--harness", default="", metavar="DATASETS",
+                        help="also the default method's mIoU per engine through the evaluation harness on these "
+                             "../shared datasets (comma-separated, e.g. crackforest,magnetic_tile)")
+    parser.add_argument("--harness-seeds", default="0,1")
+    parser.add_argument("--harness-clicks", default="5")
+    parser.add_argument("--harness-test", type=int, default=10, help="held-out images per seed")
     args = parser.parse_args()
     os.environ.setdefault("POINTSEG_ENGINE_CACHE", str(Path(tempfile.gettempdir()) / "pointseg-bench-engines"))
     import platform
@@ -260,6 +310,9 @@ def main() -> None:
         whole_model_table(args.size, args.reps)
     if args.serve:
         cli_and_service_table(args.serve, args.serve_side)
+    if args.harness:
+        harness_table(args.harness.split(","), tuple(int(v) for v in args.harness_seeds.split(",")),
+                      tuple(int(v) for v in args.harness_clicks.split(",")), args.harness_test)
 
 
 if __name__ == "__main__":

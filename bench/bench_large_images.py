@@ -52,6 +52,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class PhasePeaks:
+    """Peak resident memory per phase of a run: a thread samples VmRSS every few ms, :meth:`mark` closes a
+    phase (``ru_maxrss`` alone says how high the process went, not during what)."""
+
+    def __init__(self, interval: float = 0.005):
+        import threading
+
+        self.interval, self.current, self.peaks = interval, 0.0, {}
+        self._lock = threading.Lock()  # a sample taken before a mark must not land in the next phase
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                self.current = max(self.current, rss_mb())
+
+    def mark(self, phase: str) -> None:
+        with self._lock:
+            self.peaks[phase] = round(max(self.current, rss_mb()))
+            self.current = 0.0
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
 def random_points(rgb: np.ndarray, n: int, seed: int) -> np.ndarray:
     """``n`` points labelled by a simple rule the head can learn: dark (cracks, edges) vs the rest."""
     rng = np.random.default_rng(seed)
@@ -72,11 +101,13 @@ def child(size: str, n_points: int, n_clicks: int) -> dict:
     small = test_image(1000, 1000, seed=1)
     rgb = test_image(h, w, seed=0)
     out["rss_image_mb"] = round(rss_mb())
+    peaks = PhasePeaks()
     seg = Segmenter(classes=["surface", "dark"], warm_start=True, cross_validate=False)
     small_pts = random_points(small, 40, seed=1)
     fmap_small = seg.extract_features(small)
     seg.fit([fmap_small], [small_pts])
     seg.predict_full(fmap_small, probabilities=False)  # warm up the prediction path
+    peaks.mark("warm-up (1 MP)")
     has_region = hasattr(seg, "predict_region")
 
     # ---- first view of the new large image
@@ -84,9 +115,12 @@ def child(size: str, n_points: int, n_clicks: int) -> dict:
     if hasattr(seg, "predict_coarse"):
         seg.predict_coarse(rgb, max_side=512)
         out["first_pixels_s"] = round(time.perf_counter() - t0, 3)
+        peaks.mark("coarse")
     fmap = seg.extract_features(rgb)
     out["features_s"] = round(time.perf_counter() - t0, 2)
+    peaks.mark("extraction")
     seg.predict_full(fmap, probabilities=False)
+    peaks.mark("first whole-image prediction")
     out["full_view_s"] = round(time.perf_counter() - t0, 2)
     out.setdefault("first_pixels_s", out["full_view_s"])
     out["rss_features_mb"] = round(rss_mb())
@@ -94,6 +128,7 @@ def child(size: str, n_points: int, n_clicks: int) -> dict:
     # ---- clicks
     pts = random_points(rgb, n_points, seed=0)
     seg.fit([fmap_small, fmap], [small_pts, pts])
+    peaks.mark("first fit")
     rng = np.random.default_rng(7)
     cy, cx = h // 2, w // 2  # the viewport the user looks at (clicks land inside it)
     box = (max(0, cy - VIEW_H // 2), min(h, cy + VIEW_H // 2), max(0, cx - VIEW_W // 2), min(w, cx + VIEW_W // 2))
@@ -116,9 +151,11 @@ def child(size: str, n_points: int, n_clicks: int) -> dict:
             t = time.perf_counter()
             seg.predict_region(fmap, (0, h, 0, w), scale=VIEW_W / w, probabilities=False)
             zoomed.append(time.perf_counter() - t + fits[-1])
+    peaks.mark("clicks")
     t = time.perf_counter()
     seg.predict_full(fmap, probabilities=False)
     out["refine_full_s"] = round(time.perf_counter() - t, 2)
+    peaks.mark("whole image after clicks")
     q = lambda xs, p: round(1000 * float(np.percentile(xs, p)))  # noqa: E731
     out.update(click_view_p50_ms=q(view, 50), click_view_p95_ms=q(view, 95), fit_p50_ms=q(fits, 50))
     if zoomed:
@@ -126,6 +163,7 @@ def child(size: str, n_points: int, n_clicks: int) -> dict:
     out["n_points"] = int(len(pts) + len(small_pts))
     out["rss_end_mb"] = round(rss_mb())
     out["peak_rss_mb"] = round(peak_rss_mb())
+    out["phase_peak_rss_mb"] = peaks.stop()
     return out
 
 

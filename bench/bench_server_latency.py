@@ -22,6 +22,18 @@ images + predicting the 1 MP image + encoding + both HTTP round trips. Clicks ar
 * the overlay's size as a palette PNG versus the label map as a JSON array.
 
 Writes bench/results/server_latency.md (Markdown for BENCHMARKS.md) and server_latency.json.
+
+Large images (``--size 4000x3000,8165x6124``: any size given as WxH above 4 MP) run another protocol, one
+fresh server per tree and size (``--baseline /path/to/other/src`` first, e.g. ``git worktree add /tmp/base
+16c6b8c`` → ``/tmp/base/src``; ``--baseline-sizes`` limits which sizes it runs, the old server needs ~9 GB at
+50 MP): a model trained on a 1 MP image meets the large image — its first view: first pixels
+(``first-view.png``, the coarse overlay), the visible ``--viewport`` exact, the whole image at full
+resolution as the page fetches it (512-px tiles one after another) — then ``--points`` points on it and
+``--large-clicks`` paced clicks inside the viewport, each timed until the visible overlay
+(``overlay.png?box=…&scale=1``) has arrived, then clicks zoomed out (the whole image at the viewport's width).
+A tree without regions (the baseline) answers every one of these with its whole overlay (no ``X-Box``
+header): that is what its page waited for. Peak resident memory of the server process from /proc (VmHWM).
+Writes bench/results/server_latency_large.md / .json.
 """
 from __future__ import annotations
 
@@ -49,6 +61,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``1000`` (square) or ``4000x3000`` (width x height) → (width, height)."""
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h or w)
+
+
 def make_images(folder: Path, n: int, size: int) -> list[Path]:
     from PIL import Image
 
@@ -65,13 +83,16 @@ def make_images(folder: Path, n: int, size: int) -> list[Path]:
     return out
 
 
-def start_server(project: Path, images: Path, backbone: str | None) -> tuple[subprocess.Popen, str]:
+def start_server(project: Path, images: Path, backbone: str | None,
+                 src: str | None = None) -> tuple[subprocess.Popen, str]:
+    """``pointseg serve`` in a fresh process; ``src``: run another tree's package (a baseline)."""
     port = free_port()
     cmd = [sys.executable, "-c", "from pointseg.cli import main; main()", "serve", str(project),
            "--images", str(images), "--port", str(port)]
     if backbone:
         cmd += ["--backbone", backbone]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "PYTHONPATH": src} if src else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
     import httpx
 
@@ -113,19 +134,37 @@ def click_series(c, ids, cls, n, pace, rng, size) -> tuple[list[float], list[dic
 
 
 def main() -> None:
+    args = parse_args()
+    sizes = [parse_size(t) for t in args.size.split(",")]
+    if any(w * h > LARGE_FROM for w, h in sizes) or args.baseline:
+        return large_main(args, sizes)
+    args.size = sizes[0][0]
+    small_main(args)
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=5)
     ap.add_argument("--points", type=int, default=300)
     ap.add_argument("--clicks", type=int, default=60)
     ap.add_argument("--burst", type=int, default=20, help="clicks sent back to back")
-    ap.add_argument("--size", type=int, default=1000)
+    ap.add_argument("--size", default="1000",
+                    help="image side, or WxH; sizes above 4 MP (comma-separated) run the large-image protocol")
     ap.add_argument("--pace", type=float, default=0.5, help="seconds between paced clicks")
     ap.add_argument("--slow-pace", type=float, default=1.6,
                     help="seconds between the clicks of a user who pauses (the server validates meanwhile)")
     ap.add_argument("--slow-clicks", type=int, default=15)
     ap.add_argument("--baseline-repeats", type=int, default=3)
     ap.add_argument("--backbone", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--baseline", help="another tree's src/ to run first (large-image protocol)")
+    ap.add_argument("--baseline-sizes", default="4000x3000", help="sizes the baseline runs at")
+    ap.add_argument("--viewport", default="1600x1000", help="the visible box of the large-image clicks (WxH)")
+    ap.add_argument("--large-clicks", type=int, default=20, help="paced clicks per large image")
+    ap.add_argument("--zoomed-out-clicks", type=int, default=8)
+    return ap.parse_args()
+
+
+def small_main(args) -> None:
     import httpx
 
     rng = np.random.default_rng(0)
@@ -271,6 +310,170 @@ def main() -> None:
     save_md("server_latency", md)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "server_latency.json").write_text(json.dumps(result, indent=2))
+    print(md)
+
+
+
+# ---------------------------------------------------------------------------------------------- large images
+#: above this many pixels an image runs the large-image protocol
+LARGE_FROM = 4_000_000
+TILE = 512          # the page's refinement tiles (static/overlay.js)
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) MB of process ``pid``, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def large_images(folder: Path, w: int, h: int) -> tuple[Path, Path]:
+    """A 1 MP training image and the large one (real textures), as PNG files in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train, large = folder / "a_train.png", folder / "b_large.png"
+    Image.fromarray(test_image(1000, 1000, seed=1)).save(train, compress_level=1)
+    Image.fromarray(test_image(h, w, seed=2)).save(large, compress_level=1)
+    return train, large
+
+
+def overlay(c, image_id: int, rev: int | None, box=None, scale: float = 1.0, timeout: float = 600):
+    """One overlay request, timed; (ms, response). ``box`` = (x0, y0, x1, y1)."""
+    params = {"timeout": min(300, timeout)}
+    if rev is not None:
+        params["min_rev"] = rev
+    if box is not None:
+        params.update(box=",".join(map(str, box)), scale=scale)
+    t0 = time.perf_counter()
+    r = c.get(f"/api/images/{image_id}/overlay.png", params=params, timeout=timeout)
+    r.raise_for_status()
+    return (time.perf_counter() - t0) * 1000, r
+
+
+def whole_in_tiles(c, image_id: int, rev: int, w: int, h: int) -> tuple[float, list[float]]:
+    """The whole overlay at full resolution the way the page fetches it: 512-px tiles one after another
+    (a tree without regions answers the first with the whole overlay: then that is all). (ms, tile ms)."""
+    t0 = time.perf_counter()
+    tiles = []
+    for y in range(0, h, TILE):
+        for x in range(0, w, TILE):
+            ms, r = overlay(c, image_id, rev, (x, y, min(w, x + TILE), min(h, y + TILE)))
+            tiles.append(ms)
+            if "X-Box" not in r.headers:
+                return (time.perf_counter() - t0) * 1000, tiles
+    return (time.perf_counter() - t0) * 1000, tiles
+
+
+def large_run(label: str, src: str | None, w: int, h: int, args, rng) -> dict:
+    import httpx
+
+    tmp = Path(tempfile.mkdtemp(prefix="pointseg-bench-large-"))
+    train, large = large_images(tmp / "imgs", w, h)
+    vw, vh = parse_size(args.viewport)
+    vw, vh = min(vw, w), min(vh, h)
+    view = ((w - vw) // 2, (h - vh) // 2, (w - vw) // 2 + vw, (h - vh) // 2 + vh)
+    out: dict = {"tree": label, "size": f"{w}x{h}", "viewport": [vw, vh]}
+    proc, url = start_server(tmp / "project", tmp / "imgs", args.backbone, src)
+    try:
+        with httpx.Client(base_url=url, timeout=600) as c:
+            ids = {i["name"]: i["id"] for i in c.get("/api/images").json()["images"]}
+            tid, lid = ids[train.name], ids[large.name]
+            cls = [c.post("/api/classes", json={"name": n}).json() for n in ("left", "right")]
+            items = [{"class_id": cls[k % 2]["id"], "x": float(rng.uniform(0, 499) + 500 * (k % 2)),
+                      "y": float(rng.uniform(0, 999))} for k in range(40)]
+            rev = c.post(f"/api/images/{tid}/annotations", json={"items": items}).json()["rev"]
+            overlay(c, tid, rev)                                   # trained, features of the 1 MP image
+            # first view of the large image
+            t0 = time.perf_counter()
+            c.get(f"/api/images/{lid}")
+            first = c.get(f"/api/images/{lid}/first-view.png", params={"min_rev": rev}, timeout=600)
+            t_first = time.perf_counter()
+            ms_view, r = overlay(c, lid, rev, view)
+            t_view = time.perf_counter()
+            whole = "X-Box" not in r.headers
+            ms_tiles, tile_ms = (0.0, []) if whole else whole_in_tiles(c, lid, rev, w, h)
+            t_full = time.perf_counter()
+            out["first_view"] = {
+                "first_pixels_s": (t_first if first.status_code == 200 else t_view) - t0,
+                "coarse": first.status_code == 200, "visible_exact_s": t_view - t0, "full_s": t_full - t0,
+                "tile_ms_p50": pct(tile_ms, 50) if tile_ms else None}
+            out["rss_after_features_mb"] = rss_mb(proc.pid)[0]
+            # a few hundred points on the large image, then clicks inside the viewport
+            x0, y0, x1, y1 = view
+            items = [{"class_id": cls[k % 2]["id"], "x": float(rng.uniform(0, w - 1)), "y": float(rng.uniform(0, h - 1))}
+                     for k in range(args.points)]
+            rev = c.post(f"/api/images/{lid}/annotations", json={"items": items}).json()["rev"]
+            overlay(c, lid, rev, view)
+
+            def click(box, scale):
+                item = {"class_id": cls[len(lat) % 2]["id"], "x": float(rng.uniform(x0, x1 - 1)),
+                        "y": float(rng.uniform(y0, y1 - 1))}
+                t = time.perf_counter()
+                r = c.post(f"/api/images/{lid}/annotations", json={"items": [item]})
+                r.raise_for_status()
+                _, o = overlay(c, lid, r.json()["rev"], box, scale)
+                lat.append((time.perf_counter() - t) * 1000)
+                fits.append(json.loads(o.headers["X-Timings"]))
+                time.sleep(args.pace)
+
+            lat, fits = [], []
+            for _ in range(args.large_clicks):
+                click(view, 1.0)
+            out["click_view"] = {"p50": pct(lat, 50), "p95": pct(lat, 95), "n": len(lat),
+                                 **{f"{k}_p50": float(np.median([t.get(k, np.nan) for t in fits]))
+                                    for k in ("fit_ms", "predict_ms", "encode_ms", "wait_ms")}}
+            lat, fits = [], []
+            for _ in range(args.zoomed_out_clicks):
+                click((0, 0, w, h), min(1.0, vw / w))
+            out["click_zoomed_out"] = {"p50": pct(lat, 50), "p95": pct(lat, 95), "n": len(lat)}
+            out["rss_mb"], out["peak_rss_mb"] = rss_mb(proc.pid)
+            out["regions"] = not whole
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
+
+
+def large_main(args, sizes) -> None:
+    rng = np.random.default_rng(0)
+    load0 = os.getloadavg()[0]
+    runs = []
+    for w, h in sizes:
+        trees = [("this tree", None)]
+        if args.baseline and f"{w}x{h}" in args.baseline_sizes.split(","):
+            trees.insert(0, ("baseline", args.baseline))
+        for label, src in trees:
+            print(f"{label} at {w}x{h} …", flush=True)
+            runs.append(large_run(label, src, w, h, args, rng))
+    load1 = os.getloadavg()[0]
+    rows = []
+    for r in runs:
+        fv, cv, cz = r["first_view"], r["click_view"], r["click_zoomed_out"]
+        rows.append([r["tree"], r["size"], f"{fv['first_pixels_s']:.2f}" + ("" if fv["coarse"] else " (whole)"),
+                     f"{fv['visible_exact_s']:.2f}", f"{fv['full_s']:.1f}", f"{cv['p50']:.0f}", f"**{cv['p95']:.0f}**",
+                     f"{cz['p50']:.0f}", f"{cz['p95']:.0f}", f"{cv['fit_ms_p50']:.0f}",
+                     f"{r['rss_after_features_mb']:.0f}", f"{r['peak_rss_mb']:.0f}"])
+    vw, vh = runs[0]["viewport"]
+    md = "\n".join([
+        header("bench_server_latency.py", sys.argv[1:]), "",
+        f"Through the server (HTTP on loopback, a fresh `pointseg serve` per tree and size): 40 points on a 1 MP "
+        f"image, then the large image's first view, {args.points} points on it and {args.large_clicks} clicks "
+        f"{args.pace:g} s apart inside a {vw}x{vh} viewport, each timed from the POST until the visible overlay "
+        f"arrived; {args.zoomed_out_clicks} more with the whole image at {vw} px wide. Load average {load0:.1f} → "
+        f"{load1:.1f}.", "",
+        md_table(["tree", "image", "first pixels s", "visible exact s", "full resolution s",
+                  "click→view p50 ms", "click→view p95 ms", "zoomed-out p50 ms", "zoomed-out p95 ms",
+                  "fit p50 ms", "RSS after features MB", "peak RSS MB"], rows)])
+    save_md("server_latency_large", md + "\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "server_latency_large.json").write_text(json.dumps({"args": vars(args), "runs": runs,
+                                                                   "loadavg": [load0, load1]}, indent=2))
     print(md)
 
 

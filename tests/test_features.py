@@ -216,3 +216,112 @@ def test_disk_cache_keeps_pixels_and_statistics_of_hybrid_maps(image, tmp_path):
     assert loaded._stats is not None
     np.testing.assert_array_equal(loaded.moments()[0], fmap.moments()[0])
     np.testing.assert_array_equal(loaded.fine_box(10, 20, 30, 40), fmap.fine_box(10, 20, 30, 40))
+
+
+# ---------------------------------------------------------------- paged deep maps (issue 15: bounded memory)
+def _vm_rss_kb() -> int:
+    from pathlib import Path
+
+    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmRSS:"))
+
+
+def _mapped_files_in(directory) -> list[str]:
+    from pathlib import Path
+
+    return [line for line in Path("/proc/self/maps").read_text().splitlines() if str(directory) in line]
+
+
+def test_released_pages_leave_the_resident_set_but_keep_their_data(tmp_path):
+    from pointseg.features import is_paged, paged_array, release_pages
+
+    a = paged_array((16 << 20,), np.float32, tmp_path)  # 64 MB
+    assert is_paged(a) and is_paged(a[10:20]) and not is_paged(np.zeros(3))
+    assert list(tmp_path.iterdir()) == []  # the file has no name: nothing to clean up, even after a crash
+    a[:] = 1.5
+    before = _vm_rss_kb()
+    release_pages(a)
+    assert before - _vm_rss_kb() > 48 * 1024
+    assert float(a[::4096].sum()) == 1.5 * (16 << 20) // 4096  # read back from the file
+    mapped = _mapped_files_in(tmp_path)
+    assert mapped and all("(deleted)" in line for line in mapped)
+    del a
+    import gc
+
+    gc.collect()
+    assert _mapped_files_in(tmp_path) == []  # the last view gone, the file's space is freed
+
+
+def test_paged_array_falls_back_to_none_where_no_file_can_be_made(tmp_path):
+    from pointseg.features import paged_array
+
+    (tmp_path / "file").write_text("x")
+    assert paged_array((10,), np.float16, tmp_path / "file" / "sub") is None
+
+
+@pytest.fixture
+def paged_above(monkeypatch, tmp_path):
+    """Page deep maps of images above 100,000 pixels (the test image has 140,483), into ``tmp_path``."""
+    import tempfile
+
+    monkeypatch.setenv("POINTSEG_PAGED_DEEP_ABOVE_PIXELS", "100000")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_paged_deep_map_equals_the_in_memory_one_and_is_not_resident(image, paged_above, monkeypatch):
+    import gc
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                           cache=FeatureCache(max_bytes=0))  # nothing kept by the cache: the caller's map
+    paged = ext.extract(image)
+    assert paged.paged and paged.data.dtype == np.float16 and ext.cache.spill_dir == paged_above
+    assert paged.resident_nbytes == paged.nbytes - paged.data.nbytes and len(ext.cache) == 0
+    assert list(paged_above.iterdir()) == [] and _mapped_files_in(paged_above)
+    monkeypatch.delenv("POINTSEG_PAGED_DEEP_ABOVE_PIXELS")
+    held = ext.extract(image)
+    assert not held.paged and held.data.dtype == np.float32
+    np.testing.assert_array_equal(paged.data, held.data.astype(np.float16))
+    np.testing.assert_array_equal(paged.context, held.context)
+    for a, b in zip(paged.moments()[:2], held.moments()[:2]):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-2)
+    xy = np.array([[0, 0], [426.9, 328.9], [100.3, 200.7], [13, 301]])
+    as_float16 = FeatureMap(held.data.astype(np.float16), held.image_size, held.extent, "f16", ext.id,
+                            context=held.context, rgb=held.rgb)
+    np.testing.assert_array_equal(paged.sample(xy), as_float16.sample(xy))
+    np.testing.assert_array_equal(paged.sample(xy[::-1]), as_float16.sample(xy[::-1]))  # from the memo
+    del paged
+    gc.collect()
+    assert _mapped_files_in(paged_above) == []
+
+
+def test_paged_maps_go_to_and_come_back_from_the_disk_cache_paged(image, paged_above):
+    disk = paged_above / "features"
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                           cache=FeatureCache(disk_dir=disk))
+    first = ext.extract(image)
+    assert first.paged and ext.cache.spill_dir == disk
+    assert [p.suffix for p in disk.iterdir()] == [".npz"]  # the paged file itself has no name
+    reopened = FeatureCache(disk_dir=disk).get(first.key)
+    assert reopened.paged and reopened.data.dtype == np.float16
+    np.testing.assert_array_equal(reopened.data, first.data)
+    np.testing.assert_array_equal(reopened.rgb, first.rgb)
+
+
+def test_context_tail_in_tiles_equals_one_pass(large_image, monkeypatch):
+    """Large images run the stride-32 tail in tiles with a margin (bounded memory); the result is the one
+    pass's within float32 precision, at the borders and the tile seams too."""
+    import pointseg.features as features_module
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", engine="torch", tile_size=4096)
+    _, whole = ext.compute_parts(large_image)
+    s16_rows = ext.padded_size(large_image.shape[:2])[0] // 16
+    monkeypatch.setattr(features_module, "CONTEXT_TILE_CELLS", 8)
+    monkeypatch.setattr(features_module, "CONTEXT_MARGIN_CELLS", 16)
+    assert s16_rows > 8 + 2 * 16  # really tiled: 6 x 6 tiles
+    _, tiled = ext.compute_parts(large_image)
+    assert tiled.shape == whole.shape
+    np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(features_module, "CONTEXT_MARGIN_CELLS", 2)  # guards the test: too small a margin
+    _, short = ext.compute_parts(large_image)
+    assert not np.allclose(short, whole, atol=1e-3, rtol=1e-3)

@@ -298,3 +298,33 @@ def test_loaded_model_is_built_through_the_constructor_path(fitted, tmp_path):
     twin = Segmenter.from_fitted(seg.head_, seg.classes_, seg.colors_, backbone=seg.backbone, precision="fp32",
                                  smoothing=0, cache=seg.cache)
     np.testing.assert_array_equal(twin.predict(image), seg.predict(image))
+
+
+def test_paged_deep_map_predicts_as_the_same_map_held_in_memory(smoothed, monkeypatch, tmp_path):
+    """A large image's deep map paged from a file (here: any image above 1,000 pixels) gives the predictions
+    of the same float16 map held in memory, whole and per region."""
+    import copy
+    import tempfile
+
+    from pointseg.features import FeatureCache, FeatureMap
+
+    seg, image, _ = smoothed
+    held = seg.extract_features(image)
+    monkeypatch.setenv("POINTSEG_PAGED_DEEP_ABOVE_PIXELS", "1000")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    extractor = copy.copy(seg.extractor)
+    extractor.cache = FeatureCache()
+    paged, paged_seg = extractor.extract(image), seg
+    assert paged.paged and not held.paged
+    reference = FeatureMap(held.data.astype(np.float16), held.image_size, held.extent, "f16", held.extractor_id,
+                           context=held.context, rgb=held.rgb)
+    whole, expected = paged_seg.predict_full(paged), seg.predict_full(reference)
+    np.testing.assert_array_equal(whole.labels, expected.labels)
+    np.testing.assert_allclose(whole.probabilities, expected.probabilities, atol=1e-6)
+    box = (37, 93, 45, 170)
+    region = paged_seg.predict_region(paged, box)
+    np.testing.assert_array_equal(region.labels, whole.labels[37:93, 45:170])
+    np.testing.assert_allclose(region.probabilities, whole.probabilities[:, 37:93, 45:170], atol=1e-5)
+    refit = seg.clone()
+    refit.fit([paged], [points_from_truth(two_texture_image()[1], 8)])
+    np.testing.assert_allclose(refit.head_.coef, seg.head_.coef, rtol=1e-2, atol=1e-2)

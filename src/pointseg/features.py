@@ -14,7 +14,9 @@ ratio of 1/4 on every image. See :mod:`pointseg.sampling` for the pixel-centre c
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,8 +47,16 @@ FINE_CACHE_BYTES = 256_000_000
 DEEP_FLOAT16_ABOVE_PIXELS = 4_000_000
 #: points in one tile above which its whole tile is computed rather than a window per point
 POINTS_PER_TILE = 32
-#: grid rows per band when streaming statistics over a deep map (bounds the upsampled-context copy)
+#: grid rows per band when streaming statistics over a deep map (bounds the upsampled-context copy) ...
 MOMENT_BAND_CELLS = 64
+#: ... and float32 bytes per band, so a wide image's bands have fewer rows
+MOMENT_BAND_BYTES = 32_000_000
+#: stride-16 cells per side of the tiles the context tail runs in on large images, and their margin (both
+#: even; see :meth:`FeatureExtractor._context_tail`)
+CONTEXT_TILE_CELLS = 128
+CONTEXT_MARGIN_CELLS = 32
+#: points sampled between two releases of a paged deep map's pages (see ``FeatureMap._sample_paged``)
+PAGED_POINTS_PER_READ = 4
 
 
 def deep_dtype(image_size: tuple[int, int]) -> type:
@@ -74,6 +84,42 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def paged_array(shape: tuple[int, ...], dtype, directory: str | os.PathLike) -> np.ndarray | None:
+    """A writable ``np.memmap`` of ``shape`` over a file in ``directory`` that has no name (unlinked at once:
+    nothing is left behind, even by a crash; the space is freed when the last view of the array goes), or
+    ``None`` when the file cannot be made (no space, read-only directory): the caller then holds the array in
+    memory. The space is reserved up front, so a full disk is this ``None`` rather than a SIGBUS later.
+
+    Large images keep their deep map in one (:data:`pointseg.limits.PAGED_DEEP_ABOVE_PIXELS`): its pages
+    live in the OS page cache, which reclaims them under pressure, and :func:`release_pages` drops them from
+    this process's resident set after each pass, so resident memory does not grow with the image.
+    """
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory, prefix="pointseg-paged-") as handle:
+            os.posix_fallocate(handle.fileno(), 0, max(1, nbytes))
+            return np.memmap(handle, dtype=dtype, mode="r+", shape=tuple(shape))
+    except (OSError, ValueError):
+        return None
+
+
+def is_paged(array) -> bool:
+    """Whether ``array`` (or the array it is a view of) is a memory-mapped file (:func:`paged_array`)."""
+    return getattr(array, "_mmap", None) is not None
+
+
+def release_pages(array) -> None:
+    """Drop a memory-mapped array's pages from this process's resident set (``MADV_DONTNEED``); the data
+    stays in the file and the page cache and is faulted back in when read again. A no-op on other arrays."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None:
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def tile_cache(max_bytes: int) -> ByteLRU:
@@ -166,14 +212,19 @@ class FineFeatures:
             out[i] = vec
         return out
 
-    def sums(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel sum and sum of squares over every pixel (float64), tile by tile."""
+    def sums(self, keep: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel sum and sum of squares over every pixel (float64), tile by tile; ``keep=False``
+        leaves the tiles it computes out of the cache."""
         total = np.zeros(self.channels)
         total_sq = np.zeros(self.channels)
         h, w = self.rgb.shape[:2]
         for ty in range(-(-h // FINE_TILE)):
             for tx in range(-(-w // FINE_TILE)):
-                flat = self.tile(ty, tx).reshape(self.channels, -1)
+                tile = self.tile(ty, tx) if keep else self.cache.get((self.key, FINE_TILE, ty, tx))
+                if tile is None:
+                    y0, x0 = ty * FINE_TILE, tx * FINE_TILE
+                    tile = self._window(y0, y0 + FINE_TILE, x0, x0 + FINE_TILE)
+                flat = tile.reshape(self.channels, -1)
                 total += flat.sum(axis=1, dtype=np.float64)
                 total_sq += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
         return total, total_sq
@@ -243,8 +294,20 @@ class FeatureMap:
 
     @property
     def nbytes(self) -> int:
-        """Bytes this map holds itself (fine tiles live in the shared, bounded :func:`fine_tile_cache`)."""
+        """Bytes this map holds itself, paged or not (fine tiles live in the shared, bounded
+        :func:`fine_tile_cache`): what a :class:`FeatureCache` budgets, so its memory budget also bounds the
+        paged files of the maps it keeps."""
         return sum(a.nbytes for a in (self.data, self.fine, self.context, self.rgb) if a is not None)
+
+    @property
+    def paged(self) -> bool:
+        """Whether the deep map is paged from a memory-mapped file (:func:`paged_array`), not held in memory."""
+        return is_paged(self.data)
+
+    @property
+    def resident_nbytes(self) -> int:
+        """Bytes this map keeps resident between uses: :attr:`nbytes` less a paged deep map."""
+        return self.nbytes - (self.data.nbytes if self.paged else 0)
 
     def context_on_grid(self) -> np.ndarray | None:
         """The context channels upsampled to the grid, as the network's fusion would give them."""
@@ -262,6 +325,8 @@ class FeatureMap:
         """Grid cells ``rows x cols`` of :meth:`full_deep`, without upsampling the whole context map."""
         (g0, g1), (k0, k1) = rows, cols
         block = self.data[:, g0:g1, k0:k1].astype(np.float32, copy=False)
+        if self.paged:
+            release_pages(self.data)  # the copy is what the caller uses; the pages can go
         if self.context is None:
             return block
         window = upsample_window(torch.from_numpy(self.context), 8, rows, cols).numpy()
@@ -288,13 +353,38 @@ class FeatureMap:
         from pointseg.sampling import sample_points
 
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-        deep = sample_points(self, xy)
+        deep = self._sample_paged(xy) if self.paged else sample_points(self, xy)
         if not self.fine_channels:
             return deep
         cols = np.clip(np.floor(xy[:, 0]).astype(np.intp), 0, self.image_size[1] - 1)
         rows = np.clip(np.floor(xy[:, 1]).astype(np.intp), 0, self.image_size[0] - 1)
         fine = self.fine[:, rows, cols].T if self.fine is not None else self.fine_source.at(rows, cols)
         return np.concatenate([deep, fine], axis=1)
+
+    def _sample_paged(self, xy: np.ndarray) -> np.ndarray:
+        """:func:`~pointseg.sampling.sample_points` of a paged map, remembering each point's vector: a point
+        reads a page per channel (scattered points touch the whole file), and a refit after a click asks for
+        the same points again."""
+        from pointseg.sampling import sample_points
+
+        memo = self.__dict__.setdefault("_point_memo", {})
+        keys = [tuple(p) for p in xy.tolist()]
+        missing = [i for i, k in enumerate(keys) if k not in memo]
+        if missing:
+            fresh = np.empty((len(missing), self.deep_channels), dtype=np.float32)
+            # a few points at a time: each maps ~2 pages per channel plus the kernel's fault-around (64 kB),
+            # ~20 MB a point, which would otherwise add up to the whole file on a first fit
+            for a in range(0, len(missing), PAGED_POINTS_PER_READ):
+                fresh[a: a + PAGED_POINTS_PER_READ] = sample_points(self, xy[missing[a: a + PAGED_POINTS_PER_READ]])
+                release_pages(self.data)
+            if len(memo) + len(missing) <= 50_000:
+                memo.update((keys[i], v) for i, v in zip(missing, fresh))
+            else:
+                return np.stack([memo[k] if k in memo else fresh[missing.index(i)] for i, k in enumerate(keys)])
+        out = np.empty((len(keys), self.deep_channels), dtype=np.float32)
+        for i, k in enumerate(keys):
+            out[i] = memo[k]
+        return out
 
     def score(self, weights: np.ndarray, bias: np.ndarray) -> "Scores":
         """A linear head ``weights (K, n_channels)``, ``bias (K,)`` applied to this map, lazily: the returned
@@ -346,8 +436,9 @@ class FeatureMap:
             hf, wf = self.valid_grid_size
             deep_sum = np.zeros(self.deep_channels)
             deep_sq = np.zeros(self.deep_channels)
-            for g0 in range(0, hf, MOMENT_BAND_CELLS):
-                band = self.deep_window((g0, min(hf, g0 + MOMENT_BAND_CELLS)), (0, wf))
+            rows = max(1, min(MOMENT_BAND_CELLS, MOMENT_BAND_BYTES // (4 * self.deep_channels * wf)))
+            for g0 in range(0, hf, rows):
+                band = self.deep_window((g0, min(hf, g0 + rows)), (0, wf))
                 flat = band.reshape(band.shape[0], -1)
                 deep_sum += flat.sum(axis=1, dtype=np.float64)
                 deep_sq += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
@@ -358,8 +449,8 @@ class FeatureMap:
                     flat = self.fine.reshape(self.fine.shape[0], -1)
                     fine_sum = flat.sum(axis=1, dtype=np.float64)
                     fine_sq = np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
-                else:
-                    fine_sum, fine_sq = self.fine_source.sums()
+                else:  # a paged (large) map's tiles would only fill the cache with its last rows
+                    fine_sum, fine_sq = self.fine_source.sums(keep=not self.paged)
                 mean.append(fine_sum / n)
                 mean_sq.append(fine_sq / n)
             count = self.image_size[0] * self.image_size[1]
@@ -390,10 +481,13 @@ def linear_scores(weights: torch.Tensor, data: np.ndarray, rows: tuple[int, int]
     """
     (g0, g1), (k0, k1) = rows, cols
     out = torch.empty((weights.shape[0], g1 - g0, k1 - k0), dtype=torch.float32)
+    paged = is_paged(data)
     for a in range(g0, g1, chunk):
         b = min(g1, a + chunk)
         block = torch.from_numpy(data[:, a:b, k0:k1]).permute(1, 0, 2)
         out[:, a - g0: b - g0] = torch.matmul(weights, block.float()).permute(1, 0, 2)
+        if paged:  # a paged map is resident one chunk at a time, whatever the window
+            release_pages(data)
     return out
 
 
@@ -451,7 +545,7 @@ class Scores:
         """Logits of pixel rows ``y0:y1``, columns ``x0:x1``: ``K x (y1-y0) x (x1-x0)`` float32."""
         out = self.deep_logits(y0, y1, x0, x1)
         fine = self.fine_logits(y0, y1, x0, x1)
-        return out if fine is None else out + fine
+        return out if fine is None else out.add_(fine)  # in place: one box-sized temporary less
 
 
 class _StreamedFine:
@@ -497,6 +591,12 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return len(self._memory)
+
+    @property
+    def spill_dir(self) -> Path:
+        """Where paged deep maps keep their (nameless) files: the disk layer's folder, else the system's
+        temporary folder (``$TMPDIR``)."""
+        return self.disk_dir if self.disk_dir is not None else Path(tempfile.gettempdir())
 
     def __contains__(self, key: str) -> bool:
         return key in self._memory or (self._disk_path(key) is not None and self._disk_path(key).is_file())
@@ -575,6 +675,7 @@ class FeatureCache:
                     extent=np.array(fmap.extent),
                     extractor_id=np.array(fmap.extractor_id),
                 )
+            release_pages(fmap.data)  # writing read every page of a paged map
             size = tmp.stat().st_size
             os.replace(tmp, path)
         except OSError as exc:  # full or read-only disk: the features are in memory and the caller has them
@@ -628,7 +729,7 @@ class FeatureCache:
         try:
             with np.load(path) as z:
                 fmap = FeatureMap(
-                    data=z["data"].astype(deep_dtype(tuple(z["image_size"]))),
+                    data=self._read_deep(z),
                     image_size=tuple(int(v) for v in z["image_size"]),
                     extent=tuple(int(v) for v in z["extent"]),
                     key=key,
@@ -649,6 +750,45 @@ class FeatureCache:
         except OSError:
             pass
         return fmap
+
+
+    def _read_deep(self, z) -> np.ndarray:
+        """The deep map of an open ``.npz``: for a large image streamed into a paged array (never whole in
+        memory), else loaded as :func:`deep_dtype` says."""
+        from pointseg.limits import paged_deep_above_pixels
+
+        size = tuple(int(v) for v in z["image_size"])
+        if size[0] * size[1] > paged_deep_above_pixels():
+            paged = _read_member_paged(z, "data", self.spill_dir)
+            if paged is not None:
+                return paged
+        return z["data"].astype(deep_dtype(size), copy=False)
+
+
+def _read_member_paged(z, name: str, directory: Path, chunk: int = 16 << 20) -> np.ndarray | None:
+    """Array ``name`` of an open ``.npz`` read in ``chunk``-byte pieces into a :func:`paged_array` (float16,
+    C order), or ``None`` when it is not stored that way or no file can be made."""
+    from numpy.lib import format as npy
+
+    with z.zip.open(f"{name}.npy") as member:
+        version = npy.read_magic(member)
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, fortran, dtype = read_header(member)
+        if fortran or dtype != np.float16:
+            return None
+        out = paged_array(shape, np.float16, directory)
+        if out is None:
+            return None
+        flat = out.reshape(-1).view(np.uint8)
+        for start in range(0, flat.size, chunk):
+            view = memoryview(flat[start: start + chunk])
+            while len(view):
+                n = member.readinto(view)
+                if not n:
+                    raise ValueError(f"{name}.npy is shorter than its header says")
+                view = view[n:]
+            release_pages(out)
+    return out
 
 
 def _stale_temporary(path: Path, grace_seconds: float = 3600.0) -> bool:
@@ -809,13 +949,26 @@ class FeatureExtractor:
         if cached is not None:
             return cached
         data, context = self.compute_parts(rgb, progress=progress)
+        large = deep_dtype(rgb.shape[:2]) is np.float16
+        if large:  # before the statistics pass fills the fine-tile cache: the peak stays one of the two
+            self.release_engine_memory()
+            release_freed_memory()
         fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, None, context,
                           rgb=rgb if self.hybrid else None)
         fmap.moments()
         self.cache.put(fmap)
-        if deep_dtype(rgb.shape[:2]) is np.float16:
+        release_pages(fmap.data)
+        if large:
             release_freed_memory()  # a large extraction's transients would otherwise stay resident
         return fmap
+
+    def release_engine_memory(self) -> None:
+        """Free what the backbone's runtime keeps for the largest input it ran (OpenVINO's activation
+        buffers: ~260 MB after the tiles of a large image), so a server does not hold it between images.
+        The next run reallocates them, which costs less than a tile's inference; torch keeps none."""
+        release = getattr(self.module, "release_memory", None)
+        if release is not None:
+            release()
 
     def image_scores(self, image, weights=None, bias=None, fn=None, n_features: int | None = None,
                      stream_above: int = 16_000_000) -> Scores:
@@ -894,14 +1047,31 @@ class FeatureExtractor:
             return 1
         return -(-hp // core) * -(-wp // core)
 
-    def _compute(self, rgb: np.ndarray, progress=None, dtype=np.float32) -> np.ndarray:
+    def deep_buffer(self, channels: int, image_size: tuple[int, int]) -> np.ndarray:
+        """The array an image's deep map is written into, tile by tile: paged from a memory-mapped float16
+        file in the cache's :attr:`~FeatureCache.spill_dir` above :data:`pointseg.limits.PAGED_DEEP_ABOVE_PIXELS`
+        (in memory when no file can be made), else in memory as :func:`deep_dtype` says."""
+        from pointseg.limits import paged_deep_above_pixels
+
+        hp, wp = self.padded_size(image_size)
+        shape = (channels, hp // self.spec.stride, wp // self.spec.stride)
+        if int(image_size[0]) * int(image_size[1]) > paged_deep_above_pixels():
+            out = paged_array(shape, np.float16, self.cache.spill_dir)
+            if out is not None:
+                return out
+        return np.empty(shape, dtype=deep_dtype(image_size))
+
+    def _compute(self, rgb: np.ndarray, progress=None, paged: bool = False) -> np.ndarray:
         h, w = rgb.shape[:2]
-        hp, wp = self.padded_size((h, w))
         stride = self.spec.stride
-        out = np.empty((self.channels, hp // stride, wp // stride), dtype=dtype)
+        out = self.deep_buffer(self.channels, (h, w)) if paged else None
+        if out is None:
+            hp, wp = self.padded_size((h, w))
+            out = np.empty((self.channels, hp // stride, wp // stride), dtype=np.float32)
         total = self.n_tiles((h, w))
         for done, ((y0, y1, x0, x1), tile) in enumerate(self.iter_tiles(rgb), 1):
             out[:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = tile
+            release_pages(out)  # written tiles go to the page cache, not this process's resident set
             if progress is not None:
                 progress(done, total)
         return out
@@ -911,7 +1081,7 @@ class FeatureExtractor:
         (``FeatureMap.context``); ``(compute(rgb), None)`` for trunks without one. ``progress(done, total)``
         is called after each tile."""
         if getattr(self.module, "context_start", None) is None:
-            return self._compute(rgb, progress, deep_dtype(rgb.shape[:2])), None
+            return self._compute(rgb, progress, paged=True), None
         hp, wp = self.padded_size(rgb.shape[:2])
         padded = _pad_reflect(rgb, hp, wp)
         stride = self.spec.stride
@@ -920,8 +1090,14 @@ class FeatureExtractor:
         def sink(box, fused):  # each core's map goes into the deep map as soon as it is computed
             y0, y1, x0, x1 = box
             if not out:
-                out.append(np.empty((fused.shape[0], hp // stride, wp // stride), dtype=deep_dtype(rgb.shape[:2])))
-            out[0][:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = _to_numpy(fused)
+                out.append(self.deep_buffer(fused.shape[0], rgb.shape[:2]))
+            # assigned from the (strided) core view: no contiguous float32 copy of it on the way
+            core = fused.detach().cpu()
+            core = core if core.dtype == torch.float32 else core.float()
+            out[0][:, y0 // stride: y1 // stride, x0 // stride: x1 // stride] = core.numpy()
+            if is_paged(out[0]):  # a large image: neither its written tiles nor a tile's freed buffers stay
+                release_pages(out[0])
+                release_freed_memory()
 
         _, context = self._context_passes(padded, progress, sink)
         return out[0], _to_numpy(context)
@@ -986,7 +1162,7 @@ class FeatureExtractor:
         if hp <= core + 2 * margin and wp <= core + 2 * margin:
             with self._inference():
                 fused, x16 = self.module.forward_base(self._prepare(padded))
-                context = self.module.forward_context(x16)[0].float()
+            context = self._context_tail(x16[0])
             if progress is not None:
                 progress(1, 1)
             if sink is not None:
@@ -1009,9 +1185,36 @@ class FeatureExtractor:
             done += 1
             if progress is not None:
                 progress(done, self.n_tiles((hp, wp)))
-        with self._inference():
-            context = self.module.forward_context(self._channels_last(s16[None]))[0].float()
-        return cores, context
+        return cores, self._context_tail(s16)
+
+    def _context_tail(self, s16: torch.Tensor) -> torch.Tensor:
+        """The context tail over an image's stride-16 map, ``C x h x w`` → stride-32 ``C' x h/2 x w/2``.
+
+        One pass when the map is small; otherwise in tiles of :data:`CONTEXT_TILE_CELLS` stride-16 cells with
+        :data:`CONTEXT_MARGIN_CELLS` of margin, so its working memory does not grow with the image (one pass
+        over a 50 MP image's map took 0.9 GB in OpenVINO's buffers). The tail's reach is ~14 cells (measured
+        on efficientnet_lite0_s32: a changed cell moves outputs within 7 stride-32 rows), so the margin covers
+        it and tiles equal the single pass within float precision; cores and margins are even, keeping its
+        stride-2 convolutions on the same phase.
+        """
+        _, h, w = s16.shape
+        core, margin = CONTEXT_TILE_CELLS, CONTEXT_MARGIN_CELLS
+        if h <= core + 2 * margin and w <= core + 2 * margin:
+            with self._inference():
+                return self.module.forward_context(self._channels_last(s16[None]))[0].float()
+        out = None
+        for y0 in range(0, h, core):
+            for x0 in range(0, w, core):
+                y1, x1 = min(h, y0 + core), min(w, x0 + core)
+                ty0, tx0 = max(0, y0 - margin), max(0, x0 - margin)
+                window = s16[None, :, ty0: min(h, y1 + margin), tx0: min(w, x1 + margin)].contiguous()
+                with self._inference():
+                    tile = self.module.forward_context(self._channels_last(window))[0].float()
+                if out is None:
+                    out = torch.empty((tile.shape[0], h // 2, w // 2), dtype=torch.float32)
+                fy, fx = (y0 - ty0) // 2, (x0 - tx0) // 2
+                out[:, y0 // 2: y1 // 2, x0 // 2: x1 // 2] = tile[:, fy: fy + (y1 - y0) // 2, fx: fx + (x1 - x0) // 2]
+        return out
 
     def _prepare(self, rgb: np.ndarray) -> torch.Tensor:
         rgb = np.ascontiguousarray(rgb)

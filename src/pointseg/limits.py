@@ -78,10 +78,21 @@ MAX_MODEL_FILE_BYTES = Limit("POINTSEG_MAX_MODEL_MB", 256 * MiB, "MiB", "bytes o
 DISK_CACHE_BYTES = Limit("POINTSEG_FEATURE_CACHE_MB", 10 * 1024 * MiB, "MiB",
                          "bytes of float16 feature maps kept in a project's disk cache (oldest removed first)",
                          scale=MiB)
+#: the app's overlay of a region (``overlay.png?box=…``): output pixels of one answer, i.e. the box times
+#: its scale squared (a 4K screen is 8.3 MP; tiles of the background refinement are 0.26 MP)
+MAX_REGION_PIXELS = Limit("POINTSEG_MAX_REGION_PIXELS", 16_777_216, "pixels",
+                          "output pixels of one overlay region the app is asked for")
+
+#: not an input bound but a memory threshold (so not in the README's Limits table): images above this many
+#: pixels page their deep feature map from a memory-mapped float16 file instead of holding it in memory,
+#: so resident memory does not grow with the image (:func:`pointseg.features.paged_array`)
+PAGED_DEEP_ABOVE_PIXELS = Limit("POINTSEG_PAGED_DEEP_ABOVE_PIXELS", 8_000_000, "pixels",
+                                "pixels of an image above which its deep feature map is paged from disk")
 
 #: every limit, in the order of the README table
 LIMITS = (MAX_PIXELS, MAX_UPLOAD_BYTES, MAX_JSON_FILE_BYTES, MAX_JSON_BODY_BYTES, MAX_POINTS_PER_REQUEST,
-          MAX_POINTS_PER_FILE, MAX_SCRIBBLE_WIDTH, MAX_SCRIBBLE_SAMPLES, MAX_MODEL_FILE_BYTES, DISK_CACHE_BYTES)
+          MAX_POINTS_PER_FILE, MAX_SCRIBBLE_WIDTH, MAX_SCRIBBLE_SAMPLES, MAX_MODEL_FILE_BYTES, DISK_CACHE_BYTES,
+          MAX_REGION_PIXELS)
 
 
 def max_pixels() -> int:
@@ -122,6 +133,14 @@ def max_model_file_bytes() -> int:
 
 def disk_cache_bytes() -> int:
     return DISK_CACHE_BYTES.value()
+
+
+def max_region_pixels() -> int:
+    return MAX_REGION_PIXELS.value()
+
+
+def paged_deep_above_pixels() -> int:
+    return PAGED_DEEP_ABOVE_PIXELS.value()
 
 
 def read_bounded(path: Path, limit: Limit, what: str, error: type[PointsegError] = PointsegError) -> bytes:

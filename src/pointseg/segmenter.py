@@ -47,6 +47,9 @@ from pointseg.sampling import sample_points
 STREAM_ABOVE_PIXELS = 16_000_000
 #: output rows per band when turning scores into labels, to bound memory on huge images
 BAND_ROWS = 1024
+#: and pixels per band: a wide image's bands get fewer rows (in whole fine tiles), so the band's float32
+#: temporaries (logits, smoothing, softmax: ~10 arrays of K x rows x W) do not grow with its width
+BAND_PIXELS = 4_200_000
 
 
 @dataclass
@@ -522,7 +525,7 @@ class Segmenter:
         rgb = load_image(image)
         h, w = rgb.shape[:2]
         n_tiles = self.extractor.n_tiles((h, w))
-        n_bands = len(_band_starts(h, self.extractor.spec.stride))
+        n_bands = len(_band_starts(h, self.extractor.spec.stride, w))
         total = n_tiles + n_bands
         coarse = self.predict_coarse(rgb, max_side=max_side)
         yield Progress("coarse", 0, total, coarse, (0, h, 0, w), coarse_scale(rgb.shape[:2], max_side))
@@ -603,21 +606,26 @@ class Segmenter:
     def _decide(self, logits: torch.Tensor, probabilities: bool, clean: bool = True) -> Prediction:
         proba = torch.softmax(logits, dim=0)
         top, labels = proba.max(dim=0)
-        labels = labels.numpy().astype(np.int64)
+        labels = labels.numpy().astype(np.int64, copy=False)
         return Prediction(self._clean(labels) if clean else labels,
                           proba.numpy() if probabilities else None, (1 - top).numpy())
 
     def _iter_bands(self, scores: Scores, probabilities: bool, sigma: float | None = None):
-        """``(y0, y1, Prediction of rows y0:y1)`` in ``BAND_ROWS`` steps (``min_region`` not yet applied)."""
+        """``(y0, y1, Prediction of rows y0:y1)`` in bands of ``BAND_ROWS`` rows, fewer on wide images
+        (``BAND_PIXELS``) (``min_region`` not yet applied)."""
         h, w = scores.image_size
-        for r0 in _band_starts(h, scores.stride):
-            r1 = min(h, r0 + _band_step(scores.stride))
+        for r0 in _band_starts(h, scores.stride, w):
+            r1 = min(h, r0 + _band_step(scores.stride, w))
             yield r0, r1, self._decide(self._smoothed_box(scores, r0, r1, 0, w, sigma), probabilities, clean=False)
 
     def _finish(self, scores: Scores, probabilities: bool, sigma: float | None = None) -> Prediction:
         canvas = _Canvas(scores.image_size, probabilities)
+        large = deep_dtype(scores.image_size) is np.float16
         for y0, y1, band in self._iter_bands(scores, probabilities, sigma):
             canvas.add(y0, y1, band)
+            del band
+            if large:  # a band's temporaries (and the fine tiles it pushed out) do not pile up in the heap
+                release_freed_memory()
         return canvas.result(self._clean)
 
     def decide(self, image, rule: "NGRule | None" = None) -> "Decision":
@@ -774,12 +782,17 @@ def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _band_step(stride: int) -> int:
-    return max(stride, BAND_ROWS // stride * stride)
+def _band_step(stride: int, width: int = 0) -> int:
+    from pointseg.features import FINE_TILE
+
+    rows = BAND_ROWS
+    if width:
+        rows = min(rows, max(FINE_TILE, BAND_PIXELS // width // FINE_TILE * FINE_TILE))
+    return max(stride, rows // stride * stride)
 
 
-def _band_starts(h: int, stride: int) -> list[int]:
-    return list(range(0, h, _band_step(stride)))
+def _band_starts(h: int, stride: int, width: int = 0) -> list[int]:
+    return list(range(0, h, _band_step(stride, width)))
 
 
 def _check_box(box, size: tuple[int, int]) -> tuple[int, int, int, int]:

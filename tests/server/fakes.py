@@ -105,7 +105,7 @@ class FakeFeatures:
     def ready(self, image_id):
         return self.store is None or image_id in self._maps
 
-    def get(self, image_id):
+    def get(self, image_id, progress=None):
         if self.store is None:
             return SimpleNamespace(image_size=(8, 10), moments=lambda: None)
         if image_id not in self._maps:
@@ -113,6 +113,8 @@ class FakeFeatures:
 
             time.sleep(self.delay)
             h, w = read_image(self.store.image_file(image_id)).shape[:2]
+            if progress is not None:
+                progress(1, 1)                  # one "tile", as the real extractor reports it
             self._maps[image_id] = SimpleNamespace(image_size=(h, w), moments=lambda: None)
         return self._maps[image_id]
 

@@ -121,6 +121,23 @@ def run_tiled(submit, key: ModelKey, item: InputItem, output: str, options, plan
                   plan["fingerprint"])
 
 
+def _trimmed(task):
+    """Run a tile task, then hand the heap it freed back to the OS: a worker runs hundreds of tile tasks,
+    and glibc otherwise keeps their freed tile-sized buffers, so its resident size grows with the image."""
+    import functools
+
+    from pointseg.features import release_freed_memory
+
+    @functools.wraps(task)
+    def run(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        finally:
+            release_freed_memory()
+
+    return run
+
+
 # ------------------------------------------------------------------------------------------ set-up
 def prepare(key: ModelKey, job: TileJob) -> bool:
     """Fresh work arrays and the (partial) label pyramid; leftovers of an interrupted run are removed."""
@@ -212,6 +229,7 @@ def _source_index(start: int, stop: int, n: int, reflect: bool) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ phase A
+@_trimmed
 def base_tile(key: ModelKey, job: TileJob, box, value_range, _ready) -> None:
     """Deep scores of one core (and its stride-16 map when the backbone has a context stage)."""
     import zarr
@@ -253,6 +271,7 @@ def _deep_scores(seg, data: np.ndarray) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ phase B
+@_trimmed
 def context_tile(key: ModelKey, job: TileJob, box, _base) -> str:
     """The context stage over (part of) the stride-16 map, scored by the head at stride 32."""
     import zarr
@@ -282,6 +301,7 @@ def context_tile(key: ModelKey, job: TileJob, box, _base) -> str:
 
 
 # ------------------------------------------------------------------------------------------ phase C
+@_trimmed
 def label_tile(key: ModelKey, job: TileJob, core, value_range, _scored) -> dict:
     """Labels of one core, written into the pyramid; returns counts, border strips and a preview piece.
 

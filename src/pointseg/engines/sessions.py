@@ -31,6 +31,9 @@ class Session:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def release_memory(self) -> None:
+        """Free the intermediate buffers the runtime keeps between runs (a no-op where it has no such call)."""
+
 
 class OpenVINOSession(Session):
     """OpenVINO CPU plugin; compiled blobs are cached in ``CACHE_DIR`` so a restart skips compilation."""
@@ -61,6 +64,12 @@ class OpenVINOSession(Session):
             request = self._local.request = self._compiled.create_infer_request()
         result = request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         return [np.array(result[out]) for out in self._compiled.outputs]
+
+    def release_memory(self) -> None:
+        """``CompiledModel.release_memory()``: with dynamic shapes the CPU plugin keeps its activation
+        buffers sized for the largest input it has run (measured: ~260 MB after a 1344-px tile of the
+        default trunk, about half the engine's resident cost); they are reallocated on the next run."""
+        self._compiled.release_memory()
 
 
 class OnnxRuntimeSession(Session):

@@ -81,6 +81,11 @@ class EngineTrunk:
     def eval(self) -> "EngineTrunk":
         return self
 
+    def release_memory(self) -> None:
+        """Hand the runtimes' intermediate buffers back (after a large image: see ``Session.release_memory``)."""
+        for session in self._sessions.values():
+            session.release_memory()
+
     def _session(self, part: str):
         if part not in self._sessions:
             self._sessions[part] = open_session(self._graph(part), self.engine, self.precision)

@@ -72,9 +72,19 @@ class ModelState:
         return self
 
 
+#: long side of the downscaled image a new image's first, coarse overlay is predicted from
+COARSE_SIDE = 512
+#: images whose Scores are kept (per image the latest model version's): the viewed one and the one before
+SCORES_KEPT = 2
+
+
 @dataclass
 class Result:
-    """One image predicted by one model version; the API encodes views of it on demand."""
+    """One image (or a box of it) predicted by one model version; the API encodes views of it on demand.
+
+    ``box`` is ``(y0, y1, x0, x1)`` in image pixels (None: the whole image) and ``scale`` the output pixels
+    per image pixel (1: full resolution; below 1 a screen-resolution preview or the coarse first view).
+    """
 
     image_id: int
     rev: int
@@ -87,6 +97,9 @@ class Result:
     background: int
     timings: dict
     encoded: dict = field(default_factory=dict)   # (view, class) -> PNG bytes
+    box: tuple[int, int, int, int] | None = None
+    scale: float = 1.0
+    coarse: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -98,6 +111,10 @@ class FeatureStore:
 
     ``base`` is the template Segmenter that owns the loaded network; models are its clones. Changing the
     project's ``features`` setting swaps the template (same backbone and cache, another feature kind).
+
+    Large images (above ``pointseg.limits.PAGED_DEEP_ABOVE_PIXELS``) keep their deep map paged from a nameless
+    file in the project's ``features/`` folder rather than in memory, so a map here costs its pixels and
+    small parts in resident memory; ``max_bytes`` counts the paged bytes too, which bounds those files.
     """
 
     def __init__(self, store: ProjectStore, *, backbone: str, weights=None, precision: str = "auto",
@@ -143,8 +160,9 @@ class FeatureStore:
         key = self._keys.get(image_id)
         return image_id in self._pinned or (key is not None and key in self.cache)
 
-    def get(self, image_id: int):
-        """The FeatureMap of an image: from memory, from disk, or computed now."""
+    def get(self, image_id: int, progress: Callable[[int, int], None] | None = None):
+        """The FeatureMap of an image: from memory, from disk, or computed now (``progress(done, total)``
+        is called as the backbone's tiles finish, for the page's progress bar)."""
         fmap = self._pinned.get(image_id)
         if fmap is not None:
             return fmap
@@ -159,7 +177,7 @@ class FeatureStore:
                 return fmap
             path = self.store.image_file(image_id)
             start = time.perf_counter()
-            fmap = self.base.extract_features(str(path))
+            fmap = self.base.extractor.extract(str(path), progress=progress)
             self.compute_ms[image_id] = (time.perf_counter() - start) * 1000
             self._keys[image_id] = fmap.key
             return fmap
@@ -202,6 +220,10 @@ class ModelService:
         self.features = features
         # bounded by count and by bytes (a 12 MP result holds ~160 MB of labels and probabilities)
         self.results: ByteLRU[Result] = ByteLRU(result_bytes, size=lambda r: r.nbytes, max_items=cache_results)
+        # image id -> (model version, Scores): the head applied to the image once per version, so every
+        # region and tile of the viewed image after a click reuses it
+        self._scores: dict[int, tuple[int, object]] = {}
+        self._scores_lock = threading.Lock()
 
     # ------------------------------------------------------------------ fit
     def fit(self, ts: TrainingSet, previous: ModelState, is_stale: Callable[[], bool]) -> ModelState | None:
@@ -277,13 +299,63 @@ class ModelService:
         t1 = time.perf_counter()
         pred = model.segmenter.predict_full(fmap, probabilities=True)
         t2 = time.perf_counter()
-        res = Result(image_id=image_id, rev=model.rev, version=model.version,
-                     labels=pred.labels.astype(np.uint8), proba=pred.probabilities, uncertainty=pred.uncertainty,
-                     colors=list(model.colors), classes=list(model.classes), background=model.background,
-                     timings={**model.timings, "predict_ms": round((t2 - t1) * 1000, 1),
-                              "features_wait_ms": round((t1 - t0) * 1000, 1)})
+        res = self._result(model, image_id, pred, timings={"predict_ms": round((t2 - t1) * 1000, 1),
+                                                           "features_wait_ms": round((t1 - t0) * 1000, 1)})
         self.results.put(key, res)
         return res
+
+    def scores(self, model: ModelState, image_id: int):
+        """The :class:`~pointseg.features.Scores` of ``image_id`` under ``model`` (kept per model version)."""
+        with self._scores_lock:
+            hit = self._scores.get(image_id)
+        if hit is not None and hit[0] == model.version:
+            return hit[1]
+        scores = model.segmenter.decision_grid(self.features.get(image_id))
+        with self._scores_lock:
+            self._scores.pop(image_id, None)
+            self._scores[image_id] = (model.version, scores)
+            while len(self._scores) > SCORES_KEPT:        # oldest first (dicts keep insertion order)
+                self._scores.pop(next(iter(self._scores)))
+        return scores
+
+    def predict_region(self, model: ModelState, image_id: int, box: tuple[int, int, int, int],
+                       scale: float = 1.0) -> Result:
+        """The pixel box ``(y0, y1, x0, x1)`` of one image at ``scale``: at scale 1 equal to the same crop of
+        :meth:`predict` (the library's :meth:`~pointseg.Segmenter.predict_region`), in time proportional to
+        the box. The whole image at scale 1 is :meth:`predict` itself (cached, shared with stats)."""
+        model.require()
+        img = self.store.image(image_id)
+        if scale == 1 and tuple(box) == (0, img["height"], 0, img["width"]):
+            return self.predict(model, image_id)
+        t0 = time.perf_counter()
+        scores = self.scores(model, image_id)
+        t1 = time.perf_counter()
+        pred = model.segmenter.predict_region(scores, box, scale=scale, probabilities=True)
+        t2 = time.perf_counter()
+        return self._result(model, image_id, pred, box=tuple(box), scale=scale,
+                            timings={"predict_ms": round((t2 - t1) * 1000, 1),
+                                     "features_wait_ms": round((t1 - t0) * 1000, 1)})
+
+    def predict_coarse(self, model: ModelState, image_id: int) -> Result:
+        """A new image's first view before its features exist: the whole method on the image downscaled to
+        :data:`COARSE_SIDE` pixels (:meth:`~pointseg.Segmenter.predict_coarse`), at that size."""
+        from pointseg.segmenter import coarse_scale
+
+        model.require()
+        t0 = time.perf_counter()
+        pred = model.segmenter.predict_coarse(str(self.store.image_file(image_id)), max_side=COARSE_SIDE,
+                                              probabilities=True)
+        img = self.store.image(image_id)
+        scale = coarse_scale((img["height"], img["width"]), COARSE_SIDE)
+        return self._result(model, image_id, pred, box=(0, img["height"], 0, img["width"]), scale=scale,
+                            coarse=True, timings={"predict_ms": round((time.perf_counter() - t0) * 1000, 1)})
+
+    @staticmethod
+    def _result(model: ModelState, image_id: int, pred, timings: dict, **where) -> Result:
+        return Result(image_id=image_id, rev=model.rev, version=model.version,
+                      labels=pred.labels.astype(np.uint8), proba=pred.probabilities, uncertainty=pred.uncertainty,
+                      colors=list(model.colors), classes=list(model.classes), background=model.background,
+                      timings={**model.timings, **timings}, **where)
 
     # ------------------------------------------------------------------ predict all (pointseg.batch)
     def batch_folder(self) -> Path:
@@ -347,6 +419,8 @@ class ModelService:
 
     def forget_image(self, image_id: int) -> None:
         self.features.forget(image_id)
+        with self._scores_lock:
+            self._scores.pop(image_id, None)
         self.results.discard_where(lambda key: key[0] == image_id)
 
     # ------------------------------------------------------------------ cross-validation

@@ -4,11 +4,12 @@ Two daemon threads do all heavy work, so request handlers only read the store an
 
 * the **features thread** computes feature maps (the one expensive step) for images as they are first
   viewed, for the neighbours of the viewed image, and ahead of "predict all", in priority order
-  (:data:`PRIO_VIEW` first); it runs PyTorch on every core;
+  (:data:`PRIO_VIEW` first), publishing tiles done / total as it goes; it runs PyTorch on every core;
 * the **model thread** runs PyTorch on one thread (set once when it starts: small matrix products gain
   nothing from a pool, and the features thread keeps the other core busy). In priority order it retrains
   after edits (debounced within a burst; a fit whose annotations changed meanwhile is dropped), answers
-  prediction requests (the most recent first), runs jobs (exports), steps "predict all" one image at a
+  prediction requests (coarse first views, then the regions viewers show, then whole images; the most
+  recent first; one whose image's features are being computed waits without holding the thread), runs jobs (exports), steps "predict all" one image at a
   time, and when the user pauses fills in the cross-validated accuracy fold by fold (an edit or a request
   interrupts it after the current fold), records and saves the model.
 
@@ -24,7 +25,8 @@ import os
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 from pointseg.server.guards import public_message
 from pointseg.server.model_service import ModelService, ModelState, NoModel, Result, insufficiency
@@ -33,6 +35,36 @@ log = logging.getLogger("pointseg.server")
 
 #: priorities of feature jobs (lower runs first)
 PRIO_VIEW, PRIO_TRAIN, PRIO_PREFETCH, PRIO_BATCH = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Want:
+    """What a prediction request asks for: the ``whole`` image, a ``region`` (``box`` = (y0, y1, x0, x1)
+    at ``scale``), or the ``coarse`` first view of an image whose features are not there yet."""
+
+    kind: str = "whole"
+    box: tuple[int, int, int, int] | None = None
+    scale: float = 1.0
+
+    @property
+    def order(self) -> int:
+        """Serving order: the coarse first view (quick, and it is all the user has), regions (what the user
+        sees, tens of ms), whole images (stats, suggestions: the longest)."""
+        return {"coarse": 0, "region": 1}.get(self.kind, 2)
+
+
+WHOLE = Want()
+
+
+class _Request(NamedTuple):
+    image_id: int
+    min_rev: int
+    fut: Future
+    want: Want
+
+    @property
+    def key(self) -> tuple:
+        return self.image_id, self.want
 
 
 class EventHub:
@@ -90,10 +122,11 @@ class Scheduler:
         self._cond = threading.Condition()
         self._edit_rev = self.store.rev()
         self._last_edit = self._prev_edit = 0.0
-        self._requests: list[tuple[int, int, Future]] = []      # (image_id, min_rev, future)
+        self._requests: list[_Request] = []
         self._jobs: list[tuple[Callable[[ModelState], object], Future]] = []
         self._fjobs: list[tuple[int, int, int]] = []             # heap of (prio, seq, image_id)
         self._fqueued: dict[int, int] = {}
+        self._fcurrent: int | None = None                        # the image the features thread is on
         self._feature_errors: dict[int, str] = {}
         self._fcond = threading.Condition()
         self._seq = itertools.count()
@@ -175,25 +208,41 @@ class Scheduler:
                 self._fcond.notify_all()
         return False
 
-    def request_prediction(self, image_id: int, min_rev: int | None = None) -> Future:
-        """A future that resolves to a :class:`Result` of this image with a model at ``rev >= min_rev``
-        (default: the current revision), or raises :class:`NoModel`."""
+    def request_prediction(self, image_id: int, min_rev: int | None = None, want: Want = WHOLE) -> Future:
+        """A future that resolves to a :class:`Result` of this image (``want``: the whole image, a region or
+        the coarse first view) with a model at ``rev >= min_rev`` (default: the current revision), or raises
+        :class:`NoModel`.
+
+        A request whose image's features are being computed waits for them without holding the model thread
+        (other images' requests, the coarse view and clicks go on meanwhile)."""
         fut: Future = Future()
         if min_rev is None:
             min_rev = self.store.rev()
+        if want.kind != "coarse" and not self.features.ready(image_id):
+            self.request_features(image_id, PRIO_VIEW)
         with self._cond:
             m = self.model
             if m.rev >= min_rev and self._edit_rev <= m.rev:
                 if m.status != "ok":
                     fut.set_exception(NoModel(m.message))
                     return fut
-                hit = self.service.results.get((image_id, m.version))
+                hit = self.service.results.get((image_id, m.version)) if want.kind == "whole" else None
                 if hit is not None:
                     fut.set_result(hit)
                     return fut
-            self._requests.append((image_id, min_rev, fut))
+            self._requests.append(_Request(image_id, min_rev, fut, want))
             self._cond.notify_all()
         return fut
+
+    def _waits_for_features(self, r: _Request) -> bool:
+        """True while ``r``'s image is queued on, or in, the features thread (the model thread skips it)."""
+        if r.want.kind == "coarse" or self.features.ready(r.image_id):
+            return False
+        with self._fcond:
+            return r.image_id in self._fqueued or self._fcurrent == r.image_id
+
+    def _servable(self) -> list[_Request]:
+        return [r for r in self._requests if not self._waits_for_features(r)]
 
     def submit(self, job: Callable[[ModelState], object]) -> Future:
         """Run ``job(model)`` on the model thread once the model is up to date (exports); its value or
@@ -288,7 +337,7 @@ class Scheduler:
                 return
             start = time.perf_counter()
             try:
-                self.features.get(image_id).moments()   # memoised: the first fit with it stays fast
+                self.features.get(image_id, progress=self._progress_reporter(image_id)).moments()  # memoised
                 status, message = "ready", None
             except Exception as exc:  # noqa: BLE001 - reported to the page, never kills the thread
                 if not isinstance(exc, (OSError, ValueError)) and type(exc).__module__.split(".")[0] != "pointseg":
@@ -296,6 +345,7 @@ class Scheduler:
                 status, message = "error", public_message(exc)
             ms = (time.perf_counter() - start) * 1000
             with self._fcond:
+                self._fcurrent = None
                 if message is None:
                     self._feature_errors.pop(image_id, None)
                 else:
@@ -307,6 +357,14 @@ class Scheduler:
                                  "message": message, "ms": round(ms, 1)})
             with self._cond:
                 self._cond.notify_all()   # a batch may be waiting for these
+
+    def _progress_reporter(self, image_id: int) -> Callable[[int, int], None]:
+        """``progress(done, total)`` for the extractor: a ``features`` event with ``status="running"`` per
+        backbone tile, so the page shows real progress (tiles done / total) of the image's features."""
+        def progress(done: int, total: int) -> None:
+            self.events.publish({"type": "features", "image_id": image_id, "status": "running",
+                                 "done": done, "total": total})
+        return progress
 
     def _mark_failed(self, image_id: int, message: str | None) -> bool:
         try:
@@ -333,6 +391,7 @@ class Scheduler:
                         continue
                 heapq.heappop(self._fjobs)
                 del self._fqueued[image_id]
+                self._fcurrent = image_id
                 return image_id
         return None
 
@@ -368,7 +427,7 @@ class Scheduler:
                         self._cond.wait(wait)
                         continue
                     return self._train
-                if self._requests:
+                if self._servable():
                     return self._serve_requests
                 if self._jobs:
                     return self._run_job
@@ -398,12 +457,12 @@ class Scheduler:
     def _fail_requests(self, message: str) -> None:
         with self._cond:
             keep = []
-            for image_id, min_rev, fut in self._requests:
-                if min_rev <= self.model.rev:
-                    if not fut.done():
-                        fut.set_exception(NoModel(message))
+            for r in self._requests:
+                if r.min_rev <= self.model.rev:
+                    if not r.fut.done():
+                        r.fut.set_exception(NoModel(message))
                 else:
-                    keep.append((image_id, min_rev, fut))
+                    keep.append(r)
             self._requests = keep
 
     def _train(self) -> None:
@@ -432,34 +491,44 @@ class Scheduler:
             m = self.model
             if self._edit_rev > m.rev:
                 return  # retrain first
-            ready = [r for r in self._requests if r[1] <= m.rev]
-            self._requests = [r for r in self._requests if r[1] > m.rev]
+            servable = set(map(id, self._servable()))
+            ready = [r for r in self._requests if r.min_rev <= m.rev and id(r) in servable]
+            self._requests = [r for r in self._requests if id(r) not in set(map(id, ready))]
         if m.status != "ok":
-            for _, _, fut in ready:
-                if not fut.done():
-                    fut.set_exception(NoModel(m.message))
+            for r in ready:
+                if not r.fut.done():
+                    r.fut.set_exception(NoModel(m.message))
             return
-        # most recent request first: that is the image the user is looking at now
-        done: dict[int, Result | Exception] = {}
-        for image_id, _, fut in reversed(ready):
-            if image_id not in done:
-                try:
-                    done[image_id] = self.service.predict(m, image_id)
-                except Exception as exc:  # noqa: BLE001 - the future carries it to the request
-                    log.warning("prediction of image %s failed: %s", image_id, exc)
-                    done[image_id] = exc
-            out = done[image_id]
-            if not fut.done():
+        # coarse views, then regions, then whole images; within each the most recent request first: that is
+        # what the user is looking at now
+        order = sorted(reversed(ready), key=lambda r: r.want.order)
+        done: dict[tuple, Result | Exception] = {}
+        for r in order:
+            if r.key not in done:
+                done[r.key] = self._predict(m, r)
+            out = done[r.key]
+            if not r.fut.done():
                 if isinstance(out, Exception):
-                    fut.set_exception(out)
+                    r.fut.set_exception(out)
                 else:
-                    fut.set_result(out)
+                    r.fut.set_result(out)
             with self._cond:
                 if self._edit_rev > self.model.rev:
-                    # a new edit arrived: retrain before predicting more images
-                    pend = [(i, r, f) for i, r, f in reversed(ready) if not f.done() and i not in done]
+                    # a new edit arrived: retrain before predicting more
+                    pend = [p for p in order if not p.fut.done() and p.key not in done]
                     self._requests = pend + self._requests
                     return
+
+    def _predict(self, m: ModelState, r: _Request) -> Result | Exception:
+        try:
+            if r.want.kind == "coarse":
+                return self.service.predict_coarse(m, r.image_id)
+            if r.want.kind == "region":
+                return self.service.predict_region(m, r.image_id, r.want.box, r.want.scale)
+            return self.service.predict(m, r.image_id)
+        except Exception as exc:  # noqa: BLE001 - the future carries it to the request
+            log.warning("prediction of image %s failed: %s", r.image_id, exc)
+            return exc
 
     def _run_job(self) -> None:
         with self._cond:
@@ -482,7 +551,7 @@ class Scheduler:
 
         def interrupted() -> bool:
             with self._cond:
-                return (self._stop or self.model is not m or self._edit_rev > m.rev or bool(self._requests)
+                return (self._stop or self.model is not m or self._edit_rev > m.rev or bool(self._servable())
                         or bool(self._jobs) or self.batch["running"])
 
         out = self.service.cross_validate(m, ts, interrupted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Annotated, Literal
 
@@ -11,9 +12,11 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
+from pointseg import limits
 from pointseg.server import render
 from pointseg.server.deps import SchedulerDep, ServicesDep, StoreDep
 from pointseg.server.model_service import Result
+from pointseg.server.scheduler import WHOLE, Want
 from pointseg.server.schemas import (BatchIn, BatchOut, ImageId, ModelOut, ModelVersionsOut, StatsOut,
                                      SuggestionsOut)
 from pointseg.server.store import StoreError
@@ -21,14 +24,41 @@ from pointseg.server.store import StoreError
 router = APIRouter(prefix="/api", tags=["model"])
 
 MinRev = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
+View = Literal["labels", "proba", "uncertainty"]
+ClassIndex = Annotated[int, Query(ge=0, le=255)]
+Timeout = Annotated[float, Query(gt=0, le=300)]
+Box = Annotated[str | None, Query(pattern=r"^\d{1,9},\d{1,9},\d{1,9},\d{1,9}$",
+                                  description="x0,y0,x1,y1 in image pixels (x1, y1 exclusive)")]
+Scale = Annotated[float, Query(gt=0, le=1, description="output pixels per image pixel (1: full resolution)")]
 
 
-async def _result(services, image_id: int, min_rev: int | None, timeout: float) -> Result:
+def region_want(box: str | None, scale: float, image: dict) -> Want:
+    """The region a ``box=x0,y0,x1,y1&scale=s`` query names, checked against the image and
+    :data:`pointseg.limits.MAX_REGION_PIXELS` (422 with one line otherwise); no box: the whole image."""
+    if box is None:
+        if scale != 1:
+            raise HTTPException(422, "scale needs a box: ask for box=0,0,width,height to preview the whole image")
+        return WHOLE
+    x0, y0, x1, y1 = (int(v) for v in box.split(","))
+    w, h = image["width"], image["height"]
+    if not (x0 < x1 <= w and y0 < y1 <= h):
+        raise HTTPException(422, f"box {box} is not a non-empty box x0,y0,x1,y1 inside the {w} x {h} image")
+    out = math.ceil((y1 - y0) * scale) * math.ceil((x1 - x0) * scale)
+    if out > limits.max_region_pixels():
+        raise HTTPException(422, f"box {box} at scale {scale:g} is {out:,} output pixels, more than one region "
+                                 f"may have ({limits.max_region_pixels():,}); ask for a smaller box or scale, "
+                                 f"or set {limits.MAX_REGION_PIXELS.env}")
+    if scale == 1 and (x0, y0, x1, y1) == (0, 0, w, h):
+        return WHOLE                     # the whole overlay: cached per model version, shared with stats
+    return Want("region", (y0, y1, x0, x1), scale)
+
+
+async def _result(services, image_id: int, min_rev: int | None, timeout: float, want: Want = WHOLE) -> Result:
     store = services.store
     store.image(image_id)  # 404 early
     if min_rev is not None and min_rev > store.rev():
         raise HTTPException(422, f"min_rev {min_rev} is ahead of the project (revision {store.rev()})")
-    fut = services.scheduler.request_prediction(image_id, min_rev)
+    fut = services.scheduler.request_prediction(image_id, min_rev, want)
     try:
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=timeout)
     except asyncio.TimeoutError:
@@ -51,13 +81,29 @@ def _encode(res: Result, view: str, k: int) -> bytes:
 
 @router.get("/images/{image_id}/overlay.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-async def overlay(image_id: ImageId, services: ServicesDep,
-                  view: Literal["labels", "proba", "uncertainty"] = "labels",
-                  class_index: Annotated[int, Query(ge=0, le=255)] = 0,
-                  min_rev: MinRev = None,
-                  timeout: Annotated[float, Query(gt=0, le=300)] = 60.0):
+async def overlay(image_id: ImageId, services: ServicesDep, view: View = "labels", class_index: ClassIndex = 0,
+                  min_rev: MinRev = None, timeout: Timeout = 60.0, box: Box = None, scale: Scale = 1.0):
+    """The live prediction as a palette PNG: the whole image, or with ``box`` (and ``scale``) only that
+    region — what the viewer shows, at screen resolution — in time proportional to the region. At scale 1 a
+    region equals the same crop of the whole overlay. ``X-Box`` / ``X-Scale`` say what the PNG covers."""
+    want = region_want(box, scale, services.store.image(image_id))
+    return await _overlay_response(services, image_id, view, class_index, min_rev, timeout, want)
+
+
+@router.get("/images/{image_id}/first-view.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+async def first_view(image_id: ImageId, services: ServicesDep, view: View = "labels", class_index: ClassIndex = 0,
+                     min_rev: MinRev = None, timeout: Timeout = 60.0):
+    """A new image's coarse overlay, before its features exist: the model on the image downscaled to 512
+    pixels on its long side (``X-Scale``), in a fraction of a second; the exact overlay follows from
+    ``overlay.png`` once the features are computed (``features`` events report their progress)."""
+    return await _overlay_response(services, image_id, view, class_index, min_rev, timeout, Want("coarse"))
+
+
+async def _overlay_response(services, image_id: int, view: str, class_index: int, min_rev: int | None,
+                            timeout: float, want: Want) -> Response:
     t0 = time.perf_counter()
-    res = await _result(services, image_id, min_rev, timeout)
+    res = await _result(services, image_id, min_rev, timeout, want)
     t1 = time.perf_counter()
     if view == "proba" and class_index >= len(res.classes):
         raise HTTPException(422, f"class_index {class_index} is out of range (the model has "
@@ -65,8 +111,10 @@ async def overlay(image_id: ImageId, services: ServicesDep,
     data = await run_in_threadpool(_encode, res, view, class_index)
     t2 = time.perf_counter()
     timings = {**res.timings, "wait_ms": round((t1 - t0) * 1000, 1), "encode_ms": round((t2 - t1) * 1000, 1)}
+    y0, y1, x0, x1 = res.box or (0, res.labels.shape[0], 0, res.labels.shape[1])
     return Response(data, media_type="image/png", headers={
         "Cache-Control": "no-store", "X-Model-Rev": str(res.rev), "X-Model-Version": str(res.version),
+        "X-Box": f"{x0},{y0},{x1},{y1}", "X-Scale": f"{res.scale:.9g}",
         "X-Timings": json.dumps(timings, separators=(",", ":"))})
 
 

@@ -97,12 +97,13 @@ function onEvent(ev) {
       if (ev.status === "ready" && ev.ms && img && S.featureStart[ev.image_id] !== undefined) {
         S.msPerPixel = ev.ms / (img.width * img.height);
       }
-      const frac = ev.fraction ?? (ev.total ? ev.done / ev.total : null);
-      if (frac !== null && frac !== undefined) S.featureFraction = { id: ev.image_id, value: frac };
+      // real progress: the backbone's tiles done / total (an image of one tile keeps the time estimate)
+      if (ev.status === "running" && ev.total > 1) S.featureFraction = { id: ev.image_id, value: ev.done / ev.total, done: ev.done, total: ev.total };
       if (ev.status === "ready" || ev.status === "error") S.featuresReady[ev.image_id] = ev.status === "ready";
       if (ev.image_id === S.currentId) {
         if (ev.status === "error") toast(ev.message);
         if (ev.status === "ready" || ev.status === "error") { renderHint(); renderImageInfo(); }
+        if (ev.status === "ready" && S.overlay && +$("#overlay-img").dataset.rev < 0) refreshOverlay();
       }
       break;
     }

@@ -69,7 +69,11 @@ function featureProgress() {
     eta = (S.msPerPixel * S.current.width * S.current.height) / 1000;
     frac = Math.min(0.95, secs / Math.max(0.1, eta));
   }
-  const text = `Computing features for this image… ${secs.toFixed(1)} s` + (eta ? ` of about ${eta.toFixed(1)} s` : "");
+  const tiles = S.featureFraction && S.featureFraction.id === id && S.featureFraction.total
+    ? ` · ${S.featureFraction.done} / ${S.featureFraction.total} tiles` : "";
+  const coarse = S.overlay && S.overlay.id === id && S.overlay.coarse ? " · coarse preview shown" : "";
+  const text = `Computing features for this image… ${secs.toFixed(1)} s` +
+    (eta ? ` of about ${eta.toFixed(1)} s` : "") + tiles + coarse;
   return { frac, text };
 }
 

@@ -3,7 +3,8 @@
  * The image and the overlay are drawn with one drawImage call each onto a canvas the size of the viewer,
  * from the same source rectangle, so they stay aligned at any zoom, are shown nearest-neighbour (crisp
  * pixels) from 200 % on, have no seams between compositor tiles, and take the brightness/contrast filter.
- * The hidden <img> elements under #stage only hold the decoded pictures (and the revision they show).
+ * The hidden <img> elements under #stage hold the decoded image and, for the overlay, the revision shown
+ * (overlay.js keeps the overlay itself on a canvas in image coordinates, filled region by region).
  */
 import { S, savePrefs } from "./state.js";
 import { $ } from "./util.js";
@@ -24,6 +25,7 @@ export function applyTransform() {
   $("#zoom-label").textContent = S.current ? `${Math.round(s * 100)}%` : "";
   drawView();
   drawMarks();
+  vp.dispatchEvent(new Event("viewchange"));    // overlay.js asks for what is newly visible
 }
 
 export function fitView() {
@@ -154,29 +156,41 @@ function fitCanvas(c, g) {
   return r;
 }
 
-/** The overlay as drawn: the server's picture, minus the colours of hidden classes (labels view). */
-let layerCache = { src: null, key: null, layer: null };
+/** The overlay as drawn: the overlay canvas overlay.js fills (image coordinates), minus the colours of
+ * hidden classes (labels view). The filtered copy is kept and updated only where patches landed since. */
+let layerCache = { comp: null, gen: -1, key: null, layer: null };
 function overlayLayer() {
-  const img = $("#overlay-img");
-  if (!img.src || !img.complete || !img.naturalWidth) return null;
+  const O = S.overlay;
+  if (!O || !O.comp || !O.drawn || !S.current || O.id !== S.current.id) return null;
   const hide = S.view === "labels" ? S.classes.filter((c) => S.hidden.includes(c.name)).map((c) => c.color) : [];
-  if (!hide.length) return img;
+  if (!hide.length) { O.dirty = []; return O.comp; }
   const key = hide.join();
-  if (layerCache.src === img.src && layerCache.key === key) return layerCache.layer;
-  const c = document.createElement("canvas");
-  c.width = img.naturalWidth;
-  c.height = img.naturalHeight;
-  const g = c.getContext("2d", { willReadFrequently: true });
-  g.drawImage(img, 0, 0);
-  const data = g.getImageData(0, 0, c.width, c.height);
-  const d = data.data;
   const rgb = hide.map((h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16)));
-  for (let p = 0; p < d.length; p += 4) {
-    for (const [r, gg, b] of rgb) if (d[p] === r && d[p + 1] === gg && d[p + 2] === b) { d[p + 3] = 0; break; }
+  let rects = O.dirty;
+  if (layerCache.comp !== O.comp || layerCache.gen !== O.gen || layerCache.key !== key) {
+    const c = document.createElement("canvas");
+    c.width = O.comp.width;
+    c.height = O.comp.height;
+    layerCache = { comp: O.comp, gen: O.gen, key, layer: c };
+    rects = [[0, 0, c.width, c.height]];
   }
-  g.putImageData(data, 0, 0);
-  layerCache = { src: img.src, key, layer: c };
-  return c;
+  const g = layerCache.layer.getContext("2d", { willReadFrequently: true });
+  for (const r of rects) hideColours(O.comp, g, r, rgb);
+  O.dirty = [];
+  return layerCache.layer;
+}
+
+/** Copy rectangle ``r`` of ``src`` into ``g``'s canvas with the pixels of colours ``rgb`` transparent. */
+function hideColours(src, g, r, rgb) {
+  const x = Math.max(0, Math.floor(r[0])), y = Math.max(0, Math.floor(r[1]));
+  const w = Math.min(src.width, Math.ceil(r[0] + r[2])) - x, h = Math.min(src.height, Math.ceil(r[1] + r[3])) - y;
+  if (w <= 0 || h <= 0) return;
+  const data = src.getContext("2d").getImageData(x, y, w, h);
+  const d = data.data;
+  for (let p = 0; p < d.length; p += 4) {
+    for (const [rr, gg, b] of rgb) if (d[p] === rr && d[p + 1] === gg && d[p + 2] === b) { d[p + 3] = 0; break; }
+  }
+  g.putImageData(data, x, y);
 }
 
 function paintView() {
