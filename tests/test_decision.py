@@ -259,3 +259,20 @@ def test_train_with_ok_images_then_predict_applies_the_stored_rule(tmp_path):
     assert rows["new_ng.png"]["status"] == "NG"
     bad = run("predict", tmp_path / "m.pointseg", tmp_path / "new_ng.png", "-o", tmp_path / "x", "--ng-rule", "area")
     assert bad.returncode == 2 and "SCORE:THRESHOLD" in bad.stderr
+
+
+def test_ng_rule_predictions_yield_to_a_stop_request_like_the_folds():
+    """Inside ``cross_validation_context`` the NG rule's leave-one-image-out loop asks ``should_stop`` too,
+    so the app's background work never keeps a click waiting for a whole pass over the images."""
+    from pointseg.classifier import CrossValidationInterrupted, check_interrupted, cross_validation_context
+
+    check_interrupted()                                    # outside a context: nothing happens
+    images = [part(defect=True, seed=s)[0] for s in (0, 3)] + [part(defect=False, seed=1)[0]]
+    seg = Segmenter(BACKBONE, classes=["ok", "defect"])
+    with cross_validation_context(lambda: ctx.result is not None) as ctx:   # stop once the folds are done
+        with pytest.raises(CrossValidationInterrupted):
+            seg.fit(images, [DEFECT_POINTS, DEFECT_POINTS, None], ok=[False, False, True])
+    assert ctx.result is not None                          # the estimate was made, the NG rule was not
+    with cross_validation_context(lambda: False):
+        seg.fit(images, [DEFECT_POINTS, DEFECT_POINTS, None], ok=[False, False, True])
+    assert seg.ng_rule_.n_ok == 1

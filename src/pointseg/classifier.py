@@ -401,6 +401,15 @@ def cross_validation_context(should_stop=None, only_estimate: bool = False):
         _CV_CONTEXT.ctx = previous
 
 
+def check_interrupted() -> None:
+    """Raise :class:`CrossValidationInterrupted` when the surrounding :func:`cross_validation_context` asks to
+    stop: the other held-out work of a fit (the NG rule's leave-one-image-out predictions) yields to a click
+    as the folds do. Outside a context it does nothing."""
+    ctx = getattr(_CV_CONTEXT, "ctx", None)
+    if ctx is not None and ctx.should_stop is not None and ctx.should_stop():
+        raise CrossValidationInterrupted()
+
+
 def run_cross_validation(classifier: PointClassifier, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                          n_classes: int, standardizer: Standardizer, should_stop=None) -> CrossValidationResult:
     """The protocol fold by fold; ``should_stop()`` is asked before each fold."""

@@ -22,6 +22,7 @@ from pointseg.classifier import (
     PointClassifier,
     Standardizer,
     TrainingReport,
+    check_interrupted,
     correct_priors,
     cross_validate,
     head_scores,
@@ -366,6 +367,7 @@ class Segmenter:
         ng_scores, ok_scores, clean_surface = [], [], []
         twin = copy.copy(self)
         for p in known:
+            check_interrupted()
             rest = [q for q in parts if q is not p]
             if len(np.unique(np.concatenate([q.y for q in rest]))) < 2:
                 continue

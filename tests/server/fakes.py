@@ -52,7 +52,7 @@ class SlowSegmenter:
     def features_(self):
         return self.params["features"]
 
-    def fit(self, fmaps, points, scribbles=None):
+    def fit(self, fmaps, points, scribbles=None, ok=None):      # Segmenter.fit's signature
         n = sum(len(p) for p in points)
         k = len(self.params["classes"])
         if self.params["cross_validate"]:

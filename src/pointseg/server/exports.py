@@ -65,8 +65,9 @@ def annotations_json(store: ProjectStore) -> bytes:
         "classes": [{"name": n, "color": c} for n, c in zip(ts.classes, ts.colors)],
         "images": [{"path": _relative(store.image_file(i), base),
                     "points": [[x, y, int(c)] for x, y, c in pts],
-                    "scribbles": scr}
-                   for i, pts, scr in zip(ts.image_ids, ts.points, ts.scribbles)],
+                    "scribbles": scr, **({"ok": True} if ok else {})}
+                   for i, pts, scr, ok in zip(ts.image_ids, ts.points, ts.scribbles,
+                                              ts.ok or [False] * len(ts.image_ids))],
     }
     AnnotationSet.from_dict(raw, base_dir=base, source="annotations.json")  # same checks as train
     return json.dumps(raw, indent=2).encode()

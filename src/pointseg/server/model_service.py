@@ -196,12 +196,19 @@ def classes_with_marks(ts: TrainingSet) -> set[int]:
 
 
 def insufficiency(ts: TrainingSet) -> str | None:
-    """Why ``ts`` cannot train a model (what to do about it), or None when it can."""
+    """Why ``ts`` cannot train a model (what to do about it), or None when it can. An image marked OK
+    teaches the background class as clicks on it would."""
     if len(ts.classes) < 2:
         return "Add at least two classes."
-    if len(classes_with_marks(ts)) < 2:
-        return "Click points of at least two classes to train."
+    marked = classes_with_marks(ts) | ({ts.background} if any(ts.ok) else set())
+    if len(marked) < 2:
+        return ("Click points of at least two classes (or mark a defect-free image OK with K and click a "
+                "defect) to train.")
     return None
+
+
+def _points(ts: TrainingSet) -> list[np.ndarray]:
+    return [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points]
 
 
 class ModelService:
@@ -242,7 +249,7 @@ class ModelService:
         self.features.pin(ts.image_ids, fmaps)
         seg = self._estimator(ts, previous)
         try:
-            seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
+            seg.fit(fmaps, _points(ts), ts.scribbles, ok=ts.ok or None)
         except PointsegError as exc:
             return self._error(common, str(exc))
         # the project's NG setting goes with the model: its file records it, and `pointseg predict`, the
@@ -420,29 +427,38 @@ class ModelService:
     def cross_validate(self, model: ModelState, ts: TrainingSet, should_stop: Callable[[], bool]) -> dict | None:
         """The library's one protocol (:func:`pointseg.classifier.cross_validate`) on ``model``'s training
         set, checking ``should_stop()`` between folds: the report entries, or ``None`` when interrupted.
-        Raises nothing for a training set that changed: the caller compares signatures first."""
+        Raises nothing for a training set that changed: the caller compares signatures first.
+
+        With images marked OK the fit goes on past the estimate to learn the per-part NG rule from them, as
+        ``pointseg train`` does (``ng_rule``: the caller puts it on the model, so the saved file and
+        "predict all" decide OK / NG with it; the report gets its ``part_confusion``)."""
         from pointseg.classifier import (CrossValidationFinished, CrossValidationInterrupted,
                                          cross_validation_context)
 
         start = time.perf_counter()
         seg = self._estimator(ts, ModelState()).set_params(cross_validate=True, warm_start=False)
         fmaps = [self.features.get(i) for i in ts.image_ids]
-        res = None
+        learn_rule = any(ts.ok)
+        res, rule, confusion = None, None, None
         try:
-            # only the estimate is wanted: the fit ends right after it (no final head, no NG-rule predictions)
-            with cross_validation_context(should_stop, only_estimate=True):
-                seg.fit(fmaps, [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points], ts.scribbles)
+            # without OK images only the estimate is wanted: the fit ends right after it (no final head, no
+            # NG-rule predictions)
+            with cross_validation_context(should_stop, only_estimate=not learn_rule) as ctx:
+                seg.fit(fmaps, _points(ts), ts.scribbles, ok=ts.ok or None)
+            res, rule, confusion = ctx.result, seg.ng_rule_, seg.training_report_.part_confusion
         except CrossValidationFinished as done:
             res = done.result
         except CrossValidationInterrupted:
             return None
         except PointsegError:
             pass
-        return {"report": {"cv_accuracy": res.accuracy if res else None, "cv_method": res.method if res else None,
-                           "cv_points": res.n_scored if res else 0,
-                           "cv_protocol": "pointseg.classifier.cross_validate (held-out marks scored by the "
-                                          "head on their features)"},
-                "cv_ms": round((time.perf_counter() - start) * 1000, 1)}
+        report = {"cv_accuracy": res.accuracy if res else None, "cv_method": res.method if res else None,
+                  "cv_points": res.n_scored if res else 0,
+                  "cv_protocol": "pointseg.classifier.cross_validate (held-out marks scored by the "
+                                 "head on their features)"}
+        if rule is not None:
+            report.update(ng_rule=rule.as_dict(), part_confusion=confusion)
+        return {"report": report, "ng_rule": rule, "cv_ms": round((time.perf_counter() - start) * 1000, 1)}
 
     # ------------------------------------------------------------------ persistence
     def record(self, model: ModelState) -> None:

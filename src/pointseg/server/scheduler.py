@@ -561,6 +561,8 @@ class Scheduler:
             if self.model is not m:
                 return
             m.report = {**(m.report or {}), **out["report"]}
+            if out.get("ng_rule") is not None:       # learned from the OK images: the saved model decides with it
+                m.segmenter.ng_rule_ = out["ng_rule"]
             m.timings = {**m.timings, "cv_ms": out["cv_ms"]}
             m.cv_done = True
         self.events.publish({"type": "model", **m.public()})

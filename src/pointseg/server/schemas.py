@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag
 
 from pointseg import limits
 
@@ -54,6 +54,10 @@ def _kind(value) -> str:
 class AnnotationsIn(_Body):
     items: list[Annotated[Union[Annotated[PointIn, Tag("point")], Annotated[ScribbleIn, Tag("scribble")]],
                           Discriminator(_kind)]] = Field(min_length=1, max_length=5000)
+
+
+class OkIn(_Body):
+    ok: StrictBool = Field(description="true: the image is defect-free (every pixel is background); false: unmark it")
 
 
 class EraseIn(_Body):
@@ -145,6 +149,7 @@ class ImageOut(_Out):
     n_bytes: int
     n_points: int
     n_scribbles: int
+    ok: bool = Field(description="marked OK (defect-free): every pixel is known background")
     status: Literal["ok", "failed"]
     error: str | None
     prediction: PredictionOut | None
@@ -159,6 +164,12 @@ class ImagesOut(_Out):
 class HistoryOut(_Out):
     can_undo: int
     can_redo: int
+
+
+class OkOut(_Out):
+    rev: int
+    image: ImageOut
+    history: HistoryOut
 
 
 class AnnotationsOut(_Out):

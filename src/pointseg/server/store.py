@@ -39,7 +39,7 @@ from pointseg.errors import PointsegError
 from pointseg.presets import DEFAULT_FEATURES, DEFAULT_SMOOTHING
 
 DB_NAME = "project.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (
@@ -123,8 +123,28 @@ CREATE TABLE settings (
 );
 """
 
+# v4: an image can be marked OK (defect-free: every pixel is known background), and marking / unmarking it is
+# an undoable edit like a click, so the edits table is rebuilt to accept the two new kinds (SQLite cannot
+# alter a CHECK constraint in place).
+_SCHEMA_V4 = """
+ALTER TABLE images ADD COLUMN ok INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE edits_v4 (
+    id             INTEGER PRIMARY KEY,
+    image_id       INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    kind           TEXT NOT NULL CHECK (kind IN ('add', 'erase', 'ok', 'unok')),
+    annotation_ids TEXT NOT NULL,
+    state          TEXT NOT NULL DEFAULT 'done' CHECK (state IN ('done', 'undone', 'dropped')),
+    created_at     REAL NOT NULL
+);
+INSERT INTO edits_v4(id, image_id, kind, annotation_ids, state, created_at)
+    SELECT id, image_id, kind, annotation_ids, state, created_at FROM edits;
+DROP TABLE edits;
+ALTER TABLE edits_v4 RENAME TO edits;
+CREATE INDEX edits_image ON edits(image_id, state);
+"""
+
 #: ``MIGRATIONS[v]`` upgrades a database at ``user_version == v`` to ``v + 1``.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3, 3: _SCHEMA_V4}
 
 #: the method settings a project may change in the page (item 12), with their defaults (None: the
 #: library's default); validated by the API's pydantic model, stored as JSON values
@@ -153,16 +173,21 @@ class TrainingSet:
     scribbles: list[list[dict]] = field(default_factory=list)
     background: int = 0                                  # index of the background / OK class
     settings: dict = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
+    ok: list[bool] = field(default_factory=list)        # per image: marked OK (defect-free)
 
     def signature(self) -> str:
         """Everything a fit depends on, hashed: equal signatures mean the same model."""
         raw = json.dumps([self.classes, self.colors, self.image_ids, self.points, self.scribbles,
-                          self.background, self.settings], sort_keys=True)
+                          self.background, self.settings, self.ok], sort_keys=True)
         return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
 
     @property
     def n_points(self) -> int:
         return sum(len(p) for p in self.points)
+
+    @property
+    def n_ok(self) -> int:
+        return sum(self.ok)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -502,7 +527,7 @@ class ProjectStore:
             return [self._ann(r) for r in rows.fetchall()]
 
     def _check_image(self, db, image_id: int) -> sqlite3.Row:
-        row = db.execute("SELECT width, height FROM images WHERE id=?", (image_id,)).fetchone()
+        row = db.execute("SELECT width, height, ok FROM images WHERE id=?", (image_id,)).fetchone()
         if row is None:
             raise StoreError(f"no image with id {image_id}", 404)
         return row
@@ -522,12 +547,17 @@ class ProjectStore:
         with self._tx() as db:
             size = self._check_image(db, image_id)
             w, h = size["width"], size["height"]
-            class_ids = {r[0] for r in db.execute("SELECT id FROM classes")}
+            classes = {r[0]: (r[1], r[2]) for r in db.execute("SELECT id, name, background FROM classes")}
+            is_ok = bool(size["ok"])
             now = time.time()
             ids = []
             for i, it in enumerate(items):
-                if it["class_id"] not in class_ids:
+                if it["class_id"] not in classes:
                     raise StoreError(f"annotation {i}: no class with id {it['class_id']}", 422)
+                name, background = classes[it["class_id"]]
+                if is_ok and not background:
+                    raise StoreError(f"image {image_id} is marked OK (defect-free), so it cannot have marks of "
+                                     f"class {name!r}; unmark it first (key K)", 409)
                 pts = [(it["x"], it["y"])] if it["kind"] == "point" else it["points"]
                 for x, y in pts:
                     if not (math.isfinite(x) and math.isfinite(y) and 0 <= x < w and 0 <= y < h):
@@ -574,7 +604,33 @@ class ProjectStore:
             self._new_edit(db, image_id, "erase", hit)
             return hit, self._bump()
 
+    def set_ok(self, image_id: int, ok: bool) -> tuple[dict, int | None]:
+        """Mark an image OK (defect-free: every pixel is background) or unmark it, as one undoable edit;
+        returns ``(image, rev)`` (rev None: it was so already). An image with marks of a defect class is
+        refused (409, naming them): the two would contradict each other, and the fit would fail."""
+        with self._tx() as db:
+            row = self._check_image(db, image_id)
+            if bool(row["ok"]) == ok:
+                return self._image_row(db, db.execute("SELECT * FROM images WHERE id=?", (image_id,))
+                                       .fetchone()), None
+            if ok:
+                defects = db.execute(
+                    "SELECT c.name, COUNT(*) FROM annotations a JOIN classes c ON c.id = a.class_id "
+                    "WHERE a.image_id=? AND a.deleted=0 AND c.background=0 GROUP BY c.id ORDER BY c.position",
+                    (image_id,)).fetchall()
+                if defects:
+                    named = ", ".join(f"{n} of class {name!r}" for name, n in defects)
+                    raise StoreError(f"image {image_id} has marks of a defect class ({named}); erase them "
+                                     "before marking it OK (defect-free)", 409)
+            db.execute("UPDATE images SET ok=? WHERE id=?", (int(ok), image_id))
+            self._new_edit(db, image_id, "ok" if ok else "unok", [])
+            rev = self._bump()
+            return self._image_row(db, db.execute("SELECT * FROM images WHERE id=?", (image_id,)).fetchone()), rev
+
     def _apply(self, db, edit, undo: bool) -> None:
+        if edit["kind"] in ("ok", "unok"):
+            db.execute("UPDATE images SET ok=? WHERE id=?", (int((edit["kind"] == "ok") != undo), edit["image_id"]))
+            return
         ids = json.loads(edit["annotation_ids"])
         if not ids:
             return
@@ -634,10 +690,16 @@ class ProjectStore:
                 else:
                     scr.append({"class": index[r["class_id"]], "width": r["width"],
                                 "points": json.loads(r["path"])})
-            for image_id, (pts, scr) in by_image.items():
+            # an OK image is training material without a single click (all its pixels are background)
+            ok_ids = {r[0] for r in db.execute("SELECT id FROM images WHERE ok=1")}
+            for image_id in ok_ids:
+                by_image.setdefault(image_id, ([], []))
+            for image_id in sorted(by_image):
+                pts, scr = by_image[image_id]
                 ts.image_ids.append(image_id)
                 ts.points.append(pts)
                 ts.scribbles.append(scr)
+                ts.ok.append(image_id in ok_ids)
             return ts
 
     # ------------------------------------------------------------------ models and predictions
@@ -719,6 +781,7 @@ class ProjectStore:
                 "rev": self._rev(db),
                 "n_images": db.execute("SELECT COUNT(*) FROM images").fetchone()[0],
                 "n_annotations": db.execute("SELECT COUNT(*) FROM annotations WHERE deleted=0").fetchone()[0],
+                "n_ok": db.execute("SELECT COUNT(*) FROM images WHERE ok=1").fetchone()[0],
                 "n_classes": db.execute("SELECT COUNT(*) FROM classes").fetchone()[0],
                 "schema_version": db.execute("PRAGMA user_version").fetchone()[0],
             }
@@ -730,7 +793,7 @@ def _image_entry(row, n_points: int, n_scribbles: int, pred, model_sig: str | No
     entry = {
         "id": row["id"], "name": row["name"], "width": row["width"], "height": row["height"],
         "n_bytes": row["n_bytes"], "sha256": row["sha256"], "uploaded": row["stored_path"] is not None,
-        "n_points": n_points, "n_scribbles": n_scribbles,
+        "n_points": n_points, "n_scribbles": n_scribbles, "ok": bool(row["ok"]),
         "status": "failed" if error else "ok", "error": error,
         "prediction": None, "prediction_stale": False,
     }

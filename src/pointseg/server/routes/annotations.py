@@ -1,10 +1,12 @@
-"""Annotations of one image: list, add (points and scribbles, one undoable edit), erase, undo, redo."""
+"""Annotations of one image: list, add (points and scribbles, one undoable edit), erase, the OK mark, undo,
+redo."""
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from pointseg.server.deps import SchedulerDep, StoreDep
-from pointseg.server.schemas import AnnotationsIn, AnnotationsOut, EraseIn, EraseOut, HistoryStepOut, ImageId
+from pointseg.server.schemas import (AnnotationsIn, AnnotationsOut, EraseIn, EraseOut, HistoryStepOut, ImageId, OkIn,
+                                     OkOut)
 
 router = APIRouter(prefix="/api/images/{image_id}", tags=["annotations"])
 
@@ -27,6 +29,16 @@ def erase(image_id: ImageId, body: EraseIn, store: StoreDep, scheduler: Schedule
     if rev is not None:
         scheduler.changed(rev, what="annotations", image_id=image_id)
     return {"rev": rev if rev is not None else store.rev(), "removed": ids, "history": store.history(image_id)}
+
+
+@router.put("/ok", response_model=OkOut)
+def set_ok(image_id: ImageId, body: OkIn, store: StoreDep, scheduler: SchedulerDep):
+    """Mark the image OK (defect-free: every pixel is background, so the model learns from it without a click)
+    or unmark it; undoable like a click. 409 when it has marks of a defect class (erase them first)."""
+    img, rev = store.set_ok(image_id, body.ok)
+    if rev is not None:
+        scheduler.changed(rev, what="annotations", image_id=image_id)
+    return {"rev": rev if rev is not None else store.rev(), "image": img, "history": store.history(image_id)}
 
 
 def _history_step(image_id: int, store, scheduler, undo: bool) -> dict:

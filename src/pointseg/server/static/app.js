@@ -17,7 +17,7 @@ import { $, el, fail, toast } from "./util.js";
 import { keys, fitView, setTool, setBrush, setOpacity, setShowMarks, setAdjust, drawView, drawMarks,
          renderLegend } from "./viewer.js";
 import { refreshOverlay } from "./overlay.js";
-import { own, reloadAnnotations, undoRedo } from "./edits.js";
+import { own, reloadAnnotations, toggleOk, undoRedo } from "./edits.js";
 import { loadImages, loadImagesSoon, step, uploadFiles, renderImages, openNextToAnnotate, setSort,
          restoreSort } from "./images.js";
 import { loadClasses, bindAddClass, selectClass, focusViewer } from "./classes.js";
@@ -222,6 +222,7 @@ function onKey(ev) {
     case "e": setTool("eraser"); break;
     case "f": fitView(); break;
     case "g": suggest(); break;
+    case "k": toggleOk(); break;
     case "n": openNextToAnnotate().catch(fail); break;
     case "m": setShowMarks(!S.showMarks); break;
     case "o": S.overlayOn = !S.overlayOn; setOpacity(); break;

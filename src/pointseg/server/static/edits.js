@@ -4,12 +4,12 @@
  * answer replaces the pending mark.  While the server is offline the edit waits in the api queue and its
  * mark stays on screen as pending.
  */
-import { S } from "./state.js";
+import { S, currentOk } from "./state.js";
 import { api } from "./api.js";
 import { toast, fail } from "./util.js";
 import { drawMarks } from "./viewer.js";
 import { refreshOverlay } from "./overlay.js";
-import { loadImagesSoon } from "./images.js";
+import { loadImagesSoon, renderImages } from "./images.js";
 import { renderHistory, renderInfobar } from "./panels.js";
 
 // Edits of this tab: their event-stream echoes need no reload (the POST answer carries the data).
@@ -102,8 +102,34 @@ export async function undoRedo(which) {
     const data = await ownEdit(() => api("POST", `/api/images/${id}/${which}`));
     if (S.currentId !== id) return;
     if (!data.edit) { toast(`Nothing to ${which} on this image.`, "info", 1800); return; }
+    if (data.edit.kind === "ok" || data.edit.kind === "unok") setOk(id, (data.edit.kind === "ok") !== (which === "undo"));
     S.annotations = data.annotations;
     S.history = data.history;
+    editDone(data.rev);
+  } catch (err) { fail(err); }
+}
+
+function setOk(id, ok) {
+  if (S.current && S.current.id === id) S.current = { ...S.current, ok };
+  const row = S.images.find((i) => i.id === id);
+  if (row) row.ok = ok;
+  renderImages();
+}
+
+/** K: mark the current image OK (defect-free: every pixel is background, so the model learns from it without
+ * a click) or unmark it — one undoable edit. The server refuses an image with defect marks, saying which. */
+export async function toggleOk() {
+  const id = S.currentId;
+  if (id === null || !S.current) return;
+  const ok = !currentOk();
+  try {
+    S.clickT0Pending = performance.now();
+    const data = await ownEdit(() => api("PUT", `/api/images/${id}/ok`, { ok }));
+    if (S.currentId !== id) return;
+    setOk(id, data.image.ok);
+    S.history = data.history;
+    toast(ok ? "Marked OK (defect-free): every pixel is background. K again to unmark."
+             : "Unmarked: no longer OK.", "info", 2200);
     editDone(data.rev);
   } catch (err) { fail(err); }
 }

@@ -11,6 +11,7 @@ export async function loadImages() {
   const data = await api("GET", "/api/images");
   S.images = data.images;
   renderImages();
+  renderInfobar();
   if (sortByNext()) loadRanking(1).catch(() => {});  // a model may not exist yet: the list keeps its order
   if (S.currentId === null && S.images.length) {
     const want = +sessionStorage.getItem("pointseg-image");
@@ -82,10 +83,9 @@ export function predictionStale(img) {
 function imageVisible(img) {
   const q = $("#filter-text").value.trim().toLowerCase();
   if (q && !img.name.toLowerCase().includes(q)) return false;
-  const n = img.n_points + img.n_scribbles;
   switch ($("#filter-kind").value) {
-    case "annotated": return n > 0;
-    case "todo": return n === 0;
+    case "annotated": return annotated(img);
+    case "todo": return !annotated(img);
     case "predicted": return !!img.prediction;
     case "findings": return findings(img) > 0;
     default: return true;
@@ -102,6 +102,7 @@ function badgesOf(img) {
   const out = [];
   const failed = img.status === "failed" || (img.prediction && img.prediction.status !== "ok");
   if (img.status === "failed") out.push(["badge fail", "unreadable", img.error || "the file cannot be read"]);
+  if (img.ok) out.push(["badge okb", "OK", "marked OK (defect-free): every pixel is background (K toggles)"]);
   const n = img.n_points + img.n_scribbles;
   if (n) out.push(["badge pts", `${img.n_points}${img.n_scribbles ? `+${img.n_scribbles}` : ""}`,
                    `${plural(img.n_points, "point")}, ${plural(img.n_scribbles, "scribble")}`]);
@@ -199,7 +200,7 @@ export function renderImages() {
   $("#image-count").textContent = S.images.length ? `${S.images.length}` : "";
   const old = new Map([...list.children].map((li) => [li.dataset.key, li]));
   const nodes = visible.map((img) => {
-    const key = JSON.stringify([img.id, img.name, img.n_points, img.n_scribbles, img.status, img.prediction,
+    const key = JSON.stringify([img.id, img.name, img.n_points, img.n_scribbles, !!img.ok, img.status, img.prediction,
                                 predictionStale(img)]);
     const li = old.get(key) || rowOf(img);
     li.dataset.key = key;

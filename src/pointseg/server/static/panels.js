@@ -1,5 +1,5 @@
 /* Read-only panels: the status line, the info bar, the hint, the model and image panels, predict-all. */
-import { S } from "./state.js";
+import { S, currentOk } from "./state.js";
 import { net } from "./api.js";
 import { $, el, esc, fmtPct, fmtMs, plural } from "./util.js";
 
@@ -46,6 +46,7 @@ export function renderInfobar() {
   const nP = S.annotations.filter((a) => a.kind === "point").length;
   const nS = S.annotations.length - nP;
   add("marks", `${nP} points, ${nS} scribbles`);
+  if (currentOk()) add("", "OK (defect-free)", "okmark");
   // timings are in the model panel too: they give way first when the bar is narrow
   if (S.lastLatency !== null) add("click → overlay", fmtMs(S.lastLatency), "opt");
   if (t.fit_ms !== undefined) add("fit", fmtMs(t.fit_ms), "opt");
@@ -145,6 +146,10 @@ export function renderModelPanel() {
     dl.append(el("dt", {}, `points: ${name}`), el("dd", {}, bar, String(n)));
   }
   row("images used", String(r.n_images ?? "–"));
+  // learned between clicks from the images marked OK (K), as `pointseg train` does
+  if (r.ng_rule) row("NG rule", `${r.ng_rule.score} > ${+r.ng_rule.threshold.toFixed(3)} (${plural(r.ng_rule.n_ok, "OK image")}, ${r.ng_rule.n_ng} NG)`);
+  const pc = r.part_confusion;
+  if (pc) row("per part (left out)", `${pc.false_alarms} of ${pc.ok_images} OK called NG, ${pc.misses} of ${pc.ng_images} NG missed`);
   row("fit", fmtMs((m.timings || {}).fit_ms));
   if (S.timings) row("predict (this image)", fmtMs(S.timings.predict_ms));
   if (S.lastLatency !== null) row("click → overlay", fmtMs(S.lastLatency));

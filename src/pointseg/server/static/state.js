@@ -6,7 +6,7 @@
 
 export const S = {
   project: null,
-  images: [],          // [{id, name, width, height, n_points, n_scribbles, prediction, prediction_stale, status, error}]
+  images: [],          // [{id, name, width, height, n_points, n_scribbles, ok, prediction, prediction_stale, status, error}]
   classes: [],         // [{id, name, color, index, background, n_annotations, n_points, n_scribbles}]
   classId: null,       // selected class
   currentId: null,
@@ -52,6 +52,13 @@ function prefsKey() {
 }
 
 /** Take the remembered viewer preferences of this project (tool, brush, opacity, view, …). */
+/** Whether the current image is marked OK (defect-free): the list's entry (refreshed by every change, from
+ * any tab) when there is one, else the opened image's own answer. */
+export function currentOk() {
+  const row = S.images.find((i) => i.id === S.currentId);
+  return !!(row ? row.ok : S.current && S.current.ok);
+}
+
 export function loadPrefs() {
   let saved = {};
   try { saved = JSON.parse(localStorage.getItem(prefsKey()) || "{}"); } catch (_) { /* ignore */ }
