@@ -88,6 +88,24 @@ def test_rule_parsing_and_validation():
 
 
 # ------------------------------------------------------------------ OK images in fit
+def test_a_warm_started_clone_reuses_the_ok_images_pixel_pools(monkeypatch):
+    """The app refits a clone of the last model on every click: the OK images' pools are sampled once."""
+    import pointseg.segmenter as segmenter_module
+
+    defect, _ = part(defect=True)
+    clean, _ = part(defect=False, seed=1)
+    seg = Segmenter(BACKBONE, classes=["ok", "defect"], cross_validate=False, warm_start=True)
+    fmaps = [seg.extract_features(defect), seg.extract_features(clean)]
+    calls = []
+    original = segmenter_module._pixel_sample
+    monkeypatch.setattr(segmenter_module, "_pixel_sample", lambda *a, **k: calls.append(1) or original(*a, **k))
+    seg.fit(fmaps, [DEFECT_POINTS, None], ok=[False, True])
+    first = len(calls)
+    refit = seg.clone().fit(fmaps, [DEFECT_POINTS, None], ok=[False, True])
+    assert first >= 1 and len(calls) == first  # the clone sampled nothing again
+    assert (refit.predict(clean) == 0).all()
+
+
 def test_ok_image_needs_no_points_and_trains_background():
     defect, _ = part(defect=True)
     clean, _ = part(defect=False, seed=1)

@@ -172,6 +172,10 @@ class Segmenter:
             new._extractor = self._extractor
         if new.warm_start and hasattr(self, "head_"):
             new.head_ = self.head_
+        if "_ok_pools" in self.__dict__:
+            # the OK images' pixel pools depend on the feature maps only (keyed by map): a refit of a clone,
+            # the app's every click, would otherwise sample them again, which costs more than the fit
+            new._ok_pools = self._ok_pools
         return new
 
     @property
