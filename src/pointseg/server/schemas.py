@@ -166,6 +166,22 @@ class HistoryOut(_Out):
     can_redo: int
 
 
+class ImageDetailOut(ImageOut):
+    """One image as the viewer opens it: its marks and undo state, and whether its features are ready."""
+
+    features_ready: bool
+    annotations: list[dict[str, Any]]
+    history: HistoryOut
+
+
+class UploadedOut(ImageOut):
+    created: bool = Field(description="false: the same bytes were already in the project")
+
+
+class UploadOut(_Out):
+    added: list[UploadedOut]
+
+
 class OkOut(_Out):
     rev: int
     image: ImageOut

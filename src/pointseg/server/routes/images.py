@@ -13,7 +13,7 @@ from pointseg.decision import DEFAULT_RANKING
 from pointseg.server.guards import MAX_FILES_PER_UPLOAD
 from pointseg.server.ranking import RankingOut
 from pointseg.server.scheduler import PRIO_PREFETCH, PRIO_VIEW
-from pointseg.server.schemas import ImageId, ImagesOut, RevOut
+from pointseg.server.schemas import ImageDetailOut, ImageId, ImagesOut, RevOut, UploadOut
 from pointseg.server.store import StoreError
 
 router = APIRouter(prefix="/api/images", tags=["images"])
@@ -28,7 +28,7 @@ def images(services: ServicesDep):
     return {"rev": store.rev(), "images": store.list_images(model_sig=services.current_signature())}
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=UploadOut)
 async def upload(files: Annotated[list[UploadFile], File(description="image files")],
                  services: ServicesDep):
     store, limit = services.store, services.settings.max_upload_bytes
@@ -61,7 +61,7 @@ def ranking(services: ServicesDep,
     return services.ranking.rank(services, kind=kind, wait_s=wait)
 
 
-@router.get("/{image_id}")
+@router.get("/{image_id}", response_model=ImageDetailOut)
 def image(image_id: ImageId, store: StoreDep, scheduler: SchedulerDep):
     img = store.image(image_id)
     ready = scheduler.request_features(image_id, PRIO_VIEW)
