@@ -55,6 +55,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, header, md_table, save_md, test_image  # noqa: E402
 
 
+def stop_server(proc, timeout: float = 30) -> None:
+    """Ctrl+C the server as a user would, and kill it if it does not exit in ``timeout`` seconds."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,11 +239,7 @@ def small_main(args) -> None:
             png_bytes = len(o.content)
             json_bytes = len(json.dumps(labels.tolist(), separators=(",", ":")))
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
     # baseline: the same training set through the library, re-running the network on every call
     from pointseg import FeatureCache, Segmenter
@@ -432,11 +437,7 @@ def large_run(label: str, src: str | None, w: int, h: int, args, rng) -> dict:
             out["rss_mb"], out["peak_rss_mb"] = rss_mb(proc.pid)
             out["regions"] = not whole
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     return out
 
 
