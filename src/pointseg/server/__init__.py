@@ -18,6 +18,8 @@ Which file does what (requests flow down this list; imports only go down it too)
   protocol, fold by fold), save, "predict all" planned and recorded through ``pointseg.batch`` (the CLI's
   engine, reading the feature maps already computed); and the feature maps by image id.
 * ``exports.py`` — annotation file, summary rows, results zip, model file (run as scheduler jobs).
+* ``ranking.py`` — the "next image to annotate" order (``pointseg.decision``'s ranking), one scheduler job
+  per image, scores kept per model version.
 * ``media.py`` — image files: folder registration, uploads, display files, thumbnails.
 * ``render.py`` — compact PNG encodings of predictions, summary stats, click suggestions.
 * ``store.py`` — the project in SQLite (WAL): images, classes, annotations with undo log, settings,
