@@ -35,9 +35,10 @@ AUTOCONTEXT_VERSION = 1
 CONTEXT_SIGMAS = (1.0, 2.0, 4.0)
 #: per scale: the smoothed probability, its gradient magnitude and its Hessian eigenvalues (max, min)
 PER_SIGMA = ("smoothed", "gradient", "hessian_max", "hessian_min")
-#: Gaussians are truncated at 3 sigma; central differences need one pixel more
+#: Gaussians are truncated at 3 sigma (scipy's radius: int(3 sigma + 0.5)); the second derivatives are
+#: central differences of central differences, two pixels more
 TRUNCATE = 3.0
-RADIUS = int(math.ceil(TRUNCATE * max(CONTEXT_SIGMAS))) + 1
+RADIUS = int(TRUNCATE * max(CONTEXT_SIGMAS) + 0.5) + 2
 #: stage 2's L2 strength relative to stage 1's (C / this): a few strongly predictive context channels
 #: beside hundreds of features that already fit the points, so a firmer penalty keeps stage 2 from
 #: re-fitting the points through the features (bench/thin_diagnosis.py --ceiling)
