@@ -18,6 +18,7 @@ NoC@85 and the wall time. VARIANT is "none" or an exploratory patch that is not 
     bwA / dwA        the fine (deep) block times A after standardisation (a weaker L2 penalty when A > 1)
     s2pA             auto-context (spec option autocontext=True): stage 2's penalty A times stage 1's
                      (pointseg.autocontext.STAGE2_PENALTY)
+    s2unweighted     auto-context's stage 2 with unweighted classes (stage 1 stays balanced)
     oofpoints        auto-context's out-of-fold stage-1 heads by k-fold over the points, not by image
     ctxN             the stride-32 context map of an image whose context grid is under N cells on its short
                      side computed on a copy upscaled by a power of two, pooled back to its grid
@@ -68,6 +69,10 @@ def apply_variant(variant: str) -> None:
             import pointseg.autocontext as AC
 
             AC.FOLDS = "points"
+        elif part == "s2unweighted":  # auto-context's stage 2 with class_weight=None
+            import pointseg.autocontext as AC
+
+            AC.STAGE2_CLASS_WEIGHT = None
         elif part.startswith("ctxboth"):
             _context_upscaled(int(part[7:]), keep_original=True)
         elif part.startswith("ctx"):

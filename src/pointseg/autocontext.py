@@ -43,6 +43,8 @@ RADIUS = int(TRUNCATE * max(CONTEXT_SIGMAS) + 0.5) + 2
 #: beside hundreds of features that already fit the points, so a firmer penalty keeps stage 2 from
 #: re-fitting the points through the features (bench/thin_diagnosis.py --ceiling)
 STAGE2_PENALTY = 4.0
+#: stage 2's class weighting: "same" (stage 1's ``class_weight``) or a value for stage 2 alone
+STAGE2_CLASS_WEIGHT = "same"
 #: how the out-of-fold stage-1 heads are made: "images" (leave-one-image-out when the points span several
 #: images, else k-fold over the points: the cross-validation protocol's folds) or "points" (k-fold over the
 #: points always)
@@ -192,7 +194,8 @@ def fit_autocontext(clf: PointClassifier, stage1: LinearHead, fmaps: list, X: np
     both = Standardizer(np.concatenate([standardizer.mean, mean]).astype(np.float32),
                         np.concatenate([standardizer.scale, scale]).astype(np.float32))
     start = init.stage2 if init is not None and init.stage2.coef.shape == (n_classes, both.mean.shape[0]) else None
-    firm = PointClassifier(clf.kind, clf.C / STAGE2_PENALTY, clf.class_weight, clf.random_state)
+    weight = clf.class_weight if STAGE2_CLASS_WEIGHT == "same" else STAGE2_CLASS_WEIGHT
+    firm = PointClassifier(clf.kind, clf.C / STAGE2_PENALTY, weight, clf.random_state)
     stage2 = firm.fit(np.concatenate([X, context], axis=1), y, n_classes, both, init=start)
     return AutoContextHead(stage1, stage2)
 

@@ -89,6 +89,14 @@ class Segmenter:
         Default: hybrid for the logistic head, deep for the random forest.
     background : the background / OK class (index or name) - what a clean part is made of; every other class
         is a finding. Default: the first class. Fitted as ``background_`` (an index).
+    autocontext : add a second stage (:mod:`pointseg.autocontext`, ilastik's auto-context): a logistic
+        regression on the features plus the first head's class probabilities filtered at a few scales,
+        trained on the same points with out-of-fold first-stage maps. For thin structures (cracks,
+        membranes), which the linear head marks too wide. Logistic head only; ``head_`` is then an
+        :class:`~pointseg.autocontext.AutoContextHead`. The training report's point accuracy, the
+        cross-validated estimate and the NG rule's held-out maps are the first stage's; zoomed-out
+        previews (``predict_region`` with ``scale < 1``) show the first stage; ONNX export and tiled batch
+        prediction refuse such models for now.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
