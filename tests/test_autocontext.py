@@ -93,6 +93,9 @@ def test_a_box_equals_the_crop_of_the_whole_image(fitted):
         y0, y1, x0, x1 = box
         np.testing.assert_allclose(scores.logits(*box).numpy(), whole[:, y0:y1, x0:x1].numpy(), atol=1e-4)
     np.testing.assert_allclose(auto.predict_region(image, (0, 40, 0, 64)).labels, auto.predict(image)[:40, :64])
+    # the server hands the Scores of decision_grid to predict_region (many boxes, one model)
+    np.testing.assert_array_equal(auto.predict_region(scores, (30, 90, 50, 130)).labels,
+                                  auto.predict(image)[30:90, 50:130])
 
 
 def test_context_at_points_equals_the_dense_context(fitted):

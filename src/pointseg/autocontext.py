@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pointseg.classifier import LinearHead, PointClassifier, Standardizer, cross_validation_folds
+from pointseg.features import Scores
 
 #: bumped whenever the context channels change (a model file stores it; a mismatch asks for a retrain)
 AUTOCONTEXT_VERSION = 1
@@ -144,15 +145,16 @@ class AutoContextHead:
         return np.concatenate([w1, w2[:, :c]]), np.concatenate([b1, b2]), np.ascontiguousarray(w2[:, c:])
 
 
-class AutoContextScores:
+class AutoContextScores(Scores):
     """Stage-2 :class:`~pointseg.features.Scores`: logits of any box, exact against the whole image.
 
     ``both`` is the Scores of the stacked linear parts (2K rows, :meth:`AutoContextHead.folded`). The deep
-    grid and the fine mean (what zoomed-out previews use) are stage 1's: a screen pixel there covers several
-    image pixels, and the context is a full-resolution refinement.
+    grid, the deep and fine parts and the fine mean (what zoomed-out previews use) are stage 1's: a screen
+    pixel there covers several image pixels, and the context is a full-resolution refinement. A Scores
+    itself, so everything that takes a head's Scores (``Segmenter.predict_region``) takes these.
     """
 
-    def __init__(self, both, context_weights: np.ndarray):
+    def __init__(self, both, context_weights: np.ndarray):  # no Scores.__init__: every method is answered here
         self.both = both
         self.k = int(context_weights.shape[0])
         self.w_context = torch.from_numpy(np.ascontiguousarray(context_weights, dtype=np.float32))
@@ -167,6 +169,13 @@ class AutoContextScores:
 
     def fine_mean_logits(self):
         fine = self.both.fine_mean_logits()
+        return None if fine is None else fine[: self.k]
+
+    def deep_logits(self, y0, y1, x0, x1) -> torch.Tensor:
+        return self.both.deep_logits(y0, y1, x0, x1)[: self.k]
+
+    def fine_logits(self, y0, y1, x0, x1):
+        fine = self.both.fine_logits(y0, y1, x0, x1)
         return None if fine is None else fine[: self.k]
 
     def stage1_logits(self, y0, y1, x0, x1) -> torch.Tensor:
