@@ -236,3 +236,18 @@ def test_export_refuses_autocontext(fitted):
 
     with pytest.raises(PointsegError, match="auto-context models .* cannot be exported"):
         model_parts(fitted[4])
+
+
+def test_folds_leave_images_out_unless_an_image_holds_a_class_alone():
+    """Leave-one-image-out when every image's classes are also elsewhere; k-fold over the points when one
+    image holds the only points of a class (its held-out stage 1 could not know the class)."""
+    from pointseg.autocontext import _folds
+
+    groups = np.repeat([0, 1, 2], 6)
+    shared = np.tile([0, 0, 0, 1, 1, 1], 3)
+    folds = _folds(shared, groups)
+    assert len(folds) == 3 and all(len(np.unique(groups[test])) == 1 for _, test in folds)
+    alone = np.concatenate([[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1], [0, 0, 0, 2, 2, 2]])
+    folds = _folds(alone, groups)
+    assert len(folds) == 3 and all(len(np.unique(groups[test])) > 1 for _, test in folds)
+    assert all(np.isin(np.unique(alone[test]), alone[train]).all() for train, test in folds)
