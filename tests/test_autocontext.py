@@ -140,6 +140,9 @@ def test_parameter_get_set_clone(fitted):
     assert twin.autocontext is True and not hasattr(twin, "head_")
     assert linear.clone().set_params(autocontext=True).autocontext is True
     assert Segmenter.preset("default").autocontext is False
+    thin = Segmenter.preset("thin")
+    assert thin.autocontext is True and thin.get_params() == {**Segmenter.preset("default").get_params(),
+                                                              "autocontext": True}
 
 
 def test_warm_refit_keeps_the_head_kind(fitted):
@@ -251,3 +254,35 @@ def test_folds_leave_images_out_unless_an_image_holds_a_class_alone():
     folds = _folds(alone, groups)
     assert len(folds) == 3 and all(len(np.unique(groups[test])) > 1 for _, test in folds)
     assert all(np.isin(np.unique(alone[test]), alone[train]).all() for train, test in folds)
+
+
+def test_cli_trains_the_thin_preset_and_predicts_with_it(tmp_path):
+    """`pointseg train --preset thin` writes an auto-context model; `pointseg predict` applies its stage 2."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from modelkit import read_raw
+
+    image, truth = thin_lines_image()
+    Image.fromarray(image).save(tmp_path / "lines.png")
+    points = [[float(x), float(y), CLASSES[int(c)]] for x, y, c in line_points(truth)]
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "classes": [{"name": "ground", "color": "#000000"}, {"name": "line", "color": "#ff0000"}],
+        "images": [{"path": "lines.png", "points": points}]}))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pointseg.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=600)
+
+    result = run("train", tmp_path / "ann.json", "-o", tmp_path / "m.pointseg", "--preset", "thin",
+                 "--backbone", "efficientnet_lite0")
+    assert result.returncode == 0, result.stderr
+    meta, tensors = read_raw(tmp_path / "m.pointseg")
+    assert meta["head"] == "autocontext" and meta["format_version"] == 3 and "stage2_coef" in tensors
+    result = run("predict", tmp_path / "m.pointseg", tmp_path / "lines.png", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    written = np.asarray(Image.open(tmp_path / "out" / "lines.png"))
+    np.testing.assert_array_equal(written, Segmenter.load(tmp_path / "m.pointseg").predict(image))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pointseg.classifier import LinearHead, PointClassifier, Standardizer, cross_validation_folds
+from pointseg.classifier import LinearHead, PointClassifier, Standardizer, cross_validation_folds, single_thread
 from pointseg.features import Scores
 
 #: bumped whenever the context channels change (a model file stores it; a mismatch asks for a retrain)
@@ -196,7 +196,8 @@ def fit_autocontext(clf: PointClassifier, stage1: LinearHead, fmaps: list, X: np
                     init: AutoContextHead | None = None) -> AutoContextHead:
     """Fit stage 2 on click rows ``X`` (features), ``xy`` (positions), ``y``, ``groups`` (index into
     ``fmaps``) with out-of-fold stage-1 context (module docstring); ``stage1`` is the full stage-1 head."""
-    context = out_of_fold_context(clf, stage1, fmaps, X, xy, y, groups, n_classes, standardizer)
+    with single_thread():  # hundreds of patch-sized products: a thread pool only adds waiting (see classifier)
+        context = out_of_fold_context(clf, stage1, fmaps, X, xy, y, groups, n_classes, standardizer)
     mean = context.mean(axis=0)
     scale = context.std(axis=0)
     scale[scale < 1e-3] = 1.0
@@ -209,11 +210,23 @@ def fit_autocontext(clf: PointClassifier, stage1: LinearHead, fmaps: list, X: np
     return AutoContextHead(stage1, stage2)
 
 
+def _folds(y: np.ndarray, groups: np.ndarray) -> list:
+    """Leave-one-image-out (FOLDS "images") unless a held-out image holds the only points of a class (one
+    defect type per image, as on neu_seg): its stage-1 head could not predict that class, and stage 2 would
+    learn that the class never shows in stage 1. Then, and with FOLDS "points", k-fold over the points."""
+    if FOLDS == "images":
+        folds, _ = cross_validation_folds(y, groups)
+        if all(np.isin(np.unique(y[test]), y[train]).all() for train, test in folds):
+            return folds
+    folds, _ = cross_validation_folds(y, np.zeros_like(groups))
+    return folds
+
+
 def out_of_fold_context(clf, stage1, fmaps, X, xy, y, groups, n_classes, standardizer) -> np.ndarray:
     """Context channels of each row from a stage-1 head fitted without that row's fold (the full head
     where a fold's training part lacks a second class)."""
     context = np.zeros((len(y), n_context_channels(n_classes)), dtype=np.float32)
-    folds, _ = cross_validation_folds(y, groups if FOLDS == "images" else np.zeros_like(groups))
+    folds = _folds(y, groups)
     if not folds:
         folds = [(np.arange(len(y)), np.arange(len(y)))]
     for train, test in folds:

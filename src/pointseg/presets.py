@@ -19,6 +19,12 @@ PRESETS: dict[str, dict] = {
     # unseen images and lets a click fix a whole region; about 11 % more extraction time than without it.
     "default": {"backbone": DEFAULT_BACKBONE, "classifier": "logistic", "features": DEFAULT_FEATURES,
                 "smoothing": DEFAULT_SMOOTHING},
+    # The default plus a second, auto-context stage (pointseg.autocontext) for thin structures (cracks,
+    # membranes): it lifts what the head can reach on CrackForest (0.50 -> 0.58 crack IoU with many points)
+    # but within the seed spread under 20 corrective clicks, and a refit + 1 MP prediction costs several
+    # times the default's (BENCHMARKS.md, "Heads"): opt-in, `pointseg train --preset thin`.
+    "thin": {"backbone": DEFAULT_BACKBONE, "classifier": "logistic", "features": DEFAULT_FEATURES,
+             "smoothing": DEFAULT_SMOOTHING, "autocontext": True},
 }
 
 
