@@ -113,6 +113,25 @@ def testupsample_window_equals_the_same_window_of_the_whole_upsampling():
         assert torch.allclose(window, whole[:, rows[0]:rows[1], cols[0]:cols[1]], atol=1e-6)
 
 
+def test_linear_scores_of_a_float16_window_equal_those_of_its_float32_copy():
+    """A float16 map's window is copied out and converted chunk by chunk: the same numbers as scoring the
+    float32 copy of the map, for windows inside, at the edges and across several chunks."""
+    import torch
+
+    from pointseg.features import linear_scores
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(24, 70, 90)).astype(np.float16)
+    weights = torch.from_numpy(rng.normal(size=(3, 24)).astype(np.float32))
+    for rows, cols in [((0, 70), (0, 90)), ((3, 68), (17, 41)), ((69, 70), (89, 90)), ((10, 11), (0, 90))]:
+        got = linear_scores(weights, data, rows, cols, chunk=8)
+        expected = linear_scores(weights, data.astype(np.float32), rows, cols, chunk=8)
+        assert got.shape == (3, rows[1] - rows[0], cols[1] - cols[0])
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        direct = np.einsum("kc,chw->khw", weights.numpy(), data[:, rows[0]:rows[1], cols[0]:cols[1]].astype(np.float32))
+        np.testing.assert_allclose(got.numpy(), direct, rtol=1e-5, atol=1e-4)
+
+
 def test_context_map_is_kept_coarse_yet_equals_the_fused_network_output(image, large_image):
     from pointseg.sampling import project, sample_bilinear, sample_points
 
