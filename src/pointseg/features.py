@@ -59,6 +59,14 @@ CONTEXT_TILE_CELLS = 128
 CONTEXT_MARGIN_CELLS = 32
 #: points sampled between two releases of a paged deep map's pages (see ``FeatureMap._sample_paged``)
 PAGED_POINTS_PER_READ = 4
+#: float32 bytes of the window converted and scored at a time by :func:`linear_scores` (within the caches)
+LINEAR_CHUNK_BYTES = 3 << 20
+#: bytes of a paged map read between two releases of its pages (``madvise`` costs ~0.3 ms a call)
+PAGED_RELEASE_BYTES = 32 << 20
+#: pooled levels a paged (large) deep map keeps for zoomed-out previews: level ``L`` averages 2^L x 2^L
+#: cells (see :meth:`FeatureMap.pooled`); up to 2, where a stride-32 context map still upsamples to the
+#: level's grid exactly (4 x 4 cells of 4 px: a 1600-px view of up to ~180 MP reads at most a cell a pixel)
+PYRAMID_LEVELS = 2
 
 
 def deep_dtype(image_size: tuple[int, int]) -> type:
@@ -258,6 +266,10 @@ class FeatureMap:
     rgb: np.ndarray | None = None
     _stats: tuple[np.ndarray, np.ndarray, int] | None = field(default=None, repr=False)
     _fine_source: FineFeatures | None = field(default=None, repr=False, compare=False)
+    #: where a paged map's pooled levels put their (nameless) files (:meth:`pooled`); ``None``: ``$TMPDIR``
+    spill_dir: str | os.PathLike | None = field(default=None, repr=False, compare=False)
+    _pyramid: dict = field(default_factory=dict, repr=False, compare=False)
+    _pyramid_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -299,7 +311,8 @@ class FeatureMap:
         """Bytes this map holds itself, paged or not (fine tiles live in the shared, bounded
         :func:`fine_tile_cache`): what a :class:`FeatureCache` budgets, so its memory budget also bounds the
         paged files of the maps it keeps."""
-        return sum(a.nbytes for a in (self.data, self.fine, self.context, self.rgb) if a is not None)
+        arrays = (self.data, self.fine, self.context, self.rgb, *self._pyramid.values())
+        return sum(a.nbytes for a in arrays if a is not None)
 
     @property
     def paged(self) -> bool:
@@ -308,8 +321,61 @@ class FeatureMap:
 
     @property
     def resident_nbytes(self) -> int:
-        """Bytes this map keeps resident between uses: :attr:`nbytes` less a paged deep map."""
-        return self.nbytes - (self.data.nbytes if self.paged else 0)
+        """Bytes this map keeps resident between uses: :attr:`nbytes` less a paged deep map and its levels."""
+        return self.nbytes - sum(a.nbytes for a in (self.data, *self._pyramid.values()) if is_paged(a))
+
+    @property
+    def pyramid_levels(self) -> int:
+        """Pooled levels :meth:`pooled` offers: :data:`PYRAMID_LEVELS` for a paged (large) map whose grid
+        divides into their blocks, else none (a map held in memory is small enough to preview cell by cell)."""
+        if not self.paged:
+            return 0
+        h, w = self.grid_size
+        return max([0] + [lv for lv in range(1, PYRAMID_LEVELS + 1) if h % (1 << lv) == 0 == w % (1 << lv)])
+
+    def pooled(self, level: int) -> np.ndarray:
+        """The deep map averaged over blocks of ``2^level x 2^level`` cells (``C x h_f/2^level x w_f/2^level``,
+        float16, paged like the map): what a zoomed-out preview scores instead of every stride-4 cell (a
+        linear head's score of a block's mean is the mean of its cells' scores). Level 0 is :attr:`data`.
+
+        All levels are built in one pass over the map, band by band (:meth:`build_pyramid`), the first time
+        one is asked for; :meth:`FeatureExtractor.extract` builds them with the features of a large image.
+        """
+        if level == 0:
+            return self.data
+        if not 0 < level <= self.pyramid_levels:
+            raise PointsegError(f"this feature map has {self.pyramid_levels} pooled levels, not {level}")
+        if level not in self._pyramid:
+            self.build_pyramid()
+        return self._pyramid[level]
+
+    def build_pyramid(self) -> None:
+        """Build the :meth:`pooled` levels (a no-op where there are none or they exist). Each band of rows is
+        read once, averaged in float32 level after level (blocks of the next level are whole blocks of this
+        one: exact means) and written as float16; pages are released after each band, so resident memory
+        stays one band."""
+        levels = self.pyramid_levels
+        with self._pyramid_lock:
+            if not levels or len(self._pyramid) == levels:
+                return
+            c, h, w = self.data.shape
+            directory = self.spill_dir if self.spill_dir is not None else tempfile.gettempdir()
+            out = {}
+            for lv in range(1, levels + 1):
+                shape = (c, h >> lv, w >> lv)
+                out[lv] = paged_array(shape, np.float16, directory)
+                if out[lv] is None:  # no file can be made: in memory (at most a third of the map's bytes)
+                    out[lv] = np.empty(shape, dtype=np.float16)
+            block = 1 << levels
+            rows = max(block, MOMENT_BAND_BYTES // (4 * c * w) // block * block)
+            for a in range(0, h, rows):
+                band = torch.from_numpy(np.ascontiguousarray(self.data[:, a: a + rows])).float()
+                for lv in range(1, levels + 1):
+                    band = F.avg_pool2d(band[None], 2)[0]
+                    out[lv][:, a >> lv: (a >> lv) + band.shape[1]] = band.numpy()
+                    release_pages(out[lv])
+                release_pages(self.data)
+            self._pyramid.update(out)
 
     def context_on_grid(self) -> np.ndarray | None:
         """The context channels upsampled to the grid, as the network's fusion would give them."""
@@ -403,13 +469,17 @@ class FeatureMap:
             ctx = torch.from_numpy(self.context)
             coarse = (w_ctx @ ctx.reshape(ctx.shape[0], -1)).reshape(-1, *ctx.shape[1:])
 
-        def grid_window(rows, cols):
-            out = linear_scores(w, self.data, rows, cols) + b[:, None, None]
+        def grid_window(rows, cols, level=0):
+            # at a pooled level the context is upsampled to that level's grid: for blocks of up to 4 x 4
+            # cells this equals the mean of its upsampling to the stride-4 grid (no block straddles a
+            # context cell's centre, and bilinear interpolation is linear in between)
+            out = linear_scores(w, self.pooled(level), rows, cols) + b[:, None, None]
             if coarse is not None:
-                out += upsample_window(coarse, 8, rows, cols)
+                out += upsample_window(coarse, 8 >> level, rows, cols)
             return out
 
-        return Scores(self.image_size, self.extent, self.grid_size, grid_window, self, weights[:, c_deep:])
+        return Scores(self.image_size, self.extent, self.grid_size, grid_window, self, weights[:, c_deep:],
+                      levels=self.pyramid_levels)
 
     def score_with(self, fn, n_features: int) -> "Scores":
         """Like :meth:`score` for a non-linear head on ``n_features`` deep features: ``fn((n, C)) → (n, K)``."""
@@ -474,26 +544,32 @@ class FeatureMap:
 
 
 def linear_scores(weights: torch.Tensor, data: np.ndarray, rows: tuple[int, int], cols: tuple[int, int],
-                  chunk: int = 32) -> torch.Tensor:
+                  chunk_bytes: int = LINEAR_CHUNK_BYTES) -> torch.Tensor:
     """``weights (K, C)`` times the cells ``rows x cols`` of ``data (C, h, w)`` → ``K x rows x cols``.
 
     One matrix product per grid row, batched (BLAS reads a float32 window in place: no copy of the
-    window, 8x faster than an einsum that gathers it), ``chunk`` rows at a time so a float16 map is
-    converted to float32 only a cache-sized piece at a time. A float16 chunk is first copied out contiguous
-    by numpy (rows of the window are runs in memory), then converted: torch's conversion of the strided
-    window itself was 15x slower (a 1600 x 1000 viewport of a 12 MP map: 124 vs 8 ms, the same numbers).
+    window, 8x faster than an einsum that gathers it), a few rows at a time (``chunk_bytes`` of float32),
+    so a float16 map is converted only a cache-sized piece at a time: each chunk is copied out contiguous by
+    numpy (rows of the window are runs in memory), then converted — torch's conversion of the strided window
+    itself was 15x slower (a 1600 x 1000 viewport of a 12 MP map: 124 vs 8 ms, the same numbers), and
+    chunks of 32 rows, larger than the caches, 1.5-3x slower than ~3 MB ones. A paged map's pages are
+    released every :data:`PAGED_RELEASE_BYTES` read, so it is resident a bounded piece at a time.
     """
     (g0, g1), (k0, k1) = rows, cols
     out = torch.empty((weights.shape[0], g1 - g0, k1 - k0), dtype=torch.float32)
     paged = is_paged(data)
     convert = data.dtype != np.float32
-    for a in range(g0, g1, chunk):
-        b = min(g1, a + chunk)
+    step = max(1, int(chunk_bytes) // (4 * data.shape[0] * max(1, k1 - k0)))
+    unreleased = 0
+    for a in range(g0, g1, step):
+        b = min(g1, a + step)
         block = data[:, a:b, k0:k1]
+        unreleased += block.nbytes
         block = torch.from_numpy(np.ascontiguousarray(block)).float() if convert else torch.from_numpy(block)
         out[:, a - g0: b - g0] = torch.matmul(weights, block.permute(1, 0, 2)).permute(1, 0, 2)
-        if paged:  # a paged map is resident one chunk at a time, whatever the window
-            release_pages(data)
+        if paged and (unreleased >= PAGED_RELEASE_BYTES or b == g1):
+            release_pages(data)  # one madvise walks the whole mapping: not after every small chunk
+            unreleased = 0
     return out
 
 
@@ -506,19 +582,31 @@ class Scores:
     the whole image's logits, and a viewport costs in proportion to its own size.
     """
 
-    def __init__(self, image_size, extent, grid_size, grid_window, fine_from, fine_weights):
+    def __init__(self, image_size, extent, grid_size, grid_window, fine_from, fine_weights, levels: int = 0):
         self.image_size = tuple(image_size)
         self.extent = tuple(extent)
         self.grid_size = tuple(grid_size)
         self.stride = self.extent[0] // self.grid_size[0]
+        #: pooled levels ``grid_window(..., level=L)`` offers (scores of 2^L x 2^L-cell means; see
+        #: :meth:`FeatureMap.pooled`), for zoomed-out previews
+        self.levels = int(levels)
         self._grid_window = grid_window
         self._fine_from = fine_from  # a FeatureMap (or anything with fine_box) or None
         self._w_fine = (torch.from_numpy(np.ascontiguousarray(fine_weights))
                         if fine_weights is not None and fine_weights.shape[1] else None)
 
-    def grid_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
-        """Deep scores (bias included) of grid cells ``rows x cols``."""
-        return self._grid_window(rows, cols)
+    def grid_window(self, rows: tuple[int, int], cols: tuple[int, int], level: int = 0) -> torch.Tensor:
+        """Deep scores (bias included) of grid cells ``rows x cols``; at ``level`` > 0 (up to :attr:`levels`)
+        of the cells of the grid pooled 2^level times (:meth:`level_size`), each the mean of its cells' scores."""
+        if level == 0:
+            return self._grid_window(rows, cols)
+        if not 0 < level <= self.levels:
+            raise PointsegError(f"these scores have {self.levels} pooled levels, not {level}")
+        return self._grid_window(rows, cols, level)
+
+    def level_size(self, level: int) -> tuple[int, int]:
+        """Grid cells of pooled ``level`` (its cells are ``stride * 2^level`` pixels wide)."""
+        return self.grid_size[0] >> level, self.grid_size[1] >> level
 
     def grid(self) -> torch.Tensor:
         """The whole deep score grid ``K x h_f x w_f``."""
@@ -744,6 +832,7 @@ class FeatureCache:
                     context=z["context"].astype(np.float32) if "context" in z.files else None,
                     rgb=z["rgb"] if "rgb" in z.files else None,
                     _stats=(z["stats_sum"], z["stats_sq"], int(z["stats_count"])) if "stats_sum" in z.files else None,
+                    spill_dir=self.spill_dir,
                 )
         except Exception:
             try:
@@ -960,8 +1049,9 @@ class FeatureExtractor:
             self.release_engine_memory()
             release_freed_memory()
         fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, None, context,
-                          rgb=rgb if self.hybrid else None)
+                          rgb=rgb if self.hybrid else None, spill_dir=self.cache.spill_dir)
         fmap.moments()
+        fmap.build_pyramid()  # a large map's pooled levels, for its zoomed-out views (no-op for small maps)
         self.cache.put(fmap)
         release_pages(fmap.data)
         if large:

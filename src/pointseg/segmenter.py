@@ -484,9 +484,14 @@ class Segmenter:
         ``min_region`` is applied within the box only.
 
         ``scale < 1`` gives a screen-resolution preview of ``ceil(h * scale) x ceil(w * scale)`` pixels, for
-        zoomed-out views: each output pixel shows the pixel under its centre, with the deep scores exact and
-        the full-resolution fine part replaced by its image mean (a screen pixel covers several image pixels,
-        so per-pixel filter detail would be subsampled away anyway); smoothing is scaled with the view.
+        zoomed-out views: each output pixel shows the pixel under its centre, with the deep scores bilinear
+        from the stride-4 grid as at full resolution and the full-resolution fine part replaced by its image
+        mean (a screen pixel covers several image pixels, so per-pixel filter detail would be subsampled
+        away anyway); smoothing is scaled with the view. On a large (paged) map, a view where a pooled level's
+        cells are at most two screen pixels wide (:func:`preview_level`; e.g. a 50 MP image 1600 px wide) reads
+        that level instead: the deep scores are then the means of 2 x 2 (or 4 x 4) stride-4 cells'
+        (:meth:`~pointseg.features.FeatureMap.pooled`), so a preview costs in proportion to the screen, not
+        the image.
         """
         scores = image if isinstance(image, Scores) else self.decision_grid(image)
         y0, y1, x0, x1 = _check_box(box, scores.image_size)
@@ -576,12 +581,13 @@ class Segmenter:
         # the image pixel under each output pixel's centre, and its continuous grid coordinate
         ys = np.minimum(y1 - 1, y0 + np.floor((np.arange(out_h) + 0.5) / scale)).astype(np.int64)
         xs = np.minimum(x1 - 1, x0 + np.floor((np.arange(out_w) + 0.5) / scale)).astype(np.int64)
-        s = scores.stride
-        rows = cell_span(int(ys[0]), int(ys[-1]) + 1, s, scores.grid_size[0])
-        cols = cell_span(int(xs[0]), int(xs[-1]) + 1, s, scores.grid_size[1])
-        cells = scores.grid_window(rows, cols)
-        v = np.clip((ys + 0.5) / s - 0.5, 0, scores.grid_size[0] - 1) - rows[0]
-        u = np.clip((xs + 0.5) / s - 0.5, 0, scores.grid_size[1] - 1) - cols[0]
+        level = preview_level(scale, scores.stride, scores.levels)
+        s, (gh, gw) = scores.stride << level, scores.level_size(level)
+        rows = cell_span(int(ys[0]), int(ys[-1]) + 1, s, gh)
+        cols = cell_span(int(xs[0]), int(xs[-1]) + 1, s, gw)
+        cells = scores.grid_window(rows, cols, level)
+        v = np.clip((ys + 0.5) / s - 0.5, 0, gh - 1) - rows[0]
+        u = np.clip((xs + 0.5) / s - 0.5, 0, gw - 1) - cols[0]
         logits = _bilinear_at(cells, v, u)
         fine = scores.fine_mean_logits()
         if fine is not None:
@@ -819,10 +825,20 @@ def _bilinear_at(cells: torch.Tensor, v: np.ndarray, u: np.ndarray) -> torch.Ten
     u1 = np.minimum(u0 + 1, cells.shape[2] - 1)
     dv = torch.from_numpy((v - v0).astype(np.float32))[None, :, None]
     du = torch.from_numpy((u - u0).astype(np.float32))[None, None, :]
-    rows0, rows1 = cells[:, torch.from_numpy(v0)], cells[:, torch.from_numpy(v1)]
-    top = rows0[:, :, torch.from_numpy(u0)] * (1 - du) + rows0[:, :, torch.from_numpy(u1)] * du
-    bottom = rows1[:, :, torch.from_numpy(u0)] * (1 - du) + rows1[:, :, torch.from_numpy(u1)] * du
-    return top * (1 - dv) + bottom * dv
+    # separable: rows first (K x len(v) x w), then columns — two gathers of the output's size, not four
+    at = lambda a, dim, i: a.index_select(dim, torch.from_numpy(i))  # noqa: E731
+    rows = at(cells, 1, v0).mul_(1 - dv).add_(at(cells, 1, v1).mul_(dv))
+    return at(rows, 2, u0).mul_(1 - du).add_(at(rows, 2, u1).mul_(du))
+
+
+def preview_level(scale: float, stride: int, levels: int) -> int:
+    """The pooled level a preview at ``scale`` (output pixels per image pixel) reads: the coarsest whose
+    cells (``stride * 2^level`` pixels) are at most two output pixels wide, so it reads between a quarter
+    of a cell and one cell per output pixel, whatever the image's size (capped by the ``levels`` there are)."""
+    level = 0
+    while level < levels and (stride << (level + 1)) * scale <= 2:
+        level += 1
+    return level
 
 
 def coarse_scale(size: tuple[int, int], max_side: int) -> float:
