@@ -623,9 +623,13 @@ class Scores:
             return None
         out = torch.empty((self._w_fine.shape[0], y1 - y0, x1 - x0), dtype=torch.float32)
         for (r0, c0), piece in self._fine_from.fine_pieces(y0, y1, x0, x1):  # tile by tile: no box-sized copy
-            _, h, w = piece.shape
-            block = torch.from_numpy(piece).permute(1, 0, 2)
-            out[:, r0 - y0: r0 - y0 + h, c0 - x0: c0 - x0 + w] = torch.matmul(self._w_fine, block).permute(1, 0, 2)
+            c, h, w = piece.shape
+            target = out[:, r0 - y0: r0 - y0 + h, c0 - x0: c0 - x0 + w]
+            flat = torch.from_numpy(piece)
+            if piece.strides[1] == piece.itemsize * w:  # whole rows of its tile: one product for the piece
+                target.copy_((self._w_fine @ flat.reshape(c, h * w)).reshape(-1, h, w))
+            else:                          # part of each row: one product per row, batched
+                target.copy_(torch.matmul(self._w_fine, flat.permute(1, 0, 2)).permute(1, 0, 2))
         return out
 
     def fine_mean_logits(self) -> torch.Tensor | None:
