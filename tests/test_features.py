@@ -409,3 +409,75 @@ def test_scores_of_a_pooled_level_are_the_block_means_of_the_cell_scores(image, 
             np.testing.assert_allclose(got, block_means[window], atol=1e-3 * np.abs(block_means).max())
     with pytest.raises(PointsegError, match="pooled levels"):
         scores.grid_window((0, 1), (0, 1), level=3)
+
+
+# ---------------------------------------------------------------- resident windows of large maps (clicks)
+@pytest.fixture
+def window_cache(monkeypatch):
+    """A fresh :func:`resident_window_cache` of ``bytes`` (set by the test), restored afterwards."""
+    import pointseg.features as features_module
+
+    def make(nbytes: int):
+        monkeypatch.setattr(features_module, "RESIDENT_WINDOW_BYTES", nbytes)
+        features_module.resident_window_cache.cache_clear()
+        return features_module.resident_window_cache()
+
+    yield make
+    features_module.resident_window_cache.cache_clear()
+
+
+def test_resident_window_scores_equal_the_paged_maps_and_stay_bounded(image, paged_above, window_cache):
+    """Clicks in one view read the viewport's cells from a held float16 copy: the same scores as reading the
+    paged map, windows inside it served from it, a small window elsewhere not evicting it, one above the
+    budget never held, and the bytes held within the budget."""
+    import torch
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                           cache=FeatureCache())
+    fmap = ext.extract(image)
+    assert fmap.paged and fmap.grid_size == (88, 112)
+    rng = np.random.default_rng(2)
+    w, b = rng.normal(size=(2, fmap.n_channels)).astype(np.float32), rng.normal(size=2).astype(np.float32)
+    view = ((10, 60), (20, 100))                       # 50 x 80 cells x 176 channels x 2 B = 1.4 MB
+    windows = [view, ((12, 40), (20, 31)), ((59, 60), (99, 100)), ((70, 80), (0, 10)), ((0, 88), (0, 112)),
+               ((30, 80), (40, 112))]
+    window_cache(0)                                    # nothing held: every window read from the paged map
+    scores = fmap.score(w, b)
+    expected = [scores.grid_window(*win) for win in windows]
+    cache = window_cache(2_000_000)
+    got = [scores.grid_window(*view)]
+    (rows, cols, cells), = [cache.get((fmap.key, 0))]
+    assert (rows, cols) == view and cells.shape == (176, 50, 80) and not np.shares_memory(cells, fmap.data)
+    np.testing.assert_array_equal(cells, fmap.data[:, 10:60, 20:100])
+    hits = cache.hits
+    got += [scores.grid_window(*win) for win in windows[1:3]]  # inside the view: from the held copy
+    assert cache.hits == hits + 2
+    got.append(scores.grid_window(*windows[3]))        # a small window elsewhere: the view's stays
+    assert cache.get((fmap.key, 0))[:2] == view
+    got.append(scores.grid_window(*windows[4]))        # the whole map (3.5 MB): above the budget, not held
+    assert cache.get((fmap.key, 0))[:2] == view and cache.nbytes == cells.nbytes <= 2_000_000
+    got.append(scores.grid_window(*windows[5]))        # a new view about as large: replaces the old one
+    assert cache.get((fmap.key, 0))[:2] == windows[5] and len(cache) == 1 and cache.nbytes <= 2_000_000
+    for a, e in zip(got, expected):
+        assert torch.equal(a, e)
+
+
+def test_resident_windows_belong_to_their_map(image, paged_above, window_cache):
+    """Another image's map (another key), or the same image's features from another extractor, never reads
+    a window held for the first: its scores are its own."""
+    import torch
+
+    cache = window_cache(4_000_000)
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                           cache=FeatureCache())
+    a = ext.extract(image)
+    b = ext.extract(np.ascontiguousarray(image[::-1]))
+    rng = np.random.default_rng(4)
+    w, bias = rng.normal(size=(2, a.n_channels)).astype(np.float32), np.zeros(2, np.float32)
+    view = ((5, 50), (5, 90))
+    a.score(w, bias).grid_window(*view)
+    got = b.score(w, bias).grid_window(*view)
+    assert {k[0] for k in cache.keys()} == {a.key, b.key}
+    window_cache(0)
+    assert torch.equal(got, b.score(w, bias).grid_window(*view))
+    assert not torch.equal(got, a.score(w, bias).grid_window(*view))

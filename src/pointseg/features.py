@@ -63,6 +63,10 @@ PAGED_POINTS_PER_READ = 4
 LINEAR_CHUNK_BYTES = 3 << 20
 #: bytes of a paged map read between two releases of its pages (``madvise`` costs ~0.3 ms a call)
 PAGED_RELEASE_BYTES = 32 << 20
+#: bytes of float16 deep-map windows kept resident between clicks (:meth:`FeatureMap.resident_window`): a
+#: 1600 x 1000 viewport's cells (with the smoothing halo) on a large image are ~37 MB (102k cells x 176
+#: channels x 2 bytes); bigger windows (a whole-image preview) are read from the map as they come
+RESIDENT_WINDOW_BYTES = 48_000_000
 #: pooled levels a paged (large) deep map keeps for zoomed-out previews: level ``L`` averages 2^L x 2^L
 #: cells (see :meth:`FeatureMap.pooled`); up to 2, where a stride-32 context map still upsamples to the
 #: level's grid exactly (4 x 4 cells of 4 px: a 1600-px view of up to ~180 MP reads at most a cell a pixel)
@@ -141,6 +145,13 @@ def tile_cache(max_bytes: int) -> ByteLRU:
 def fine_tile_cache() -> ByteLRU:
     """The process-wide cache of full-resolution filter tiles (:data:`FINE_CACHE_BYTES`)."""
     return tile_cache(FINE_CACHE_BYTES)
+
+
+@lru_cache(maxsize=1)
+def resident_window_cache() -> ByteLRU:
+    """The process-wide cache of resident deep-map windows (:data:`RESIDENT_WINDOW_BYTES`), by map key and
+    level: ``(rows, cols, cells)``."""
+    return ByteLRU(RESIDENT_WINDOW_BYTES, size=lambda item: item[2].nbytes)
 
 
 class FineFeatures:
@@ -349,6 +360,33 @@ class FeatureMap:
             self.build_pyramid()
         return self._pyramid[level]
 
+    def resident_window(self, level: int, rows: tuple[int, int], cols: tuple[int, int]):
+        """Where to read cells ``rows x cols`` of :meth:`pooled` ``level`` from: ``(array, rows, cols)`` in that
+        array's coordinates. A float16 (large) map's window is copied out contiguous once and kept in
+        :func:`resident_window_cache` while the user clicks in the same view, so later clicks neither fault
+        its pages back in from the paged file nor gather its strided rows again: any window inside it (the
+        viewport again, tiles of the background refinement within it) reads the held copy. A window replaces
+        the held one only when it is at least half its size, so a tile elsewhere does not evict the
+        viewport's; one above :data:`RESIDENT_WINDOW_BYTES` is read from the map. Keyed by the map's key
+        (image digest and extractor), so other features never see it. A float32 map is read in place."""
+        data = self.pooled(level)
+        if data.dtype == np.float32:
+            return data, rows, cols
+        (g0, g1), (k0, k1) = rows, cols
+        cache, key = resident_window_cache(), (self.key, level)
+        held = cache.get(key)
+        if held is not None:
+            (h0, h1), (c0, c1), cells = held
+            if h0 <= g0 and g1 <= h1 and c0 <= k0 and k1 <= c1:
+                return cells, (g0 - h0, g1 - h0), (k0 - c0, k1 - c0)
+        nbytes = data.shape[0] * (g1 - g0) * (k1 - k0) * data.itemsize
+        if nbytes > cache.max_bytes or (held is not None and 2 * nbytes < held[2].nbytes):
+            return data, rows, cols
+        cells = np.ascontiguousarray(data[:, g0:g1, k0:k1])
+        release_pages(data)
+        cache.put(key, (rows, cols, cells))
+        return cells, (0, g1 - g0), (0, k1 - k0)
+
     def build_pyramid(self) -> None:
         """Build the :meth:`pooled` levels (a no-op where there are none or they exist). Each band of rows is
         read once, averaged in float32 level after level (blocks of the next level are whole blocks of this
@@ -473,7 +511,7 @@ class FeatureMap:
             # at a pooled level the context is upsampled to that level's grid: for blocks of up to 4 x 4
             # cells this equals the mean of its upsampling to the stride-4 grid (no block straddles a
             # context cell's centre, and bilinear interpolation is linear in between)
-            out = linear_scores(w, self.pooled(level), rows, cols) + b[:, None, None]
+            out = linear_scores(w, *self.resident_window(level, rows, cols)) + b[:, None, None]
             if coarse is not None:
                 out += upsample_window(coarse, 8 >> level, rows, cols)
             return out

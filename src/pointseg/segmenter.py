@@ -851,8 +851,9 @@ def _decide_two(logits: torch.Tensor, probabilities: bool):
 
 def preview_level(scale: float, stride: int, levels: int) -> int:
     """The pooled level a preview at ``scale`` (output pixels per image pixel) reads: the coarsest whose
-    cells (``stride * 2^level`` pixels) are at most two output pixels wide, so it reads between a quarter
-    of a cell and one cell per output pixel, whatever the image's size (capped by the ``levels`` there are)."""
+    cells (``stride * 2^level`` pixels) are at most two output pixels wide. Its cells are then wider than an
+    output pixel, so a preview reads fewer cells than it has pixels whatever the image's size, as long as
+    the ``levels`` there are reach (two: a 1600-px view of images up to 25,600 px wide)."""
     level = 0
     while level < levels and (stride << (level + 1)) * scale <= 2:
         level += 1
