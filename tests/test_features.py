@@ -445,7 +445,10 @@ def test_resident_window_scores_equal_the_paged_maps_and_stay_bounded(image, pag
     scores = fmap.score(w, b)
     expected = [scores.grid_window(*win) for win in windows]
     cache = window_cache(2_000_000)
-    got = [scores.grid_window(*view)]
+    got = [scores.grid_window(*view)]                  # the first time: noted, not held
+    assert cache.get((fmap.key, 0)) == (*view, None)
+    assert cache.nbytes == 0
+    got = [scores.grid_window(*view)]                  # again (the next click): held
     (rows, cols, cells), = [cache.get((fmap.key, 0))]
     assert (rows, cols) == view and cells.shape == (176, 50, 80) and not np.shares_memory(cells, fmap.data)
     np.testing.assert_array_equal(cells, fmap.data[:, 10:60, 20:100])
@@ -456,8 +459,10 @@ def test_resident_window_scores_equal_the_paged_maps_and_stay_bounded(image, pag
     assert cache.get((fmap.key, 0))[:2] == view
     got.append(scores.grid_window(*windows[4]))        # the whole map (3.5 MB): above the budget, not held
     assert cache.get((fmap.key, 0))[:2] == view and cache.nbytes == cells.nbytes <= 2_000_000
-    got.append(scores.grid_window(*windows[5]))        # a new view about as large: replaces the old one
-    assert cache.get((fmap.key, 0))[:2] == windows[5] and len(cache) == 1 and cache.nbytes <= 2_000_000
+    got.append(scores.grid_window(*windows[5]))        # a new view about as large: noted instead of the old
+    assert cache.get((fmap.key, 0)) == (*windows[5], None) and cache.nbytes == 0
+    assert torch.equal(scores.grid_window(*windows[5]), got[-1])  # and held when asked for again
+    assert cache.get((fmap.key, 0))[:2] == windows[5] and len(cache) == 1 and 0 < cache.nbytes <= 2_000_000
     for a, e in zip(got, expected):
         assert torch.equal(a, e)
 
@@ -475,9 +480,10 @@ def test_resident_windows_belong_to_their_map(image, paged_above, window_cache):
     rng = np.random.default_rng(4)
     w, bias = rng.normal(size=(2, a.n_channels)).astype(np.float32), np.zeros(2, np.float32)
     view = ((5, 50), (5, 90))
-    a.score(w, bias).grid_window(*view)
-    got = b.score(w, bias).grid_window(*view)
-    assert {k[0] for k in cache.keys()} == {a.key, b.key}
+    for _ in range(2):  # the second time each is held
+        a.score(w, bias).grid_window(*view)
+        got = b.score(w, bias).grid_window(*view)
+    assert {k[0] for k in cache.keys()} == {a.key, b.key} and all(cache.get(k)[2] is not None for k in cache.keys())
     window_cache(0)
     assert torch.equal(got, b.score(w, bias).grid_window(*view))
     assert not torch.equal(got, a.score(w, bias).grid_window(*view))

@@ -71,6 +71,8 @@ RESIDENT_WINDOW_BYTES = 48_000_000
 #: cells (see :meth:`FeatureMap.pooled`); up to 2, where a stride-32 context map still upsamples to the
 #: level's grid exactly (4 x 4 cells of 4 px: a 1600-px view of up to ~180 MP reads at most a cell a pixel)
 PYRAMID_LEVELS = 2
+#: float32 bytes of a band of the deep map while its pooled levels are built (the transient of the pass)
+PYRAMID_BAND_BYTES = 8 << 20
 
 
 def deep_dtype(image_size: tuple[int, int]) -> type:
@@ -150,8 +152,8 @@ def fine_tile_cache() -> ByteLRU:
 @lru_cache(maxsize=1)
 def resident_window_cache() -> ByteLRU:
     """The process-wide cache of resident deep-map windows (:data:`RESIDENT_WINDOW_BYTES`), by map key and
-    level: ``(rows, cols, cells)``."""
-    return ByteLRU(RESIDENT_WINDOW_BYTES, size=lambda item: item[2].nbytes)
+    level: ``(rows, cols, cells)``, ``cells`` ``None`` for a window noted but not held yet."""
+    return ByteLRU(RESIDENT_WINDOW_BYTES, size=lambda item: 0 if item[2] is None else item[2].nbytes)
 
 
 class FineFeatures:
@@ -362,13 +364,15 @@ class FeatureMap:
 
     def resident_window(self, level: int, rows: tuple[int, int], cols: tuple[int, int]):
         """Where to read cells ``rows x cols`` of :meth:`pooled` ``level`` from: ``(array, rows, cols)`` in that
-        array's coordinates. A float16 (large) map's window is copied out contiguous once and kept in
-        :func:`resident_window_cache` while the user clicks in the same view, so later clicks neither fault
-        its pages back in from the paged file nor gather its strided rows again: any window inside it (the
-        viewport again, tiles of the background refinement within it) reads the held copy. A window replaces
-        the held one only when it is at least half its size, so a tile elsewhere does not evict the
-        viewport's; one above :data:`RESIDENT_WINDOW_BYTES` is read from the map. Keyed by the map's key
-        (image digest and extractor), so other features never see it. A float32 map is read in place."""
+        array's coordinates. A float16 (large) map's window asked for a second time running (the user clicks
+        in the same view: each click scores the viewport again) is copied out contiguous and kept in
+        :func:`resident_window_cache`, so the next clicks neither fault its pages back in from the paged file
+        nor gather its strided rows again: any window inside it (the viewport again, tiles of the background
+        refinement within it) reads the held copy. The first time a window is only noted (a view looked at
+        once holds nothing); a window replaces the noted or held one only when it is at least half its size,
+        so a tile elsewhere does not evict the viewport's; one above :data:`RESIDENT_WINDOW_BYTES` is read
+        from the map. Keyed by the map's key (image digest and extractor), so other features never see it. A
+        float32 map is read in place."""
         data = self.pooled(level)
         if data.dtype == np.float32:
             return data, rows, cols
@@ -377,14 +381,18 @@ class FeatureMap:
         held = cache.get(key)
         if held is not None:
             (h0, h1), (c0, c1), cells = held
-            if h0 <= g0 and g1 <= h1 and c0 <= k0 and k1 <= c1:
+            if cells is not None and h0 <= g0 and g1 <= h1 and c0 <= k0 and k1 <= c1:
                 return cells, (g0 - h0, g1 - h0), (k0 - c0, k1 - c0)
-        nbytes = data.shape[0] * (g1 - g0) * (k1 - k0) * data.itemsize
-        if nbytes > cache.max_bytes or (held is not None and 2 * nbytes < held[2].nbytes):
+        window_bytes = lambda r, c: data.shape[0] * (r[1] - r[0]) * (c[1] - c[0]) * data.itemsize  # noqa: E731
+        nbytes = window_bytes(rows, cols)
+        if nbytes > cache.max_bytes or (held is not None and 2 * nbytes < window_bytes(*held[:2])):
+            return data, rows, cols
+        if held is None or held[2] is not None or held[:2] != (tuple(rows), tuple(cols)):
+            cache.put(key, (tuple(rows), tuple(cols), None))  # noted: held if asked for again
             return data, rows, cols
         cells = np.ascontiguousarray(data[:, g0:g1, k0:k1])
         release_pages(data)
-        cache.put(key, (rows, cols, cells))
+        cache.put(key, (tuple(rows), tuple(cols), cells))
         return cells, (0, g1 - g0), (0, k1 - k0)
 
     def build_pyramid(self) -> None:
@@ -405,7 +413,7 @@ class FeatureMap:
                 if out[lv] is None:  # no file can be made: in memory (at most a third of the map's bytes)
                     out[lv] = np.empty(shape, dtype=np.float16)
             block = 1 << levels
-            rows = max(block, MOMENT_BAND_BYTES // (4 * c * w) // block * block)
+            rows = max(block, PYRAMID_BAND_BYTES // (4 * c * w) // block * block)
             for a in range(0, h, rows):
                 band = torch.from_numpy(np.ascontiguousarray(self.data[:, a: a + rows])).float()
                 for lv in range(1, levels + 1):
