@@ -84,3 +84,14 @@ def test_pixel_limit_is_checked_on_the_header_first(tmp_path, monkeypatch):
     monkeypatch.setenv("POINTSEG_MAX_PIXELS", "100000")
     with pytest.raises(ImageError, match="above the limit"):
         read_preview(path, 256)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA"])
+def test_pillow_array_equals_numpys_conversion_without_its_copies(mode):
+    from pointseg.imageio import pillow_array
+
+    img = Image.fromarray(_texture(301, 4003, seed=5)).convert(mode)   # odd sizes: many encoder pieces
+    got = pillow_array(img)
+    want = np.asarray(img)
+    assert got.shape == want.shape and got.dtype == want.dtype and got.flags.writeable
+    np.testing.assert_array_equal(got, want)
