@@ -1309,12 +1309,49 @@ def filter_bank_version() -> int:
     return filters.VERSION
 
 
-def _pad_reflect(rgb: np.ndarray, hp: int, wp: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    if (h, w) == (hp, wp):
+def _pad_reflect(rgb: np.ndarray, hp: int, wp: int):
+    """``rgb`` padded at the bottom and right to ``hp x wp`` (reflecting, or repeating the edge where the
+    image is smaller than its padding), as a :class:`PaddedImage` that makes only the tiles asked for."""
+    if rgb.shape[:2] == (hp, wp):
         return rgb
-    mode = "reflect" if h > hp - h and w > wp - w else "edge"
-    return np.pad(rgb, ((0, hp - h), (0, wp - w), (0, 0)), mode=mode)
+    return PaddedImage(rgb, hp, wp)
+
+
+def padded_index(start: int, stop: int, n: int, reflect: bool) -> np.ndarray:
+    """Source rows (or columns) of padded rows ``start:stop`` of an image ``n`` rows high: ``np.pad``'s
+    ``reflect`` (without repeating the edge) or ``edge`` mode."""
+    index = np.arange(start, stop)
+    over = index >= n
+    index[over] = 2 * (n - 1) - index[over] if reflect else n - 1
+    return index
+
+
+class PaddedImage:
+    """An image padded at the bottom and right as ``np.pad`` pads it, made tile by tile on slicing: the
+    extraction of a large image held a whole padded copy (3 bytes a pixel: 150 MB at 50 MP) for the length
+    of its tiles. ``padded[y0:y1, x0:x1]`` is a view of the image inside it, a small copy at the border;
+    ``np.asarray(padded)`` the whole padded array."""
+
+    def __init__(self, rgb: np.ndarray, hp: int, wp: int):
+        self.rgb = rgb
+        self.shape = (hp, wp, *rgb.shape[2:])
+        self.dtype = rgb.dtype
+        h, w = rgb.shape[:2]
+        self.reflect = h > hp - h and w > wp - w
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key
+        (y0, y1, _), (x0, x1, _) = rows.indices(self.shape[0]), cols.indices(self.shape[1])
+        h, w = self.rgb.shape[:2]
+        if y1 <= h and x1 <= w:
+            return self.rgb[y0:y1, x0:x1]
+        return self.rgb[np.ix_(padded_index(y0, y1, h, self.reflect), padded_index(x0, x1, w, self.reflect))]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        h, w = self.rgb.shape[:2]
+        out = np.pad(self.rgb, ((0, self.shape[0] - h), (0, self.shape[1] - w), (0, 0)),
+                     mode="reflect" if self.reflect else "edge")
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def upsample(grid: torch.Tensor, extent: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:
