@@ -39,7 +39,7 @@ from pointseg.features import (
     deep_dtype,
     release_freed_memory,
 )
-from pointseg.imageio import load_image
+from pointseg.imageio import coarse_scale, downscale, load_image  # noqa: F401 - coarse_scale: public here
 from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
 from pointseg.sampling import sample_points
 
@@ -504,19 +504,24 @@ class Segmenter:
                 logits = self._preview_logits(scores, y0, y1, x0, x1, scale)
             return self._decide(logits, probabilities)
 
-    def predict_coarse(self, image, max_side: int = 512, probabilities: bool = False) -> Prediction:
+    def predict_coarse(self, image, max_side: int = 512, probabilities: bool = False,
+                       image_size: tuple[int, int] | None = None) -> Prediction:
         """A quick first view of a new image: the image downscaled to ``max_side`` pixels on its long side,
         through the whole method (features, head, smoothing). Returns labels at that size; scale them to the
         image (:func:`coarse_scale` says by how much). An approximation (the network sees a smaller image);
-        the exact view follows from :meth:`predict_full` or :meth:`predict_progressive`."""
+        the exact view follows from :meth:`predict_full` or :meth:`predict_progressive`.
+
+        ``image_size`` (H, W): ``image`` is already a downscaled preview of an image of that size (e.g.
+        :func:`pointseg.imageio.read_preview`'s), so the smoothing is scaled to the original's pixels."""
         self._check_fitted()
         rgb = load_image(image) if not isinstance(image, FeatureMap) else None
         if rgb is None:
             raise PointsegError("predict_coarse needs the image itself (a path or an array), not a FeatureMap")
         small = downscale(rgb, max_side)
+        full_h = rgb.shape[0] if image_size is None else int(image_size[0])
         scores = self.decision_grid(small, stream_above=0)  # streamed: not worth a cache entry
         with single_thread():
-            return self._finish(scores, probabilities, sigma=self.smoothing_ * small.shape[0] / rgb.shape[0])
+            return self._finish(scores, probabilities, sigma=self.smoothing_ * small.shape[0] / full_h)
 
     def predict_progressive(self, image, max_side: int = 512, probabilities: bool = False):
         """Yield :class:`Progress` steps for a first view: a coarse prediction from a downscaled image
@@ -860,17 +865,3 @@ def preview_level(scale: float, stride: int, levels: int) -> int:
     return level
 
 
-def coarse_scale(size: tuple[int, int], max_side: int) -> float:
-    """Output pixels per image pixel of :meth:`Segmenter.predict_coarse` for an image of ``size``."""
-    return min(1.0, max_side / max(size))
-
-
-def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    """``rgb`` resized (area-averaged) so its long side is at most ``max_side`` pixels."""
-    from PIL import Image
-
-    scale = coarse_scale(rgb.shape[:2], max_side)
-    if scale >= 1:
-        return rgb
-    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.BOX))
