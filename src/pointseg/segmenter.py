@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pointseg.annotations import default_colors, parse_color, rasterize_scribble, validate_points, validate_scribbles
+from pointseg.autocontext import AutoContextHead, AutoContextScores, fit_autocontext
 from pointseg.classifier import (
     LinearHead,
     PointClassifier,
@@ -88,6 +89,14 @@ class Segmenter:
         Default: hybrid for the logistic head, deep for the random forest.
     background : the background / OK class (index or name) - what a clean part is made of; every other class
         is a finding. Default: the first class. Fitted as ``background_`` (an index).
+    autocontext : add a second stage (:mod:`pointseg.autocontext`, ilastik's auto-context): a logistic
+        regression on the features plus the first head's class probabilities filtered at a few scales,
+        trained on the same points with out-of-fold first-stage maps. For thin structures (cracks,
+        membranes), which the linear head marks too wide. Logistic head only; ``head_`` is then an
+        :class:`~pointseg.autocontext.AutoContextHead`. The training report's point accuracy, the
+        cross-validated estimate and the NG rule's held-out maps are the first stage's; zoomed-out
+        previews (``predict_region`` with ``scale < 1``) show the first stage; ONNX export and tiled batch
+        prediction refuse such models for now.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
@@ -96,7 +105,7 @@ class Segmenter:
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
                  features: str | None = None, smoothing: float | None = None,
                  prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
-                 background: int | str | None = None):
+                 background: int | str | None = None, autocontext: bool = False):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -116,6 +125,7 @@ class Segmenter:
         self.warm_start = warm_start
         self.min_region = min_region
         self.background = background
+        self.autocontext = autocontext
         self._extractor: FeatureExtractor | None = None
 
     def __getstate__(self) -> dict:
@@ -135,7 +145,7 @@ class Segmenter:
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
-                      "prior_correction", "warm_start", "min_region", "background")
+                      "prior_correction", "warm_start", "min_region", "background", "autocontext")
         }
 
     #: parameters that change how features are computed; changing one drops the loaded extractor
@@ -243,6 +253,10 @@ class Segmenter:
         standardizer = Standardizer.from_moments([p.moments for p in parts])
         clf = PointClassifier(self.classifier, self.C, self.class_weight)
         previous = getattr(self, "head_", None) if self.warm_start else None
+        if isinstance(previous, AutoContextHead):
+            previous_stage2, previous = previous, previous.stage1
+        else:
+            previous_stage2 = None
         head, X, y, groups = self._fit_parts(clf, parts, n_classes, standardizer,
                                              previous if isinstance(previous, LinearHead) else None)
         self.class_priors_ = None
@@ -250,12 +264,14 @@ class Segmenter:
             head, self.class_priors_ = correct_priors(head, _pixel_sample([p.fmap for p in parts]),
                                                       float(self.prior_correction))
         point_pred = head_scores(head, X).argmax(axis=1)
+        if self.autocontext:
+            head = self._fit_stage2(clf, head, parts, n_classes, standardizer, previous_stage2)
         fit_seconds = time.perf_counter() - start
         cv_acc, cv_method = (None, None)
         self.ng_rule_, part_confusion = NGRule(source="default: NG when any region is found"), None
         if self.cross_validate:
             cv_acc, cv_method = cross_validate(clf, X, y, groups, n_classes, standardizer)
-            if isinstance(head, LinearHead):
+            if isinstance(head, (LinearHead, AutoContextHead)):  # auto-context: stage 1's held-out maps
                 self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer)
         self.head_ = head
         self.n_features_in_ = X.shape[1]
@@ -354,6 +370,17 @@ class Segmenter:
         gc = np.concatenate([gc] + [np.full(len(h), p.index) for h, p in zip(hard, ok_parts)])
         return clf.fit(Xc, yc, n_classes, standardizer, init=head), Xc, yc, gc
 
+    def _fit_stage2(self, clf, stage1, parts, n_classes, standardizer, init) -> "AutoContextHead":
+        """The auto-context stage on the click rows of the parts (OK images' pixel pools train stage 1
+        only: their positions are a grid, not clicks); see :mod:`pointseg.autocontext`."""
+        if self.classifier != "logistic":
+            raise PointsegError("autocontext=True needs classifier='logistic'")
+        clicked = [p for p in parts if len(p.y)]
+        return fit_autocontext(
+            clf, stage1, [p.fmap for p in clicked], np.concatenate([p.X for p in clicked]),
+            np.concatenate([p.xy for p in clicked]), np.concatenate([p.y for p in clicked]),
+            np.concatenate([np.full(len(p.y), j) for j, p in enumerate(clicked)]), n_classes, standardizer, init)
+
     def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
         """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
         (marked OK, or with a point of a defect class) is predicted by a model fitted without it.
@@ -449,6 +476,9 @@ class Segmenter:
         if isinstance(self.head_, LinearHead):
             w, b = self.head_.folded()
             return self.extractor.image_scores(image, w, b, stream_above=stream_above)
+        if isinstance(self.head_, AutoContextHead):
+            w, b, w_context = self.head_.folded()
+            return AutoContextScores(self.extractor.image_scores(image, w, b, stream_above=stream_above), w_context)
         return self.extractor.image_scores(image, fn=self.head_.scores, n_features=self.n_features_in_,
                                            stream_above=stream_above)
 
@@ -678,13 +708,13 @@ class Segmenter:
         save_model(self, path)
 
     @classmethod
-    def from_fitted(cls, head: LinearHead, classes, colors, *, training_report: TrainingReport | None = None,
+    def from_fitted(cls, head: "LinearHead | AutoContextHead", classes, colors, *, training_report: TrainingReport | None = None,
                     model_metadata: dict | None = None, **params) -> "Segmenter":
         """A fitted Segmenter from a trained head and its classes (what a model file holds); ``params`` are
         constructor parameters. The one place besides :meth:`fit` that sets the learned attributes."""
         seg = cls(classes=classes, colors=colors, **params)
         seg.head_ = head
-        seg.n_features_in_ = int(head.coef.shape[1])
+        seg.n_features_in_ = int((head.stage1 if isinstance(head, AutoContextHead) else head).coef.shape[1])
         seg.classes_ = list(classes)
         seg.colors_ = list(colors)
         seg.class_priors_ = None
