@@ -253,10 +253,11 @@ class Segmenter:
         fit_seconds = time.perf_counter() - start
         cv_acc, cv_method = (None, None)
         self.ng_rule_, part_confusion = NGRule(source="default: NG when any region is found"), None
+        self.anomaly_bank_, self.ng_evidence_ = None, None
         if self.cross_validate:
             cv_acc, cv_method = cross_validate(clf, X, y, groups, n_classes, standardizer)
             if isinstance(head, LinearHead):
-                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer)
+                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer, head)
         self.head_ = head
         self.n_features_in_ = X.shape[1]
         names = self.classes_
@@ -354,7 +355,7 @@ class Segmenter:
         gc = np.concatenate([gc] + [np.full(len(h), p.index) for h, p in zip(hard, ok_parts)])
         return clf.fit(Xc, yc, n_classes, standardizer, init=head), Xc, yc, gc
 
-    def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
+    def _learn_ng_rule(self, clf, parts, n_classes, standardizer, head) -> tuple[NGRule, dict | None]:
         """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
         (marked OK, or with a point of a defect class) is predicted by a model fitted without it.
 
@@ -384,12 +385,59 @@ class Segmenter:
                 clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
             else:
                 ok_scores.append(score)
+        self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head)
+        self.ng_evidence_ = {"largest_region": {"ng": ng_scores, "ok": ok_scores, "clean_surface": clean_surface},
+                             "anomaly": anomaly}
         threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, DEFAULT_SCORE)
         rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
         confusion = None
         if ok_scores:
             confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
         return rule, confusion
+
+    def _anomaly_evidence(self, parts, status: dict, head):
+        """The anomaly bank (:mod:`pointseg.anomaly`) and leave-one-image-out anomaly scores of the annotated
+        images: ``(bank or None, {"ng": [...], "ok": [...], "clean_surface": [...]})``.
+
+        With OK images the bank is their cells; an OK image is scored against the bank of the other OK
+        images, a defective one against all. Without OK images the bank is the defective images' safe
+        background (cells the full model calls background, away from defects and defect clicks); each
+        defective image is scored against the other images' background, and its own safe background gives a
+        clean example."""
+        from pointseg.anomaly import build_bank, cell_vectors, projection_matrix, safe_background_cells
+
+        evidence = {"ng": [], "ok": [], "clean_surface": []}
+        known = [p for p in parts if status[p.index] is not None]
+        if not known:
+            return None, evidence
+        projection = projection_matrix(known[0].fmap.deep_channels)
+        vectors = {p.index: cell_vectors(p.fmap, projection) for p in known}
+        ok_parts = [p for p in known if not status[p.index]]
+        ng_parts = [p for p in known if status[p.index]]
+        if ok_parts:
+            bank = build_bank([vectors[p.index] for p in ok_parts], projection)
+            evidence["ng"] = [bank.score(p.fmap, vectors[p.index]) for p in ng_parts]
+            for p in ok_parts:
+                rest = build_bank([vectors[q.index] for q in ok_parts if q is not p], projection)
+                if rest is not None:
+                    evidence["ok"].append(rest.score(p.fmap, vectors[p.index]))
+            return bank, evidence
+        twin = copy.copy(self)
+        twin.head_, twin.n_features_in_ = head, int(head.coef.shape[1])
+        safe = {}
+        for p in ng_parts:
+            check_interrupted()
+            safe[p.index] = safe_background_cells(twin.predict(p.fmap), p.fmap, self.background_,
+                                                  p.xy[p.y != self.background_])
+        normal = {i: vectors[i][safe[i].ravel()] for i in safe}
+        for p in ng_parts:
+            rest = build_bank([normal[q.index] for q in ng_parts if q is not p], projection, "defective_background")
+            if rest is None:
+                continue
+            evidence["ng"].append(rest.score(p.fmap, vectors[p.index]))
+            if safe[p.index].any():
+                evidence["clean_surface"].append(rest.score(p.fmap, vectors[p.index], where=safe[p.index]))
+        return build_bank(list(normal.values()), projection, "defective_background"), evidence
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:

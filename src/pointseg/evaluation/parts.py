@@ -147,7 +147,8 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
                 pts = [to_core_points(c) for c in clicks] + [None] * len(train_ok)
                 seg.fit([image(s) for s in train_ng + train_ok], pts, ok=[False] * len(train_ng) + [True] * len(train_ok))
                 models.append({"method": name, "seed": seed, "ok_images": n_ok, "seg": seg, "held": held,
-                               "train": {"defective": train_ng, "ok": train_ok},
+                               "train": {"defective": train_ng, "ok": train_ok,
+                                         "clicks": [np.asarray(c).tolist() for c in clicks]},
                                "scores": {k: {} for k in SCORES},
                                "iou": IoUAccumulator(dataset.n_classes)})
                 tick(1, f"{dataset.name} · {name} · seed {seed} · {n_ok} OK · trained")
@@ -161,6 +162,9 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
             result = seg.predict_full(img, probabilities=True)
             for kind in SCORES:
                 m["scores"][kind][stem] = image_score(kind, result.labels, result.probabilities, seg.background_)
+            bank = getattr(seg, "anomaly_bank_", None)
+            if bank is not None:
+                m["scores"].setdefault("anomaly", {})[stem] = bank.score(seg.extract_features(img))
             m["iou"].add(masks[stem], result.labels)
         images.pop(stem, None)
         tick(0, f"{dataset.name} · held-out parts")
@@ -171,7 +175,10 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
         entry = {"method": m["method"], "seed": m["seed"], "ok_images": m["ok_images"], "train": m["train"],
                  "rule": rule.as_dict(), "loio": seg.training_report_.part_confusion,
                  "transfer": m["iou"].as_dict(list(dataset.classes)), "scores": {}, "auroc": {}}
-        for kind in SCORES:
+        entry["evidence"] = getattr(seg, "ng_evidence_", None)
+        entry["bank"] = None if seg.anomaly_bank_ is None else {"source": seg.anomaly_bank_.source,
+                                                                "n_vectors": seg.anomaly_bank_.n_vectors}
+        for kind in m["scores"]:
             ng = [v for s, v in m["scores"][kind].items() if defective[s]]
             ok = [v for s, v in m["scores"][kind].items() if not defective[s]]
             entry["scores"][kind] = {"ng": ng, "ok": ok}
@@ -199,7 +206,7 @@ def summarize_parts(runs: list[dict]) -> dict:
             row[field] = _stat([g["stored_rule"][field] for g in group])
             row[f"oracle_{field}"] = _stat([g["oracle"][field] for g in group])
         for kind in group[0]["auroc"]:
-            row[f"auroc_{kind}"] = _stat([g["auroc"][kind] for g in group])
+            row[f"auroc_{kind}"] = _stat([g["auroc"].get(kind) for g in group])
         row["defect_iou"] = _stat([g["transfer"]["fg_iou"] for g in group])
         row["n_seeds"] = len(group)
         table[key] = row

@@ -1,0 +1,196 @@
+"""An anomaly image score learned from clean surface: a memory bank of normal feature vectors.
+
+The supervised image score (largest predicted defect region) only knows the defect types the user clicked.
+A part with a defect type no annotated image showed scores like clean surface: it is missed. PatchCore
+(Roth et al. 2022) and PaDiM (Defard et al. 2021) judge a part instead by how unlike *normal* surface each
+of its patches is: keep the deep feature vectors of defect-free images (a memory bank), and score each cell
+of a new image by the distance to its nearest neighbour in the bank. No defect example is needed, so any
+defect type counts.
+
+Here the vectors are the segmenter's own deep features (the stride-4 map, with the stride-32 context
+channels upsampled onto it), averaged over 3 x 3 cells and taken every second cell (stride 8: PatchCore's
+"locally aware patch features"), then projected to :data:`PROJECTED_DIMS` dimensions by a fixed random
+matrix (Johnson-Lindenstrauss: distances are kept within a few per cent, and the nearest-neighbour search
+is ~4x cheaper; PaDiM's random channel subset is the same idea). The bank holds at most :data:`BANK_MAX`
+vectors, drawn at random (seeded) from the OK images' cells - or, without OK images, from the cells of the
+annotated defective images that the model calls background well away from any defect (see
+:func:`safe_background_cells`). The image score is the maximum of the nearest-neighbour distance map after
+a light Gaussian smoothing (σ = 1 cell), so one odd cell does not decide a part.
+
+>>> bank = AnomalyBank.from_vectors(np.zeros((4, PROJECTED_DIMS), np.float32), np.eye(8, PROJECTED_DIMS, dtype=np.float32))
+>>> bank.n_vectors, bank.n_channels
+(4, 8)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pointseg.errors import PointsegError
+
+#: vectors kept in a bank (a random, seeded subset beyond that): 10,000 x 96 float32 = 3.8 MB in a model file
+BANK_MAX = 10_000
+#: dimensions of the projected vectors
+PROJECTED_DIMS = 96
+#: grid cells per bank cell along each axis (stride 4 -> 8)
+CELL_STEP = 2
+#: σ (cells) of the smoothing of the distance map before its maximum is taken
+SMOOTH_SIGMA = 1.0
+#: grid rows of the stride-4 map read at once (bounds memory on huge images)
+BAND_CELLS = 256
+#: test vectors per nearest-neighbour block (bounds the distance matrix: 4096 x 10,000 float32 = 160 MB)
+QUERY_BLOCK = 2048
+#: defect cells (model labels or clicks) are kept this many bank cells away from the background cells a
+#: bank without OK images is built from
+SAFE_MARGIN = 2
+
+
+def projection_matrix(n_channels: int, seed: int = 0) -> np.ndarray:
+    """A fixed Gaussian random projection ``n_channels x PROJECTED_DIMS`` (scaled so lengths are kept)."""
+    rng = np.random.default_rng([seed, n_channels, 13])
+    return (rng.standard_normal((n_channels, PROJECTED_DIMS)) / math.sqrt(PROJECTED_DIMS)).astype(np.float32)
+
+
+def cell_grid_size(fmap) -> tuple[int, int]:
+    """Bank cells that cover the image (not its padding): ``(rows, cols)`` at stride ``stride * CELL_STEP``."""
+    h, w = fmap.image_size
+    cell = fmap.stride * CELL_STEP
+    return -(-h // cell), -(-w // cell)
+
+
+def cell_vectors(fmap, projection: np.ndarray) -> np.ndarray:
+    """The projected, locally averaged deep feature vector of every bank cell of ``fmap``'s image:
+    ``(rows * cols, PROJECTED_DIMS)`` float32 in row-major order (:func:`cell_grid_size`)."""
+    from scipy.ndimage import uniform_filter
+
+    rows, cols = cell_grid_size(fmap)
+    gh, gw = fmap.grid_size
+    if fmap.deep_channels != projection.shape[0]:
+        raise PointsegError(f"the anomaly bank was built on {projection.shape[0]} feature channels, this image "
+                            f"has {fmap.deep_channels}: use the model with the backbone it was trained with")
+    out = np.empty((rows * cols, projection.shape[1]), np.float32)
+    band = max(CELL_STEP, BAND_CELLS // CELL_STEP * CELL_STEP)
+    for r0 in range(0, min(gh, rows * CELL_STEP), band):
+        r1 = min(gh, r0 + band)
+        a0, a1 = max(0, r0 - 1), min(gh, r1 + 1)   # one cell of halo for the 3 x 3 average
+        c1 = min(gw, cols * CELL_STEP + 1)
+        block = np.asarray(fmap.deep_window((a0, a1), (0, c1)), dtype=np.float32)
+        block = uniform_filter(block, size=(1, 3, 3), mode="nearest")
+        block = block[:, r0 - a0: r1 - a0: CELL_STEP, : cols * CELL_STEP: CELL_STEP]
+        first = r0 // CELL_STEP
+        n_rows = min(rows - first, band // CELL_STEP)
+        if block.shape[1] < n_rows or block.shape[2] < cols:   # a grid one cell short of the image's cells
+            block = np.pad(block, ((0, 0), (0, n_rows - block.shape[1]), (0, cols - block.shape[2])), mode="edge")
+        block = block[:, :n_rows, :cols]
+        vec = block.reshape(block.shape[0], -1).T @ projection
+        out[first * cols: (first + n_rows) * cols] = vec
+    return out
+
+
+def cells_of_labels(labels: np.ndarray, fmap, background: int) -> np.ndarray:
+    """``(rows, cols)`` bool: bank cells with any non-background pixel of ``labels``."""
+    rows, cols = cell_grid_size(fmap)
+    cell = fmap.stride * CELL_STEP
+    h, w = labels.shape
+    pad = np.zeros((rows * cell, cols * cell), bool)
+    pad[:h, :w] = labels != background
+    return pad.reshape(rows, cell, cols, cell).any(axis=(1, 3))
+
+
+def safe_background_cells(labels: np.ndarray, fmap, background: int, defect_xy: np.ndarray | None) -> np.ndarray:
+    """``(rows, cols)`` bool: cells the model calls background with no predicted defect and no defect click
+    within :data:`SAFE_MARGIN` cells - the normal surface of an annotated defective image."""
+    from scipy.ndimage import binary_dilation
+
+    defect = cells_of_labels(labels, fmap, background)
+    cell = fmap.stride * CELL_STEP
+    if defect_xy is not None and len(defect_xy):
+        r = np.clip((np.asarray(defect_xy)[:, 1] // cell).astype(np.intp), 0, defect.shape[0] - 1)
+        c = np.clip((np.asarray(defect_xy)[:, 0] // cell).astype(np.intp), 0, defect.shape[1] - 1)
+        defect[r, c] = True
+    near = binary_dilation(defect, np.ones((3, 3), bool), iterations=SAFE_MARGIN) if defect.any() else defect
+    return ~near
+
+
+def nearest_distances(queries: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each query vector to its nearest bank vector (blocked matrix products)."""
+    from threadpoolctl import threadpool_limits
+
+    bank_sq = np.einsum("ij,ij->i", bank, bank)
+    out = np.empty(len(queries), np.float32)
+    with threadpool_limits(1):   # a product of this size gains nothing from a busy thread pool
+        for q0 in range(0, len(queries), QUERY_BLOCK):
+            q = queries[q0: q0 + QUERY_BLOCK]
+            d2 = bank_sq[None, :] - 2.0 * (q @ bank.T)
+            out[q0: q0 + len(q)] = d2.min(axis=1) + np.einsum("ij,ij->i", q, q)
+    return np.sqrt(np.maximum(out, 0.0))
+
+
+def subsample(vectors: np.ndarray, limit: int = BANK_MAX, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` rows of ``vectors``, drawn without replacement (seeded: the same bank every time)."""
+    if len(vectors) <= limit:
+        return vectors
+    keep = np.sort(np.random.default_rng([seed, 29]).choice(len(vectors), limit, replace=False))
+    return vectors[keep]
+
+
+@dataclass
+class AnomalyBank:
+    """Normal feature vectors and the projection they live in; :meth:`score` judges a new image.
+
+    ``vectors``: ``(n, PROJECTED_DIMS)`` float32; ``projection``: ``(channels, PROJECTED_DIMS)`` float32;
+    ``source``: ``"ok_images"`` or ``"defective_background"`` (no OK images: see the module docstring).
+    """
+
+    vectors: np.ndarray
+    projection: np.ndarray
+    source: str = "ok_images"
+
+    @classmethod
+    def from_vectors(cls, vectors, projection, source: str = "ok_images") -> "AnomalyBank":
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        projection = np.ascontiguousarray(projection, dtype=np.float32)
+        if vectors.ndim != 2 or projection.ndim != 2 or vectors.shape[1] != projection.shape[1] or not len(vectors):
+            raise PointsegError(f"an anomaly bank needs (n, d) vectors and a (channels, d) projection, got "
+                                f"{vectors.shape} and {projection.shape}")
+        if not (np.isfinite(vectors).all() and np.isfinite(projection).all()):
+            raise PointsegError("the anomaly bank holds non-finite values; retrain the model")
+        return cls(vectors, projection, source)
+
+    @property
+    def n_vectors(self) -> int:
+        return int(len(self.vectors))
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.projection.shape[0])
+
+    def distance_map(self, fmap, vectors: np.ndarray | None = None) -> np.ndarray:
+        """``(rows, cols)`` smoothed nearest-neighbour distance of each bank cell of ``fmap``'s image."""
+        from scipy.ndimage import gaussian_filter
+
+        vectors = cell_vectors(fmap, self.projection) if vectors is None else vectors
+        dist = nearest_distances(vectors, self.vectors).reshape(cell_grid_size(fmap))
+        return gaussian_filter(dist, SMOOTH_SIGMA, mode="nearest", truncate=3.0) if SMOOTH_SIGMA else dist
+
+    def score(self, fmap, vectors: np.ndarray | None = None, where: np.ndarray | None = None) -> float:
+        """The image's anomaly score: the largest smoothed distance (over the cells ``where`` is true, when
+        given: a clean-surface score of a defective image)."""
+        dist = self.distance_map(fmap, vectors)
+        if where is not None:
+            dist = dist[where]
+        return float(dist.max()) if dist.size else 0.0
+
+
+def build_bank(vector_sets: list[np.ndarray], projection: np.ndarray, source: str = "ok_images",
+               seed: int = 0) -> AnomalyBank | None:
+    """A bank from the cell vectors of several images (each a ``(n_i, d)`` array), subsampled to
+    :data:`BANK_MAX` with equal shares per image where they have that many; ``None`` when there are none."""
+    sets = [v for v in vector_sets if len(v)]
+    if not sets:
+        return None
+    share = max(1, BANK_MAX // len(sets))
+    parts = [subsample(v, share, seed + i) for i, v in enumerate(sets)]
+    return AnomalyBank.from_vectors(subsample(np.concatenate(parts), BANK_MAX, seed), projection, source)
