@@ -7,19 +7,19 @@ of its patches is: keep the deep feature vectors of defect-free images (a memory
 of a new image by the distance to its nearest neighbour in the bank. No defect example is needed, so any
 defect type counts.
 
-Here the vectors are the segmenter's own deep features (the stride-4 map, with the stride-32 context
-channels upsampled onto it), averaged over 3 x 3 cells and taken every second cell (stride 8: PatchCore's
-"locally aware patch features"), then projected to :data:`PROJECTED_DIMS` dimensions by a fixed random
-matrix (Johnson-Lindenstrauss: distances are kept within a few per cent, and the nearest-neighbour search
+Here the vectors are the segmenter's own deep features (the stride-4 block), averaged over 3 x 3 cells and
+taken every second cell (stride 8: PatchCore's "locally aware patch features"), standardised per channel with
+the bank's statistics, then projected to :data:`PROJECTED_DIMS` dimensions by a fixed random matrix (Johnson-Lindenstrauss: distances are kept within a few per cent, and the nearest-neighbour search
 is ~4x cheaper; PaDiM's random channel subset is the same idea). The bank holds at most :data:`BANK_MAX`
 vectors, drawn at random (seeded) from the OK images' cells - or, without OK images, from the cells of the
 annotated defective images that the model calls background well away from any defect (see
 :func:`safe_background_cells`). The image score is the maximum of the nearest-neighbour distance map after
-a light Gaussian smoothing (σ = 1 cell), so one odd cell does not decide a part.
+a light Gaussian smoothing (σ = 1 cell), so one odd cell does not decide a part, over the cells away from
+the image's edge (:func:`interior`).
 
->>> bank = AnomalyBank.from_vectors(np.zeros((4, PROJECTED_DIMS), np.float32), np.eye(8, PROJECTED_DIMS, dtype=np.float32))
+>>> bank = build_bank([np.random.default_rng(0).normal(size=(50, 8))])
 >>> bank.n_vectors, bank.n_channels
-(4, 8)
+(50, 8)
 """
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ PROJECTED_DIMS = 96
 CELL_STEP = 2
 #: σ (cells) of the smoothing of the distance map before its maximum is taken
 SMOOTH_SIGMA = 1.0
+#: cells along the image's edge left out of the bank and of the score (see :func:`interior`)
+BORDER_CELLS = 2
+#: added to each channel's standard deviation (a constant channel must not divide by zero)
+SCALE_FLOOR = 1e-3
 #: grid rows of the stride-4 map read at once (bounds memory on huge images)
 BAND_CELLS = 256
 #: test vectors per nearest-neighbour block (bounds the distance matrix: 4096 x 10,000 float32 = 160 MB)
@@ -60,23 +64,22 @@ def cell_grid_size(fmap) -> tuple[int, int]:
     return -(-h // cell), -(-w // cell)
 
 
-def cell_vectors(fmap, projection: np.ndarray) -> np.ndarray:
-    """The projected, locally averaged deep feature vector of every bank cell of ``fmap``'s image:
-    ``(rows * cols, PROJECTED_DIMS)`` float32 in row-major order (:func:`cell_grid_size`)."""
+def cell_features(fmap) -> np.ndarray:
+    """The locally averaged deep feature vector (the stride-4 block only: the stride-32 context describes
+    where a cell is in the part more than what its surface looks like, and measured worse) of every bank
+    cell of ``fmap``'s image: ``(rows * cols, channels)`` float32 in row-major order (:func:`cell_grid_size`),
+    read in bands of rows so a huge image's map is never copied whole."""
     from scipy.ndimage import uniform_filter
 
     rows, cols = cell_grid_size(fmap)
     gh, gw = fmap.grid_size
-    if fmap.deep_channels != projection.shape[0]:
-        raise PointsegError(f"the anomaly bank was built on {projection.shape[0]} feature channels, this image "
-                            f"has {fmap.deep_channels}: use the model with the backbone it was trained with")
-    out = np.empty((rows * cols, projection.shape[1]), np.float32)
+    out = np.empty((rows * cols, fmap.data.shape[0]), np.float32)
     band = max(CELL_STEP, BAND_CELLS // CELL_STEP * CELL_STEP)
     for r0 in range(0, min(gh, rows * CELL_STEP), band):
         r1 = min(gh, r0 + band)
         a0, a1 = max(0, r0 - 1), min(gh, r1 + 1)   # one cell of halo for the 3 x 3 average
         c1 = min(gw, cols * CELL_STEP + 1)
-        block = np.asarray(fmap.deep_window((a0, a1), (0, c1)), dtype=np.float32)
+        block = np.asarray(fmap.data[:, a0:a1, :c1], dtype=np.float32)
         block = uniform_filter(block, size=(1, 3, 3), mode="nearest")
         block = block[:, r0 - a0: r1 - a0: CELL_STEP, : cols * CELL_STEP: CELL_STEP]
         first = r0 // CELL_STEP
@@ -84,9 +87,23 @@ def cell_vectors(fmap, projection: np.ndarray) -> np.ndarray:
         if block.shape[1] < n_rows or block.shape[2] < cols:   # a grid one cell short of the image's cells
             block = np.pad(block, ((0, 0), (0, n_rows - block.shape[1]), (0, cols - block.shape[2])), mode="edge")
         block = block[:, :n_rows, :cols]
-        vec = block.reshape(block.shape[0], -1).T @ projection
-        out[first * cols: (first + n_rows) * cols] = vec
+        out[first * cols: (first + n_rows) * cols] = block.reshape(block.shape[0], -1).T
     return out
+
+
+def interior(shape: tuple[int, int]) -> np.ndarray:
+    """``(rows, cols)`` bool: the cells at least :data:`BORDER_CELLS` from the image's edge (all of them
+    when the image is too small to leave any). A CNN's cells at the edge see its zero padding, and a part's
+    edge (a cut, a chamfer) differs from tile to tile more than its surface does: measured, including them
+    made the score worse on both per-part sets."""
+    rows, cols = shape
+    keep = np.zeros(shape, bool)
+    b = BORDER_CELLS
+    if rows > 2 * b and cols > 2 * b:
+        keep[b: rows - b, b: cols - b] = True
+    else:
+        keep[:] = True
+    return keep
 
 
 def cells_of_labels(labels: np.ndarray, fmap, background: int) -> np.ndarray:
@@ -138,26 +155,34 @@ def subsample(vectors: np.ndarray, limit: int = BANK_MAX, seed: int = 0) -> np.n
 
 @dataclass
 class AnomalyBank:
-    """Normal feature vectors and the projection they live in; :meth:`score` judges a new image.
+    """Normal feature vectors and how new cells are brought into their space; :meth:`score` judges an image.
 
-    ``vectors``: ``(n, PROJECTED_DIMS)`` float32; ``projection``: ``(channels, PROJECTED_DIMS)`` float32;
-    ``source``: ``"ok_images"`` or ``"defective_background"`` (no OK images: see the module docstring).
+    A cell's feature vector ``f`` (:func:`cell_features`) becomes ``((f - mean) / scale) @ projection``:
+    standardised per channel with the bank's own statistics (so no channel dominates the distance by its
+    scale alone), then projected. ``vectors``: ``(n, PROJECTED_DIMS)`` float32; ``mean``, ``scale``:
+    ``(channels,)``; ``projection``: ``(channels, PROJECTED_DIMS)``; ``source``: ``"ok_images"`` or
+    ``"defective_background"`` (no OK images: see the module docstring).
     """
 
     vectors: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
     projection: np.ndarray
     source: str = "ok_images"
 
-    @classmethod
-    def from_vectors(cls, vectors, projection, source: str = "ok_images") -> "AnomalyBank":
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        projection = np.ascontiguousarray(projection, dtype=np.float32)
-        if vectors.ndim != 2 or projection.ndim != 2 or vectors.shape[1] != projection.shape[1] or not len(vectors):
-            raise PointsegError(f"an anomaly bank needs (n, d) vectors and a (channels, d) projection, got "
-                                f"{vectors.shape} and {projection.shape}")
-        if not (np.isfinite(vectors).all() and np.isfinite(projection).all()):
-            raise PointsegError("the anomaly bank holds non-finite values; retrain the model")
-        return cls(vectors, projection, source)
+    def __post_init__(self):
+        self.vectors, self.mean, self.scale, self.projection = (
+            np.ascontiguousarray(a, dtype=np.float32) for a in (self.vectors, self.mean, self.scale, self.projection))
+        c = self.projection.shape[0] if self.projection.ndim == 2 else -1
+        if (self.vectors.ndim != 2 or self.projection.ndim != 2 or self.vectors.shape[1] != self.projection.shape[1]
+                or not len(self.vectors) or self.mean.shape != (c,) or self.scale.shape != (c,)):
+            raise PointsegError(f"an anomaly bank needs (n, d) vectors, (c,) mean and scale and a (c, d) projection, "
+                                f"got {self.vectors.shape}, {self.mean.shape}, {self.scale.shape}, {self.projection.shape}")
+        if not all(np.isfinite(a).all() for a in (self.vectors, self.mean, self.scale, self.projection)) \
+                or (self.scale <= 0).any():
+            raise PointsegError("the anomaly bank holds non-finite values or a scale <= 0; retrain the model")
+        if self.source not in BANK_SOURCES:
+            raise PointsegError(f"unknown anomaly bank source {self.source!r}; one of {', '.join(BANK_SOURCES)}")
 
     @property
     def n_vectors(self) -> int:
@@ -167,30 +192,42 @@ class AnomalyBank:
     def n_channels(self) -> int:
         return int(self.projection.shape[0])
 
-    def distance_map(self, fmap, vectors: np.ndarray | None = None) -> np.ndarray:
+    def project(self, features: np.ndarray) -> np.ndarray:
+        return (((features - self.mean) / self.scale) @ self.projection).astype(np.float32, copy=False)
+
+    def distance_map(self, fmap, features: np.ndarray | None = None) -> np.ndarray:
         """``(rows, cols)`` smoothed nearest-neighbour distance of each bank cell of ``fmap``'s image."""
         from scipy.ndimage import gaussian_filter
 
-        vectors = cell_vectors(fmap, self.projection) if vectors is None else vectors
-        dist = nearest_distances(vectors, self.vectors).reshape(cell_grid_size(fmap))
+        if fmap.data.shape[0] != self.n_channels:
+            raise PointsegError(f"the anomaly bank was built on {self.n_channels} feature channels, this image "
+                                f"has {fmap.data.shape[0]}: use the model with the backbone it was trained with")
+        features = cell_features(fmap) if features is None else features
+        dist = nearest_distances(self.project(features), self.vectors).reshape(cell_grid_size(fmap))
         return gaussian_filter(dist, SMOOTH_SIGMA, mode="nearest", truncate=3.0) if SMOOTH_SIGMA else dist
 
-    def score(self, fmap, vectors: np.ndarray | None = None, where: np.ndarray | None = None) -> float:
-        """The image's anomaly score: the largest smoothed distance (over the cells ``where`` is true, when
-        given: a clean-surface score of a defective image)."""
-        dist = self.distance_map(fmap, vectors)
-        if where is not None:
-            dist = dist[where]
-        return float(dist.max()) if dist.size else 0.0
+    def score(self, fmap, features: np.ndarray | None = None, where: np.ndarray | None = None) -> float:
+        """The image's anomaly score: the largest smoothed distance over its :func:`interior` cells (and
+        only those where ``where`` is true, when given: a clean-surface score of a defective image)."""
+        dist = self.distance_map(fmap, features)
+        keep = interior(dist.shape) if where is None else interior(dist.shape) & where
+        return float(dist[keep].max()) if keep.any() else 0.0
 
 
-def build_bank(vector_sets: list[np.ndarray], projection: np.ndarray, source: str = "ok_images",
-               seed: int = 0) -> AnomalyBank | None:
-    """A bank from the cell vectors of several images (each a ``(n_i, d)`` array), subsampled to
-    :data:`BANK_MAX` with equal shares per image where they have that many; ``None`` when there are none."""
-    sets = [v for v in vector_sets if len(v)]
+BANK_SOURCES = ("ok_images", "defective_background")
+
+
+def build_bank(feature_sets: list[np.ndarray], source: str = "ok_images", seed: int = 0) -> AnomalyBank | None:
+    """A bank from the cell features of several images (each ``(n_i, channels)``, already restricted to the
+    cells that count), at most :data:`BANK_MAX` vectors with equal shares per image where they have that
+    many; ``None`` when there are none."""
+    sets = [f for f in feature_sets if len(f)]
     if not sets:
         return None
     share = max(1, BANK_MAX // len(sets))
-    parts = [subsample(v, share, seed + i) for i, v in enumerate(sets)]
-    return AnomalyBank.from_vectors(subsample(np.concatenate(parts), BANK_MAX, seed), projection, source)
+    feats = subsample(np.concatenate([subsample(f, share, seed + i) for i, f in enumerate(sets)]), BANK_MAX, seed)
+    mean = feats.mean(axis=0)
+    scale = feats.std(axis=0) + SCALE_FLOOR
+    bank = AnomalyBank(np.zeros((1, PROJECTED_DIMS)), mean, scale, projection_matrix(feats.shape[1]), source)
+    bank.vectors = bank.project(feats)
+    return bank

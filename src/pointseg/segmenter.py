@@ -404,23 +404,23 @@ class Segmenter:
         background (cells the full model calls background, away from defects and defect clicks); each
         defective image is scored against the other images' background, and its own safe background gives a
         clean example."""
-        from pointseg.anomaly import build_bank, cell_vectors, projection_matrix, safe_background_cells
+        from pointseg.anomaly import build_bank, cell_features, cell_grid_size, interior, safe_background_cells
 
         evidence = {"ng": [], "ok": [], "clean_surface": []}
         known = [p for p in parts if status[p.index] is not None]
         if not known:
             return None, evidence
-        projection = projection_matrix(known[0].fmap.deep_channels)
-        vectors = {p.index: cell_vectors(p.fmap, projection) for p in known}
+        feats = {p.index: cell_features(p.fmap) for p in known}
+        inner = {p.index: interior(cell_grid_size(p.fmap)).ravel() for p in known}
         ok_parts = [p for p in known if not status[p.index]]
         ng_parts = [p for p in known if status[p.index]]
         if ok_parts:
-            bank = build_bank([vectors[p.index] for p in ok_parts], projection)
-            evidence["ng"] = [bank.score(p.fmap, vectors[p.index]) for p in ng_parts]
+            bank = build_bank([feats[p.index][inner[p.index]] for p in ok_parts])
+            evidence["ng"] = [bank.score(p.fmap, feats[p.index]) for p in ng_parts]
             for p in ok_parts:
-                rest = build_bank([vectors[q.index] for q in ok_parts if q is not p], projection)
+                rest = build_bank([feats[q.index][inner[q.index]] for q in ok_parts if q is not p])
                 if rest is not None:
-                    evidence["ok"].append(rest.score(p.fmap, vectors[p.index]))
+                    evidence["ok"].append(rest.score(p.fmap, feats[p.index]))
             return bank, evidence
         twin = copy.copy(self)
         twin.head_, twin.n_features_in_ = head, int(head.coef.shape[1])
@@ -429,15 +429,15 @@ class Segmenter:
             check_interrupted()
             safe[p.index] = safe_background_cells(twin.predict(p.fmap), p.fmap, self.background_,
                                                   p.xy[p.y != self.background_])
-        normal = {i: vectors[i][safe[i].ravel()] for i in safe}
+        normal = {i: feats[i][safe[i].ravel() & inner[i]] for i in safe}
         for p in ng_parts:
-            rest = build_bank([normal[q.index] for q in ng_parts if q is not p], projection, "defective_background")
+            rest = build_bank([normal[q.index] for q in ng_parts if q is not p], "defective_background")
             if rest is None:
                 continue
-            evidence["ng"].append(rest.score(p.fmap, vectors[p.index]))
+            evidence["ng"].append(rest.score(p.fmap, feats[p.index]))
             if safe[p.index].any():
-                evidence["clean_surface"].append(rest.score(p.fmap, vectors[p.index], where=safe[p.index]))
-        return build_bank(list(normal.values()), projection, "defective_background"), evidence
+                evidence["clean_surface"].append(rest.score(p.fmap, feats[p.index], where=safe[p.index]))
+        return build_bank(list(normal.values()), "defective_background"), evidence
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:

@@ -120,7 +120,7 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
     """Run the per-part protocol for each ``methods`` entry (name -> a factory returning a fresh
     :class:`pointseg.Segmenter`) and each seed and OK count; returns a JSON-serialisable dict
     (``runs``: one entry per (method, seed, ok_images); ``summary``: mean and spread over seeds)."""
-    from pointseg.decision import SCORES, auroc, choose_threshold, image_score, part_confusion
+    from pointseg.decision import LABEL_SCORES, auroc, choose_threshold, image_score, part_confusion
 
     config.check()
     masks = {s: dataset.load_mask(s) for s in dataset.stems}
@@ -149,7 +149,7 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
                 models.append({"method": name, "seed": seed, "ok_images": n_ok, "seg": seg, "held": held,
                                "train": {"defective": train_ng, "ok": train_ok,
                                          "clicks": [np.asarray(c).tolist() for c in clicks]},
-                               "scores": {k: {} for k in SCORES},
+                               "scores": {k: {} for k in LABEL_SCORES},
                                "iou": IoUAccumulator(dataset.n_classes)})
                 tick(1, f"{dataset.name} · {name} · seed {seed} · {n_ok} OK · trained")
     held_all = sorted({s for m in models for s in m["held"]})
@@ -160,7 +160,7 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
                 continue
             seg = m["seg"]
             result = seg.predict_full(img, probabilities=True)
-            for kind in SCORES:
+            for kind in LABEL_SCORES:
                 m["scores"][kind][stem] = image_score(kind, result.labels, result.probabilities, seg.background_)
             bank = getattr(seg, "anomaly_bank_", None)
             if bank is not None:
