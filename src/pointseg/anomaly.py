@@ -220,14 +220,24 @@ BANK_SOURCES = ("ok_images", "defective_background")
 def build_bank(feature_sets: list[np.ndarray], source: str = "ok_images", seed: int = 0) -> AnomalyBank | None:
     """A bank from the cell features of several images (each ``(n_i, channels)``, already restricted to the
     cells that count), at most :data:`BANK_MAX` vectors with equal shares per image where they have that
-    many; ``None`` when there are none."""
+    many (what a small image leaves goes to the others); ``None`` when there are none."""
     sets = [f for f in feature_sets if len(f)]
     if not sets:
         return None
-    share = max(1, BANK_MAX // len(sets))
-    feats = subsample(np.concatenate([subsample(f, share, seed + i) for i, f in enumerate(sets)]), BANK_MAX, seed)
+    feats = np.concatenate([subsample(f, n, seed + i) for i, (f, n) in enumerate(zip(sets, _shares(sets)))])
     mean = feats.mean(axis=0)
     scale = feats.std(axis=0) + SCALE_FLOOR
     bank = AnomalyBank(np.zeros((1, PROJECTED_DIMS)), mean, scale, projection_matrix(feats.shape[1]), source)
     bank.vectors = bank.project(feats)
     return bank
+
+
+def _shares(sets: list[np.ndarray], total: int = BANK_MAX) -> list[int]:
+    """Rows to keep of each set: equal shares of ``total``, a set smaller than its share keeping all it has
+    and leaving the rest to the others (water-filling)."""
+    order = sorted(range(len(sets)), key=lambda i: len(sets[i]))
+    shares, left = [0] * len(sets), total
+    for k, i in enumerate(order):
+        shares[i] = min(len(sets[i]), left // (len(sets) - k))
+        left -= shares[i]
+    return shares

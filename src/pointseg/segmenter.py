@@ -88,6 +88,10 @@ class Segmenter:
         Default: hybrid for the logistic head, deep for the random forest.
     background : the background / OK class (index or name) - what a clean part is made of; every other class
         is a finding. Default: the first class. Fitted as ``background_`` (an index).
+    ng_rule : the image score the learned OK/NG rule (``ng_rule_``) thresholds: ``"largest_region"`` (area of
+        the largest predicted defect region, px) or ``"anomaly"`` (distance of the image's most unusual cell
+        from the OK images' cells, :mod:`pointseg.anomaly`: also sees defect types no click showed, but needs
+        the backbone's features to decide, so an exported ONNX graph cannot apply it).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
@@ -96,7 +100,7 @@ class Segmenter:
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
                  features: str | None = None, smoothing: float | None = None,
                  prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
-                 background: int | str | None = None):
+                 background: int | str | None = None, ng_rule: str = "largest_region"):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -116,6 +120,7 @@ class Segmenter:
         self.warm_start = warm_start
         self.min_region = min_region
         self.background = background
+        self.ng_rule = ng_rule
         self._extractor: FeatureExtractor | None = None
 
     def __getstate__(self) -> dict:
@@ -135,7 +140,7 @@ class Segmenter:
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
-                      "prior_correction", "warm_start", "min_region", "background")
+                      "prior_correction", "warm_start", "min_region", "background", "ng_rule")
         }
 
     #: parameters that change how features are computed; changing one drops the loaded extractor
@@ -230,6 +235,7 @@ class Segmenter:
         if ok is not None and len(ok) != len(images):
             raise PointsegError(f"got {len(images)} images but {len(ok)} OK flags; give one per image")
         n_classes = self._resolve_classes(points, scribbles)
+        _check_ng_rule(self.ng_rule)
         if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
         parts: list[_ImagePart] = []
@@ -388,11 +394,17 @@ class Segmenter:
         self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head)
         self.ng_evidence_ = {"largest_region": {"ng": ng_scores, "ok": ok_scores, "clean_surface": clean_surface},
                              "anomaly": anomaly}
-        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, DEFAULT_SCORE)
-        rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
+        kind = _check_ng_rule(self.ng_rule)
+        if kind == "anomaly" and self.anomaly_bank_ is not None:
+            ng_scores, ok_scores, clean_surface = anomaly["ng"], anomaly["ok"], anomaly["clean_surface"]
+        elif kind == "anomaly":
+            kind = DEFAULT_SCORE   # nothing to build a bank from (no OK image, no background): the area rule
+        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, kind)
+        rule = NGRule(kind, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
         confusion = None
         if ok_scores:
-            confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
+            confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out",
+                         "score": kind}
         return rule, confusion
 
     def _anomaly_evidence(self, parts, status: dict, head):
@@ -691,8 +703,22 @@ class Segmenter:
 
         self._check_fitted()
         rule = rule if rule is not None else getattr(self, "ng_rule_", None) or NGRule()
-        result = self.predict_full(image, probabilities=rule.score == "quantile")
-        return decide_labels(result.labels, result.probabilities, rule, self.background_)
+        fmap = self.extract_features(image) if rule.score == "anomaly" else image
+        result = self.predict_full(fmap, probabilities=rule.score == "quantile")
+        return decide_labels(result.labels, result.probabilities, rule, self.background_,
+                             anomaly=self.anomaly_score(fmap) if rule.score == "anomaly" else None)
+
+    def anomaly_score(self, image) -> float:
+        """How unlike the normal surface the model was trained with the image's most unusual spot is (the
+        ``"anomaly"`` image score, :mod:`pointseg.anomaly`); needs a bank (learned with the NG rule from OK
+        images, or from the defective images' background)."""
+        self._check_fitted()
+        bank = getattr(self, "anomaly_bank_", None)
+        if bank is None:
+            raise PointsegError("this model has no anomaly bank (it learns one when fit cross-validates with "
+                                "annotated images; older model files have none): retrain it, or decide with "
+                                "--ng-rule largest_region:AREA")
+        return bank.score(self.extract_features(image))
 
     def _clean(self, labels: np.ndarray) -> np.ndarray:
         if not self.min_region:
@@ -750,6 +776,16 @@ class _ImagePart:
     pool: np.ndarray | None
     xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
 
+
+def _check_ng_rule(value) -> str:
+    """The ``ng_rule`` parameter: an image score the learned rule can threshold."""
+    if value not in LEARNED_RULES:
+        raise PointsegError(f"ng_rule must be one of {', '.join(LEARNED_RULES)}, got {value!r}")
+    return value
+
+
+#: image scores :meth:`Segmenter.fit` can learn an NG threshold for (leave-one-image-out)
+LEARNED_RULES = ("largest_region", "anomaly")
 
 #: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
 OK_POOL_PIXELS = 4000
