@@ -175,3 +175,40 @@ def _edit_meta(path, out, edit):
     edit(meta)
     meta[CHECKSUM_KEY] = content_checksum(load(data), meta)
     out.write_bytes(save(load(data), metadata={"pointseg": json.dumps(meta)}))
+
+
+# ------------------------------------------------------------------ the command line and the exported graph
+def test_train_with_the_anomaly_rule_then_predict_flags_the_unseen_type(tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from test_decision import run
+
+    entries = []
+    for s in (0, 1):
+        Image.fromarray(texture(s, defect=True)).save(tmp_path / f"ng{s}.png")
+        entries.append({"path": f"ng{s}.png", "points": CLICKS.tolist()})
+    for s in (2, 3, 4):
+        Image.fromarray(texture(s)).save(tmp_path / f"ok{s}.png")
+        entries.append({"path": f"ok{s}.png", "ok": True})
+    (tmp_path / "ann.json").write_text(json.dumps({"classes": ["ok", "defect"], "images": entries}))
+    Image.fromarray(texture(10, unseen=True)).save(tmp_path / "unseen.png")
+    Image.fromarray(texture(11)).save(tmp_path / "clean.png")
+    bad = run("train", tmp_path / "ann.json", "-o", tmp_path / "x.pointseg", "--backbone", BACKBONE, "--ng-rule", "area")
+    assert bad.returncode == 2 and "ng_rule must be one of" in bad.stderr and not (tmp_path / "x.pointseg").exists()
+    result = run("train", tmp_path / "ann.json", "-o", tmp_path / "m.pointseg", "--backbone", BACKBONE,
+                 "--ng-rule", "anomaly")
+    assert result.returncode == 0, result.stderr
+    assert "OK/NG rule: NG when anomaly >" in result.stdout
+    out = tmp_path / "out"
+    result = run("predict", tmp_path / "m.pointseg", tmp_path / "unseen.png", tmp_path / "clean.png", "-o", out)
+    assert result.returncode == 0, result.stderr
+    rows = {r["image"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert rows["unseen.png"]["status"] == "NG" and rows["clean.png"]["status"] == "OK"
+    # the exported graph cannot compute the score: export says so instead of deciding differently
+    from pointseg.deploy.export import export_model
+
+    with pytest.raises(PointsegError, match="exported graph cannot compute"):
+        export_model(tmp_path / "m.pointseg", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -235,7 +235,7 @@ class Segmenter:
         if ok is not None and len(ok) != len(images):
             raise PointsegError(f"got {len(images)} images but {len(ok)} OK flags; give one per image")
         n_classes = self._resolve_classes(points, scribbles)
-        _check_ng_rule(self.ng_rule)
+        check_ng_rule(self.ng_rule)
         if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
         parts: list[_ImagePart] = []
@@ -394,7 +394,7 @@ class Segmenter:
         self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head)
         self.ng_evidence_ = {"largest_region": {"ng": ng_scores, "ok": ok_scores, "clean_surface": clean_surface},
                              "anomaly": anomaly}
-        kind = _check_ng_rule(self.ng_rule)
+        kind = check_ng_rule(self.ng_rule)
         if kind == "anomaly" and self.anomaly_bank_ is not None:
             ng_scores, ok_scores, clean_surface = anomaly["ng"], anomaly["ok"], anomaly["clean_surface"]
         elif kind == "anomaly":
@@ -777,7 +777,7 @@ class _ImagePart:
     xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
 
 
-def _check_ng_rule(value) -> str:
+def check_ng_rule(value) -> str:
     """The ``ng_rule`` parameter: an image score the learned rule can threshold."""
     if value not in LEARNED_RULES:
         raise PointsegError(f"ng_rule must be one of {', '.join(LEARNED_RULES)}, got {value!r}")
