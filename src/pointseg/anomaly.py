@@ -30,10 +30,11 @@ import numpy as np
 
 from pointseg.errors import PointsegError
 
-#: vectors kept in a bank (a random, seeded subset beyond that): 10,000 x 96 float32 = 3.8 MB in a model file
-BANK_MAX = 10_000
+#: vectors kept in a bank (a random, seeded subset beyond that): 4,096 x 64 float32 = 1 MB in a model file.
+#: Scoring a part costs cells x BANK_MAX x PROJECTED_DIMS multiply-adds (a 500 x 1250 px part: 10,000 cells)
+BANK_MAX = 4096
 #: dimensions of the projected vectors
-PROJECTED_DIMS = 96
+PROJECTED_DIMS = 64
 #: grid cells per bank cell along each axis (stride 4 -> 8)
 CELL_STEP = 2
 #: σ (cells) of the smoothing of the distance map before its maximum is taken
@@ -44,7 +45,7 @@ BORDER_CELLS = 2
 SCALE_FLOOR = 1e-3
 #: grid rows of the stride-4 map read at once (bounds memory on huge images)
 BAND_CELLS = 256
-#: test vectors per nearest-neighbour block (bounds the distance matrix: 4096 x 10,000 float32 = 160 MB)
+#: test vectors per nearest-neighbour block (bounds the distance matrix: 2048 x 4096 float32 = 32 MB)
 QUERY_BLOCK = 2048
 #: defect cells (model labels or clicks) are kept this many bank cells away from the background cells a
 #: bank without OK images is built from

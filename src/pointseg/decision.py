@@ -212,6 +212,12 @@ def choose_threshold(ng_scores, ok_scores, kind: str = DEFAULT_SCORE) -> tuple[f
     return best, "leave-one-image-out"
 
 
+def threshold_from_evidence(evidence: dict, kind: str) -> tuple[float, str]:
+    """:func:`choose_threshold` on leave-one-image-out scores of one kind (``{"ng", "ok", "clean_surface"}``:
+    defective images, OK images, and clean-surface examples from the defective images)."""
+    return choose_threshold(evidence["ng"], list(evidence["ok"]) + list(evidence["clean_surface"]), kind)
+
+
 def auroc(ng_scores, ok_scores) -> float:
     """Area under the ROC curve of an image score (ties count half); NaN without both kinds of image."""
     pos = np.asarray(ng_scores, dtype=np.float64)

@@ -369,7 +369,7 @@ class Segmenter:
         that no defect click falls in: the user clicked the defects, so such a region is (with corrective
         clicks nearly always) a false finding on clean surface, the kind a clean part would show.
         """
-        from pointseg.decision import DEFAULT_SCORE, choose_threshold, part_confusion
+        from pointseg.decision import DEFAULT_SCORE, part_confusion, threshold_from_evidence
 
         status = {p.index: (False if p.ok else True if (p.y != self.background_).any() else None) for p in parts}
         known = [p for p in parts if status[p.index] is not None]
@@ -391,15 +391,16 @@ class Segmenter:
                 clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
             else:
                 ok_scores.append(score)
-        self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head)
+        kind = check_ng_rule(self.ng_rule)
+        # the bank and its evidence cost nearest-neighbour searches: only a model that decides with them pays
+        self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head) if kind == "anomaly" else (None, None)
         self.ng_evidence_ = {"largest_region": {"ng": ng_scores, "ok": ok_scores, "clean_surface": clean_surface},
                              "anomaly": anomaly}
-        kind = check_ng_rule(self.ng_rule)
-        if kind == "anomaly" and self.anomaly_bank_ is not None:
-            ng_scores, ok_scores, clean_surface = anomaly["ng"], anomaly["ok"], anomaly["clean_surface"]
-        elif kind == "anomaly":
+        if kind == "anomaly" and self.anomaly_bank_ is None:
             kind = DEFAULT_SCORE   # nothing to build a bank from (no OK image, no background): the area rule
-        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, kind)
+        evidence = self.ng_evidence_[kind]
+        ng_scores, ok_scores = evidence["ng"], evidence["ok"]
+        threshold, source = threshold_from_evidence(evidence, kind)
         rule = NGRule(kind, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
         confusion = None
         if ok_scores:
