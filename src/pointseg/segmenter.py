@@ -24,6 +24,7 @@ from pointseg.classifier import (
     TrainingReport,
     check_interrupted,
     correct_priors,
+    run_cross_validation,
     cross_validate,
     head_scores,
     single_thread,
@@ -35,7 +36,9 @@ from pointseg.features import (
     FeatureExtractor,
     FeatureMap,
     Scores,
+    CONTEXT_UPSCALES,
     cell_span,
+    check_context_upscale,
     deep_dtype,
     release_freed_memory,
 )
@@ -88,6 +91,12 @@ class Segmenter:
         Default: hybrid for the logistic head, deep for the random forest.
     background : the background / OK class (index or name) - what a clean part is made of; every other class
         is a finding. Default: the first class. Fitted as ``background_`` (an index).
+    context_upscale : 1, 2 or 4: the stride-32 context stage sees every image enlarged by this factor (its
+        map pooled back to the image's grid; see ``FeatureExtractor._upscaled_context``), which can help
+        small images (~200 px), whose context cells otherwise see the whole image; the cost is a second
+        trunk pass over the enlarged copy. Or ``"cv"``: the factor chosen on the training images by
+        cross-validation (see ``_choose_context_upscale``). Fitted as ``context_upscale_``, which every predictor and the
+        model file use. Default 1 (off).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
@@ -96,7 +105,7 @@ class Segmenter:
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
                  features: str | None = None, smoothing: float | None = None,
                  prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
-                 background: int | str | None = None):
+                 background: int | str | None = None, context_upscale: int = 1):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -116,6 +125,7 @@ class Segmenter:
         self.warm_start = warm_start
         self.min_region = min_region
         self.background = background
+        self.context_upscale = context_upscale
         self._extractor: FeatureExtractor | None = None
 
     def __getstate__(self) -> dict:
@@ -135,12 +145,12 @@ class Segmenter:
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
-                      "prior_correction", "warm_start", "min_region", "background")
+                      "prior_correction", "warm_start", "min_region", "background", "context_upscale")
         }
 
     #: parameters that change how features are computed; changing one drops the loaded extractor
     _EXTRACTOR_PARAMS = frozenset({"backbone", "weights", "precision", "device", "tile_size", "features",
-                                   "classifier", "download"})
+                                   "classifier", "download", "context_upscale"})
 
     def set_params(self, **params) -> "Segmenter":
         """Set parameters by name (scikit-learn's ``set_params``); returns ``self``.
@@ -200,7 +210,16 @@ class Segmenter:
             )
             if self.cache is None:
                 self.cache = self._extractor.cache
-        return self._extractor
+        return self._extractor.with_context_upscale(self._context_factor())
+
+    def _context_factor(self) -> int:
+        """The context factor features are made with: the fitted one for a rule (native until fitted)."""
+        if isinstance(self.context_upscale, str):
+            if self.context_upscale not in CONTEXT_RULES:
+                raise PointsegError(f"context_upscale must be one of {', '.join(map(str, CONTEXT_UPSCALES))} or "
+                                    f"a rule ({', '.join(CONTEXT_RULES)}), got {self.context_upscale!r}")
+            return getattr(self, "context_upscale_", 1)
+        return check_context_upscale(self.context_upscale)
 
     def extract_features(self, image) -> FeatureMap:
         """Features of an image (path, array or FeatureMap), computed once and cached."""
@@ -232,12 +251,17 @@ class Segmenter:
         n_classes = self._resolve_classes(points, scribbles)
         if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
-        parts: list[_ImagePart] = []
-        for i, image in enumerate(images):
-            part = self._image_part(i, image, points[i], scribbles[i] if scribbles is not None else None,
-                                    bool(ok[i]) if ok is not None else False, n_classes)
-            if part is not None:
-                parts.append(part)
+        def make_parts() -> list[_ImagePart]:
+            made = [self._image_part(i, image, points[i], scribbles[i] if scribbles is not None else None,
+                                     bool(ok[i]) if ok is not None else False, n_classes)
+                    for i, image in enumerate(images)]
+            return [part for part in made if part is not None]
+
+        self.__dict__.pop("context_upscale_", None)
+        self.context_upscale_ = self._context_factor()
+        parts = make_parts()
+        if isinstance(self.context_upscale, str):
+            parts = self._choose_context_upscale(parts, make_parts, n_classes)
         if not any(len(p.y) for p in parts):
             raise PointsegError("no points to train on; mark at least one point of two classes")
         standardizer = Standardizer.from_moments([p.moments for p in parts])
@@ -276,6 +300,28 @@ class Segmenter:
             part_confusion=part_confusion,
         )
         return self
+
+    def _choose_context_upscale(self, parts: list["_ImagePart"], make_parts, n_classes: int) -> list["_ImagePart"]:
+        """Fit ``context_upscale_`` by the ``"cv"`` rule; returns the training parts made with it.
+
+        The annotated images decide: each factor the training images can afford
+        (:meth:`FeatureExtractor.affordable_context_upscales`: the enlarged copy of their median image
+        stays within :data:`~pointseg.features.CONTEXT_UPSCALE_MAX_PIXELS`, so only small images pay for a
+        second pass) is scored by the one cross-validation protocol (leave-one-image-out accuracy on the
+        clicks), and the best wins; ties and too few points keep the smaller factor.
+        """
+        candidates = self.extractor.affordable_context_upscales([p.fmap.image_size for p in parts])
+        best, best_parts, best_acc = 1, parts, _clicks_cv_accuracy(self, parts, n_classes)
+        for factor in candidates[1:]:
+            if best_acc is None:
+                break
+            self.context_upscale_ = factor
+            enlarged = make_parts()
+            acc = _clicks_cv_accuracy(self, enlarged, n_classes)
+            if acc is not None and acc > best_acc:
+                best, best_parts, best_acc = factor, enlarged, acc
+        self.context_upscale_ = best
+        return best_parts
 
     def _image_part(self, i: int, image, pts, scrib, ok: bool, n_classes: int) -> "_ImagePart | None":
         """One image's training material: click features and labels, and for an OK image its pixel pool."""
@@ -687,6 +733,20 @@ class Segmenter:
         from pointseg.modelfile import load_model
 
         return load_model(cls, path, weights=weights, cache=cache, device=device, precision=precision)
+
+
+#: the rules ``context_upscale`` may name instead of a factor (see ``Segmenter._choose_context_upscale``)
+CONTEXT_RULES = ("cv",)
+
+
+def _clicks_cv_accuracy(seg: Segmenter, parts: list["_ImagePart"], n_classes: int) -> float | None:
+    """Held-out accuracy of the parts' clicks under the one cross-validation protocol (None: too few)."""
+    X = np.concatenate([p.X for p in parts])
+    y = np.concatenate([p.y for p in parts])
+    groups = np.concatenate([np.full(len(p.y), p.index) for p in parts])
+    standardizer = Standardizer.from_moments([p.moments for p in parts])
+    clf = PointClassifier(seg.classifier, seg.C, seg.class_weight)
+    return run_cross_validation(clf, X, y, groups, n_classes, standardizer).accuracy
 
 
 @dataclass
