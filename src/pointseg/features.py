@@ -34,8 +34,10 @@ from pointseg.imageio import load_image
 from pointseg.lru import ByteLRU
 from pointseg.presets import DEFAULT_BACKBONE
 
-#: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches)
-PREPROCESSING_VERSION = 1
+#: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches). 2: the
+#: context stage may see an enlarged copy (``context_upscale``); at factor 1 its features are version 1's,
+#: so model files record 1 unless their factor is larger (older readers refuse only those)
+PREPROCESSING_VERSION = 2
 
 FEATURE_KINDS = ("deep", "hybrid")
 
@@ -1154,7 +1156,8 @@ class FeatureExtractor:
         hp, wp = self.padded_size((h, w))
         padded = _pad_reflect(rgb, hp, wp)
         margin, core = self.spec.tile_margin, self.tile_size
-        if hp <= core + 2 * margin and wp <= core + 2 * margin:
+        one_pass = hp <= core + 2 * margin and wp <= core + 2 * margin
+        if one_pass and self.context_upscale == 1:  # the network's own forward: its context is native
             yield (0, hp, 0, wp), self._run(padded)
             return
         if getattr(self.module, "context_start", None) is not None:

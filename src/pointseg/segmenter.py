@@ -720,6 +720,7 @@ class Segmenter:
         seg.classes_ = list(classes)
         seg.colors_ = list(colors)
         seg.class_priors_ = None
+        seg.context_upscale_ = seg._context_factor()
         if training_report is not None:
             seg.training_report_ = training_report
         if model_metadata is not None:
