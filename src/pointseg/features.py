@@ -1362,7 +1362,8 @@ def check_context_upscale(factor) -> int:
 def upscale_image(rgb: np.ndarray, factor: int) -> np.ndarray:
     """``H x W x 3`` uint8 → ``fH x fW x 3`` uint8, bilinear (``align_corners=False``), rounded: the copy the
     context stage sees for ``context_upscale`` (the exported graph does the same in its own operators)."""
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    rgb = np.ascontiguousarray(rgb)
+    t = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).permute(2, 0, 1)[None].float()
     up = F.interpolate(t, scale_factor=factor, mode="bilinear", align_corners=False)
     return up.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
 
