@@ -94,17 +94,20 @@ def _three_images():
 
 
 def test_cv_rule_picks_the_factor_whose_held_out_clicks_are_best():
+    from pointseg import FeatureCache
+
     images, points = _three_images()
+    cache = FeatureCache()  # each image's features per factor computed once for all the models below
     accuracy = {}
     for factor in (1, 2, 4):
-        seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale=factor).fit(images, points)
+        seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale=factor, cache=cache).fit(images, points)
         assert seg.context_upscale_ == factor and seg.training_report_.cv_method == "leave-one-image-out"
         accuracy[factor] = seg.training_report_.cv_accuracy
     best = max((1, 2, 4), key=lambda f: (accuracy[f], -f))  # ties: the smaller factor
-    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="cv").fit(images, points)
+    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="cv", cache=cache).fit(images, points)
     assert seg.context_upscale_ == best
     assert seg.extractor.context_upscale == best
-    fixed = Segmenter(classes=CLASSES, precision="fp32", context_upscale=best).fit(images, points)
+    fixed = Segmenter(classes=CLASSES, precision="fp32", context_upscale=best, cache=cache).fit(images, points)
     np.testing.assert_array_equal(seg.predict(images[0]), fixed.predict(images[0]))
 
 
@@ -136,3 +139,32 @@ def test_model_file_keeps_the_fitted_factor(tmp_path, small):
         loaded = Segmenter.load(path, precision="fp32")
         assert loaded.context_upscale_ == factor and loaded.extractor.context_upscale == factor
         np.testing.assert_array_equal(loaded.predict(image), seg.predict(image))
+
+
+def test_cli_train_records_the_context_factor_and_refuses_a_bad_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from modelkit import read_raw
+
+    image, truth = two_texture_image(h=150, w=190)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "classes": [{"name": n, "color": c} for n, c in zip(CLASSES, ("#00ff00", "#0000ff", "#ff0000"))],
+        "images": [{"path": "a.png", "points": [[float(x), float(y), CLASSES[int(k)]]
+                                                 for x, y, k in points_from_truth(truth, 5)]}]}))
+
+    def train(value):
+        return subprocess.run([sys.executable, "-m", "pointseg.cli", "train", str(tmp_path / "ann.json"), "-o",
+                               str(tmp_path / "m.pointseg"), "--context-upscale", value],
+                              capture_output=True, text=True, timeout=300)
+
+    result = train("2")
+    assert result.returncode == 0, result.stderr
+    assert read_raw(tmp_path / "m.pointseg")[0]["params"]["context_upscale"] == 2
+    result = train("3")
+    assert result.returncode == 2 and "context_upscale must be one of 1, 2, 4" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
