@@ -168,3 +168,16 @@ def test_cli_train_records_the_context_factor_and_refuses_a_bad_one(tmp_path):
     result = train("3")
     assert result.returncode == 2 and "context_upscale must be one of 1, 2, 4" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cv_rule_accepts_the_native_feature_maps_the_app_passes():
+    from pointseg import FeatureCache
+
+    images, points = _three_images()
+    cache = FeatureCache()
+    native = Segmenter(classes=CLASSES, precision="fp32", cache=cache)
+    fmaps = [native.extract_features(image) for image in images]
+    from_maps = Segmenter(classes=CLASSES, precision="fp32", context_upscale="cv", cache=cache).fit(fmaps, points)
+    from_images = Segmenter(classes=CLASSES, precision="fp32", context_upscale="cv", cache=cache).fit(images, points)
+    assert from_maps.context_upscale_ == from_images.context_upscale_
+    np.testing.assert_array_equal(from_maps.head_.coef, from_images.head_.coef)

@@ -937,6 +937,14 @@ class FeatureExtractor:
             views[factor] = view
         return views[factor]
 
+    def source_for(self, image):
+        """``image`` itself, or for a FeatureMap made by this extractor at another context factor, the image
+        it keeps (hybrid maps keep it), so that a model comparing factors can re-extract it."""
+        if (isinstance(image, FeatureMap) and image.extractor_id != self.id and image.rgb is not None
+                and image.extractor_id.split("-cu")[0] == self._base_id):
+            return image.rgb
+        return image
+
     def affordable_context_upscales(self, image_sizes) -> tuple[int, ...]:
         """The factors in :data:`CONTEXT_UPSCALES` whose enlarged copy of the median of these images stays
         within :data:`CONTEXT_UPSCALE_MAX_PIXELS` (1 always; only 1 for trunks without a context stage)."""

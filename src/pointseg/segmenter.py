@@ -223,7 +223,8 @@ class Segmenter:
 
     def extract_features(self, image) -> FeatureMap:
         """Features of an image (path, array or FeatureMap), computed once and cached."""
-        return self.extractor.extract(image)
+        ext = self.extractor
+        return ext.extract(ext.source_for(image))
 
     # ------------------------------------------------------------------ training
     def fit(self, images, points, scribbles=None, ok=None) -> "Segmenter":
