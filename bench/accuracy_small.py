@@ -2,7 +2,7 @@
 
     python bench/accuracy_small.py DATASET SEEDS SPEC [SPEC ...] [--test N] [--budget B]
     python bench/accuracy_small.py neu_seg 0,1,2 default default:context_upscale=2 --test 30
-    python bench/accuracy_small.py crackforest 0,1,2 default 'default:context_upscale="auto"'
+    python bench/accuracy_small.py magnetic_tile 0,1,2 default 'default:context_upscale="size"'
 
 Every SPEC is a `pointseg evaluate` method spec (``base[:option=value,...][@label]``) run in the same
 process on the same splits and clicks (3 training images per seed, up to BUDGET corrective clicks each, N
@@ -38,34 +38,6 @@ def _factor_recorder(method) -> list:
     return chosen
 
 
-def _logloss_cv_score() -> None:
-    """Exploration: let the "cv" rule compare factors by the held-out clicks' mean log-likelihood (the same
-    leave-one-image-out folds) instead of their accuracy, which ties often with a few dozen clicks."""
-    import numpy as np
-
-    import pointseg.segmenter as S
-    from pointseg.classifier import PointClassifier, Standardizer, cross_validation_folds, head_scores
-
-    def score(seg, parts, n_classes):
-        X = np.concatenate([p.X for p in parts])
-        y = np.concatenate([p.y for p in parts])
-        groups = np.concatenate([np.full(len(p.y), p.index) for p in parts])
-        standardizer = Standardizer.from_moments([p.moments for p in parts])
-        clf = PointClassifier(seg.classifier, seg.C, seg.class_weight)
-        folds, _ = cross_validation_folds(y, groups)
-        total, n = 0.0, 0
-        for train, test in folds:
-            if len(np.unique(y[train])) < 2:
-                continue
-            logits = head_scores(clf.fit(X[train], y[train], n_classes, standardizer), X[test])
-            logits = logits - logits.max(axis=1, keepdims=True)
-            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-            total, n = total + float(logp[np.arange(len(test)), y[test]].sum()), n + len(test)
-        return total / n if n else None
-
-    S._clicks_cv_accuracy = score
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset")
@@ -73,11 +45,7 @@ def main() -> None:
     ap.add_argument("specs", nargs="+")
     ap.add_argument("--test", type=int, default=10)
     ap.add_argument("--budget", type=int, default=20)
-    ap.add_argument("--cv-score", choices=("accuracy", "logloss"), default="accuracy",
-                    help="what the \"cv\" rule compares (exploration; the library uses accuracy)")
     args = ap.parse_args()
-    if args.cv_score == "logloss":
-        _logloss_cv_score()
 
     from pointseg import FeatureCache
     from pointseg.evaluation.datasets import load_dataset
@@ -100,7 +68,7 @@ def main() -> None:
                     for run in result["runs"]]
         fits_per_seed = len(chosen) // len(seeds)
         row = {
-            "dataset": args.dataset, "spec": spec, "cv_score": args.cv_score, "seeds": list(seeds), "test": args.test,
+            "dataset": args.dataset, "spec": spec, "seeds": list(seeds), "test": args.test,
             "budget": args.budget,
             "transfer_fg10": round(statistics.mean(per_seed), 4),
             "transfer_fg10_sd": round(statistics.stdev(per_seed), 4) if len(per_seed) > 1 else 0.0,

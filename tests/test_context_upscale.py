@@ -1,4 +1,4 @@
-"""The context stage on an enlarged copy (``context_upscale``): what changes, what stays, and the "cv" rule."""
+"""The context stage on an enlarged copy (``context_upscale``): what changes, what stays, and the "size" rule."""
 import numpy as np
 import pytest
 
@@ -71,57 +71,69 @@ def test_factors_are_checked(small):
 def test_a_trunk_without_context_ignores_the_factor(small):
     ext = FeatureExtractor("efficientnet_lite0", precision="fp32", engine="torch", context_upscale=4)
     assert ext.context_upscale == 1 and "-cu" not in ext.id
-    assert ext.affordable_context_upscales([(100, 100)]) == (1,)
+    assert ext.context_upscale_for([(100, 100)]) == 1
 
 
-def test_only_small_images_can_afford_an_enlarged_context(native):
-    assert native.affordable_context_upscales([(200, 200)] * 3) == (1, 2, 4)
-    assert native.affordable_context_upscales([(320, 480), (320, 480), (200, 200)]) == (1, 2)
-    assert native.affordable_context_upscales([(1000, 1000)]) == (1,)
-    assert native.affordable_context_upscales([(500, 1250)]) == (1,)
-    side = int(np.sqrt(CONTEXT_UPSCALE_MAX_PIXELS / 4))
-    assert native.affordable_context_upscales([(side, side)]) == (1, 2)
-    assert native.affordable_context_upscales([(side + 1, side + 1)]) == (1,)
+def test_size_rule_enlarges_only_images_below_the_context_reach(native):
+    assert native.spec.context_reach == 258 and native.spec.base_reach == 104
+    assert native.context_upscale_for([(200, 200)] * 3) == 4  # NEU-Seg
+    assert native.context_upscale_for([(250, 300), (222, 400), (300, 380)]) == 4  # the median decides
+    assert native.context_upscale_for([(112, 300), (300, 300), (400, 300)]) == 1
+    assert native.context_upscale_for([(320, 480)] * 3) == 1  # CrackForest
+    assert native.context_upscale_for([(500, 1250)]) == 1  # KolektorSDD
+    assert native.context_upscale_for([(257, 2000)]) == 2  # x4 would exceed CONTEXT_UPSCALE_MAX_PIXELS
+    assert native.context_upscale_for([(250, 20000)]) == 1
+    assert 16 * 250 * 1000 <= CONTEXT_UPSCALE_MAX_PIXELS < 16 * 257 * 2000
 
 
-def _three_images():
+def test_the_reaches_are_the_measured_receptive_fields(native):
+    """The spec's reaches are what the trunk's gradients say (a changed architecture fails here)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "context_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("context_diagnosis", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    measured = module.receptive_field(size=768, trials=1)
+    assert abs(measured["context"]["80%"] - native.spec.context_reach) <= 0.1 * native.spec.context_reach
+    assert abs(measured["stride16"]["80%"] - native.spec.base_reach) <= 0.1 * native.spec.base_reach
+
+
+def _three_images(h=150, w=190):
     images, points = [], []
     for seed in range(3):
-        image, truth = two_texture_image(h=150, w=190, seed=seed)
+        image, truth = two_texture_image(h=h, w=w, seed=seed)
         images.append(image)
         points.append(points_from_truth(truth, 8, seed=seed))
     return images, points
 
 
-def test_cv_rule_picks_the_factor_whose_held_out_clicks_are_best():
+def test_size_rule_fits_the_factor_and_every_predictor_uses_it():
     from pointseg import FeatureCache
 
     images, points = _three_images()
-    cache = FeatureCache()  # each image's features per factor computed once for all the models below
-    accuracy = {}
-    for factor in (1, 2, 4):
-        seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale=factor, cache=cache).fit(images, points)
-        assert seg.context_upscale_ == factor and seg.training_report_.cv_method == "leave-one-image-out"
-        accuracy[factor] = seg.training_report_.cv_accuracy
-    best = max((1, 2, 4), key=lambda f: (accuracy[f], -f))  # ties: the smaller factor
-    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="cv", cache=cache).fit(images, points)
-    assert seg.context_upscale_ == best
-    assert seg.extractor.context_upscale == best
-    fixed = Segmenter(classes=CLASSES, precision="fp32", context_upscale=best, cache=cache).fit(images, points)
+    cache = FeatureCache()
+    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(images, points)
+    assert seg.context_upscale_ == 4 and seg.extractor.context_upscale == 4
+    fixed = Segmenter(classes=CLASSES, precision="fp32", context_upscale=4, cache=cache).fit(images, points)
+    np.testing.assert_array_equal(seg.head_.coef, fixed.head_.coef)
     np.testing.assert_array_equal(seg.predict(images[0]), fixed.predict(images[0]))
+    # the streamed path (what images above stream_above take) gives the cached map's scores
+    other = np.ascontiguousarray(images[1][:, ::-1])
+    streamed = seg.extractor.image_scores(other, *seg.head_.folded(), stream_above=0)
+    np.testing.assert_allclose(streamed.grid(), seg.decision_grid(other).grid(), atol=1e-3)
 
 
-def test_cv_rule_leaves_large_images_native(monkeypatch):
-    import pointseg.features as features_module
-
-    images, points = _three_images()
-    monkeypatch.setattr(features_module, "CONTEXT_UPSCALE_MAX_PIXELS", 150 * 190 * 4 - 1)  # ×2 too dear
+def test_size_rule_leaves_images_at_least_the_reach_native(monkeypatch):
+    images, points = _three_images(h=260, w=300)
     calls = []
     original = FeatureExtractor.with_context_upscale
     monkeypatch.setattr(FeatureExtractor, "with_context_upscale",
                         lambda self, f: calls.append(f) or original(self, f))
-    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="cv").fit(images, points)
+    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size").fit(images, points)
     assert seg.context_upscale_ == 1 and set(calls) == {1}  # no enlarged copy was ever made
+    assert "-cu" not in seg.extractor.id
 
 
 def test_model_file_keeps_the_fitted_factor(tmp_path, small):
@@ -170,14 +182,14 @@ def test_cli_train_records_the_context_factor_and_refuses_a_bad_one(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_cv_rule_accepts_the_native_feature_maps_the_app_passes():
+def test_size_rule_accepts_the_native_feature_maps_the_app_passes():
     from pointseg import FeatureCache
 
     images, points = _three_images()
     cache = FeatureCache()
     native = Segmenter(classes=CLASSES, precision="fp32", cache=cache)
     fmaps = [native.extract_features(image) for image in images]
-    from_maps = Segmenter(classes=CLASSES, precision="fp32", context_upscale="cv", cache=cache).fit(fmaps, points)
-    from_images = Segmenter(classes=CLASSES, precision="fp32", context_upscale="cv", cache=cache).fit(images, points)
-    assert from_maps.context_upscale_ == from_images.context_upscale_
+    from_maps = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(fmaps, points)
+    from_images = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(images, points)
+    assert from_maps.context_upscale_ == from_images.context_upscale_ == 4
     np.testing.assert_array_equal(from_maps.head_.coef, from_images.head_.coef)

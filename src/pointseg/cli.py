@@ -53,8 +53,8 @@ def train(
     download: Annotated[bool, typer.Option(help="Download missing torchvision weights (needs internet).")] = False,
     min_region: MinRegionOption = None,
     context_upscale: Annotated[Optional[str], typer.Option(
-        help="The stride-32 context sees images enlarged by 1, 2 or 4 (small images, ~200 px: 4 helped on "
-             "NEU-Seg), or 'cv': chosen on the annotated images. Default 1.")] = None,
+        help="The stride-32 context sees images enlarged by 1, 2 or 4, or 'size': x4 when the images are "
+             "smaller than its receptive field (~258 px; helped NEU-Seg and magnetic tiles). Default 1.")] = None,
 ) -> None:
     """Train a model on annotated images and print the training report."""
     from pointseg.annotations import AnnotationSet

@@ -945,13 +945,26 @@ class FeatureExtractor:
             return image.rgb
         return image
 
-    def affordable_context_upscales(self, image_sizes) -> tuple[int, ...]:
-        """The factors in :data:`CONTEXT_UPSCALES` whose enlarged copy of the median of these images stays
-        within :data:`CONTEXT_UPSCALE_MAX_PIXELS` (1 always; only 1 for trunks without a context stage)."""
-        if not self._has_context or not len(image_sizes):
-            return (1,)
+    def context_upscale_for(self, image_sizes) -> int:
+        """The factor the ``"size"`` rule gives a model trained on images of these sizes.
+
+        An image whose short side is below the context stage's reach (``spec.context_reach``, 258 px for
+        efficientnet_lite0_s32) is seen by that stage mostly through its reflected border: each context cell
+        describes the whole image rather than a neighbourhood. For such images (the training images'
+        median short side) the rule enlarges by the smallest factor that shrinks the stage's reach, in
+        image pixels, to that of the stride-16 map below it (``spec.base_reach``, 104 px): ×4 here; less
+        when the enlarged median image would exceed :data:`CONTEXT_UPSCALE_MAX_PIXELS`. Images at least
+        the reach keep the native context and cost nothing more. 1 for trunks without a context stage.
+        """
+        reach, base = getattr(self.spec, "context_reach", None), getattr(self.spec, "base_reach", None)
+        if not self._has_context or not reach or not base or not len(image_sizes):
+            return 1
+        if float(np.median([min(s[:2]) for s in image_sizes])) >= reach:
+            return 1
         pixels = float(np.median([s[0] * s[1] for s in image_sizes]))
-        return tuple(f for f in CONTEXT_UPSCALES if f == 1 or f * f * pixels <= CONTEXT_UPSCALE_MAX_PIXELS)
+        wanted = next((f for f in CONTEXT_UPSCALES if reach / f <= base), CONTEXT_UPSCALES[-1])
+        affordable = [f for f in CONTEXT_UPSCALES if f <= wanted and f * f * pixels <= CONTEXT_UPSCALE_MAX_PIXELS]
+        return max(affordable, default=1)
 
     @property
     def backbone(self) -> str:
@@ -1354,9 +1367,9 @@ def upsample_window(grid: torch.Tensor, scale: int, rows: tuple[int, int], cols:
 
 #: the factors the context stage may see an image enlarged by (see ``FeatureExtractor._upscaled_context``)
 CONTEXT_UPSCALES = (1, 2, 4)
-#: the largest enlarged copy (pixels) a fitted context factor may cost per image: about one 1-MP extraction
-#: more, which only images of 250,000 pixels or less (x2; 62,500 for x4) can afford
-CONTEXT_UPSCALE_MAX_PIXELS = 1_000_000
+#: the largest enlarged copy (pixels) the "size" rule lets the median training image cost: a 250 x 1000 px
+#: strip still gets x4, a 300 x 4000 one x2
+CONTEXT_UPSCALE_MAX_PIXELS = 4_000_000
 
 
 def check_context_upscale(factor) -> int:

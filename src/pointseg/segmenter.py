@@ -24,7 +24,6 @@ from pointseg.classifier import (
     TrainingReport,
     check_interrupted,
     correct_priors,
-    run_cross_validation,
     cross_validate,
     head_scores,
     single_thread,
@@ -94,8 +93,8 @@ class Segmenter:
     context_upscale : 1, 2 or 4: the stride-32 context stage sees every image enlarged by this factor (its
         map pooled back to the image's grid; see ``FeatureExtractor._upscaled_context``), which can help
         small images (~200 px), whose context cells otherwise see the whole image; the cost is a second
-        trunk pass over the enlarged copy. Or ``"cv"``: the factor chosen on the training images by
-        cross-validation (see ``_choose_context_upscale``). Fitted as ``context_upscale_``, which every predictor and the
+        trunk pass over the enlarged copy. Or ``"size"``: ×4 when the training images are smaller than
+        the context stage's receptive field (~200 px), else 1 (see ``FeatureExtractor.context_upscale_for``). Fitted as ``context_upscale_``, which every predictor and the
         model file use. Default 1 (off).
     """
 
@@ -262,7 +261,7 @@ class Segmenter:
         self.context_upscale_ = self._context_factor()
         parts = make_parts()
         if isinstance(self.context_upscale, str):
-            parts = self._choose_context_upscale(parts, make_parts, n_classes)
+            parts = self._choose_context_upscale(parts, make_parts)
         if not any(len(p.y) for p in parts):
             raise PointsegError("no points to train on; mark at least one point of two classes")
         standardizer = Standardizer.from_moments([p.moments for p in parts])
@@ -302,27 +301,16 @@ class Segmenter:
         )
         return self
 
-    def _choose_context_upscale(self, parts: list["_ImagePart"], make_parts, n_classes: int) -> list["_ImagePart"]:
-        """Fit ``context_upscale_`` by the ``"cv"`` rule; returns the training parts made with it.
-
-        The annotated images decide: each factor the training images can afford
-        (:meth:`FeatureExtractor.affordable_context_upscales`: the enlarged copy of their median image
-        stays within :data:`~pointseg.features.CONTEXT_UPSCALE_MAX_PIXELS`, so only small images pay for a
-        second pass) is scored by the one cross-validation protocol (leave-one-image-out accuracy on the
-        clicks), and the best wins; ties and too few points keep the smaller factor.
-        """
-        candidates = self.extractor.affordable_context_upscales([p.fmap.image_size for p in parts])
-        best, best_parts, best_acc = 1, parts, _clicks_cv_accuracy(self, parts, n_classes)
-        for factor in candidates[1:]:
-            if best_acc is None:
-                break
-            self.context_upscale_ = factor
-            enlarged = make_parts()
-            acc = _clicks_cv_accuracy(self, enlarged, n_classes)
-            if acc is not None and acc > best_acc:
-                best, best_parts, best_acc = factor, enlarged, acc
-        self.context_upscale_ = best
-        return best_parts
+    def _choose_context_upscale(self, parts: list["_ImagePart"], make_parts) -> list["_ImagePart"]:
+        """Fit ``context_upscale_`` by the ``"size"`` rule (:meth:`FeatureExtractor.context_upscale_for`:
+        training images smaller than the context stage's receptive field get an enlarged context); returns
+        the training parts made with it. One factor per model, so that every image it predicts, and its
+        exported graph, sees the context at the scale it was trained at."""
+        factor = self.extractor.context_upscale_for([p.fmap.image_size for p in parts])
+        if factor == 1 or not parts:
+            return parts
+        self.context_upscale_ = factor
+        return make_parts()
 
     def _image_part(self, i: int, image, pts, scrib, ok: bool, n_classes: int) -> "_ImagePart | None":
         """One image's training material: click features and labels, and for an OK image its pixel pool."""
@@ -738,17 +726,7 @@ class Segmenter:
 
 
 #: the rules ``context_upscale`` may name instead of a factor (see ``Segmenter._choose_context_upscale``)
-CONTEXT_RULES = ("cv",)
-
-
-def _clicks_cv_accuracy(seg: Segmenter, parts: list["_ImagePart"], n_classes: int) -> float | None:
-    """Held-out accuracy of the parts' clicks under the one cross-validation protocol (None: too few)."""
-    X = np.concatenate([p.X for p in parts])
-    y = np.concatenate([p.y for p in parts])
-    groups = np.concatenate([np.full(len(p.y), p.index) for p in parts])
-    standardizer = Standardizer.from_moments([p.moments for p in parts])
-    clf = PointClassifier(seg.classifier, seg.C, seg.class_weight)
-    return run_cross_validation(clf, X, y, groups, n_classes, standardizer).accuracy
+CONTEXT_RULES = ("size",)
 
 
 @dataclass
