@@ -11,7 +11,8 @@ the defect IoU of its labels. Blocks: ``context`` (the stride-32 channels, upsam
 model sees them), ``deep`` (stride 4/8/16, which the factor does not change) and ``all`` (deep + context).
 It separates what the context block itself transfers at a factor from what the full model does with it.
 Also the receptive field of the context stage (``--receptive-field``): the side of the square window around a
-stride-32 cell that holds 50/80/90/95/99 % of its input-gradient mass (random input, 768 px).
+stride-32 cell that holds 50/80/90/95/99 % of its input-gradient mass (random input, 768 px); and with
+``--cost`` the extraction time of a small image natively and with the ×4 context.
 """
 from __future__ import annotations
 
@@ -53,6 +54,34 @@ def receptive_field(size: int = 768, trials: int = 3) -> dict:
             r = next(r for r in range(1, size) if g[radius <= r].sum() >= share)
             sides[f"{int(share * 100)}%"] = 2 * r
         out[name] = sides
+    return out
+
+
+def extraction_cost(repeat: int = 5) -> dict:
+    """ms (best of ``repeat``) to extract a neu_seg and a magnetic-tile image natively and with the ×4 context
+    (the default engine and precision, hybrid features)."""
+    import time
+
+    from PIL import Image
+
+    from pointseg.features import FeatureExtractor
+
+    base = FeatureExtractor(features="hybrid")
+    out = {"extractor": base.id}
+    for name, folder, index in (("neu_seg", "neu_seg", 0), ("magnetic_tile", "magnetic_tile", 5)):
+        paths = sorted((SHARED / "datasets" / folder / "images").iterdir())
+        image = np.asarray(Image.open(paths[index]).convert("RGB"))
+        times = {}
+        for factor in (1, 4, 1, 4):  # interleaved, the second round counts
+            ext = base.with_context_upscale(factor)
+            ext.compute_parts(image)
+            best = float("inf")
+            for _ in range(repeat):
+                start = time.perf_counter()
+                ext.compute_parts(image)
+                best = min(best, time.perf_counter() - start)
+            times[f"x{factor}_ms"] = round(best * 1000)
+        out[name] = {"size": list(image.shape[:2]), **times}
     return out
 
 
@@ -125,9 +154,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--test", type=int, default=10)
     ap.add_argument("--receptive-field", action="store_true")
+    ap.add_argument("--cost", action="store_true", help="extraction time, native vs x4 context")
     args = ap.parse_args()
     if args.receptive_field:
         print(json.dumps(receptive_field()), flush=True)
+    if args.cost:
+        print(json.dumps({**extraction_cost(), "load": round(os.getloadavg()[0], 1)}), flush=True)
     if not args.dataset:
         return
     rows = run(args.dataset, [int(f) for f in args.factors.split(",")], [int(s) for s in args.seeds.split(",")],

@@ -8,7 +8,7 @@ from pointseg.deploy.export import LABEL_AGREEMENT, PROBA_ATOL, export_model
 from pointseg.engines import forced_engine
 
 
-@pytest.mark.parametrize("factor", [2])
+@pytest.mark.parametrize("factor", [2, 4])
 def test_export_of_an_enlarged_context_equals_the_library_on_a_small_image(tmp_path, engine_cache, factor):
     import onnxruntime as ort
 
