@@ -97,7 +97,9 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
             if not hasattr(seg, "extractor"):
                 raise PointsegError(f"{item.name} is predicted in tiles, which runs on the library path; "
                                     "drop --engine onnxruntime/openvino (or raise --tile-above) for it")
-
+            if getattr(seg, "autocontext", False):
+                raise PointsegError(f"{item.name} would be predicted in tiles, which auto-context models "
+                                    "(autocontext=True) cannot do yet; raise --tile-above above its pixel count")
             plan = plan_tiles(seg, found["plan"], found["fingerprint"], ng_rule_for(seg, options))
             return {"plan": {**plan, "ng_area": ng_area_for(seg, options)}}
         from pointseg.decision import decide_labels
