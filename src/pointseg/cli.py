@@ -53,6 +53,9 @@ def train(
     download: Annotated[bool, typer.Option(help="Download missing torchvision weights (needs internet).")] = False,
     min_region: MinRegionOption = None,
     ng_rule: Annotated[str, typer.Option("--ng-rule", help="Image score the learned OK/NG rule thresholds: largest_region (area of the largest defect region, px) or anomaly (how unlike the OK images the most unusual spot is; also flags defect types no click showed; not exportable to ONNX).")] = "largest_region",
+    context_upscale: Annotated[Optional[str], typer.Option(
+        help="The stride-32 context sees images enlarged by 1, 2 or 4, or 'size': x4 when the images are "
+             "smaller than its receptive field (~258 px; helped NEU-Seg and magnetic tiles). Default 1.")] = None,
 ) -> None:
     """Train a model on annotated images and print the training report."""
     from pointseg.annotations import AnnotationSet
@@ -68,6 +71,8 @@ def train(
         params["C"] = c
     if min_region is not None:
         params["min_region"] = min_region
+    if context_upscale is not None:
+        params["context_upscale"] = int(context_upscale) if context_upscale.isdigit() else context_upscale
     from pointseg.segmenter import check_ng_rule
 
     check_ng_rule(ng_rule)   # a user error before minutes of feature extraction

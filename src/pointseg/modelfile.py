@@ -90,7 +90,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
             "std": list(ext.spec.std),
             "pad_multiple": ext.spec.pad_multiple,
             "stride": ext.spec.stride,
-            "preprocessing_version": _preprocessing_version(),
+            "preprocessing_version": _preprocessing_version(ext.context_upscale),
         },
         "classes": seg.classes_,
         "colors": seg.colors_,
@@ -100,7 +100,8 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
                    "tile_size": seg.tile_size, "smoothing": seg.smoothing_,
                    "prior_correction": seg.prior_correction, "min_region": int(seg.min_region or 0),
-                   "ng_rule": getattr(seg, "ng_rule", "largest_region")},
+                   "ng_rule": getattr(seg, "ng_rule", "largest_region"),
+                   "context_upscale": int(ext.context_upscale)},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }
     meta.update(_decision_fields(seg))
@@ -122,10 +123,12 @@ def _head_tensors(head: LinearHead, names: tuple[str, ...]) -> dict[str, np.ndar
     return {name: np.ascontiguousarray(v, dtype=np.float32) for name, v in zip(names, values)}
 
 
-def _preprocessing_version() -> int:
+def _preprocessing_version(context_upscale: int) -> int:
+    """The preprocessing version a model's features need: 1 (what every pointseg computes) unless its context
+    stage sees an enlarged copy, which readers before version 2 do not know and must refuse."""
     from pointseg.features import PREPROCESSING_VERSION
 
-    return PREPROCESSING_VERSION
+    return PREPROCESSING_VERSION if context_upscale > 1 else 1
 
 
 def content_checksum(tensors: dict[str, np.ndarray], meta: dict) -> str:
@@ -345,6 +348,9 @@ FIELDS: list[Field] = [
     Field("params.prior_correction", is_number(0, maximum=1), required=None, default=0.0),
     Field("params.min_region", is_int(0), required=None, default=0),
     Field("params.ng_rule", is_str(("largest_region", "anomaly")), required=None, default="largest_region"),
+    # the fitted context factor (Segmenter.context_upscale_); files before it: 1
+    Field("params.context_upscale", lambda v: None if v in (1, 2, 4) and isinstance(v, int) and not isinstance(v, bool)
+          else "1, 2 or 4", required=None, default=1),
     Field("training_report", _training_report, required=None, default=None),
     # per-part decisions (pointseg.decision); files without them: background = the first class, and the
     # default rule (NG when any region is found)
@@ -416,7 +422,7 @@ def _check_consistency(meta: dict, where: str) -> None:
                            f"0..{len(meta['classes']) - 1}")
     pre = meta["preprocessing"]
     trained = pre.get("preprocessing_version", 1)
-    if trained != PREPROCESSING_VERSION:
+    if trained not in (1, PREPROCESSING_VERSION):  # 1: version 2 without an enlarged context
         raise _fail(where, f"features were computed with preprocessing version {trained}, this pointseg "
                            f"{__version__} computes version {PREPROCESSING_VERSION}", RETRAIN + " from its annotations")
     spec = get_spec(meta["backbone"])
@@ -615,7 +621,7 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
         precision=precision or meta["feature_precision"], device=device,
         tile_size=params["tile_size"], cache=cache, features=meta["features"],
         smoothing=params["smoothing"], prior_correction=params["prior_correction"],
-        min_region=params["min_region"], autocontext=autocontext,
+        min_region=params["min_region"], autocontext=autocontext, context_upscale=params["context_upscale"],
     )
     ext = seg.extractor  # resolves the weights: a clear error if they are not available
     if ext.weights_sha256 != meta["weights_sha256"]:

@@ -36,7 +36,9 @@ from pointseg.features import (
     FeatureExtractor,
     FeatureMap,
     Scores,
+    CONTEXT_UPSCALES,
     cell_span,
+    check_context_upscale,
     deep_dtype,
     release_freed_memory,
 )
@@ -101,6 +103,12 @@ class Segmenter:
         the largest predicted defect region, px) or ``"anomaly"`` (distance of the image's most unusual cell
         from the OK images' cells, :mod:`pointseg.anomaly`: also sees defect types no click showed, but needs
         the backbone's features to decide, so an exported ONNX graph cannot apply it).
+    context_upscale : 1, 2 or 4: the stride-32 context stage sees every image enlarged by this factor (its
+        map pooled back to the image's grid; see ``FeatureExtractor._upscaled_context``), which can help
+        small images (~200 px), whose context cells otherwise see the whole image; the cost is a second
+        trunk pass over the enlarged copy. Or ``"size"``: ×4 when the training images are smaller than
+        the context stage's receptive field (258 px), else 1 (see ``FeatureExtractor.context_upscale_for``).
+        Fitted as ``context_upscale_``, which every predictor and the model file use. Default 1 (off).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
@@ -110,7 +118,7 @@ class Segmenter:
                  features: str | None = None, smoothing: float | None = None,
                  prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
                  background: int | str | None = None, autocontext: bool = False,
-                 ng_rule: str = "largest_region"):
+                 ng_rule: str = "largest_region", context_upscale: int = 1):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -132,6 +140,7 @@ class Segmenter:
         self.background = background
         self.autocontext = autocontext
         self.ng_rule = ng_rule
+        self.context_upscale = context_upscale
         self._extractor: FeatureExtractor | None = None
 
     def __getstate__(self) -> dict:
@@ -152,12 +161,12 @@ class Segmenter:
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
                       "prior_correction", "warm_start", "min_region", "background", "autocontext",
-                      "ng_rule")
+                      "ng_rule", "context_upscale")
         }
 
     #: parameters that change how features are computed; changing one drops the loaded extractor
     _EXTRACTOR_PARAMS = frozenset({"backbone", "weights", "precision", "device", "tile_size", "features",
-                                   "classifier", "download"})
+                                   "classifier", "download", "context_upscale"})
 
     def set_params(self, **params) -> "Segmenter":
         """Set parameters by name (scikit-learn's ``set_params``); returns ``self``.
@@ -217,11 +226,21 @@ class Segmenter:
             )
             if self.cache is None:
                 self.cache = self._extractor.cache
-        return self._extractor
+        return self._extractor.with_context_upscale(self._context_factor())
+
+    def _context_factor(self) -> int:
+        """The context factor features are made with: the fitted one for a rule (native until fitted)."""
+        if isinstance(self.context_upscale, str):
+            if self.context_upscale not in CONTEXT_RULES:
+                raise PointsegError(f"context_upscale must be one of {', '.join(map(str, CONTEXT_UPSCALES))} or "
+                                    f"a rule ({', '.join(CONTEXT_RULES)}), got {self.context_upscale!r}")
+            return getattr(self, "context_upscale_", 1)
+        return check_context_upscale(self.context_upscale)
 
     def extract_features(self, image) -> FeatureMap:
         """Features of an image (path, array or FeatureMap), computed once and cached."""
-        return self.extractor.extract(image)
+        ext = self.extractor
+        return ext.extract(ext.source_for(image))
 
     # ------------------------------------------------------------------ training
     def fit(self, images, points, scribbles=None, ok=None) -> "Segmenter":
@@ -250,12 +269,17 @@ class Segmenter:
         check_ng_rule(self.ng_rule)
         if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
-        parts: list[_ImagePart] = []
-        for i, image in enumerate(images):
-            part = self._image_part(i, image, points[i], scribbles[i] if scribbles is not None else None,
-                                    bool(ok[i]) if ok is not None else False, n_classes)
-            if part is not None:
-                parts.append(part)
+        def make_parts() -> list[_ImagePart]:
+            made = [self._image_part(i, image, points[i], scribbles[i] if scribbles is not None else None,
+                                     bool(ok[i]) if ok is not None else False, n_classes)
+                    for i, image in enumerate(images)]
+            return [part for part in made if part is not None]
+
+        self.__dict__.pop("context_upscale_", None)
+        self.context_upscale_ = self._context_factor()
+        parts = make_parts()
+        if isinstance(self.context_upscale, str):
+            parts = self._choose_context_upscale(parts, make_parts)
         if not any(len(p.y) for p in parts):
             raise PointsegError("no points to train on; mark at least one point of two classes")
         standardizer = Standardizer.from_moments([p.moments for p in parts])
@@ -302,6 +326,17 @@ class Segmenter:
             part_confusion=part_confusion,
         )
         return self
+
+    def _choose_context_upscale(self, parts: list["_ImagePart"], make_parts) -> list["_ImagePart"]:
+        """Fit ``context_upscale_`` by the ``"size"`` rule (:meth:`FeatureExtractor.context_upscale_for`:
+        training images smaller than the context stage's receptive field get an enlarged context); returns
+        the training parts made with it. One factor per model, so that every image it predicts, and its
+        exported graph, sees the context at the scale it was trained at."""
+        factor = self.extractor.context_upscale_for([p.fmap.image_size for p in parts])
+        if factor == 1 or not parts:
+            return parts
+        self.context_upscale_ = factor
+        return make_parts()
 
     def _image_part(self, i: int, image, pts, scrib, ok: bool, n_classes: int) -> "_ImagePart | None":
         """One image's training material: click features and labels, and for an OK image its pixel pool."""
@@ -796,6 +831,7 @@ class Segmenter:
         seg.classes_ = list(classes)
         seg.colors_ = list(colors)
         seg.class_priors_ = None
+        seg.context_upscale_ = seg._context_factor()
         if training_report is not None:
             seg.training_report_ = training_report
         if model_metadata is not None:
@@ -809,6 +845,10 @@ class Segmenter:
         from pointseg.modelfile import load_model
 
         return load_model(cls, path, weights=weights, cache=cache, device=device, precision=precision)
+
+
+#: the rules ``context_upscale`` may name instead of a factor (see ``Segmenter._choose_context_upscale``)
+CONTEXT_RULES = ("size",)
 
 
 @dataclass
