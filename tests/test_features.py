@@ -113,6 +113,25 @@ def testupsample_window_equals_the_same_window_of_the_whole_upsampling():
         assert torch.allclose(window, whole[:, rows[0]:rows[1], cols[0]:cols[1]], atol=1e-6)
 
 
+def test_linear_scores_of_a_float16_window_equal_those_of_its_float32_copy():
+    """A float16 map's window is copied out and converted chunk by chunk: the same numbers as scoring the
+    float32 copy of the map, for windows inside, at the edges and across several chunks."""
+    import torch
+
+    from pointseg.features import linear_scores
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(24, 70, 90)).astype(np.float16)
+    weights = torch.from_numpy(rng.normal(size=(3, 24)).astype(np.float32))
+    for rows, cols in [((0, 70), (0, 90)), ((3, 68), (17, 41)), ((69, 70), (89, 90)), ((10, 11), (0, 90))]:
+        got = linear_scores(weights, data, rows, cols, chunk_bytes=4 * 24 * 90 * 8)
+        expected = linear_scores(weights, data.astype(np.float32), rows, cols, chunk_bytes=4 * 24 * 90 * 8)
+        assert got.shape == (3, rows[1] - rows[0], cols[1] - cols[0])
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        direct = np.einsum("kc,chw->khw", weights.numpy(), data[:, rows[0]:rows[1], cols[0]:cols[1]].astype(np.float32))
+        np.testing.assert_allclose(got.numpy(), direct, rtol=1e-5, atol=1e-4)
+
+
 def test_context_map_is_kept_coarse_yet_equals_the_fused_network_output(image, large_image):
     from pointseg.sampling import project, sample_bilinear, sample_points
 
@@ -276,7 +295,8 @@ def test_paged_deep_map_equals_the_in_memory_one_and_is_not_resident(image, page
                            cache=FeatureCache(max_bytes=0))  # nothing kept by the cache: the caller's map
     paged = ext.extract(image)
     assert paged.paged and paged.data.dtype == np.float16 and ext.cache.spill_dir == paged_above
-    assert paged.resident_nbytes == paged.nbytes - paged.data.nbytes and len(ext.cache) == 0
+    levels = sum(paged.pooled(lv).nbytes for lv in range(1, paged.pyramid_levels + 1))  # paged too
+    assert paged.resident_nbytes == paged.nbytes - paged.data.nbytes - levels and len(ext.cache) == 0
     assert list(paged_above.iterdir()) == [] and _mapped_files_in(paged_above)
     monkeypatch.delenv("POINTSEG_PAGED_DEEP_ABOVE_PIXELS")
     held = ext.extract(image)
@@ -325,3 +345,145 @@ def test_context_tail_in_tiles_equals_one_pass(large_image, monkeypatch):
     monkeypatch.setattr(features_module, "CONTEXT_MARGIN_CELLS", 2)  # guards the test: too small a margin
     _, short = ext.compute_parts(large_image)
     assert not np.allclose(short, whole, atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- pooled levels for zoomed-out previews
+def test_paged_map_keeps_pooled_levels_that_are_block_means_and_paged(image, paged_above):
+    import torch
+    import torch.nn.functional as F
+
+    from pointseg.features import PYRAMID_LEVELS, is_paged
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                           cache=FeatureCache())
+    paged = ext.extract(image)  # extraction builds the levels of a paged map
+    assert paged.paged and paged.pyramid_levels == PYRAMID_LEVELS == 2
+    deep = torch.from_numpy(paged.data.astype(np.float32))
+    for level in (1, 2):
+        pooled = paged.pooled(level)
+        assert is_paged(pooled) and pooled.dtype == np.float16
+        assert pooled.shape == (176, paged.grid_size[0] >> level, paged.grid_size[1] >> level)
+        expected = F.avg_pool2d(deep[None], 1 << level)[0].numpy()
+        np.testing.assert_allclose(pooled.astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+    levels = sum(paged.pooled(lv).nbytes for lv in (1, 2))
+    assert paged.nbytes == paged.data.nbytes + paged.context.nbytes + image.nbytes + levels
+    assert paged.resident_nbytes == paged.context.nbytes + image.nbytes  # the levels are paged too
+    assert list(paged_above.iterdir()) == []  # nameless files, like the map's
+    with pytest.raises(PointsegError, match="2 pooled levels, not 3"):
+        paged.pooled(3)
+    # a map held in memory has none: it is small enough to preview cell by cell
+    held = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                            cache=FeatureCache()).extract(image[:200, :200])
+    assert not held.paged and held.pyramid_levels == 0 and held.pooled(0) is held.data
+
+
+def test_scores_of_a_pooled_level_are_the_block_means_of_the_cell_scores(image, paged_above):
+    """Pooling then scoring equals scoring then pooling, the context part included (upsampled to the level's
+    grid it equals the mean of its upsampling to the stride-4 grid), for whole levels and windows of them."""
+    import torch
+    import torch.nn.functional as F
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                           cache=FeatureCache())
+    fmap = ext.extract(image)
+    rng = np.random.default_rng(1)
+    w, b = rng.normal(size=(3, fmap.n_channels)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    scores = fmap.score(w, b)
+    assert scores.levels == 2
+    cells = scores.grid()
+    # the context part alone, scored at stride 32 and upsampled to the stride-4 grid as the cells have it
+    ctx = torch.from_numpy(np.einsum("kc,chw->khw", w[:, 176:368], fmap.context))
+    ctx_cells = F.interpolate(ctx[None], size=fmap.grid_size, mode="bilinear", align_corners=False)[0]
+    for level in (1, 2):
+        h, wd = scores.level_size(level)
+        # deep part from the float16 level itself: what is left is the context claim, at float32 precision
+        deep = np.einsum("kc,chw->khw", w[:, :176], fmap.pooled(level).astype(np.float32)) + b[:, None, None]
+        expected = deep + F.avg_pool2d(ctx_cells[None], 1 << level)[0].numpy()
+        block_means = F.avg_pool2d(cells[None], 1 << level)[0].numpy()
+        assert expected.shape[1:] == (h, wd)
+        for rows, cols in [((0, h), (0, wd)), ((3, h - 2), (1, 7))]:
+            got = scores.grid_window(rows, cols, level).numpy()
+            window = (slice(None), slice(*rows), slice(*cols))
+            np.testing.assert_allclose(got, expected[window], rtol=1e-4, atol=1e-3)
+            # and the means of the cells' scores, within the float16 rounding of the pooled features
+            np.testing.assert_allclose(got, block_means[window], atol=1e-3 * np.abs(block_means).max())
+    with pytest.raises(PointsegError, match="pooled levels"):
+        scores.grid_window((0, 1), (0, 1), level=3)
+
+
+# ---------------------------------------------------------------- resident windows of large maps (clicks)
+@pytest.fixture
+def window_cache(monkeypatch):
+    """A fresh :func:`resident_window_cache` of ``bytes`` (set by the test), restored afterwards."""
+    import pointseg.features as features_module
+
+    def make(nbytes: int):
+        monkeypatch.setattr(features_module, "RESIDENT_WINDOW_BYTES", nbytes)
+        features_module.resident_window_cache.cache_clear()
+        return features_module.resident_window_cache()
+
+    yield make
+    features_module.resident_window_cache.cache_clear()
+
+
+def test_resident_window_scores_equal_the_paged_maps_and_stay_bounded(image, paged_above, window_cache):
+    """Clicks in one view read the viewport's cells from a held float16 copy: the same scores as reading the
+    paged map, windows inside it served from it, a small window elsewhere not evicting it, one above the
+    budget never held, and the bytes held within the budget."""
+    import torch
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                           cache=FeatureCache())
+    fmap = ext.extract(image)
+    assert fmap.paged and fmap.grid_size == (88, 112)
+    rng = np.random.default_rng(2)
+    w, b = rng.normal(size=(2, fmap.n_channels)).astype(np.float32), rng.normal(size=2).astype(np.float32)
+    view = ((10, 60), (20, 100))                       # 50 x 80 cells x 176 channels x 2 B = 1.4 MB
+    windows = [view, ((12, 40), (20, 31)), ((59, 60), (99, 100)), ((70, 80), (0, 10)), ((0, 88), (0, 112)),
+               ((30, 80), (40, 112))]
+    window_cache(0)                                    # nothing held: every window read from the paged map
+    scores = fmap.score(w, b)
+    expected = [scores.grid_window(*win) for win in windows]
+    cache = window_cache(2_000_000)
+    got = [scores.grid_window(*view)]                  # the first time: noted, not held
+    assert cache.get((fmap.key, 0)) == (*view, None)
+    assert cache.nbytes == 0
+    got = [scores.grid_window(*view)]                  # again (the next click): held
+    (rows, cols, cells), = [cache.get((fmap.key, 0))]
+    assert (rows, cols) == view and cells.shape == (176, 50, 80) and not np.shares_memory(cells, fmap.data)
+    np.testing.assert_array_equal(cells, fmap.data[:, 10:60, 20:100])
+    hits = cache.hits
+    got += [scores.grid_window(*win) for win in windows[1:3]]  # inside the view: from the held copy
+    assert cache.hits == hits + 2
+    got.append(scores.grid_window(*windows[3]))        # a small window elsewhere: the view's stays
+    assert cache.get((fmap.key, 0))[:2] == view
+    got.append(scores.grid_window(*windows[4]))        # the whole map (3.5 MB): above the budget, not held
+    assert cache.get((fmap.key, 0))[:2] == view and cache.nbytes == cells.nbytes <= 2_000_000
+    got.append(scores.grid_window(*windows[5]))        # a new view about as large: noted instead of the old
+    assert cache.get((fmap.key, 0)) == (*windows[5], None) and cache.nbytes == 0
+    assert torch.equal(scores.grid_window(*windows[5]), got[-1])  # and held when asked for again
+    assert cache.get((fmap.key, 0))[:2] == windows[5] and len(cache) == 1 and 0 < cache.nbytes <= 2_000_000
+    for a, e in zip(got, expected):
+        assert torch.equal(a, e)
+
+
+def test_resident_windows_belong_to_their_map(image, paged_above, window_cache):
+    """Another image's map (another key), or the same image's features from another extractor, never reads
+    a window held for the first: its scores are its own."""
+    import torch
+
+    cache = window_cache(4_000_000)
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", features="hybrid", engine="torch",
+                           cache=FeatureCache())
+    a = ext.extract(image)
+    b = ext.extract(np.ascontiguousarray(image[::-1]))
+    rng = np.random.default_rng(4)
+    w, bias = rng.normal(size=(2, a.n_channels)).astype(np.float32), np.zeros(2, np.float32)
+    view = ((5, 50), (5, 90))
+    for _ in range(2):  # the second time each is held
+        a.score(w, bias).grid_window(*view)
+        got = b.score(w, bias).grid_window(*view)
+    assert {k[0] for k in cache.keys()} == {a.key, b.key} and all(cache.get(k)[2] is not None for k in cache.keys())
+    window_cache(0)
+    assert torch.equal(got, b.score(w, bias).grid_window(*view))
+    assert not torch.equal(got, a.score(w, bias).grid_window(*view))

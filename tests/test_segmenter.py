@@ -260,6 +260,44 @@ def test_region_preview_at_screen_resolution(smoothed):
             seg.predict_region(fmap, box, scale=scale)
 
 
+def test_zoomed_out_preview_of_a_large_map_reads_a_pooled_level(smoothed, monkeypatch, tmp_path):
+    """A paged (large) map previewed far zoomed out reads the pooled level whose cells are at most two
+    screen pixels wide: the same picture as scoring every stride-4 cell, for a fraction of the cells."""
+    import copy
+    import tempfile
+
+    from pointseg.features import FeatureCache
+    from pointseg.segmenter import preview_level
+
+    assert [preview_level(s, 4, 2) for s in (1, 0.4, 0.25, 0.196, 0.125, 0.01)] == [0, 0, 1, 1, 2, 2]
+    assert preview_level(0.01, 4, 0) == 0 and preview_level(0.01, 4, 1) == 1
+    seg, image, truth = smoothed
+    big, big_truth = np.kron(image, np.ones((4, 4, 1), np.uint8)), np.kron(truth, np.ones((4, 4), truth.dtype))
+    monkeypatch.setenv("POINTSEG_PAGED_DEEP_ABOVE_PIXELS", "1000")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    extractor = copy.copy(seg.extractor)
+    extractor.cache = FeatureCache()
+    scores = seg.decision_grid(extractor.extract(big))
+    assert scores.levels == 2
+    read, window = [], scores._grid_window
+    scores._grid_window = lambda rows, cols, level=0: read.append(level) or window(rows, cols, level)
+    h, w = big.shape[:2]
+    for scale, level in [(0.4, 0), (0.2, 1), (0.1, 2)]:
+        read.clear()
+        preview = seg.predict_region(scores, (0, h, 0, w), scale=scale)
+        assert read == [level]
+        oh, ow = int(np.ceil(h * scale)), int(np.ceil(w * scale))
+        assert preview.labels.shape == (oh, ow)
+        np.testing.assert_allclose(preview.probabilities.sum(0), 1, atol=1e-5)
+        ys = np.minimum(h - 1, np.floor((np.arange(oh) + 0.5) / scale)).astype(int)
+        xs = np.minimum(w - 1, np.floor((np.arange(ow) + 0.5) / scale)).astype(int)
+        assert (preview.labels == big_truth[np.ix_(ys, xs)]).mean() > 0.85, scale
+        levels, scores.levels = scores.levels, 0  # the same view scored cell by cell
+        cellwise = seg.predict_region(scores, (0, h, 0, w), scale=scale)
+        scores.levels = levels
+        assert (preview.labels == cellwise.labels).mean() > 0.95, scale
+
+
 def test_progressive_first_view_ends_with_the_ordinary_prediction(smoothed, monkeypatch):
     seg, image, truth = smoothed
     monkeypatch.setattr(segmenter_module, "BAND_ROWS", 48)
@@ -288,6 +326,15 @@ def test_coarse_first_view_of_a_large_image(smoothed):
     assert coarse.labels.shape == (160, 224)
     assert (coarse.labels == truth).mean() > 0.8
     assert seg.extractor.key_for(big) not in seg.extractor.cache  # the first view computes no full features
+    # from a preview made beforehand (the app's cached one): the same view, smoothing scaled to the original
+    from pointseg.imageio import downscale
+
+    preview = downscale(big, 224)
+    again = seg.predict_coarse(preview, max_side=224, probabilities=True, image_size=big.shape[:2])
+    np.testing.assert_array_equal(again.labels, coarse.labels)
+    if seg.smoothing_:
+        unscaled = seg.predict_coarse(preview, max_side=224, probabilities=True)   # as if it were the image
+        assert not np.allclose(unscaled.probabilities, again.probabilities)
 
 
 def test_loaded_model_is_built_through_the_constructor_path(fitted, tmp_path):

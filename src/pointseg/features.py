@@ -59,6 +59,20 @@ CONTEXT_TILE_CELLS = 128
 CONTEXT_MARGIN_CELLS = 32
 #: points sampled between two releases of a paged deep map's pages (see ``FeatureMap._sample_paged``)
 PAGED_POINTS_PER_READ = 4
+#: float32 bytes of the window converted and scored at a time by :func:`linear_scores` (within the caches)
+LINEAR_CHUNK_BYTES = 3 << 20
+#: bytes of a paged map read between two releases of its pages (``madvise`` costs ~0.3 ms a call)
+PAGED_RELEASE_BYTES = 32 << 20
+#: bytes of float16 deep-map windows kept resident between clicks (:meth:`FeatureMap.resident_window`): a
+#: 1600 x 1000 viewport's cells (with the smoothing halo) on a large image are ~37 MB (102k cells x 176
+#: channels x 2 bytes); bigger windows (a whole-image preview) are read from the map as they come
+RESIDENT_WINDOW_BYTES = 48_000_000
+#: pooled levels a paged (large) deep map keeps for zoomed-out previews: level ``L`` averages 2^L x 2^L
+#: cells (see :meth:`FeatureMap.pooled`); up to 2, where a stride-32 context map still upsamples to the
+#: level's grid exactly (4 x 4 cells of 4 px: a 1600-px view of up to ~180 MP reads at most a cell a pixel)
+PYRAMID_LEVELS = 2
+#: float32 bytes of a band of the deep map while its pooled levels are built (the transient of the pass)
+PYRAMID_BAND_BYTES = 8 << 20
 
 
 def deep_dtype(image_size: tuple[int, int]) -> type:
@@ -133,6 +147,13 @@ def tile_cache(max_bytes: int) -> ByteLRU:
 def fine_tile_cache() -> ByteLRU:
     """The process-wide cache of full-resolution filter tiles (:data:`FINE_CACHE_BYTES`)."""
     return tile_cache(FINE_CACHE_BYTES)
+
+
+@lru_cache(maxsize=1)
+def resident_window_cache() -> ByteLRU:
+    """The process-wide cache of resident deep-map windows (:data:`RESIDENT_WINDOW_BYTES`), by map key and
+    level: ``(rows, cols, cells)``, ``cells`` ``None`` for a window noted but not held yet."""
+    return ByteLRU(RESIDENT_WINDOW_BYTES, size=lambda item: 0 if item[2] is None else item[2].nbytes)
 
 
 class FineFeatures:
@@ -258,6 +279,10 @@ class FeatureMap:
     rgb: np.ndarray | None = None
     _stats: tuple[np.ndarray, np.ndarray, int] | None = field(default=None, repr=False)
     _fine_source: FineFeatures | None = field(default=None, repr=False, compare=False)
+    #: where a paged map's pooled levels put their (nameless) files (:meth:`pooled`); ``None``: ``$TMPDIR``
+    spill_dir: str | os.PathLike | None = field(default=None, repr=False, compare=False)
+    _pyramid: dict = field(default_factory=dict, repr=False, compare=False)
+    _pyramid_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -299,7 +324,8 @@ class FeatureMap:
         """Bytes this map holds itself, paged or not (fine tiles live in the shared, bounded
         :func:`fine_tile_cache`): what a :class:`FeatureCache` budgets, so its memory budget also bounds the
         paged files of the maps it keeps."""
-        return sum(a.nbytes for a in (self.data, self.fine, self.context, self.rgb) if a is not None)
+        arrays = (self.data, self.fine, self.context, self.rgb, *self._pyramid.values())
+        return sum(a.nbytes for a in arrays if a is not None)
 
     @property
     def paged(self) -> bool:
@@ -308,8 +334,94 @@ class FeatureMap:
 
     @property
     def resident_nbytes(self) -> int:
-        """Bytes this map keeps resident between uses: :attr:`nbytes` less a paged deep map."""
-        return self.nbytes - (self.data.nbytes if self.paged else 0)
+        """Bytes this map keeps resident between uses: :attr:`nbytes` less a paged deep map and its levels."""
+        return self.nbytes - sum(a.nbytes for a in (self.data, *self._pyramid.values()) if is_paged(a))
+
+    @property
+    def pyramid_levels(self) -> int:
+        """Pooled levels :meth:`pooled` offers: :data:`PYRAMID_LEVELS` for a paged (large) map whose grid
+        divides into their blocks, else none (a map held in memory is small enough to preview cell by cell)."""
+        if not self.paged:
+            return 0
+        h, w = self.grid_size
+        return max([0] + [lv for lv in range(1, PYRAMID_LEVELS + 1) if h % (1 << lv) == 0 == w % (1 << lv)])
+
+    def pooled(self, level: int) -> np.ndarray:
+        """The deep map averaged over blocks of ``2^level x 2^level`` cells (``C x h_f/2^level x w_f/2^level``,
+        float16, paged like the map): what a zoomed-out preview scores instead of every stride-4 cell (a
+        linear head's score of a block's mean is the mean of its cells' scores). Level 0 is :attr:`data`.
+
+        All levels are built in one pass over the map, band by band (:meth:`build_pyramid`), the first time
+        one is asked for; :meth:`FeatureExtractor.extract` builds them with the features of a large image.
+        """
+        if level == 0:
+            return self.data
+        if not 0 < level <= self.pyramid_levels:
+            raise PointsegError(f"this feature map has {self.pyramid_levels} pooled levels, not {level}")
+        if level not in self._pyramid:
+            self.build_pyramid()
+        return self._pyramid[level]
+
+    def resident_window(self, level: int, rows: tuple[int, int], cols: tuple[int, int]):
+        """Where to read cells ``rows x cols`` of :meth:`pooled` ``level`` from: ``(array, rows, cols)`` in that
+        array's coordinates. A float16 (large) map's window asked for a second time running (the user clicks
+        in the same view: each click scores the viewport again) is copied out contiguous and kept in
+        :func:`resident_window_cache`, so the next clicks neither fault its pages back in from the paged file
+        nor gather its strided rows again: any window inside it (the viewport again, tiles of the background
+        refinement within it) reads the held copy. The first time a window is only noted (a view looked at
+        once holds nothing); a window replaces the noted or held one only when it is at least half its size,
+        so a tile elsewhere does not evict the viewport's; one above :data:`RESIDENT_WINDOW_BYTES` is read
+        from the map. Keyed by the map's key (image digest and extractor), so other features never see it. A
+        float32 map is read in place."""
+        data = self.pooled(level)
+        if data.dtype == np.float32:
+            return data, rows, cols
+        (g0, g1), (k0, k1) = rows, cols
+        cache, key = resident_window_cache(), (self.key, level)
+        held = cache.get(key)
+        if held is not None:
+            (h0, h1), (c0, c1), cells = held
+            if cells is not None and h0 <= g0 and g1 <= h1 and c0 <= k0 and k1 <= c1:
+                return cells, (g0 - h0, g1 - h0), (k0 - c0, k1 - c0)
+        window_bytes = lambda r, c: data.shape[0] * (r[1] - r[0]) * (c[1] - c[0]) * data.itemsize  # noqa: E731
+        nbytes = window_bytes(rows, cols)
+        if nbytes > cache.max_bytes or (held is not None and 2 * nbytes < window_bytes(*held[:2])):
+            return data, rows, cols
+        if held is None or held[2] is not None or held[:2] != (tuple(rows), tuple(cols)):
+            cache.put(key, (tuple(rows), tuple(cols), None))  # noted: held if asked for again
+            return data, rows, cols
+        cells = np.ascontiguousarray(data[:, g0:g1, k0:k1])
+        release_pages(data)
+        cache.put(key, (tuple(rows), tuple(cols), cells))
+        return cells, (0, g1 - g0), (0, k1 - k0)
+
+    def build_pyramid(self) -> None:
+        """Build the :meth:`pooled` levels (a no-op where there are none or they exist). Each band of rows is
+        read once, averaged in float32 level after level (blocks of the next level are whole blocks of this
+        one: exact means) and written as float16; pages are released after each band, so resident memory
+        stays one band."""
+        levels = self.pyramid_levels
+        with self._pyramid_lock:
+            if not levels or len(self._pyramid) == levels:
+                return
+            c, h, w = self.data.shape
+            directory = self.spill_dir if self.spill_dir is not None else tempfile.gettempdir()
+            out = {}
+            for lv in range(1, levels + 1):
+                shape = (c, h >> lv, w >> lv)
+                out[lv] = paged_array(shape, np.float16, directory)
+                if out[lv] is None:  # no file can be made: in memory (at most a third of the map's bytes)
+                    out[lv] = np.empty(shape, dtype=np.float16)
+            block = 1 << levels
+            rows = max(block, PYRAMID_BAND_BYTES // (4 * c * w) // block * block)
+            for a in range(0, h, rows):
+                band = torch.from_numpy(np.ascontiguousarray(self.data[:, a: a + rows])).float()
+                for lv in range(1, levels + 1):
+                    band = F.avg_pool2d(band[None], 2)[0]
+                    out[lv][:, a >> lv: (a >> lv) + band.shape[1]] = band.numpy()
+                    release_pages(out[lv])
+                release_pages(self.data)
+            self._pyramid.update(out)
 
     def context_on_grid(self) -> np.ndarray | None:
         """The context channels upsampled to the grid, as the network's fusion would give them."""
@@ -403,13 +515,17 @@ class FeatureMap:
             ctx = torch.from_numpy(self.context)
             coarse = (w_ctx @ ctx.reshape(ctx.shape[0], -1)).reshape(-1, *ctx.shape[1:])
 
-        def grid_window(rows, cols):
-            out = linear_scores(w, self.data, rows, cols) + b[:, None, None]
+        def grid_window(rows, cols, level=0):
+            # at a pooled level the context is upsampled to that level's grid: for blocks of up to 4 x 4
+            # cells this equals the mean of its upsampling to the stride-4 grid (no block straddles a
+            # context cell's centre, and bilinear interpolation is linear in between)
+            out = linear_scores(w, *self.resident_window(level, rows, cols)) + b[:, None, None]
             if coarse is not None:
-                out += upsample_window(coarse, 8, rows, cols)
+                out += upsample_window(coarse, 8 >> level, rows, cols)
             return out
 
-        return Scores(self.image_size, self.extent, self.grid_size, grid_window, self, weights[:, c_deep:])
+        return Scores(self.image_size, self.extent, self.grid_size, grid_window, self, weights[:, c_deep:],
+                      levels=self.pyramid_levels)
 
     def score_with(self, fn, n_features: int) -> "Scores":
         """Like :meth:`score` for a non-linear head on ``n_features`` deep features: ``fn((n, C)) → (n, K)``."""
@@ -474,22 +590,32 @@ class FeatureMap:
 
 
 def linear_scores(weights: torch.Tensor, data: np.ndarray, rows: tuple[int, int], cols: tuple[int, int],
-                  chunk: int = 32) -> torch.Tensor:
+                  chunk_bytes: int = LINEAR_CHUNK_BYTES) -> torch.Tensor:
     """``weights (K, C)`` times the cells ``rows x cols`` of ``data (C, h, w)`` → ``K x rows x cols``.
 
-    One matrix product per grid row, batched (BLAS reads the strided window in place: no copy of the
-    window, 8x faster than an einsum that gathers it), ``chunk`` rows at a time so a float16 map is
-    converted to float32 only a cache-sized piece at a time.
+    One matrix product per grid row, batched (BLAS reads a float32 window in place: no copy of the
+    window, 8x faster than an einsum that gathers it), a few rows at a time (``chunk_bytes`` of float32),
+    so a float16 map is converted only a cache-sized piece at a time: each chunk is copied out contiguous by
+    numpy (rows of the window are runs in memory), then converted — torch's conversion of the strided window
+    itself was 15x slower (a 1600 x 1000 viewport of a 12 MP map: 124 vs 8 ms, the same numbers), and
+    chunks of 32 rows, larger than the caches, 1.5-3x slower than ~3 MB ones. A paged map's pages are
+    released every :data:`PAGED_RELEASE_BYTES` read, so it is resident a bounded piece at a time.
     """
     (g0, g1), (k0, k1) = rows, cols
     out = torch.empty((weights.shape[0], g1 - g0, k1 - k0), dtype=torch.float32)
     paged = is_paged(data)
-    for a in range(g0, g1, chunk):
-        b = min(g1, a + chunk)
-        block = torch.from_numpy(data[:, a:b, k0:k1]).permute(1, 0, 2)
-        out[:, a - g0: b - g0] = torch.matmul(weights, block.float()).permute(1, 0, 2)
-        if paged:  # a paged map is resident one chunk at a time, whatever the window
-            release_pages(data)
+    convert = data.dtype != np.float32
+    step = max(1, int(chunk_bytes) // (4 * data.shape[0] * max(1, k1 - k0)))
+    unreleased = 0
+    for a in range(g0, g1, step):
+        b = min(g1, a + step)
+        block = data[:, a:b, k0:k1]
+        unreleased += block.nbytes
+        block = torch.from_numpy(np.ascontiguousarray(block)).float() if convert else torch.from_numpy(block)
+        out[:, a - g0: b - g0] = torch.matmul(weights, block.permute(1, 0, 2)).permute(1, 0, 2)
+        if paged and (unreleased >= PAGED_RELEASE_BYTES or b == g1):
+            release_pages(data)  # one madvise walks the whole mapping: not after every small chunk
+            unreleased = 0
     return out
 
 
@@ -502,19 +628,31 @@ class Scores:
     the whole image's logits, and a viewport costs in proportion to its own size.
     """
 
-    def __init__(self, image_size, extent, grid_size, grid_window, fine_from, fine_weights):
+    def __init__(self, image_size, extent, grid_size, grid_window, fine_from, fine_weights, levels: int = 0):
         self.image_size = tuple(image_size)
         self.extent = tuple(extent)
         self.grid_size = tuple(grid_size)
         self.stride = self.extent[0] // self.grid_size[0]
+        #: pooled levels ``grid_window(..., level=L)`` offers (scores of 2^L x 2^L-cell means; see
+        #: :meth:`FeatureMap.pooled`), for zoomed-out previews
+        self.levels = int(levels)
         self._grid_window = grid_window
         self._fine_from = fine_from  # a FeatureMap (or anything with fine_box) or None
         self._w_fine = (torch.from_numpy(np.ascontiguousarray(fine_weights))
                         if fine_weights is not None and fine_weights.shape[1] else None)
 
-    def grid_window(self, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
-        """Deep scores (bias included) of grid cells ``rows x cols``."""
-        return self._grid_window(rows, cols)
+    def grid_window(self, rows: tuple[int, int], cols: tuple[int, int], level: int = 0) -> torch.Tensor:
+        """Deep scores (bias included) of grid cells ``rows x cols``; at ``level`` > 0 (up to :attr:`levels`)
+        of the cells of the grid pooled 2^level times (:meth:`level_size`), each the mean of its cells' scores."""
+        if level == 0:
+            return self._grid_window(rows, cols)
+        if not 0 < level <= self.levels:
+            raise PointsegError(f"these scores have {self.levels} pooled levels, not {level}")
+        return self._grid_window(rows, cols, level)
+
+    def level_size(self, level: int) -> tuple[int, int]:
+        """Grid cells of pooled ``level`` (its cells are ``stride * 2^level`` pixels wide)."""
+        return self.grid_size[0] >> level, self.grid_size[1] >> level
 
     def grid(self) -> torch.Tensor:
         """The whole deep score grid ``K x h_f x w_f``."""
@@ -531,9 +669,13 @@ class Scores:
             return None
         out = torch.empty((self._w_fine.shape[0], y1 - y0, x1 - x0), dtype=torch.float32)
         for (r0, c0), piece in self._fine_from.fine_pieces(y0, y1, x0, x1):  # tile by tile: no box-sized copy
-            _, h, w = piece.shape
-            block = torch.from_numpy(piece).permute(1, 0, 2)
-            out[:, r0 - y0: r0 - y0 + h, c0 - x0: c0 - x0 + w] = torch.matmul(self._w_fine, block).permute(1, 0, 2)
+            c, h, w = piece.shape
+            target = out[:, r0 - y0: r0 - y0 + h, c0 - x0: c0 - x0 + w]
+            flat = torch.from_numpy(piece)
+            if piece.strides[1] == piece.itemsize * w:  # whole rows of its tile: one product for the piece
+                target.copy_((self._w_fine @ flat.reshape(c, h * w)).reshape(-1, h, w))
+            else:                          # part of each row: one product per row, batched
+                target.copy_(torch.matmul(self._w_fine, flat.permute(1, 0, 2)).permute(1, 0, 2))
         return out
 
     def fine_mean_logits(self) -> torch.Tensor | None:
@@ -669,7 +811,7 @@ class FeatureCache:
             if fmap._stats is not None:
                 extra.update(stats_sum=fmap._stats[0], stats_sq=fmap._stats[1], stats_count=np.array(fmap._stats[2]))
             with open(tmp, "wb") as handle:
-                np.savez(
+                _savez_paged(
                     handle,
                     **{name: a.astype(np.float16, copy=False) for name, a in arrays.items()},
                     **extra,
@@ -677,7 +819,6 @@ class FeatureCache:
                     extent=np.array(fmap.extent),
                     extractor_id=np.array(fmap.extractor_id),
                 )
-            release_pages(fmap.data)  # writing read every page of a paged map
             size = tmp.stat().st_size
             os.replace(tmp, path)
         except OSError as exc:  # full or read-only disk: the features are in memory and the caller has them
@@ -740,6 +881,7 @@ class FeatureCache:
                     context=z["context"].astype(np.float32) if "context" in z.files else None,
                     rgb=z["rgb"] if "rgb" in z.files else None,
                     _stats=(z["stats_sum"], z["stats_sq"], int(z["stats_count"])) if "stats_sum" in z.files else None,
+                    spill_dir=self.spill_dir,
                 )
         except Exception:
             try:
@@ -767,6 +909,29 @@ class FeatureCache:
         return z["data"].astype(deep_dtype(size), copy=False)
 
 
+def _savez_paged(handle, chunk: int = 16 << 20, **arrays) -> None:
+    """``np.savez(handle, **arrays)`` (the same file), but a memory-mapped array (:func:`paged_array`) is
+    written in ``chunk``-byte pieces whose pages leave the resident set as soon as they are written:
+    ``np.savez`` read every page of a paged deep map before they could be dropped (+1.1 GB resident for the
+    moment of the write at 50 MP)."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            value = np.asanyarray(value)
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                if not (is_paged(value) and value.flags.c_contiguous):
+                    npy.write_array(member, value, allow_pickle=False)
+                    continue
+                npy.write_array_header_1_0(member, npy.header_data_from_array_1_0(value))
+                flat = value.reshape(-1).view(np.uint8)
+                for start in range(0, flat.size, chunk):
+                    member.write(flat[start: start + chunk])
+                    release_pages(value)
+
+
 def _read_member_paged(z, name: str, directory: Path, chunk: int = 16 << 20) -> np.ndarray | None:
     """Array ``name`` of an open ``.npz`` read in ``chunk``-byte pieces into a :func:`paged_array` (float16,
     C order), or ``None`` when it is not stored that way or no file can be made."""
@@ -789,7 +954,7 @@ def _read_member_paged(z, name: str, directory: Path, chunk: int = 16 << 20) -> 
                 if not n:
                     raise ValueError(f"{name}.npy is shorter than its header says")
                 view = view[n:]
-            release_pages(out)
+            release_pages(out)   # each piece as it is read: the whole map is never resident at once
     return out
 
 
@@ -956,8 +1121,9 @@ class FeatureExtractor:
             self.release_engine_memory()
             release_freed_memory()
         fmap = FeatureMap(data, rgb.shape[:2], self.padded_size(rgb.shape[:2]), key, self.id, None, context,
-                          rgb=rgb if self.hybrid else None)
+                          rgb=rgb if self.hybrid else None, spill_dir=self.cache.spill_dir)
         fmap.moments()
+        fmap.build_pyramid()  # a large map's pooled levels, for its zoomed-out views (no-op for small maps)
         self.cache.put(fmap)
         release_pages(fmap.data)
         if large:
@@ -1287,12 +1453,49 @@ def filter_bank_version() -> int:
     return filters.VERSION
 
 
-def _pad_reflect(rgb: np.ndarray, hp: int, wp: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    if (h, w) == (hp, wp):
+def _pad_reflect(rgb: np.ndarray, hp: int, wp: int):
+    """``rgb`` padded at the bottom and right to ``hp x wp`` (reflecting, or repeating the edge where the
+    image is smaller than its padding), as a :class:`PaddedImage` that makes only the tiles asked for."""
+    if rgb.shape[:2] == (hp, wp):
         return rgb
-    mode = "reflect" if h > hp - h and w > wp - w else "edge"
-    return np.pad(rgb, ((0, hp - h), (0, wp - w), (0, 0)), mode=mode)
+    return PaddedImage(rgb, hp, wp)
+
+
+def padded_index(start: int, stop: int, n: int, reflect: bool) -> np.ndarray:
+    """Source rows (or columns) of padded rows ``start:stop`` of an image ``n`` rows high: ``np.pad``'s
+    ``reflect`` (without repeating the edge) or ``edge`` mode."""
+    index = np.arange(start, stop)
+    over = index >= n
+    index[over] = 2 * (n - 1) - index[over] if reflect else n - 1
+    return index
+
+
+class PaddedImage:
+    """An image padded at the bottom and right as ``np.pad`` pads it, made tile by tile on slicing: the
+    extraction of a large image held a whole padded copy (3 bytes a pixel: 150 MB at 50 MP) for the length
+    of its tiles. ``padded[y0:y1, x0:x1]`` is a view of the image inside it, a small copy at the border;
+    ``np.asarray(padded)`` the whole padded array."""
+
+    def __init__(self, rgb: np.ndarray, hp: int, wp: int):
+        self.rgb = rgb
+        self.shape = (hp, wp, *rgb.shape[2:])
+        self.dtype = rgb.dtype
+        h, w = rgb.shape[:2]
+        self.reflect = h > hp - h and w > wp - w
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key
+        (y0, y1, _), (x0, x1, _) = rows.indices(self.shape[0]), cols.indices(self.shape[1])
+        h, w = self.rgb.shape[:2]
+        if y1 <= h and x1 <= w:
+            return self.rgb[y0:y1, x0:x1]
+        return self.rgb[np.ix_(padded_index(y0, y1, h, self.reflect), padded_index(x0, x1, w, self.reflect))]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        h, w = self.rgb.shape[:2]
+        out = np.pad(self.rgb, ((0, self.shape[0] - h), (0, self.shape[1] - w), (0, 0)),
+                     mode="reflect" if self.reflect else "edge")
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def upsample(grid: torch.Tensor, extent: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:

@@ -3,6 +3,8 @@
 A model file is shared between colleagues and machines, so loading it must not execute code, and it must
 refuse to run on backbone weights other than the ones it was trained with (the numbers would be silently
 meaningless). Tensors: ``coef`` (K x C, on standardised features), ``intercept`` (K), ``mean`` and ``scale`` (C).
+An auto-context model (``"head": "autocontext"``, :mod:`pointseg.autocontext`) adds its second stage:
+``stage2_coef`` (K x (C + C_ctx)), ``stage2_intercept`` (K), ``stage2_mean`` and ``stage2_scale`` (C + C_ctx).
 
 Every file is checked before it is used, because a damaged model does not crash: it labels every pixel
 wrong. ``format_version`` 2 files carry a ``checksum`` (sha256 over the tensors and the canonical JSON of
@@ -12,6 +14,8 @@ the rest of the metadata), verified first; then every metadata field is checked 
 
 Compatibility:
 
+- ``format_version`` 3 is written only for auto-context models (a reader that ignored the second stage would
+  label pixels differently, so older pointseg must refuse them); linear models are still written as 2.
 - ``format_version`` 1 files (before the checksum) are still read: they have no checksum to verify, every
   field is validated all the same, and fields that early files lacked take their old defaults.
 - Top-level or ``params`` / ``training_report`` keys this version does not know (written by a newer
@@ -43,14 +47,18 @@ from pointseg.features import filter_bank_version
 from pointseg.limits import MAX_MODEL_FILE_BYTES, read_bounded
 
 FORMAT = "pointseg-model"
-FORMAT_VERSION = 2
-#: versions this pointseg reads; 1 = before the checksum
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: versions this pointseg reads; 1 = before the checksum, 3 = the auto-context head
+READABLE_VERSIONS = (1, 2, 3)
+#: the version a linear model is written as (readable by every pointseg since the checksum)
+LINEAR_FORMAT_VERSION = 2
 CHECKSUM_KEY = "checksum"
 TENSORS = ("coef", "intercept", "mean", "scale")
 #: the anomaly bank's tensors (when ``anomaly_bank`` is set), by AnomalyBank field
 ANOMALY_TENSORS = {"vectors": "anomaly_vectors", "mean": "anomaly_mean", "scale": "anomaly_scale",
                    "projection": "anomaly_projection"}
+STAGE2_TENSORS = ("stage2_coef", "stage2_intercept", "stage2_mean", "stage2_scale")
+HEADS = ("linear", "autocontext")
 
 RETRAIN = "retrain the model with `pointseg train` (or from its project in `pointseg serve`)"
 DAMAGED = f"the file is damaged or was edited by hand; copy it again or {RETRAIN}"
@@ -60,7 +68,10 @@ DAMAGED = f"the file is damaged or was edited by hand; copy it again or {RETRAIN
 def save_model(seg, path: str | os.PathLike) -> None:
     from safetensors.numpy import save
 
-    if not isinstance(seg.head_, LinearHead):
+    from pointseg.autocontext import AUTOCONTEXT_VERSION, AutoContextHead
+
+    autocontext = isinstance(seg.head_, AutoContextHead)
+    if not isinstance(seg.head_, LinearHead) and not autocontext:
         raise PointsegError(
             f"only logistic-regression models can be saved; this one uses {seg.classifier!r} "
             "(train with classifier='logistic' to get a model file)"
@@ -68,7 +79,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
     ext = seg.extractor
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if autocontext else LINEAR_FORMAT_VERSION,
         "pointseg_version": __version__,
         "backbone": ext.backbone,
         "weights_sha256": ext.weights_sha256,
@@ -93,18 +104,22 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }
     meta.update(_decision_fields(seg))
-    head = seg.head_
-    tensors = {
-        "coef": np.ascontiguousarray(head.coef, dtype=np.float32),
-        "intercept": np.ascontiguousarray(head.intercept, dtype=np.float32),
-        "mean": np.ascontiguousarray(head.standardizer.mean, dtype=np.float32),
-        "scale": np.ascontiguousarray(head.standardizer.scale, dtype=np.float32),
-    }
+    if autocontext:
+        meta.update(head="autocontext", autocontext_version=AUTOCONTEXT_VERSION)
+    head = seg.head_.stage1 if autocontext else seg.head_
+    tensors = _head_tensors(head, TENSORS)
+    if autocontext:
+        tensors.update(_head_tensors(seg.head_.stage2, STAGE2_TENSORS))
     tensors.update(_anomaly_tensors(seg, meta))
     # a model that would label every pixel wrong is refused here too, not only when it is read back
     _validate(meta, tensors, "the model")
     meta[CHECKSUM_KEY] = content_checksum(tensors, meta)
     atomic_write_bytes(Path(path), save(tensors, metadata={"pointseg": json.dumps(meta)}))
+
+
+def _head_tensors(head: LinearHead, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    values = (head.coef, head.intercept, head.standardizer.mean, head.standardizer.scale)
+    return {name: np.ascontiguousarray(v, dtype=np.float32) for name, v in zip(names, values)}
 
 
 def _preprocessing_version() -> int:
@@ -342,6 +357,9 @@ FIELDS: list[Field] = [
     # model decides with it; null / absent: no bank (older files, and models with the area rule)
     Field("anomaly_bank", lambda value: None if value is None else _anomaly_bank(value), required=None,
           default=None),
+    # the auto-context head (pointseg.autocontext, format 3): absent in linear models
+    Field("head", is_str(HEADS), required=None, default="linear"),
+    Field("autocontext_version", optional(is_int(1)), required=None, default=None),
 ]
 
 
@@ -411,6 +429,15 @@ def _check_consistency(meta: dict, where: str) -> None:
                         f"the model was made for another {meta['backbone']} input pipeline; {RETRAIN}")
     if (meta["ng_rule"] or {}).get("score") == "anomaly" and meta["anomaly_bank"] is None:
         raise _fail(where, "ng_rule decides with the anomaly score but the file has no anomaly_bank")
+    if meta["head"] == "autocontext":
+        from pointseg.autocontext import AUTOCONTEXT_VERSION
+
+        if meta["format_version"] < 3:
+            raise _fail(where, f"head is autocontext in a format {meta['format_version']} file (auto-context "
+                               "models are format 3)")
+        if meta["autocontext_version"] != AUTOCONTEXT_VERSION:
+            raise _fail(where, f"auto-context version {meta['autocontext_version']}, this pointseg {__version__} "
+                               f"computes version {AUTOCONTEXT_VERSION}", RETRAIN + " from its annotations")
     if meta["features"] == "hybrid":
         # files written before the bank was versioned carry no number: they used version 1
         bank = meta.get("filter_bank_version") or 1
@@ -446,6 +473,27 @@ def _check_tensors(meta: dict, tensors: dict[str, np.ndarray], where: str) -> No
         raise _fail(where, "scale has zero or negative entries (every pixel would get one class)")
     if meta["anomaly_bank"] is not None:
         _stored_bank(meta, tensors, where)
+
+    if meta["head"] == "autocontext":
+        _check_stage2(tensors, k, c, where)
+
+
+def _check_stage2(tensors: dict[str, np.ndarray], k: int, c: int, where: str) -> None:
+    from pointseg.autocontext import n_context_channels
+
+    missing = [name for name in STAGE2_TENSORS if name not in tensors]
+    if missing:
+        raise _fail(where, f"is an auto-context model but lacks the tensors {', '.join(missing)}")
+    c2 = c + n_context_channels(k)
+    shapes = {"stage2_coef": (k, c2), "stage2_intercept": (k,), "stage2_mean": (c2,), "stage2_scale": (c2,)}
+    for name, shape in shapes.items():
+        array = tensors[name]
+        if array.shape != shape:
+            raise _fail(where, f"{name} has shape {array.shape}, expected {shape}")
+        if array.dtype.kind != "f" or not np.isfinite(array).all():
+            raise _fail(where, f"{name} is not finite floating point")
+    if (tensors["stage2_scale"] <= 0).any():
+        raise _fail(where, "stage2_scale has zero or negative entries")
 
 
 def _stored_bank(meta: dict, tensors: dict[str, np.ndarray], where: str):
@@ -555,7 +603,12 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
     meta, tensors = read_metadata(path)
     name = Path(path).name
     params = meta["params"]
-    head = LinearHead(tensors["coef"], tensors["intercept"], Standardizer(tensors["mean"], tensors["scale"]))
+    head = _read_head(tensors, TENSORS)
+    autocontext = meta["head"] == "autocontext"
+    if autocontext:
+        from pointseg.autocontext import AutoContextHead
+
+        head = AutoContextHead(head, _read_head(tensors, STAGE2_TENSORS))
     seg = cls.from_fitted(
         head, meta["classes"], meta["colors"], training_report=_stored_report(meta), model_metadata=meta,
         backbone=meta["backbone"], weights=weights,
@@ -563,7 +616,7 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
         precision=precision or meta["feature_precision"], device=device,
         tile_size=params["tile_size"], cache=cache, features=meta["features"],
         smoothing=params["smoothing"], prior_correction=params["prior_correction"],
-        min_region=params["min_region"],
+        min_region=params["min_region"], autocontext=autocontext,
     )
     ext = seg.extractor  # resolves the weights: a clear error if they are not available
     if ext.weights_sha256 != meta["weights_sha256"]:
@@ -581,6 +634,11 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
         )
     _load_decision_fields(seg, meta, name, tensors)
     return seg
+
+
+def _read_head(tensors: dict, names: tuple[str, ...]) -> LinearHead:
+    coef, intercept, mean, scale = (tensors[name] for name in names)
+    return LinearHead(coef, intercept, Standardizer(mean, scale))
 
 
 # ---------------------------------------------------------------- per-part decision fields (issue 13)

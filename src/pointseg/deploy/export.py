@@ -180,8 +180,12 @@ def _fold_reflect(n, pad) -> torch.Tensor:
 
 def model_parts(seg) -> ModelParts:
     """The pieces of a fitted, saved-able Segmenter (logistic head) that the graph needs."""
+    from pointseg.autocontext import AutoContextHead
     from pointseg.classifier import LinearHead
 
+    if isinstance(getattr(seg, "head_", None), AutoContextHead):
+        raise PointsegError("auto-context models (autocontext=True) cannot be exported to ONNX yet; predict with "
+                            "`pointseg predict` (Python runtime), or train without autocontext to export")
     if not isinstance(getattr(seg, "head_", None), LinearHead):
         raise PointsegError("only trained logistic-regression models can be exported; train one with `pointseg train`")
     ext = seg.extractor
