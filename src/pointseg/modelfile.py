@@ -54,11 +54,11 @@ READABLE_VERSIONS = (1, 2, 3)
 LINEAR_FORMAT_VERSION = 2
 CHECKSUM_KEY = "checksum"
 TENSORS = ("coef", "intercept", "mean", "scale")
+STAGE2_TENSORS = ("stage2_coef", "stage2_intercept", "stage2_mean", "stage2_scale")
+HEADS = ("linear", "autocontext")
 #: the anomaly bank's tensors (when ``anomaly_bank`` is set), by AnomalyBank field
 ANOMALY_TENSORS = {"vectors": "anomaly_vectors", "mean": "anomaly_mean", "scale": "anomaly_scale",
                    "projection": "anomaly_projection"}
-STAGE2_TENSORS = ("stage2_coef", "stage2_intercept", "stage2_mean", "stage2_scale")
-HEADS = ("linear", "autocontext")
 
 RETRAIN = "retrain the model with `pointseg train` (or from its project in `pointseg serve`)"
 DAMAGED = f"the file is damaged or was edited by hand; copy it again or {RETRAIN}"
@@ -353,13 +353,13 @@ FIELDS: list[Field] = [
     # the app's per-project NG setting: NG when findings cover more than this fraction of the image (takes
     # precedence over ng_rule, as --ng-area does); null / absent: the ng_rule decides
     Field("ng_area", optional(is_number(0, maximum=1)), required=None, default=None),
+    # the auto-context head (pointseg.autocontext, format 3): absent in linear models
+    Field("head", is_str(HEADS), required=None, default="linear"),
+    Field("autocontext_version", optional(is_int(1)), required=None, default=None),
     # the anomaly score's memory bank (pointseg.anomaly), stored as the tensors ANOMALY_TENSORS when the
     # model decides with it; null / absent: no bank (older files, and models with the area rule)
     Field("anomaly_bank", lambda value: None if value is None else _anomaly_bank(value), required=None,
           default=None),
-    # the auto-context head (pointseg.autocontext, format 3): absent in linear models
-    Field("head", is_str(HEADS), required=None, default="linear"),
-    Field("autocontext_version", optional(is_int(1)), required=None, default=None),
 ]
 
 
@@ -427,8 +427,6 @@ def _check_consistency(meta: dict, where: str) -> None:
         if not np.allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64), rtol=1e-6):
             raise _fail(where, f"preprocessing.{key} is {got}, but {meta['backbone']} normalises with {want}",
                         f"the model was made for another {meta['backbone']} input pipeline; {RETRAIN}")
-    if (meta["ng_rule"] or {}).get("score") == "anomaly" and meta["anomaly_bank"] is None:
-        raise _fail(where, "ng_rule decides with the anomaly score but the file has no anomaly_bank")
     if meta["head"] == "autocontext":
         from pointseg.autocontext import AUTOCONTEXT_VERSION
 
@@ -438,6 +436,8 @@ def _check_consistency(meta: dict, where: str) -> None:
         if meta["autocontext_version"] != AUTOCONTEXT_VERSION:
             raise _fail(where, f"auto-context version {meta['autocontext_version']}, this pointseg {__version__} "
                                f"computes version {AUTOCONTEXT_VERSION}", RETRAIN + " from its annotations")
+    if (meta["ng_rule"] or {}).get("score") == "anomaly" and meta["anomaly_bank"] is None:
+        raise _fail(where, "ng_rule decides with the anomaly score but the file has no anomaly_bank")
     if meta["features"] == "hybrid":
         # files written before the bank was versioned carry no number: they used version 1
         bank = meta.get("filter_bank_version") or 1
@@ -471,11 +471,10 @@ def _check_tensors(meta: dict, tensors: dict[str, np.ndarray], where: str) -> No
             raise _fail(where, f"{name} contains NaN or infinite values")
     if (tensors["scale"] <= 0).any():
         raise _fail(where, "scale has zero or negative entries (every pixel would get one class)")
-    if meta["anomaly_bank"] is not None:
-        _stored_bank(meta, tensors, where)
-
     if meta["head"] == "autocontext":
         _check_stage2(tensors, k, c, where)
+    if meta["anomaly_bank"] is not None:
+        _stored_bank(meta, tensors, where)
 
 
 def _check_stage2(tensors: dict[str, np.ndarray], k: int, c: int, where: str) -> None:

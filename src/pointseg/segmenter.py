@@ -281,7 +281,8 @@ class Segmenter:
         if self.cross_validate:
             cv_acc, cv_method = cross_validate(clf, X, y, groups, n_classes, standardizer)
             if isinstance(head, (LinearHead, AutoContextHead)):  # auto-context: stage 1's held-out maps
-                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer, head)
+                stage1 = head.stage1 if isinstance(head, AutoContextHead) else head
+                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer, stage1)
         self.head_ = head
         self.n_features_in_ = X.shape[1]
         names = self.classes_
@@ -465,7 +466,7 @@ class Segmenter:
                     evidence["ok"].append(rest.score(p.fmap, feats[p.index]))
             return bank, evidence
         twin = copy.copy(self)
-        twin.head_, twin.n_features_in_ = head, int(known[0].X.shape[1])
+        twin.head_, twin.n_features_in_ = head, int(head.coef.shape[1])
         safe = {}
         for p in ng_parts:
             check_interrupted()

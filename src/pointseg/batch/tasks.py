@@ -115,7 +115,6 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
             if ng_rule_for(seg, options).score == "anomaly":
                 raise PointsegError(f"{item.name} is predicted in tiles, and tiles are not judged with the anomaly "
                                     "score; give --ng-rule largest_region:AREA (or raise --tile-above)")
-
             plan = plan_tiles(seg, found["plan"], found["fingerprint"], ng_rule_for(seg, options))
             return {"plan": {**plan, "ng_area": ng_area_for(seg, options)}}
         from pointseg.decision import decide_labels
