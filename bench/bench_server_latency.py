@@ -334,15 +334,82 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def large_images(folder: Path, w: int, h: int) -> tuple[Path, Path]:
-    """A 1 MP training image and the large one (real textures), as PNG files in ``folder``."""
+class PhasePeaks:
+    """Peak resident memory of process ``pid`` per phase of a run: a thread samples VmRSS from /proc every few
+    ms, :meth:`mark` closes a phase (VmHWM alone says how high the server went, not during what)."""
+
+    def __init__(self, pid: int, interval: float = 0.005):
+        self.pid, self.interval, self.current, self.peaks = pid, interval, 0.0, {}
+        self._lock = threading.Lock()  # a sample taken before a mark must not land in the next phase
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _rss(self) -> float:
+        try:
+            return rss_mb(self.pid)[0]
+        except (OSError, KeyError, ValueError):  # the process has exited
+            return 0.0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                self.current = max(self.current, self._rss())
+
+    def mark(self, phase: str) -> None:
+        with self._lock:
+            self.peaks[phase] = round(max(self.current, self._rss()))
+            self.current = 0.0
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
+def large_images(folder: Path, w: int, h: int) -> tuple[Path, Path, Path]:
+    """A 1 MP training image, the large one and another large one for the cold first view (real textures),
+    as PNG files in ``folder``. The cold one sorts first, so it is nobody's neighbour in the list and no
+    prefetch touches it before its turn at the end."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    train, large = folder / "a_train.png", folder / "b_large.png"
+    train, large, cold = folder / "a_train.png", folder / "b_large.png", folder / "0_cold.png"
     Image.fromarray(test_image(1000, 1000, seed=1)).save(train, compress_level=1)
-    Image.fromarray(test_image(h, w, seed=2)).save(large, compress_level=1)
-    return train, large
+    pixels = test_image(h, w, seed=2)
+    Image.fromarray(pixels).save(large, compress_level=1)
+    Image.fromarray(np.ascontiguousarray(pixels[::-1, ::-1])).save(cold, compress_level=1)
+    return train, large, cold
+
+
+def wait_previews(c, timeout: float = 300) -> float | None:
+    """Seconds until the server's background previews are all made (``status.previews.pending == 0``);
+    None for a tree without previews."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        previews = c.get("/api/status").json().get("previews")
+        if previews is None:
+            return None
+        if previews["pending"] == 0:
+            return time.perf_counter() - t0
+        time.sleep(0.05)
+    raise SystemExit("the server's previews were not made in time")
+
+
+def first_view(c, image_id: int, rev: int) -> dict:
+    """Open an image and fetch its coarse first view, as the page does: seconds to first pixels and where
+    they went (server: reading the preview or decoding, the model, encoding; the rest is HTTP)."""
+    t0 = time.perf_counter()
+    c.get(f"/api/images/{image_id}")
+    r = c.get(f"/api/images/{image_id}/first-view.png", params={"min_rev": rev}, timeout=600)
+    total = time.perf_counter() - t0
+    if r.status_code != 200:
+        return {"coarse": False, "first_pixels_s": None}
+    t = json.loads(r.headers["X-Timings"])
+    server = t.get("wait_ms", 0) + t.get("encode_ms", 0)
+    return {"coarse": True, "first_pixels_s": total, "preview": t.get("preview"),
+            "read_ms": t.get("read_ms"), "model_ms": t.get("model_ms"), "predict_ms": t.get("predict_ms"),
+            "encode_ms": t.get("encode_ms"), "http_ms": total * 1000 - server}
 
 
 def overlay(c, image_id: int, rev: int | None, box=None, scale: float = 1.0, timeout: float = 600):
@@ -376,34 +443,40 @@ def large_run(label: str, src: str | None, w: int, h: int, args, rng) -> dict:
     import httpx
 
     tmp = Path(tempfile.mkdtemp(prefix="pointseg-bench-large-"))
-    train, large = large_images(tmp / "imgs", w, h)
+    train, large, cold = large_images(tmp / "imgs", w, h)
     vw, vh = parse_size(args.viewport)
     vw, vh = min(vw, w), min(vh, h)
     view = ((w - vw) // 2, (h - vh) // 2, (w - vw) // 2 + vw, (h - vh) // 2 + vh)
     out: dict = {"tree": label, "size": f"{w}x{h}", "viewport": [vw, vh]}
     proc, url = start_server(tmp / "project", tmp / "imgs", args.backbone, src)
+    peaks = PhasePeaks(proc.pid)
     try:
         with httpx.Client(base_url=url, timeout=600) as c:
             ids = {i["name"]: i["id"] for i in c.get("/api/images").json()["images"]}
-            tid, lid = ids[train.name], ids[large.name]
+            tid, lid, cid = ids[train.name], ids[large.name], ids[cold.name]
             cls = [c.post("/api/classes", json={"name": n}).json() for n in ("left", "right")]
             items = [{"class_id": cls[k % 2]["id"], "x": float(rng.uniform(0, 499) + 500 * (k % 2)),
                       "y": float(rng.uniform(0, 999))} for k in range(40)]
             rev = c.post(f"/api/images/{tid}/annotations", json={"items": items}).json()["rev"]
             overlay(c, tid, rev)                                   # trained, features of the 1 MP image
+            # the project was opened a moment ago: its previews are made in the background meanwhile
+            out["previews_made_s"] = wait_previews(c)
+            peaks.mark("open + training (1 MP)")
             # first view of the large image
             t0 = time.perf_counter()
-            c.get(f"/api/images/{lid}")
-            first = c.get(f"/api/images/{lid}/first-view.png", params={"min_rev": rev}, timeout=600)
+            fv = first_view(c, lid, rev)
             t_first = time.perf_counter()
+            peaks.mark("first view: coarse")
             ms_view, r = overlay(c, lid, rev, view)
             t_view = time.perf_counter()
+            peaks.mark("features + visible exact")
             whole = "X-Box" not in r.headers
             ms_tiles, tile_ms = (0.0, []) if whole else whole_in_tiles(c, lid, rev, w, h)
             t_full = time.perf_counter()
+            peaks.mark("full resolution in tiles")
             out["first_view"] = {
-                "first_pixels_s": (t_first if first.status_code == 200 else t_view) - t0,
-                "coarse": first.status_code == 200, "visible_exact_s": t_view - t0, "full_s": t_full - t0,
+                **fv, "first_pixels_s": (t_first if fv["coarse"] else t_view) - t0,
+                "visible_exact_s": t_view - t0, "full_s": t_full - t0,
                 "tile_ms_p50": pct(tile_ms, 50) if tile_ms else None}
             out["rss_after_features_mb"] = rss_mb(proc.pid)[0]
             # a few hundred points on the large image, then clicks inside the viewport
@@ -427,18 +500,51 @@ def large_run(label: str, src: str | None, w: int, h: int, args, rng) -> dict:
             lat, fits = [], []
             for _ in range(args.large_clicks):
                 click(view, 1.0)
+            peaks.mark("points + clicks in the viewport")
             out["click_view"] = {"p50": pct(lat, 50), "p95": pct(lat, 95), "n": len(lat),
                                  **{f"{k}_p50": float(np.median([t.get(k, np.nan) for t in fits]))
                                     for k in ("fit_ms", "predict_ms", "encode_ms", "wait_ms")}}
             lat, fits = [], []
             for _ in range(args.zoomed_out_clicks):
                 click((0, 0, w, h), min(1.0, vw / w))
+            peaks.mark("zoomed-out clicks")
             out["click_zoomed_out"] = {"p50": pct(lat, 50), "p95": pct(lat, 95), "n": len(lat)}
             out["rss_mb"], out["peak_rss_mb"] = rss_mb(proc.pid)
             out["regions"] = not whole
+            # the cold case, last (after the peak was read): an image whose preview is not made yet (removed
+            # here, as if the background had not reached it), so its first view decodes the file
+            for stale in (tmp / "project" / "thumbs").glob("*-preview-*"):
+                stale.unlink()
+            time.sleep(args.pace)
+            out["cold_first_view"] = first_view(c, cid, rev)
+            time.sleep(1.0)                     # its features have started meanwhile: the decode's peak
+            peaks.mark("cold first view (+1 s)")
     finally:
+        out["phase_peaks_mb"] = peaks.stop()
         stop_server(proc)
     return out
+
+
+PHASES = ("open + training (1 MP)", "first view: coarse", "features + visible exact", "full resolution in tiles",
+          "points + clicks in the viewport", "zoomed-out clicks", "cold first view (+1 s)")
+
+
+def first_rows(runs: list[dict]) -> list[list]:
+    def num(v, fmt="{:.0f}"):
+        return "–" if v is None else fmt.format(v)
+
+    rows = []
+    for r in runs:
+        made = r.get("previews_made_s")
+        for case, fv in (("with preview" if made is not None else "(no previews)", r["first_view"]),
+                         ("cold", r.get("cold_first_view"))):
+            if not fv or not fv.get("coarse"):
+                continue
+            rows.append([r["tree"], r["size"], case + (f" (previews made {made:.1f} s)" if case == "with preview" else ""),
+                         num(fv["first_pixels_s"], "{:.2f}"), fv.get("preview") or "–",
+                         num(fv.get("read_ms")), num(fv.get("model_ms")), num(fv.get("encode_ms")),
+                         num(fv.get("http_ms"))])
+    return rows
 
 
 def large_main(args, sizes) -> None:
@@ -470,7 +576,17 @@ def large_main(args, sizes) -> None:
         f"{load1:.1f}.", "",
         md_table(["tree", "image", "first pixels s", "visible exact s", "full resolution s",
                   "click→view p50 ms", "click→view p95 ms", "zoomed-out p50 ms", "zoomed-out p95 ms",
-                  "fit p50 ms", "RSS after features MB", "peak RSS MB"], rows)])
+                  "fit p50 ms", "RSS after features MB", "peak RSS MB"], rows), "",
+        "First pixels (`first-view.png`), client-timed from opening the image; server side: reading the "
+        "preview (or decoding the file), the model on it, encoding; HTTP the rest. *with preview*: made in the "
+        "background when the project opened (`previews made` s after training, before the image was opened); "
+        "*cold*: no preview yet (removed just before), the file decoded on the first view.", "",
+        md_table(["tree", "image", "case", "first pixels s", "preview", "read ms", "model ms", "encode ms",
+                  "HTTP ms"], first_rows(runs)), "",
+        "Peak resident memory of the server per phase (VmRSS sampled every 5 ms), MB; the peak RSS above is "
+        "read before the cold case, which is last:", "",
+        md_table(["tree", "image", *PHASES], [[r["tree"], r["size"], *(r["phase_peaks_mb"].get(k, "–") for k in PHASES)]
+                                               for r in runs])])
     save_md("server_latency_large", md + "\n")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "server_latency_large.json").write_text(json.dumps({"args": vars(args), "runs": runs,

@@ -91,3 +91,43 @@ def test_opening_removes_temporary_files_of_writers_that_are_gone(tmp_path):
     live.write_bytes(b"")
     FeatureCache(disk_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
+def _mapping_rss_kb(directory) -> int:
+    """Resident kB of this process's mappings of (deleted) files in ``directory``, from /proc/self/smaps."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+            inside = str(directory) in line
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_a_paged_map_is_written_piece_by_piece_into_the_same_npz(tmp_path, monkeypatch):
+    """The disk layer writes a memory-mapped deep map in pieces, dropping each piece's pages as it goes
+    (np.savez faulted the whole map in first): at most one piece is resident at any time, and the file is
+    what np.savez writes, read back equal."""
+    import pointseg.features as features
+
+    data = features.paged_array((6, 512, 1024), np.float16, tmp_path)       # 6 MB
+    data[:] = np.random.default_rng(0).normal(size=data.shape).astype(np.float16)
+    features.release_pages(data)
+    resident = []
+    release = features.release_pages
+
+    def measured(array):
+        resident.append(_mapping_rss_kb(tmp_path))
+        release(array)
+
+    monkeypatch.setattr(features, "release_pages", measured)
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    with open(tmp_path / "mine.npz", "wb") as fh:
+        features._savez_paged(fh, chunk=1 << 20, data=data, rgb=rgb, image_size=np.array((2048, 4096)))
+    assert len(resident) == 6 and max(resident) <= 1024 + 64                 # one 1 MB piece (+ fault-around)
+    np.savez(tmp_path / "numpy.npz", data=np.asarray(data), rgb=rgb, image_size=np.array((2048, 4096)))
+    with np.load(tmp_path / "mine.npz") as mine, np.load(tmp_path / "numpy.npz") as ref:
+        assert sorted(mine.files) == sorted(ref.files)
+        for name in ref.files:
+            assert mine[name].dtype == ref[name].dtype
+            np.testing.assert_array_equal(mine[name], ref[name])

@@ -326,6 +326,15 @@ def test_coarse_first_view_of_a_large_image(smoothed):
     assert coarse.labels.shape == (160, 224)
     assert (coarse.labels == truth).mean() > 0.8
     assert seg.extractor.key_for(big) not in seg.extractor.cache  # the first view computes no full features
+    # from a preview made beforehand (the app's cached one): the same view, smoothing scaled to the original
+    from pointseg.imageio import downscale
+
+    preview = downscale(big, 224)
+    again = seg.predict_coarse(preview, max_side=224, probabilities=True, image_size=big.shape[:2])
+    np.testing.assert_array_equal(again.labels, coarse.labels)
+    if seg.smoothing_:
+        unscaled = seg.predict_coarse(preview, max_side=224, probabilities=True)   # as if it were the image
+        assert not np.allclose(unscaled.probabilities, again.probabilities)
 
 
 def test_loaded_model_is_built_through_the_constructor_path(fitted, tmp_path):

@@ -811,7 +811,7 @@ class FeatureCache:
             if fmap._stats is not None:
                 extra.update(stats_sum=fmap._stats[0], stats_sq=fmap._stats[1], stats_count=np.array(fmap._stats[2]))
             with open(tmp, "wb") as handle:
-                np.savez(
+                _savez_paged(
                     handle,
                     **{name: a.astype(np.float16, copy=False) for name, a in arrays.items()},
                     **extra,
@@ -819,7 +819,6 @@ class FeatureCache:
                     extent=np.array(fmap.extent),
                     extractor_id=np.array(fmap.extractor_id),
                 )
-            release_pages(fmap.data)  # writing read every page of a paged map
             size = tmp.stat().st_size
             os.replace(tmp, path)
         except OSError as exc:  # full or read-only disk: the features are in memory and the caller has them
@@ -910,6 +909,29 @@ class FeatureCache:
         return z["data"].astype(deep_dtype(size), copy=False)
 
 
+def _savez_paged(handle, chunk: int = 16 << 20, **arrays) -> None:
+    """``np.savez(handle, **arrays)`` (the same file), but a memory-mapped array (:func:`paged_array`) is
+    written in ``chunk``-byte pieces whose pages leave the resident set as soon as they are written:
+    ``np.savez`` read every page of a paged deep map before they could be dropped (+1.1 GB resident for the
+    moment of the write at 50 MP)."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            value = np.asanyarray(value)
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                if not (is_paged(value) and value.flags.c_contiguous):
+                    npy.write_array(member, value, allow_pickle=False)
+                    continue
+                npy.write_array_header_1_0(member, npy.header_data_from_array_1_0(value))
+                flat = value.reshape(-1).view(np.uint8)
+                for start in range(0, flat.size, chunk):
+                    member.write(flat[start: start + chunk])
+                    release_pages(value)
+
+
 def _read_member_paged(z, name: str, directory: Path, chunk: int = 16 << 20) -> np.ndarray | None:
     """Array ``name`` of an open ``.npz`` read in ``chunk``-byte pieces into a :func:`paged_array` (float16,
     C order), or ``None`` when it is not stored that way or no file can be made."""
@@ -932,7 +954,7 @@ def _read_member_paged(z, name: str, directory: Path, chunk: int = 16 << 20) -> 
                 if not n:
                     raise ValueError(f"{name}.npy is shorter than its header says")
                 view = view[n:]
-            release_pages(out)
+            release_pages(out)   # each piece as it is read: the whole map is never resident at once
     return out
 
 
@@ -1431,12 +1453,49 @@ def filter_bank_version() -> int:
     return filters.VERSION
 
 
-def _pad_reflect(rgb: np.ndarray, hp: int, wp: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    if (h, w) == (hp, wp):
+def _pad_reflect(rgb: np.ndarray, hp: int, wp: int):
+    """``rgb`` padded at the bottom and right to ``hp x wp`` (reflecting, or repeating the edge where the
+    image is smaller than its padding), as a :class:`PaddedImage` that makes only the tiles asked for."""
+    if rgb.shape[:2] == (hp, wp):
         return rgb
-    mode = "reflect" if h > hp - h and w > wp - w else "edge"
-    return np.pad(rgb, ((0, hp - h), (0, wp - w), (0, 0)), mode=mode)
+    return PaddedImage(rgb, hp, wp)
+
+
+def padded_index(start: int, stop: int, n: int, reflect: bool) -> np.ndarray:
+    """Source rows (or columns) of padded rows ``start:stop`` of an image ``n`` rows high: ``np.pad``'s
+    ``reflect`` (without repeating the edge) or ``edge`` mode."""
+    index = np.arange(start, stop)
+    over = index >= n
+    index[over] = 2 * (n - 1) - index[over] if reflect else n - 1
+    return index
+
+
+class PaddedImage:
+    """An image padded at the bottom and right as ``np.pad`` pads it, made tile by tile on slicing: the
+    extraction of a large image held a whole padded copy (3 bytes a pixel: 150 MB at 50 MP) for the length
+    of its tiles. ``padded[y0:y1, x0:x1]`` is a view of the image inside it, a small copy at the border;
+    ``np.asarray(padded)`` the whole padded array."""
+
+    def __init__(self, rgb: np.ndarray, hp: int, wp: int):
+        self.rgb = rgb
+        self.shape = (hp, wp, *rgb.shape[2:])
+        self.dtype = rgb.dtype
+        h, w = rgb.shape[:2]
+        self.reflect = h > hp - h and w > wp - w
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key
+        (y0, y1, _), (x0, x1, _) = rows.indices(self.shape[0]), cols.indices(self.shape[1])
+        h, w = self.rgb.shape[:2]
+        if y1 <= h and x1 <= w:
+            return self.rgb[y0:y1, x0:x1]
+        return self.rgb[np.ix_(padded_index(y0, y1, h, self.reflect), padded_index(x0, x1, w, self.reflect))]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        h, w = self.rgb.shape[:2]
+        out = np.pad(self.rgb, ((0, self.shape[0] - h), (0, self.shape[1] - w), (0, 0)),
+                     mode="reflect" if self.reflect else "edge")
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def upsample(grid: torch.Tensor, extent: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:

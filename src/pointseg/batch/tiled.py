@@ -222,10 +222,9 @@ def read_padded(job: TileJob, box, value_range) -> np.ndarray:
 
 
 def _source_index(start: int, stop: int, n: int, reflect: bool) -> np.ndarray:
-    index = np.arange(start, stop)
-    over = index >= n
-    index[over] = 2 * (n - 1) - index[over] if reflect else n - 1
-    return index
+    from pointseg.features import padded_index
+
+    return padded_index(start, stop, n, reflect)
 
 
 # ------------------------------------------------------------------------------------------ phase A

@@ -180,8 +180,12 @@ def _fold_reflect(n, pad) -> torch.Tensor:
 
 def model_parts(seg) -> ModelParts:
     """The pieces of a fitted, saved-able Segmenter (logistic head) that the graph needs."""
+    from pointseg.autocontext import AutoContextHead
     from pointseg.classifier import LinearHead
 
+    if isinstance(getattr(seg, "head_", None), AutoContextHead):
+        raise PointsegError("auto-context models (autocontext=True) cannot be exported to ONNX yet; predict with "
+                            "`pointseg predict` (Python runtime), or train without autocontext to export")
     if not isinstance(getattr(seg, "head_", None), LinearHead):
         raise PointsegError("only trained logistic-regression models can be exported; train one with `pointseg train`")
     ext = seg.extractor
@@ -277,6 +281,12 @@ def export_model(model_path: str | os.PathLike, output: str | os.PathLike, weigh
 def graph_metadata(seg, model_path, version: str) -> dict:
     """What a runner needs besides the graph: classes, colours, background, OK/NG rule, min_region, provenance."""
     rule = getattr(seg, "ng_rule_", None)
+    if rule is not None and rule.score == "anomaly":
+        raise PointsegError(
+            "this model decides OK/NG with the anomaly score (distance of the image's feature cells to the OK "
+            "images' bank), which an exported graph cannot compute: it outputs labels and probabilities only. "
+            "Retrain with `pointseg train --ng-rule largest_region` to export, or predict with the library "
+            "(`pointseg predict` without --engine)")
     return {
         "classes": list(seg.classes_),
         "colors": list(seg.colors_),

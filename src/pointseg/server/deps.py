@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from pointseg.presets import DEFAULT_BACKBONE
+from pointseg.server.media import PreviewCache
 from pointseg.server.model_service import FeatureStore, ModelService
 from pointseg.server.ranking import AnnotationRanking
 from pointseg.server.scheduler import EventHub, Scheduler
@@ -51,7 +52,7 @@ class Services:
         store = store or ProjectStore(settings.project_dir)
         features = FeatureStore(store, backbone=settings.backbone, weights=settings.weights,
                                 precision=settings.precision, features=store.settings()["features"])
-        models = ModelService(store, features)
+        models = ModelService(store, features, previews=PreviewCache(store))
         events = EventHub()
         scheduler = Scheduler(models, events, debounce_s=settings.debounce_ms / 1000)
         return cls(settings, store, features, models, scheduler, events)

@@ -1,28 +1,38 @@
-"""Image files of a project: registering folders, taking uploads in, showing images and thumbnails.
+"""Image files of a project: registering folders, taking uploads in, showing images, previews, thumbnails.
 
 Uploads are streamed to a temporary file in ``images/``, checked (type, size, a decodable image) and only
 then renamed to their content hash, so a failed or cut-off upload leaves nothing behind. No message names a
 server path: only the file's own name.
+
+Every image has a small **preview** (:data:`PREVIEW_SIDE` pixels on its long side, :class:`PreviewCache`),
+made once — when it is uploaded (from the pixels the upload check decoded anyway), or in the background
+after the project opens — and kept in ``thumbs/`` next to the thumbnails. A new image's first view and its
+thumbnail read it instead of decoding a 12–50 MP file.
 """
 from __future__ import annotations
 
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+import numpy as np
 
 from fastapi import UploadFile
 from fastapi.responses import FileResponse
 
 from pointseg.errors import PointsegError
 from pointseg.fileio import atomic_write_bytes, default_file_mode
-from pointseg.imageio import IMAGE_SUFFIXES, read_image
+from pointseg.imageio import IMAGE_SUFFIXES, downscale, downscaled_size, read_image, read_preview
 from pointseg.server.guards import public_message
 from pointseg.server.store import ProjectStore, StoreError, sha256_file
 
 #: suffixes a browser shows as they are; anything else is converted once to PNG for display
 BROWSER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 THUMB_SIZE = 176
+#: long side of an image's cached preview (the coarse first view is predicted from it)
+PREVIEW_SIDE = 512
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -88,8 +98,14 @@ def ingest_upload(store: ProjectStore, up: UploadFile, max_bytes: int) -> tuple[
         rel = f"images/{sha[:32]}{suffix}"
         os.replace(tmp, store.dir / rel)
         tmp = None
-        return store.add_image(sha256=sha, name=name, width=arr.shape[1], height=arr.shape[0],
-                               n_bytes=size, stored_path=rel)
+        image, created = store.add_image(sha256=sha, name=name, width=arr.shape[1], height=arr.shape[0],
+                                         n_bytes=size, stored_path=rel)
+        # the preview from the pixels decoded above: a first view of this image never decodes its file
+        try:
+            PreviewCache(store).put(image["id"], downscale(arr, PREVIEW_SIDE))
+        except OSError:   # e.g. a full disk: the image is in; its preview is made when first needed
+            pass
+        return image, created
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -127,14 +143,99 @@ def display_file(store: ProjectStore, image_id: int) -> FileResponse:
     return FileResponse(out, media_type="image/png", headers=cache)
 
 
-def thumbnail(store: ProjectStore, image_id: int) -> FileResponse:
+def thumbnail(store: ProjectStore, image_id: int, previews: "PreviewCache | None" = None) -> FileResponse:
+    """A small JPEG of the image, made once from its preview (not from the full image: opening a project
+    of 50 MP images must not decode every one of them for the strip)."""
     out = store.dir / "thumbs" / f"{store.image_sha(image_id)[:32]}.jpg"
     if not out.is_file():
         from PIL import Image
 
-        im = Image.fromarray(read_image(_existing_file(store, image_id)))
+        im = Image.fromarray((previews or PreviewCache(store)).get(image_id)[0])
         im.thumbnail((THUMB_SIZE, THUMB_SIZE))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=82)
         atomic_write_bytes(out, buf.getvalue())
     return FileResponse(out, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+class PreviewCache:
+    """Each image's preview — ``read_preview(file, PREVIEW_SIDE)``, equal to the image area-averaged to
+    that size (JPEG and pyramidal TIFF: the approximations :func:`pointseg.imageio.read_preview` names) — as
+    a PNG in ``thumbs/``, made once.
+
+    A preview is named by the image's content hash and its file's size and modification time (as desktop
+    thumbnail caches key theirs), so an image file changed in place gets a new preview, never a stale one;
+    it is written atomically, and an image that cannot be read gets its one-line error and no file.
+    Concurrent requests for one image's preview decode it once.
+    """
+
+    def __init__(self, store: ProjectStore):
+        self.store = store
+        self._locks: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def path(self, image_id: int) -> Path:
+        """Where the preview of the image's file as it is now lives (410 when the file is gone)."""
+        st = _existing_file(self.store, image_id).stat()
+        return self._folder() / f"{self._stem(image_id)}{st.st_size:x}-{st.st_mtime_ns:x}.png"
+
+    def _folder(self) -> Path:
+        return self.store.dir / "thumbs"
+
+    def _stem(self, image_id: int) -> str:
+        return f"{self.store.image_sha(image_id)[:32]}-preview-{PREVIEW_SIDE}-"
+
+    def has(self, image_id: int) -> bool:
+        try:
+            return self.path(image_id).is_file()
+        except StoreError:
+            return False
+
+    def get(self, image_id: int) -> tuple[np.ndarray, bool]:
+        """``(pixels, cached)``: the preview, read from its file (``cached``) or made now from the image."""
+        out = self.path(image_id)
+        pixels = self._read(out, image_id)
+        if pixels is not None:
+            return pixels, True
+        with self._guard:
+            lock = self._locks.setdefault(image_id, threading.Lock())
+        with lock:
+            pixels = self._read(out, image_id)      # made by another thread meanwhile
+            if pixels is not None:
+                return pixels, True
+            pixels = read_preview(_existing_file(self.store, image_id), PREVIEW_SIDE)   # ImageError: one line
+            self._write(out, image_id, pixels)
+            return pixels, False
+
+    def make(self, image_id: int) -> bool:
+        """Make the preview unless it exists; True when it was made now."""
+        return not self.get(image_id)[1]
+
+    def put(self, image_id: int, pixels: np.ndarray) -> None:
+        """Store ``pixels`` (already the preview, e.g. from an upload's decoded image) as the preview."""
+        self._write(self.path(image_id), image_id, pixels)
+
+    def _read(self, out: Path, image_id: int) -> np.ndarray | None:
+        """The cached preview, or None when there is none or it is not a preview of this image's size (a
+        damaged file: made again)."""
+        if not out.is_file():
+            return None
+        from PIL import Image
+
+        img = self.store.image(image_id)
+        try:
+            with Image.open(out) as im:
+                pixels = np.asarray(im.convert("RGB"))
+        except Exception:  # noqa: BLE001 - a damaged cache file is not the user's problem: remake it
+            return None
+        return pixels if pixels.shape[:2] == downscaled_size((img["height"], img["width"]), PREVIEW_SIDE) else None
+
+    def _write(self, out: Path, image_id: int, pixels: np.ndarray) -> None:
+        from PIL import Image
+
+        from pointseg.outputs import encode_png
+
+        atomic_write_bytes(out, encode_png(Image.fromarray(pixels), compress_level=1))
+        for old in self._folder().glob(f"{self._stem(image_id)}*.png"):   # of the file as it was before
+            if old != out:
+                old.unlink(missing_ok=True)

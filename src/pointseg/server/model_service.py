@@ -25,6 +25,7 @@ from pointseg.errors import PointsegError
 from pointseg.fileio import atomic_write_bytes
 from pointseg.lru import ByteLRU
 from pointseg.server.guards import public_message, scrub_paths
+from pointseg.server.media import PREVIEW_SIDE, PreviewCache
 from pointseg.server.store import ProjectStore, TrainingSet
 
 log = logging.getLogger("pointseg.server")
@@ -72,8 +73,8 @@ class ModelState:
         return self
 
 
-#: long side of the downscaled image a new image's first, coarse overlay is predicted from
-COARSE_SIDE = 512
+#: long side of the downscaled image a new image's first, coarse overlay is predicted from: its preview's
+COARSE_SIDE = PREVIEW_SIDE
 #: images whose Scores are kept (per image the latest model version's): the viewed one and the one before
 SCORES_KEPT = 2
 
@@ -215,9 +216,10 @@ class ModelService:
     """Fit / predict / cross-validate / save for one project (called from the scheduler's model thread)."""
 
     def __init__(self, store: ProjectStore, features: FeatureStore, *, cache_results: int = 6,
-                 result_bytes: int = 600_000_000):
+                 result_bytes: int = 600_000_000, previews: PreviewCache | None = None):
         self.store = store
         self.features = features
+        self.previews = previews or PreviewCache(store)
         # bounded by count and by bytes (a 12 MP result holds ~160 MB of labels and probabilities)
         self.results: ByteLRU[Result] = ByteLRU(result_bytes, size=lambda r: r.nbytes, max_items=cache_results)
         # image id -> (model version, Scores): the head applied to the image once per version, so every
@@ -337,18 +339,25 @@ class ModelService:
                                      "features_wait_ms": round((t1 - t0) * 1000, 1)})
 
     def predict_coarse(self, model: ModelState, image_id: int) -> Result:
-        """A new image's first view before its features exist: the whole method on the image downscaled to
-        :data:`COARSE_SIDE` pixels (:meth:`~pointseg.Segmenter.predict_coarse`), at that size."""
-        from pointseg.segmenter import coarse_scale
+        """A new image's first view before its features exist: the whole method on the image's preview
+        (:class:`~pointseg.server.media.PreviewCache`: read from ``thumbs/``, or made now from the file when
+        the background has not made it yet) via :meth:`~pointseg.Segmenter.predict_coarse`, at that size.
+        Timings say which (``preview``: ``cached`` | ``decoded``) and what it cost (``read_ms``,
+        ``model_ms``)."""
+        from pointseg.imageio import coarse_scale
 
         model.require()
-        t0 = time.perf_counter()
-        pred = model.segmenter.predict_coarse(str(self.store.image_file(image_id)), max_side=COARSE_SIDE,
-                                              probabilities=True)
         img = self.store.image(image_id)
-        scale = coarse_scale((img["height"], img["width"]), COARSE_SIDE)
-        return self._result(model, image_id, pred, box=(0, img["height"], 0, img["width"]), scale=scale,
-                            coarse=True, timings={"predict_ms": round((time.perf_counter() - t0) * 1000, 1)})
+        size = (img["height"], img["width"])
+        t0 = time.perf_counter()
+        pixels, cached = self.previews.get(image_id)
+        t1 = time.perf_counter()
+        pred = model.segmenter.predict_coarse(pixels, max_side=COARSE_SIDE, probabilities=True, image_size=size)
+        t2 = time.perf_counter()
+        timings = {"preview": "cached" if cached else "decoded", "read_ms": round((t1 - t0) * 1000, 1),
+                   "model_ms": round((t2 - t1) * 1000, 1), "predict_ms": round((t2 - t0) * 1000, 1)}
+        return self._result(model, image_id, pred, box=(0, size[0], 0, size[1]),
+                            scale=coarse_scale(size, COARSE_SIDE), coarse=True, timings=timings)
 
     @staticmethod
     def _result(model: ModelState, image_id: int, pred, timings: dict, **where) -> Result:

@@ -5,6 +5,11 @@ Two daemon threads do all heavy work, so request handlers only read the store an
 * the **features thread** computes feature maps (the one expensive step) for images as they are first
   viewed, for the neighbours of the viewed image, and ahead of "predict all", in priority order
   (:data:`PRIO_VIEW` first), publishing tiles done / total as it goes; it runs PyTorch on every core;
+* the **previews thread** makes the small previews first views and thumbnails read
+  (:class:`~pointseg.server.media.PreviewCache`) for images that have none — after the project opens and
+  after images are added — at the lowest priority: at the OS's lowest (nice 19), and only while the user
+  is idle and the features thread has no job, so a preview's decode neither slows a click nor adds to the
+  memory of a feature extraction;
 * the **model thread** runs PyTorch on one thread (set once when it starts: small matrix products gain
   nothing from a pool, and the features thread keeps the other core busy). In priority order it retrains
   after edits (debounced within a burst; a fit whose annotations changed meanwhile is dropped), answers
@@ -105,6 +110,15 @@ def _torch_threads(n: int) -> None:
         pass
 
 
+def _lowest_os_priority() -> None:
+    """Make the calling thread the OS's lowest-priority one (Linux nices threads one by one): what it does
+    runs only on cores nothing else wants."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # another OS: the idle checks alone keep it out of the way
+        pass
+
+
 class Scheduler:
     """Owns the model state, the feature jobs, the jobs queue and "predict all" for one project."""
 
@@ -127,6 +141,9 @@ class Scheduler:
         self._fjobs: list[tuple[int, int, int]] = []             # heap of (prio, seq, image_id)
         self._fqueued: dict[int, int] = {}
         self._fcurrent: int | None = None                        # the image the features thread is on
+        self.previews = service.previews
+        self._previews_wanted = threading.Event()                # a scan for images without a preview
+        self._previews_pending = len(self.store.list_images())   # until the first scan says how many
         self._feature_errors: dict[int, str] = {}
         self._fcond = threading.Condition()
         self._seq = itertools.count()
@@ -148,7 +165,8 @@ class Scheduler:
         self._batch_results_of = None
         self.cancelled_fits = 0
         self._threads = [threading.Thread(target=self._model_loop, name="pointseg-model", daemon=True),
-                         threading.Thread(target=self._feature_loop, name="pointseg-features", daemon=True)]
+                         threading.Thread(target=self._feature_loop, name="pointseg-features", daemon=True),
+                         threading.Thread(target=self._preview_loop, name="pointseg-previews", daemon=True)]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -157,11 +175,14 @@ class Scheduler:
         self._threads[0].start()
         self._model_thread_ready.wait(10)
         self._threads[1].start()
+        self._previews_wanted.set()
+        self._threads[2].start()
         # train at once if the project already has annotations (e.g. after a restart)
         self.notify_edit(self.store.rev())
 
     def stop(self) -> None:
         self._stop = True
+        self._previews_wanted.set()
         with self._cond:
             self._cond.notify_all()
         with self._fcond:
@@ -185,6 +206,8 @@ class Scheduler:
     def changed(self, rev: int, **extra) -> None:
         """The project changed at ``rev`` (an edit, a class, a setting): retrain and tell every page."""
         self.notify_edit(rev)
+        if extra.get("what") == "images":
+            self._previews_wanted.set()            # uploads come with theirs; anything else is made
         self.events.publish({"type": "changed", "rev": rev, **extra})
 
     def request_features(self, image_id: int, prio: int = PRIO_VIEW) -> bool:
@@ -320,7 +343,41 @@ class Scheduler:
             return {"model": self.model.public(), "batch": dict(self.batch),
                     "training": self._edit_rev > self.model.rev, "edit_rev": self._edit_rev,
                     "cancelled_fits": self.cancelled_fits,
-                    "features": {"cache_hits": cache.hits, "cache_misses": cache.misses}}
+                    "features": {"cache_hits": cache.hits, "cache_misses": cache.misses},
+                    "previews": {"pending": self._previews_pending}}
+
+    # ------------------------------------------------------------------ previews thread
+    def _preview_loop(self) -> None:
+        _lowest_os_priority()
+        while not self._stop:
+            self._previews_wanted.wait()
+            self._previews_wanted.clear()
+            if self._stop:
+                return
+            todo = [i["id"] for i in self.store.list_images() if not self.previews.has(i["id"])]
+            self._previews_pending = len(todo)
+            for image_id in todo:
+                if not self._wait_until_idle():
+                    return
+                try:
+                    self.previews.make(image_id)
+                except Exception as exc:  # noqa: BLE001 - unreadable or deleted: the features thread reports it
+                    log.debug("preview of image %s not made: %s", image_id, public_message(exc))
+                self._previews_pending -= 1
+
+    def _wait_until_idle(self) -> bool:
+        """Wait until nobody needs the cores (no request, no edit for ``idle_s``, no fit pending, the
+        features thread without a job); False when the scheduler stops meanwhile."""
+        while not self._stop:
+            with self._cond:
+                quiet = time.monotonic() - self._last_edit
+                busy = bool(self._requests) or self._edit_rev > self.model.rev or quiet < self.idle_s
+            with self._fcond:
+                busy = busy or self._fcurrent is not None or bool(self._fqueued)
+            if not busy:
+                return True
+            time.sleep(0.1)
+        return False
 
     # ------------------------------------------------------------------ features thread
     def _feature_loop(self) -> None:

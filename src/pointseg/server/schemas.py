@@ -247,6 +247,11 @@ class FeatureCacheOut(_Out):
     cache_misses: int
 
 
+class PreviewsOut(_Out):
+    pending: int = Field(description="images whose preview (for first views and thumbnails) the background "
+                                     "has still to make")
+
+
 class StatusOut(_Out):
     """What the page polls: the project revision, the model, "predict all", whether it is retraining."""
 
@@ -257,6 +262,7 @@ class StatusOut(_Out):
     edit_rev: int
     cancelled_fits: int
     features: FeatureCacheOut
+    previews: PreviewsOut
 
 
 class ProjectOut(StatusOut):

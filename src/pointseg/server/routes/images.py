@@ -91,5 +91,5 @@ def image_file(image_id: ImageId, store: StoreDep):
 
 
 @router.get("/{image_id}/thumb")
-def thumb(image_id: ImageId, store: StoreDep):
-    return media.thumbnail(store, image_id)
+def thumb(image_id: ImageId, services: ServicesDep):
+    return media.thumbnail(services.store, image_id, services.models.previews)
