@@ -4,6 +4,7 @@
     python bench/accuracy_thin.py crackforest 0,1,2 none                       # the reference row
     python bench/accuracy_thin.py crackforest 0,1,2 sigmas=0.7,1,2,4           # another fine filter bank
     python bench/accuracy_thin.py neu_seg 0,1,2 none 'default:smoothing=1.0'   # a Segmenter option
+    python bench/accuracy_thin.py crackforest 0,1,2 none 'default:autocontext=True'   # the auto-context head
 
 Runs `pointseg evaluate`'s corrective protocol (the same splits and clicks: 3 training images per seed, up to
 BUDGET clicks each, N held-out images evenly spaced) for one method spec, with VARIANT patched into the
@@ -15,6 +16,10 @@ NoC@85 and the wall time. VARIANT is "none" or an exploratory patch that is not 
     ridge            add line measures per scale (dark and bright ridges from the Hessian eigenvalues)
     tophatN          add black and white morphological top-hats of the grey image (N×N square)
     bwA / dwA        the fine (deep) block times A after standardisation (a weaker L2 penalty when A > 1)
+    s2pA             auto-context (spec option autocontext=True): stage 2's penalty A times stage 1's
+                     (pointseg.autocontext.STAGE2_PENALTY)
+    s2unweighted     auto-context's stage 2 with unweighted classes (stage 1 stays balanced)
+    oofpoints        auto-context's out-of-fold stage-1 heads by k-fold over the points, not by image
     ctxN             the stride-32 context map of an image whose context grid is under N cells on its short
                      side computed on a copy upscaled by a power of two, pooled back to its grid
 
@@ -56,6 +61,18 @@ def apply_variant(variant: str) -> None:
             _block_weight("deep", float(part[2:]))
         elif part.startswith("rho_"):
             _within_image_weight(part[4:])
+        elif part.startswith("s2p"):
+            import pointseg.autocontext as AC
+
+            AC.STAGE2_PENALTY = float(part[3:])
+        elif part == "oofpoints":  # auto-context's out-of-fold heads by k-fold over points, not by image
+            import pointseg.autocontext as AC
+
+            AC.FOLDS = "points"
+        elif part == "s2unweighted":  # auto-context's stage 2 with class_weight=None
+            import pointseg.autocontext as AC
+
+            AC.STAGE2_CLASS_WEIGHT = None
         elif part.startswith("ctxboth"):
             _context_upscaled(int(part[7:]), keep_original=True)
         elif part.startswith("ctx"):
@@ -227,9 +244,12 @@ def main() -> None:
 
     per_seed = [next(c["transfer"]["fg_iou"] for c in run["curve"] if c["clicks"] == 10 and c["transfer"])
                 for run in result["runs"]]
+    per_seed_interactive = [next(c["interactive"]["fg_iou"] for c in run["curve"]
+                                 if c["clicks"] == args.budget and c["interactive"]) for run in result["runs"]]
     row = {"dataset": args.dataset, "variant": args.variant, "spec": args.spec, "seeds": list(seeds),
            "test": args.test, "budget": args.budget,
            "interactive_fg": fg("interactive", args.budget),
+           "interactive_fg_per_seed": [round(v, 4) for v in per_seed_interactive],
            "interactive_miou": round(curve["interactive"][str(args.budget)]["miou"]["mean"], 4),
            "transfer_fg10": fg("transfer", 10), "transfer_fg10_per_seed": [round(v, 4) for v in per_seed],
            "transfer_fg": fg("transfer", args.budget),

@@ -2,6 +2,7 @@
 
     python bench/thin_diagnosis.py [VARIANT]    # a variant of bench/accuracy_thin.py, e.g. dw0.01 (deep
                                                 # block almost off), bw0.01 (fine block almost off)
+    python bench/thin_diagnosis.py none autocontext=True --ceiling   # a Segmenter option, ceiling only
 
 On CrackForest (the first 3 images train, the next 3 are looked at):
 
@@ -43,7 +44,7 @@ def iou(seg, images, masks):
     return inter / union
 
 
-def main(variant: str) -> None:
+def main(variant: str, options: dict, ceiling_only: bool) -> None:
     apply_variant(variant)
     from pointseg import Segmenter
     from pointseg.evaluation.datasets import load_dataset
@@ -60,6 +61,8 @@ def main(variant: str) -> None:
             pick = rng.choice(len(xs), n, replace=False)
             p += [[xs[j], ys[j], c] for j in pick]
         few.append(np.array(p, float))
+    if ceiling_only:
+        return ceiling(Segmenter, ds, images, masks, variant, options)
     seg = Segmenter.preset("default", classes=ds.classes, smoothing=0).fit(images, few)
     print(f"[{variant}] crack logit by distance to the crack (px): on | <=1.5 | 1.5-3 | 3-6 | >6")
     rows = {"all": [], "deep": [], "fine": []}
@@ -75,13 +78,36 @@ def main(variant: str) -> None:
             rows[name].append([v[z].mean() for z in zones])
     for name, values in rows.items():
         print(f"  {name:5s}", " ".join(f"{v:6.2f}" for v in np.mean(values, axis=0)))
+    ceiling(Segmenter, ds, images, masks, variant, options)
+
+
+def ceiling(Segmenter, ds, images, masks, variant: str, options: dict) -> None:
+    """Crack IoU on the training images after fitting on many well-placed points; with ``options`` also on
+    three other images (a head that fits its own points better may not generalise)."""
+    look = ds.stems[3:6]
+    others, other_masks = [ds.load_image(s) for s in look], [ds.load_mask(s) for s in look]
     for near in (150, 0):
         rng = np.random.default_rng(0)
         points = [draw(rng, m, near) for m in masks]
         for label, opts in (("default", {}), ("class_weight=None", {"class_weight": None})):
-            seg = Segmenter.preset("default", classes=ds.classes, **opts).fit(images, points)
-            print(f"  ceiling, {near} near-crack negatives/image, {label}: crack IoU {iou(seg, images, masks):.3f}")
+            seg = Segmenter.preset("default", classes=ds.classes, **{**opts, **options}).fit(images, points)
+            print(f"  [{variant} {options}] ceiling, {near} near-crack negatives/image, {label}: crack IoU "
+                  f"{iou(seg, images, masks):.3f} (3 other images: {iou(seg, others, other_masks):.3f})", flush=True)
+
+
+def _options(texts: list[str]) -> dict:
+    import json
+
+    out = {}
+    for text in texts:
+        key, value = text.split("=", 1)
+        try:
+            out[key] = json.loads(value.lower() if value in ("True", "False") else value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "none")  # one per process: variants patch the library
+    args = [a for a in sys.argv[1:] if a != "--ceiling"]
+    main(args[0] if args else "none", _options(args[1:]), "--ceiling" in sys.argv)  # one per process

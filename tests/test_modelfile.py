@@ -114,7 +114,7 @@ def _delete(path):
     (_set("colors", ["green", "#0000ff", "#ff0000"]), "colors is a list of 3"),
     (_set("classes", ["a", "a", "b"]), "no repeats"),
     (_set("backbone", "resnet999"), "backbone is \"resnet999\", expected one of"),
-    (_set("format_version", 3), "model format 3.*upgrade pointseg"),
+    (_set("format_version", 4), "model format 4.*upgrade pointseg"),
     (_set("format_version", "2"), "model format \"2\""),
     (_set("feature_precision", "fp8"), "feature_precision"),
     (_set("training_report", "good"), "training_report"),

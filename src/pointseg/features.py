@@ -13,6 +13,7 @@ ratio of 1/4 on every image. See :mod:`pointseg.sampling` for the pixel-centre c
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import mmap
 import os
@@ -33,8 +34,10 @@ from pointseg.imageio import load_image
 from pointseg.lru import ByteLRU
 from pointseg.presets import DEFAULT_BACKBONE
 
-#: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches)
-PREPROCESSING_VERSION = 1
+#: bumped whenever preprocessing changes in a way that changes features (invalidates disk caches). 2: the
+#: context stage may see an enlarged copy (``context_upscale``); at factor 1 its features are version 1's,
+#: so model files record 1 unless their factor is larger (older readers refuse only those)
+PREPROCESSING_VERSION = 2
 
 FEATURE_KINDS = ("deep", "hybrid")
 
@@ -1042,7 +1045,8 @@ class FeatureExtractor:
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights=None, precision: str = "auto",
                  device: str | None = None, tile_size: int = 1024, cache: FeatureCache | None = None,
-                 download: bool = False, features: str = "deep", engine: str = "auto"):
+                 download: bool = False, features: str = "deep", engine: str = "auto",
+                 context_upscale: int = 1):
         if features not in FEATURE_KINDS:
             raise PointsegError(f"unknown features {features!r}; choose one of: {', '.join(FEATURE_KINDS)}")
         self.features = features
@@ -1057,6 +1061,7 @@ class FeatureExtractor:
         if tile_size < self.spec.pad_multiple:
             raise PointsegError(f"tile_size {tile_size} is too small; use at least {self.spec.pad_multiple}")
         self.tile_size = int(tile_size) // self.spec.pad_multiple * self.spec.pad_multiple
+        self.context_upscale = check_context_upscale(context_upscale)
         self.cache = cache if cache is not None else FeatureCache()
         self.module.to(self.device)
         if self.engine != "torch":
@@ -1067,15 +1072,72 @@ class FeatureExtractor:
             self.module.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
-        self.id = (
+        self._base_id = (
             f"{self.spec.name}-{self.weights_sha256[:16]}-{self.engine}-{self.precision}-p{PREPROCESSING_VERSION}"
             + (f"-hybrid{filter_bank_version()}" if self.hybrid else "")
         )
+        self._set_context_upscale(self.context_upscale)
         self._run_lock = threading.Lock()
+
+    def _set_context_upscale(self, factor: int) -> None:
+        if not self._has_context:
+            factor = 1  # nothing to enlarge: the same features, the same cache key
+        self.context_upscale = factor
+        self.id = self._base_id + (f"-cu{factor}" if factor > 1 else "")
+
+    def with_context_upscale(self, factor: int) -> "FeatureExtractor":
+        """This extractor with its context stage seeing images ``factor`` times larger (see
+        :meth:`_upscaled_context`): a view sharing the network, the cache and the run lock, so a model can
+        compare or switch factors without loading the backbone again. Its ``id`` (the cache key) names
+        the factor."""
+        factor = check_context_upscale(factor)
+        if not self._has_context:
+            factor = 1
+        if factor == self.context_upscale:
+            return self
+        views = self.__dict__.setdefault("_views", {self.context_upscale: self})
+        if factor not in views:
+            view = copy.copy(self)
+            view._set_context_upscale(factor)
+            views[factor] = view
+        return views[factor]
+
+    def source_for(self, image):
+        """``image`` itself, or for a FeatureMap made by this extractor at another context factor, the image
+        it keeps (hybrid maps keep it), so that a model comparing factors can re-extract it."""
+        if (isinstance(image, FeatureMap) and image.extractor_id != self.id and image.rgb is not None
+                and image.extractor_id.split("-cu")[0] == self._base_id):
+            return image.rgb
+        return image
+
+    def context_upscale_for(self, image_sizes) -> int:
+        """The factor the ``"size"`` rule gives a model trained on images of these sizes.
+
+        An image whose short side is below the context stage's reach (``spec.context_reach``, 258 px for
+        efficientnet_lite0_s32) is seen by that stage mostly through its reflected border: each context cell
+        describes the whole image rather than a neighbourhood. For such images (the training images'
+        median short side) the rule enlarges by the smallest factor that shrinks the stage's reach, in
+        image pixels, to that of the stride-16 map below it (``spec.base_reach``, 104 px): ×4 here; less
+        when the enlarged median image would exceed :data:`CONTEXT_UPSCALE_MAX_PIXELS`. Images at least
+        the reach keep the native context and cost nothing more. 1 for trunks without a context stage.
+        """
+        reach, base = getattr(self.spec, "context_reach", None), getattr(self.spec, "base_reach", None)
+        if not self._has_context or not reach or not base or not len(image_sizes):
+            return 1
+        if float(np.median([min(s[:2]) for s in image_sizes])) >= reach:
+            return 1
+        pixels = float(np.median([s[0] * s[1] for s in image_sizes]))
+        wanted = next((f for f in CONTEXT_UPSCALES if reach / f <= base), CONTEXT_UPSCALES[-1])
+        affordable = [f for f in CONTEXT_UPSCALES if f <= wanted and f * f * pixels <= CONTEXT_UPSCALE_MAX_PIXELS]
+        return max(affordable, default=1)
 
     @property
     def backbone(self) -> str:
         return self.spec.name
+
+    @property
+    def _has_context(self) -> bool:
+        return getattr(self.module, "context_start", None) is not None
 
     @property
     def hybrid(self) -> bool:
@@ -1281,7 +1343,8 @@ class FeatureExtractor:
         hp, wp = self.padded_size((h, w))
         padded = _pad_reflect(rgb, hp, wp)
         margin, core = self.spec.tile_margin, self.tile_size
-        if hp <= core + 2 * margin and wp <= core + 2 * margin:
+        one_pass = hp <= core + 2 * margin and wp <= core + 2 * margin
+        if one_pass and self.context_upscale == 1:  # the network's own forward: its context is native
             yield (0, hp, 0, wp), self._run(padded)
             return
         if getattr(self.module, "context_start", None) is not None:
@@ -1313,7 +1376,7 @@ class FeatureExtractor:
             window = upsample_window(context, 8, (y0 // 4, y1 // 4), (x0 // 4, x1 // 4))
             yield (y0, y1, x0, x1), np.concatenate([_to_numpy(fused), _to_numpy(window)])
 
-    def _context_passes(self, padded: np.ndarray, progress=None, sink=None):
+    def _context_passes(self, padded: np.ndarray, progress=None, sink=None, upscaled: bool = True):
         """``[(core box, fused stride-4/8/16 map of the core)], context map`` for a trunk with a context tail.
 
         The tail's receptive field is too wide for tile margins (a 480-px margin made tiles 2x the whole
@@ -1323,14 +1386,16 @@ class FeatureExtractor:
         half the memory) until the tail has run, so streaming a huge image holds about half its deep map.
         With ``sink(box, fused)`` each core's map is handed over as soon as it is computed instead (the
         list comes back empty): extraction then holds one deep map, not a second copy of it in cores.
-        An image that fits one tile is one pass, split at the tail.
+        An image that fits one tile is one pass, split at the tail. With ``context_upscale`` > 1 (and
+        ``upscaled``) the context map comes from an enlarged copy instead (:meth:`_upscaled_context`).
         """
+        upscale = upscaled and self.context_upscale > 1
         hp, wp = padded.shape[:2]
         margin, core = self.spec.tile_margin, self.tile_size
         if hp <= core + 2 * margin and wp <= core + 2 * margin:
             with self._inference():
                 fused, x16 = self.module.forward_base(self._prepare(padded))
-            context = self._context_tail(x16[0])
+            context = self._upscaled_context(padded) if upscale else self._context_tail(x16[0])
             if progress is not None:
                 progress(1, 1)
             if sink is not None:
@@ -1353,7 +1418,27 @@ class FeatureExtractor:
             done += 1
             if progress is not None:
                 progress(done, self.n_tiles((hp, wp)))
+        if upscale:
+            del s16
+            return cores, self._upscaled_context(padded)
         return cores, self._context_tail(s16)
+
+    def _upscaled_context(self, padded: np.ndarray) -> torch.Tensor:
+        """The context map of the image seen ``context_upscale`` times larger, on the image's own grid.
+
+        The padded image is upscaled bilinearly (:func:`upscale_image`), its stride-16 map assembled as for
+        any image (tiled when large, exact), the context tail run over it, and its stride-32 map
+        average-pooled by the factor back to the image's stride-32 grid: the context channels keep their
+        geometry (and every predictor its layout), but describe each cell at the scale of a larger image,
+        where the stage's receptive field (80 % of its gradient mass within ~256 px) no longer spans a small
+        image several times over. Only the context tail's input changes; the stride-4/8/16 maps stay native.
+        """
+        f = self.context_upscale
+        up = upscale_image(padded, f)
+        # the enlarged copy's own passes; their fused maps are dropped as they come
+        _, context = self._context_passes(up, sink=lambda box, fused: None, upscaled=False)
+        del up
+        return F.avg_pool2d(context[None], f)[0]
 
     def _context_tail(self, s16: torch.Tensor) -> torch.Tensor:
         """The context tail over an image's stride-16 map, ``C x h x w`` → stride-32 ``C' x h/2 x w/2``.
@@ -1444,6 +1529,30 @@ def upsample_window(grid: torch.Tensor, scale: int, rows: tuple[int, int], cols:
     g0, g1 = cell_span(*rows, scale, h)
     k0, k1 = cell_span(*cols, scale, w)
     return upsample_cells(grid[:, g0:g1, k0:k1], scale, g0, k0, rows, cols)
+
+
+#: the factors the context stage may see an image enlarged by (see ``FeatureExtractor._upscaled_context``)
+CONTEXT_UPSCALES = (1, 2, 4)
+#: the largest enlarged copy (pixels) the "size" rule lets the median training image cost: a 250 x 1000 px
+#: strip still gets x4, a 300 x 4000 one x2
+CONTEXT_UPSCALE_MAX_PIXELS = 4_000_000
+
+
+def check_context_upscale(factor) -> int:
+    """``factor`` as an int, if it is one of :data:`CONTEXT_UPSCALES`; else a one-line error."""
+    if isinstance(factor, bool) or factor not in CONTEXT_UPSCALES:
+        raise PointsegError(f"context_upscale must be one of {', '.join(map(str, CONTEXT_UPSCALES))}, "
+                            f"got {factor!r}")
+    return int(factor)
+
+
+def upscale_image(rgb: np.ndarray, factor: int) -> np.ndarray:
+    """``H x W x 3`` uint8 → ``fH x fW x 3`` uint8, bilinear (``align_corners=False``), rounded: the copy the
+    context stage sees for ``context_upscale`` (the exported graph does the same in its own operators)."""
+    rgb = np.ascontiguousarray(rgb)
+    t = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy()).permute(2, 0, 1)[None].float()
+    up = F.interpolate(t, scale_factor=factor, mode="bilinear", align_corners=False)
+    return up.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().numpy()
 
 
 def filter_bank_version() -> int:

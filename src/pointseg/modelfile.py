@@ -3,6 +3,8 @@
 A model file is shared between colleagues and machines, so loading it must not execute code, and it must
 refuse to run on backbone weights other than the ones it was trained with (the numbers would be silently
 meaningless). Tensors: ``coef`` (K x C, on standardised features), ``intercept`` (K), ``mean`` and ``scale`` (C).
+An auto-context model (``"head": "autocontext"``, :mod:`pointseg.autocontext`) adds its second stage:
+``stage2_coef`` (K x (C + C_ctx)), ``stage2_intercept`` (K), ``stage2_mean`` and ``stage2_scale`` (C + C_ctx).
 
 Every file is checked before it is used, because a damaged model does not crash: it labels every pixel
 wrong. ``format_version`` 2 files carry a ``checksum`` (sha256 over the tensors and the canonical JSON of
@@ -12,6 +14,8 @@ the rest of the metadata), verified first; then every metadata field is checked 
 
 Compatibility:
 
+- ``format_version`` 3 is written only for auto-context models (a reader that ignored the second stage would
+  label pixels differently, so older pointseg must refuse them); linear models are still written as 2.
 - ``format_version`` 1 files (before the checksum) are still read: they have no checksum to verify, every
   field is validated all the same, and fields that early files lacked take their old defaults.
 - Top-level or ``params`` / ``training_report`` keys this version does not know (written by a newer
@@ -43,11 +47,18 @@ from pointseg.features import filter_bank_version
 from pointseg.limits import MAX_MODEL_FILE_BYTES, read_bounded
 
 FORMAT = "pointseg-model"
-FORMAT_VERSION = 2
-#: versions this pointseg reads; 1 = before the checksum
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: versions this pointseg reads; 1 = before the checksum, 3 = the auto-context head
+READABLE_VERSIONS = (1, 2, 3)
+#: the version a linear model is written as (readable by every pointseg since the checksum)
+LINEAR_FORMAT_VERSION = 2
 CHECKSUM_KEY = "checksum"
 TENSORS = ("coef", "intercept", "mean", "scale")
+STAGE2_TENSORS = ("stage2_coef", "stage2_intercept", "stage2_mean", "stage2_scale")
+HEADS = ("linear", "autocontext")
+#: the anomaly bank's tensors (when ``anomaly_bank`` is set), by AnomalyBank field
+ANOMALY_TENSORS = {"vectors": "anomaly_vectors", "mean": "anomaly_mean", "scale": "anomaly_scale",
+                   "projection": "anomaly_projection"}
 
 RETRAIN = "retrain the model with `pointseg train` (or from its project in `pointseg serve`)"
 DAMAGED = f"the file is damaged or was edited by hand; copy it again or {RETRAIN}"
@@ -57,7 +68,10 @@ DAMAGED = f"the file is damaged or was edited by hand; copy it again or {RETRAIN
 def save_model(seg, path: str | os.PathLike) -> None:
     from safetensors.numpy import save
 
-    if not isinstance(seg.head_, LinearHead):
+    from pointseg.autocontext import AUTOCONTEXT_VERSION, AutoContextHead
+
+    autocontext = isinstance(seg.head_, AutoContextHead)
+    if not isinstance(seg.head_, LinearHead) and not autocontext:
         raise PointsegError(
             f"only logistic-regression models can be saved; this one uses {seg.classifier!r} "
             "(train with classifier='logistic' to get a model file)"
@@ -65,7 +79,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
     ext = seg.extractor
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if autocontext else LINEAR_FORMAT_VERSION,
         "pointseg_version": __version__,
         "backbone": ext.backbone,
         "weights_sha256": ext.weights_sha256,
@@ -76,7 +90,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
             "std": list(ext.spec.std),
             "pad_multiple": ext.spec.pad_multiple,
             "stride": ext.spec.stride,
-            "preprocessing_version": _preprocessing_version(),
+            "preprocessing_version": _preprocessing_version(ext.context_upscale),
         },
         "classes": seg.classes_,
         "colors": seg.colors_,
@@ -85,27 +99,36 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "filter_bank_version": filter_bank_version() if ext.hybrid else None,
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
                    "tile_size": seg.tile_size, "smoothing": seg.smoothing_,
-                   "prior_correction": seg.prior_correction, "min_region": int(seg.min_region or 0)},
+                   "prior_correction": seg.prior_correction, "min_region": int(seg.min_region or 0),
+                   "ng_rule": getattr(seg, "ng_rule", "largest_region"),
+                   "context_upscale": int(ext.context_upscale)},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }
     meta.update(_decision_fields(seg))
-    head = seg.head_
-    tensors = {
-        "coef": np.ascontiguousarray(head.coef, dtype=np.float32),
-        "intercept": np.ascontiguousarray(head.intercept, dtype=np.float32),
-        "mean": np.ascontiguousarray(head.standardizer.mean, dtype=np.float32),
-        "scale": np.ascontiguousarray(head.standardizer.scale, dtype=np.float32),
-    }
+    if autocontext:
+        meta.update(head="autocontext", autocontext_version=AUTOCONTEXT_VERSION)
+    head = seg.head_.stage1 if autocontext else seg.head_
+    tensors = _head_tensors(head, TENSORS)
+    if autocontext:
+        tensors.update(_head_tensors(seg.head_.stage2, STAGE2_TENSORS))
+    tensors.update(_anomaly_tensors(seg, meta))
     # a model that would label every pixel wrong is refused here too, not only when it is read back
     _validate(meta, tensors, "the model")
     meta[CHECKSUM_KEY] = content_checksum(tensors, meta)
     atomic_write_bytes(Path(path), save(tensors, metadata={"pointseg": json.dumps(meta)}))
 
 
-def _preprocessing_version() -> int:
+def _head_tensors(head: LinearHead, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    values = (head.coef, head.intercept, head.standardizer.mean, head.standardizer.scale)
+    return {name: np.ascontiguousarray(v, dtype=np.float32) for name, v in zip(names, values)}
+
+
+def _preprocessing_version(context_upscale: int) -> int:
+    """The preprocessing version a model's features need: 1 (what every pointseg computes) unless its context
+    stage sees an enlarged copy, which readers before version 2 do not know and must refuse."""
     from pointseg.features import PREPROCESSING_VERSION
 
-    return PREPROCESSING_VERSION
+    return PREPROCESSING_VERSION if context_upscale > 1 else 1
 
 
 def content_checksum(tensors: dict[str, np.ndarray], meta: dict) -> str:
@@ -282,6 +305,14 @@ def _ng_rule(value) -> str | None:
     return expected + ", source a string, n_ok and n_ng integers >= 0" if any(typed) else None
 
 
+def _anomaly_bank(value) -> str | None:
+    from pointseg.anomaly import BANK_SOURCES
+
+    if not isinstance(value, dict) or value.get("source") not in BANK_SOURCES:
+        return f"null or an object with source (one of {', '.join(BANK_SOURCES)})"
+    return None
+
+
 COLOR = r"#[0-9a-fA-F]{6}"
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -316,6 +347,10 @@ FIELDS: list[Field] = [
     Field("params.smoothing", is_number(0, maximum=1000), required=None, default=0.0),  # sigma, pixels
     Field("params.prior_correction", is_number(0, maximum=1), required=None, default=0.0),
     Field("params.min_region", is_int(0), required=None, default=0),
+    Field("params.ng_rule", is_str(("largest_region", "anomaly")), required=None, default="largest_region"),
+    # the fitted context factor (Segmenter.context_upscale_); files before it: 1
+    Field("params.context_upscale", lambda v: None if v in (1, 2, 4) and isinstance(v, int) and not isinstance(v, bool)
+          else "1, 2 or 4", required=None, default=1),
     Field("training_report", _training_report, required=None, default=None),
     # per-part decisions (pointseg.decision); files without them: background = the first class, and the
     # default rule (NG when any region is found)
@@ -324,6 +359,13 @@ FIELDS: list[Field] = [
     # the app's per-project NG setting: NG when findings cover more than this fraction of the image (takes
     # precedence over ng_rule, as --ng-area does); null / absent: the ng_rule decides
     Field("ng_area", optional(is_number(0, maximum=1)), required=None, default=None),
+    # the auto-context head (pointseg.autocontext, format 3): absent in linear models
+    Field("head", is_str(HEADS), required=None, default="linear"),
+    Field("autocontext_version", optional(is_int(1)), required=None, default=None),
+    # the anomaly score's memory bank (pointseg.anomaly), stored as the tensors ANOMALY_TENSORS when the
+    # model decides with it; null / absent: no bank (older files, and models with the area rule)
+    Field("anomaly_bank", lambda value: None if value is None else _anomaly_bank(value), required=None,
+          default=None),
 ]
 
 
@@ -380,7 +422,7 @@ def _check_consistency(meta: dict, where: str) -> None:
                            f"0..{len(meta['classes']) - 1}")
     pre = meta["preprocessing"]
     trained = pre.get("preprocessing_version", 1)
-    if trained != PREPROCESSING_VERSION:
+    if trained not in (1, PREPROCESSING_VERSION):  # 1: version 2 without an enlarged context
         raise _fail(where, f"features were computed with preprocessing version {trained}, this pointseg "
                            f"{__version__} computes version {PREPROCESSING_VERSION}", RETRAIN + " from its annotations")
     spec = get_spec(meta["backbone"])
@@ -391,6 +433,17 @@ def _check_consistency(meta: dict, where: str) -> None:
         if not np.allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64), rtol=1e-6):
             raise _fail(where, f"preprocessing.{key} is {got}, but {meta['backbone']} normalises with {want}",
                         f"the model was made for another {meta['backbone']} input pipeline; {RETRAIN}")
+    if meta["head"] == "autocontext":
+        from pointseg.autocontext import AUTOCONTEXT_VERSION
+
+        if meta["format_version"] < 3:
+            raise _fail(where, f"head is autocontext in a format {meta['format_version']} file (auto-context "
+                               "models are format 3)")
+        if meta["autocontext_version"] != AUTOCONTEXT_VERSION:
+            raise _fail(where, f"auto-context version {meta['autocontext_version']}, this pointseg {__version__} "
+                               f"computes version {AUTOCONTEXT_VERSION}", RETRAIN + " from its annotations")
+    if (meta["ng_rule"] or {}).get("score") == "anomaly" and meta["anomaly_bank"] is None:
+        raise _fail(where, "ng_rule decides with the anomaly score but the file has no anomaly_bank")
     if meta["features"] == "hybrid":
         # files written before the bank was versioned carry no number: they used version 1
         bank = meta.get("filter_bank_version") or 1
@@ -424,6 +477,49 @@ def _check_tensors(meta: dict, tensors: dict[str, np.ndarray], where: str) -> No
             raise _fail(where, f"{name} contains NaN or infinite values")
     if (tensors["scale"] <= 0).any():
         raise _fail(where, "scale has zero or negative entries (every pixel would get one class)")
+    if meta["head"] == "autocontext":
+        _check_stage2(tensors, k, c, where)
+    if meta["anomaly_bank"] is not None:
+        _stored_bank(meta, tensors, where)
+
+
+def _check_stage2(tensors: dict[str, np.ndarray], k: int, c: int, where: str) -> None:
+    from pointseg.autocontext import n_context_channels
+
+    missing = [name for name in STAGE2_TENSORS if name not in tensors]
+    if missing:
+        raise _fail(where, f"is an auto-context model but lacks the tensors {', '.join(missing)}")
+    c2 = c + n_context_channels(k)
+    shapes = {"stage2_coef": (k, c2), "stage2_intercept": (k,), "stage2_mean": (c2,), "stage2_scale": (c2,)}
+    for name, shape in shapes.items():
+        array = tensors[name]
+        if array.shape != shape:
+            raise _fail(where, f"{name} has shape {array.shape}, expected {shape}")
+        if array.dtype.kind != "f" or not np.isfinite(array).all():
+            raise _fail(where, f"{name} is not finite floating point")
+    if (tensors["stage2_scale"] <= 0).any():
+        raise _fail(where, "stage2_scale has zero or negative entries")
+
+
+def _stored_bank(meta: dict, tensors: dict[str, np.ndarray], where: str):
+    """The :class:`pointseg.anomaly.AnomalyBank` a file holds (checked: tensors present, shapes agree with
+    each other and with the deep channels, finite)."""
+    from pointseg.anomaly import AnomalyBank
+
+    missing = [name for name in ANOMALY_TENSORS.values() if name not in tensors]
+    if missing:
+        raise _fail(where, f"anomaly_bank is set but the tensors {', '.join(missing)} are missing")
+    parts = {key: tensors[name] for key, name in ANOMALY_TENSORS.items()}
+    if any(a.dtype.kind != "f" for a in parts.values()):
+        raise _fail(where, "the anomaly bank's tensors are not floating point")
+    try:
+        bank = AnomalyBank(**parts, source=meta["anomaly_bank"]["source"])
+    except PointsegError as exc:
+        raise _fail(where, f"anomaly_bank: {exc}") from None
+    deep = meta["feature_channels"].get("deep")
+    if deep is not None and bank.n_channels > deep:
+        raise _fail(where, f"the anomaly bank has {bank.n_channels} channels, more than the {deep} deep ones")
+    return bank
 
 
 def _validate(meta: dict, tensors: dict[str, np.ndarray], where: str) -> dict:
@@ -512,7 +608,12 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
     meta, tensors = read_metadata(path)
     name = Path(path).name
     params = meta["params"]
-    head = LinearHead(tensors["coef"], tensors["intercept"], Standardizer(tensors["mean"], tensors["scale"]))
+    head = _read_head(tensors, TENSORS)
+    autocontext = meta["head"] == "autocontext"
+    if autocontext:
+        from pointseg.autocontext import AutoContextHead
+
+        head = AutoContextHead(head, _read_head(tensors, STAGE2_TENSORS))
     seg = cls.from_fitted(
         head, meta["classes"], meta["colors"], training_report=_stored_report(meta), model_metadata=meta,
         backbone=meta["backbone"], weights=weights,
@@ -520,7 +621,7 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
         precision=precision or meta["feature_precision"], device=device,
         tile_size=params["tile_size"], cache=cache, features=meta["features"],
         smoothing=params["smoothing"], prior_correction=params["prior_correction"],
-        min_region=params["min_region"],
+        min_region=params["min_region"], autocontext=autocontext, context_upscale=params["context_upscale"],
     )
     ext = seg.extractor  # resolves the weights: a clear error if they are not available
     if ext.weights_sha256 != meta["weights_sha256"]:
@@ -536,8 +637,13 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
             f"{name}: coefficients have shape {coef.shape}, expected {expected} for "
             f"{meta['backbone']} with {ext.features} features; the file is damaged"
         )
-    _load_decision_fields(seg, meta, name)
+    _load_decision_fields(seg, meta, name, tensors)
     return seg
+
+
+def _read_head(tensors: dict, names: tuple[str, ...]) -> LinearHead:
+    coef, intercept, mean, scale = (tensors[name] for name in names)
+    return LinearHead(coef, intercept, Standardizer(mean, scale))
 
 
 # ---------------------------------------------------------------- per-part decision fields (issue 13)
@@ -555,7 +661,19 @@ def _decision_fields(seg) -> dict:
             "ng_area": None if ng_area is None else float(ng_area)}
 
 
-def _load_decision_fields(seg, meta: dict, name: str) -> None:
+def _anomaly_tensors(seg, meta: dict) -> dict:
+    """The bank's tensors, and its metadata entry, for a model that decides with the anomaly score (the area
+    rule does not need the 4 MB bank, so its files stay as small as before)."""
+    bank = getattr(seg, "anomaly_bank_", None)
+    rule = getattr(seg, "ng_rule_", None)
+    if bank is None or getattr(rule, "score", None) != "anomaly":
+        meta["anomaly_bank"] = None
+        return {}
+    meta["anomaly_bank"] = {"source": bank.source, "n_vectors": bank.n_vectors, "channels": bank.n_channels}
+    return {name: np.ascontiguousarray(getattr(bank, key), dtype=np.float32) for key, name in ANOMALY_TENSORS.items()}
+
+
+def _load_decision_fields(seg, meta: dict, name: str, tensors: dict | None = None) -> None:
     """Set the decision state from fields :data:`FIELDS` has already validated."""
     from pointseg.decision import NGRule
 
@@ -564,3 +682,5 @@ def _load_decision_fields(seg, meta: dict, name: str) -> None:
     raw = meta["ng_rule"]
     seg.ng_rule_ = NGRule.from_dict(raw) if raw is not None else NGRule(source="default: NG when any region is found")
     seg.ng_area_ = meta["ng_area"]
+    seg.ng_rule = meta["params"]["ng_rule"]
+    seg.anomaly_bank_ = _stored_bank(meta, tensors, name) if meta["anomaly_bank"] is not None else None

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pointseg.annotations import default_colors, parse_color, rasterize_scribble, validate_points, validate_scribbles
+from pointseg.autocontext import AutoContextHead, AutoContextScores, fit_autocontext
 from pointseg.classifier import (
     LinearHead,
     PointClassifier,
@@ -35,7 +36,9 @@ from pointseg.features import (
     FeatureExtractor,
     FeatureMap,
     Scores,
+    CONTEXT_UPSCALES,
     cell_span,
+    check_context_upscale,
     deep_dtype,
     release_freed_memory,
 )
@@ -88,6 +91,24 @@ class Segmenter:
         Default: hybrid for the logistic head, deep for the random forest.
     background : the background / OK class (index or name) - what a clean part is made of; every other class
         is a finding. Default: the first class. Fitted as ``background_`` (an index).
+    autocontext : add a second stage (:mod:`pointseg.autocontext`, ilastik's auto-context): a logistic
+        regression on the features plus the first head's class probabilities filtered at a few scales,
+        trained on the same points with out-of-fold first-stage maps. For thin structures (cracks,
+        membranes), which the linear head marks too wide. Logistic head only; ``head_`` is then an
+        :class:`~pointseg.autocontext.AutoContextHead`. The training report's point accuracy, the
+        cross-validated estimate and the NG rule's held-out maps are the first stage's; zoomed-out
+        previews (``predict_region`` with ``scale < 1``) show the first stage; ONNX export and tiled batch
+        prediction refuse such models for now.
+    ng_rule : the image score the learned OK/NG rule (``ng_rule_``) thresholds: ``"largest_region"`` (area of
+        the largest predicted defect region, px) or ``"anomaly"`` (distance of the image's most unusual cell
+        from the OK images' cells, :mod:`pointseg.anomaly`: also sees defect types no click showed, but needs
+        the backbone's features to decide, so an exported ONNX graph cannot apply it).
+    context_upscale : 1, 2 or 4: the stride-32 context stage sees every image enlarged by this factor (its
+        map pooled back to the image's grid; see ``FeatureExtractor._upscaled_context``), which can help
+        small images (~200 px), whose context cells otherwise see the whole image; the cost is a second
+        trunk pass over the enlarged copy. Or ``"size"``: ×4 when the training images are smaller than
+        the context stage's receptive field (258 px), else 1 (see ``FeatureExtractor.context_upscale_for``).
+        Fitted as ``context_upscale_``, which every predictor and the model file use. Default 1 (off).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
@@ -96,7 +117,8 @@ class Segmenter:
                  cache: FeatureCache | None = None, cross_validate: bool = True, download: bool = False,
                  features: str | None = None, smoothing: float | None = None,
                  prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
-                 background: int | str | None = None):
+                 background: int | str | None = None, autocontext: bool = False,
+                 ng_rule: str = "largest_region", context_upscale: int = 1):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -116,6 +138,9 @@ class Segmenter:
         self.warm_start = warm_start
         self.min_region = min_region
         self.background = background
+        self.autocontext = autocontext
+        self.ng_rule = ng_rule
+        self.context_upscale = context_upscale
         self._extractor: FeatureExtractor | None = None
 
     def __getstate__(self) -> dict:
@@ -135,12 +160,13 @@ class Segmenter:
             k: getattr(self, k)
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
-                      "prior_correction", "warm_start", "min_region", "background")
+                      "prior_correction", "warm_start", "min_region", "background", "autocontext",
+                      "ng_rule", "context_upscale")
         }
 
     #: parameters that change how features are computed; changing one drops the loaded extractor
     _EXTRACTOR_PARAMS = frozenset({"backbone", "weights", "precision", "device", "tile_size", "features",
-                                   "classifier", "download"})
+                                   "classifier", "download", "context_upscale"})
 
     def set_params(self, **params) -> "Segmenter":
         """Set parameters by name (scikit-learn's ``set_params``); returns ``self``.
@@ -200,11 +226,21 @@ class Segmenter:
             )
             if self.cache is None:
                 self.cache = self._extractor.cache
-        return self._extractor
+        return self._extractor.with_context_upscale(self._context_factor())
+
+    def _context_factor(self) -> int:
+        """The context factor features are made with: the fitted one for a rule (native until fitted)."""
+        if isinstance(self.context_upscale, str):
+            if self.context_upscale not in CONTEXT_RULES:
+                raise PointsegError(f"context_upscale must be one of {', '.join(map(str, CONTEXT_UPSCALES))} or "
+                                    f"a rule ({', '.join(CONTEXT_RULES)}), got {self.context_upscale!r}")
+            return getattr(self, "context_upscale_", 1)
+        return check_context_upscale(self.context_upscale)
 
     def extract_features(self, image) -> FeatureMap:
         """Features of an image (path, array or FeatureMap), computed once and cached."""
-        return self.extractor.extract(image)
+        ext = self.extractor
+        return ext.extract(ext.source_for(image))
 
     # ------------------------------------------------------------------ training
     def fit(self, images, points, scribbles=None, ok=None) -> "Segmenter":
@@ -230,19 +266,29 @@ class Segmenter:
         if ok is not None and len(ok) != len(images):
             raise PointsegError(f"got {len(images)} images but {len(ok)} OK flags; give one per image")
         n_classes = self._resolve_classes(points, scribbles)
+        check_ng_rule(self.ng_rule)
         if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
-        parts: list[_ImagePart] = []
-        for i, image in enumerate(images):
-            part = self._image_part(i, image, points[i], scribbles[i] if scribbles is not None else None,
-                                    bool(ok[i]) if ok is not None else False, n_classes)
-            if part is not None:
-                parts.append(part)
+        def make_parts() -> list[_ImagePart]:
+            made = [self._image_part(i, image, points[i], scribbles[i] if scribbles is not None else None,
+                                     bool(ok[i]) if ok is not None else False, n_classes)
+                    for i, image in enumerate(images)]
+            return [part for part in made if part is not None]
+
+        self.__dict__.pop("context_upscale_", None)
+        self.context_upscale_ = self._context_factor()
+        parts = make_parts()
+        if isinstance(self.context_upscale, str):
+            parts = self._choose_context_upscale(parts, make_parts)
         if not any(len(p.y) for p in parts):
             raise PointsegError("no points to train on; mark at least one point of two classes")
         standardizer = Standardizer.from_moments([p.moments for p in parts])
         clf = PointClassifier(self.classifier, self.C, self.class_weight)
         previous = getattr(self, "head_", None) if self.warm_start else None
+        if isinstance(previous, AutoContextHead):
+            previous_stage2, previous = previous, previous.stage1
+        else:
+            previous_stage2 = None
         head, X, y, groups = self._fit_parts(clf, parts, n_classes, standardizer,
                                              previous if isinstance(previous, LinearHead) else None)
         self.class_priors_ = None
@@ -250,13 +296,17 @@ class Segmenter:
             head, self.class_priors_ = correct_priors(head, _pixel_sample([p.fmap for p in parts]),
                                                       float(self.prior_correction))
         point_pred = head_scores(head, X).argmax(axis=1)
+        if self.autocontext:
+            head = self._fit_stage2(clf, head, parts, n_classes, standardizer, previous_stage2)
         fit_seconds = time.perf_counter() - start
         cv_acc, cv_method = (None, None)
         self.ng_rule_, part_confusion = NGRule(source="default: NG when any region is found"), None
+        self.anomaly_bank_, self.ng_evidence_ = None, None
         if self.cross_validate:
             cv_acc, cv_method = cross_validate(clf, X, y, groups, n_classes, standardizer)
-            if isinstance(head, LinearHead):
-                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer)
+            if isinstance(head, (LinearHead, AutoContextHead)):  # auto-context: stage 1's held-out maps
+                stage1 = head.stage1 if isinstance(head, AutoContextHead) else head
+                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer, stage1)
         self.head_ = head
         self.n_features_in_ = X.shape[1]
         names = self.classes_
@@ -276,6 +326,17 @@ class Segmenter:
             part_confusion=part_confusion,
         )
         return self
+
+    def _choose_context_upscale(self, parts: list["_ImagePart"], make_parts) -> list["_ImagePart"]:
+        """Fit ``context_upscale_`` by the ``"size"`` rule (:meth:`FeatureExtractor.context_upscale_for`:
+        training images smaller than the context stage's receptive field get an enlarged context); returns
+        the training parts made with it. One factor per model, so that every image it predicts, and its
+        exported graph, sees the context at the scale it was trained at."""
+        factor = self.extractor.context_upscale_for([p.fmap.image_size for p in parts])
+        if factor == 1 or not parts:
+            return parts
+        self.context_upscale_ = factor
+        return make_parts()
 
     def _image_part(self, i: int, image, pts, scrib, ok: bool, n_classes: int) -> "_ImagePart | None":
         """One image's training material: click features and labels, and for an OK image its pixel pool."""
@@ -354,7 +415,18 @@ class Segmenter:
         gc = np.concatenate([gc] + [np.full(len(h), p.index) for h, p in zip(hard, ok_parts)])
         return clf.fit(Xc, yc, n_classes, standardizer, init=head), Xc, yc, gc
 
-    def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
+    def _fit_stage2(self, clf, stage1, parts, n_classes, standardizer, init) -> "AutoContextHead":
+        """The auto-context stage on the click rows of the parts (OK images' pixel pools train stage 1
+        only: their positions are a grid, not clicks); see :mod:`pointseg.autocontext`."""
+        if self.classifier != "logistic":
+            raise PointsegError("autocontext=True needs classifier='logistic'")
+        clicked = [p for p in parts if len(p.y)]
+        return fit_autocontext(
+            clf, stage1, [p.fmap for p in clicked], np.concatenate([p.X for p in clicked]),
+            np.concatenate([p.xy for p in clicked]), np.concatenate([p.y for p in clicked]),
+            np.concatenate([np.full(len(p.y), j) for j, p in enumerate(clicked)]), n_classes, standardizer, init)
+
+    def _learn_ng_rule(self, clf, parts, n_classes, standardizer, head) -> tuple[NGRule, dict | None]:
         """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
         (marked OK, or with a point of a defect class) is predicted by a model fitted without it.
 
@@ -362,7 +434,7 @@ class Segmenter:
         that no defect click falls in: the user clicked the defects, so such a region is (with corrective
         clicks nearly always) a false finding on clean surface, the kind a clean part would show.
         """
-        from pointseg.decision import DEFAULT_SCORE, choose_threshold, part_confusion
+        from pointseg.decision import DEFAULT_SCORE, part_confusion, threshold_from_evidence
 
         status = {p.index: (False if p.ok else True if (p.y != self.background_).any() else None) for p in parts}
         known = [p for p in parts if status[p.index] is not None]
@@ -384,12 +456,66 @@ class Segmenter:
                 clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
             else:
                 ok_scores.append(score)
-        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, DEFAULT_SCORE)
-        rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
+        kind = check_ng_rule(self.ng_rule)
+        # the bank and its evidence cost nearest-neighbour searches: only a model that decides with them pays
+        self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head) if kind == "anomaly" else (None, None)
+        self.ng_evidence_ = {"largest_region": {"ng": ng_scores, "ok": ok_scores, "clean_surface": clean_surface},
+                             "anomaly": anomaly}
+        if kind == "anomaly" and self.anomaly_bank_ is None:
+            kind = DEFAULT_SCORE   # nothing to build a bank from (no OK image, no background): the area rule
+        evidence = self.ng_evidence_[kind]
+        ng_scores, ok_scores = evidence["ng"], evidence["ok"]
+        threshold, source = threshold_from_evidence(evidence, kind)
+        rule = NGRule(kind, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
         confusion = None
         if ok_scores:
-            confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
+            confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out",
+                         "score": kind}
         return rule, confusion
+
+    def _anomaly_evidence(self, parts, status: dict, head):
+        """The anomaly bank (:mod:`pointseg.anomaly`) and leave-one-image-out anomaly scores of the annotated
+        images: ``(bank or None, {"ng": [...], "ok": [...], "clean_surface": [...]})``.
+
+        With OK images the bank is their cells; an OK image is scored against the bank of the other OK
+        images, a defective one against all. Without OK images the bank is the defective images' safe
+        background (cells the full model calls background, away from defects and defect clicks); each
+        defective image is scored against the other images' background, and its own safe background gives a
+        clean example."""
+        from pointseg.anomaly import build_bank, cell_features, cell_grid_size, interior, safe_background_cells
+
+        evidence = {"ng": [], "ok": [], "clean_surface": []}
+        known = [p for p in parts if status[p.index] is not None]
+        if not known:
+            return None, evidence
+        feats = {p.index: cell_features(p.fmap) for p in known}
+        inner = {p.index: interior(cell_grid_size(p.fmap)).ravel() for p in known}
+        ok_parts = [p for p in known if not status[p.index]]
+        ng_parts = [p for p in known if status[p.index]]
+        if ok_parts:
+            bank = build_bank([feats[p.index][inner[p.index]] for p in ok_parts])
+            evidence["ng"] = [bank.score(p.fmap, feats[p.index]) for p in ng_parts]
+            for p in ok_parts:
+                rest = build_bank([feats[q.index][inner[q.index]] for q in ok_parts if q is not p])
+                if rest is not None:
+                    evidence["ok"].append(rest.score(p.fmap, feats[p.index]))
+            return bank, evidence
+        twin = copy.copy(self)
+        twin.head_, twin.n_features_in_ = head, int(head.coef.shape[1])
+        safe = {}
+        for p in ng_parts:
+            check_interrupted()
+            safe[p.index] = safe_background_cells(twin.predict(p.fmap), p.fmap, self.background_,
+                                                  p.xy[p.y != self.background_])
+        normal = {i: feats[i][safe[i].ravel() & inner[i]] for i in safe}
+        for p in ng_parts:
+            rest = build_bank([normal[q.index] for q in ng_parts if q is not p], "defective_background")
+            if rest is None:
+                continue
+            evidence["ng"].append(rest.score(p.fmap, feats[p.index]))
+            if safe[p.index].any():
+                evidence["clean_surface"].append(rest.score(p.fmap, feats[p.index], where=safe[p.index]))
+        return build_bank(list(normal.values()), "defective_background"), evidence
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:
@@ -449,6 +575,9 @@ class Segmenter:
         if isinstance(self.head_, LinearHead):
             w, b = self.head_.folded()
             return self.extractor.image_scores(image, w, b, stream_above=stream_above)
+        if isinstance(self.head_, AutoContextHead):
+            w, b, w_context = self.head_.folded()
+            return AutoContextScores(self.extractor.image_scores(image, w, b, stream_above=stream_above), w_context)
         return self.extractor.image_scores(image, fn=self.head_.scores, n_features=self.n_features_in_,
                                            stream_above=stream_above)
 
@@ -657,8 +786,22 @@ class Segmenter:
 
         self._check_fitted()
         rule = rule if rule is not None else getattr(self, "ng_rule_", None) or NGRule()
-        result = self.predict_full(image, probabilities=rule.score == "quantile")
-        return decide_labels(result.labels, result.probabilities, rule, self.background_)
+        fmap = self.extract_features(image) if rule.score == "anomaly" else image
+        result = self.predict_full(fmap, probabilities=rule.score == "quantile")
+        return decide_labels(result.labels, result.probabilities, rule, self.background_,
+                             anomaly=self.anomaly_score(fmap) if rule.score == "anomaly" else None)
+
+    def anomaly_score(self, image) -> float:
+        """How unlike the normal surface the model was trained with the image's most unusual spot is (the
+        ``"anomaly"`` image score, :mod:`pointseg.anomaly`); needs a bank (learned with the NG rule from OK
+        images, or from the defective images' background)."""
+        self._check_fitted()
+        bank = getattr(self, "anomaly_bank_", None)
+        if bank is None:
+            raise PointsegError("this model has no anomaly bank (it learns one when fit cross-validates with "
+                                "annotated images; older model files have none): retrain it, or decide with "
+                                "--ng-rule largest_region:AREA")
+        return bank.score(self.extract_features(image))
 
     def _clean(self, labels: np.ndarray) -> np.ndarray:
         if not self.min_region:
@@ -678,16 +821,17 @@ class Segmenter:
         save_model(self, path)
 
     @classmethod
-    def from_fitted(cls, head: LinearHead, classes, colors, *, training_report: TrainingReport | None = None,
+    def from_fitted(cls, head: "LinearHead | AutoContextHead", classes, colors, *, training_report: TrainingReport | None = None,
                     model_metadata: dict | None = None, **params) -> "Segmenter":
         """A fitted Segmenter from a trained head and its classes (what a model file holds); ``params`` are
         constructor parameters. The one place besides :meth:`fit` that sets the learned attributes."""
         seg = cls(classes=classes, colors=colors, **params)
         seg.head_ = head
-        seg.n_features_in_ = int(head.coef.shape[1])
+        seg.n_features_in_ = int((head.stage1 if isinstance(head, AutoContextHead) else head).coef.shape[1])
         seg.classes_ = list(classes)
         seg.colors_ = list(colors)
         seg.class_priors_ = None
+        seg.context_upscale_ = seg._context_factor()
         if training_report is not None:
             seg.training_report_ = training_report
         if model_metadata is not None:
@@ -703,6 +847,10 @@ class Segmenter:
         return load_model(cls, path, weights=weights, cache=cache, device=device, precision=precision)
 
 
+#: the rules ``context_upscale`` may name instead of a factor (see ``Segmenter._choose_context_upscale``)
+CONTEXT_RULES = ("size",)
+
+
 @dataclass
 class _ImagePart:
     """What fit keeps of one training image: click features ``X`` / labels ``y``; an OK image's pixel pool."""
@@ -716,6 +864,16 @@ class _ImagePart:
     pool: np.ndarray | None
     xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
 
+
+def check_ng_rule(value) -> str:
+    """The ``ng_rule`` parameter: an image score the learned rule can threshold."""
+    if value not in LEARNED_RULES:
+        raise PointsegError(f"ng_rule must be one of {', '.join(LEARNED_RULES)}, got {value!r}")
+    return value
+
+
+#: image scores :meth:`Segmenter.fit` can learn an NG threshold for (leave-one-image-out)
+LEARNED_RULES = ("largest_region", "anomaly")
 
 #: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
 OK_POOL_PIXELS = 4000

@@ -32,6 +32,12 @@ class BackboneSpec:
     stride: int = 4
     #: images are padded to a multiple of this so that tiles align with every layer's grid
     pad_multiple: int = 32
+    #: effective receptive fields (px): the side of the square around a cell that holds 80 % of its
+    #: input-gradient mass, for the stride-32 context stage and the stride-16 map below it (measured by
+    #: ``bench/context_diagnosis.py --receptive-field``, checked by a test); None without a context stage.
+    #: ``context_upscale="size"`` builds on them (``FeatureExtractor.context_upscale_for``).
+    context_reach: int | None = None
+    base_reach: int | None = None
     description: str = ""
 
 
@@ -70,6 +76,11 @@ def _resnet(name: str, tile_margin: int, file_name: str, channels: int, descript
     )
 
 
+#: efficientnet_lite0_s32's receptive fields, 80 % of the gradient mass (context: 50 % 146 px, 90 % 324 px,
+#: 99 % 496 px, theoretical 736 px; stride 16: 50 % 56 px, 90 % 132 px)
+LITE0_CONTEXT_REACH, LITE0_BASE_REACH = 258, 104
+
+
 def _lite(name: str, tile_margin: int, channels: int, context: bool = False) -> BackboneSpec:
     from pointseg.backbones.efficientnet_lite import _USED_STAGES, CONTEXT_STAGES, EfficientNetLiteTrunk
 
@@ -81,6 +92,8 @@ def _lite(name: str, tile_margin: int, channels: int, context: bool = False) -> 
         build=lambda: EfficientNetLiteTrunk(family, stages),
         channels=channels,
         tile_margin=tile_margin,
+        context_reach=LITE0_CONTEXT_REACH if context else None,
+        base_reach=LITE0_BASE_REACH if context else None,
         input_scale=255.0,
         mean=_LITE_MEAN,
         std=_LITE_STD,

@@ -112,6 +112,7 @@ class ModelParts:
     context_channels: int
     fine_channels: int
     smoothing: float
+    context_upscale: int = 1  # the context stage sees the image enlarged by this (Segmenter.context_upscale_)
 
 
 class WholeModel(nn.Module):
@@ -131,11 +132,13 @@ class WholeModel(nn.Module):
         self.register_buffer("w_context", w[:, d: d + c][:, :, None, None].contiguous())
         self.register_buffer("w_fine", w[:, d + c:][:, :, None, None].contiguous())
         self.has_context = c > 0
+        self.context_upscale = int(parts.context_upscale) if self.has_context else 1
         self.filters = FilterBank() if parts.fine_channels else None
         self.smoothing = float(parts.smoothing)
 
-    def _stage_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Deep scores on the stride-4 grid: each stage map scored with its slice of the head, then upsampled."""
+    def _stage_scores(self, x: torch.Tensor, rgb_padded: torch.Tensor) -> torch.Tensor:
+        """Deep scores on the stride-4 grid: each stage map scored with its slice of the head, then upsampled.
+        ``rgb_padded`` (the padded image, 0-255) feeds an enlarged context copy when ``context_upscale`` > 1."""
         with _unfused(self.trunk) as trunk:
             if self.has_context:
                 maps, x16 = trunk.forward_base(x)
@@ -150,18 +153,31 @@ class WholeModel(nn.Module):
                 s = F.interpolate(s, scale_factor=2 ** i, mode="bilinear", align_corners=False)
             total = s if total is None else total + s
         if self.has_context:
-            coarse = F.conv2d(self.trunk.forward_context(x16), self.w_context)
+            coarse = F.conv2d(self._context(x16, rgb_padded), self.w_context)
             total = total + F.interpolate(coarse, scale_factor=8, mode="bilinear", align_corners=False)
         return total + self.bias
+
+    def _context(self, x16: torch.Tensor, rgb_padded: torch.Tensor) -> torch.Tensor:
+        """The stride-32 context map, as ``FeatureExtractor._upscaled_context`` makes it for a factor > 1: the
+        padded image enlarged bilinearly and rounded to 8 bits, the trunk up to stride 16 and the tail run
+        over it, average-pooled back by the factor."""
+        f = self.context_upscale
+        if f == 1:
+            return self.trunk.forward_context(x16)
+        up = F.interpolate(rgb_padded, scale_factor=float(f), mode="bilinear", align_corners=False)
+        up = torch.clamp(torch.round(up), 0, 255)
+        with _unfused(self.trunk) as trunk:
+            _, up16 = trunk.forward_base((up / self.scale - self.mean) / self.std)
+        return F.avg_pool2d(self.trunk.forward_context(up16), f)
 
     def forward(self, images: torch.Tensor):
         rgb = images.permute(0, 3, 1, 2).float()
         h, w = rgb.shape[2], rgb.shape[3]
         m = self.multiple
         pad_h, pad_w = (m - h % m) % m, (m - w % m) % m
-        x = (rgb / self.scale - self.mean) / self.std
-        x = x.index_select(2, _fold_reflect(h, pad_h)).index_select(3, _fold_reflect(w, pad_w))
-        grid = self._stage_scores(x)
+        padded = rgb.index_select(2, _fold_reflect(h, pad_h)).index_select(3, _fold_reflect(w, pad_w))
+        x = (padded / self.scale - self.mean) / self.std
+        grid = self._stage_scores(x, padded)
         logits = F.interpolate(grid, scale_factor=4, mode="bilinear", align_corners=False)[:, :, :h, :w]
         if self.filters is not None:
             logits = logits + F.conv2d(self.filters(rgb), self.w_fine)
@@ -180,8 +196,12 @@ def _fold_reflect(n, pad) -> torch.Tensor:
 
 def model_parts(seg) -> ModelParts:
     """The pieces of a fitted, saved-able Segmenter (logistic head) that the graph needs."""
+    from pointseg.autocontext import AutoContextHead
     from pointseg.classifier import LinearHead
 
+    if isinstance(getattr(seg, "head_", None), AutoContextHead):
+        raise PointsegError("auto-context models (autocontext=True) cannot be exported to ONNX yet; predict with "
+                            "`pointseg predict` (Python runtime), or train without autocontext to export")
     if not isinstance(getattr(seg, "head_", None), LinearHead):
         raise PointsegError("only trained logistic-regression models can be exported; train one with `pointseg train`")
     ext = seg.extractor
@@ -193,7 +213,8 @@ def model_parts(seg) -> ModelParts:
     if getattr(trunk, "context_start", None) is not None:
         with torch.no_grad():
             context = int(trunk.forward_context(trunk.forward_base(torch.zeros(1, 3, 64, 64))[1]).shape[1])
-    return ModelParts(trunk, ext.spec, w, b, ext.channels - context, context, fine, seg.smoothing_)
+    return ModelParts(trunk, ext.spec, w, b, ext.channels - context, context, fine, seg.smoothing_,
+                      ext.context_upscale)
 
 
 def check_image(seed: int = 0) -> np.ndarray:
@@ -277,6 +298,12 @@ def export_model(model_path: str | os.PathLike, output: str | os.PathLike, weigh
 def graph_metadata(seg, model_path, version: str) -> dict:
     """What a runner needs besides the graph: classes, colours, background, OK/NG rule, min_region, provenance."""
     rule = getattr(seg, "ng_rule_", None)
+    if rule is not None and rule.score == "anomaly":
+        raise PointsegError(
+            "this model decides OK/NG with the anomaly score (distance of the image's feature cells to the OK "
+            "images' bank), which an exported graph cannot compute: it outputs labels and probabilities only. "
+            "Retrain with `pointseg train --ng-rule largest_region` to export, or predict with the library "
+            "(`pointseg predict` without --engine)")
     return {
         "classes": list(seg.classes_),
         "colors": list(seg.colors_),

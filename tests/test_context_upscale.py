@@ -1,0 +1,195 @@
+"""The context stage on an enlarged copy (``context_upscale``): what changes, what stays, and the "size" rule."""
+import numpy as np
+import pytest
+
+from pointseg import Segmenter
+from pointseg.errors import PointsegError
+from pointseg.features import CONTEXT_UPSCALE_MAX_PIXELS, FeatureExtractor, upscale_image
+
+from synthetic import points_from_truth, two_texture_image
+
+CLASSES = ["left", "right", "disc"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    image, truth = two_texture_image(h=150, w=190)
+    return image, truth
+
+
+@pytest.fixture(scope="module")
+def native():
+    return FeatureExtractor("efficientnet_lite0_s32", precision="fp32", engine="torch", features="hybrid")
+
+
+def test_only_the_context_channels_change_and_the_cache_key_names_the_factor(small, native):
+    image, _ = small
+    enlarged = native.with_context_upscale(2)
+    assert enlarged is native.with_context_upscale(2) and native.with_context_upscale(1) is native
+    assert enlarged.id == native.id + "-cu2" and enlarged.cache is native.cache
+    data1, ctx1 = native.compute_parts(image)
+    data2, ctx2 = enlarged.compute_parts(image)
+    np.testing.assert_array_equal(data1, data2)  # the stride-4/8/16 maps stay native
+    assert ctx1.shape == ctx2.shape == (192, 160 // 32, 192 // 32)
+    assert np.abs(ctx1 - ctx2).max() > 0.1
+    # the enlarged map is the pooled context of the enlarged image, seen by the same network
+    padded = np.pad(image, ((0, 10), (0, 2), (0, 0)), mode="reflect")
+    _, ctx_big = native.compute_parts(upscale_image(padded, 2))
+    pooled = ctx_big.reshape(192, 5, 2, 6, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(ctx2, pooled, atol=1e-5)
+    assert native.extract(image).key != enlarged.extract(image).key
+
+
+def test_tiled_and_streamed_equal_whole_with_an_enlarged_context(small):
+    image = np.ascontiguousarray(np.tile(small[0], (2, 2, 1))[:290, :370])
+    whole = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", engine="torch", tile_size=4096,
+                             context_upscale=2)
+    tiled = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", engine="torch", tile_size=256,
+                             context_upscale=2)
+    assert tiled.n_tiles((640, 768)) == 9  # the enlarged copy's pass is really tiled
+    data_w, ctx_w = whole.compute_parts(image)
+    data_t, ctx_t = tiled.compute_parts(image)
+    np.testing.assert_allclose(data_t, data_w, atol=2e-4, rtol=1e-4)
+    np.testing.assert_allclose(ctx_t, ctx_w, atol=2e-4, rtol=1e-4)
+    # the streamed path (iter_tiles) carries the same upsampled context as the cached map
+    fmap = whole.extract(image)
+    streamed = np.zeros_like(fmap.full_deep())
+    for (y0, y1, x0, x1), tile in tiled.iter_tiles(image):
+        streamed[:, y0 // 4: y1 // 4, x0 // 4: x1 // 4] = tile
+    np.testing.assert_allclose(streamed, fmap.full_deep(), atol=2e-4, rtol=1e-4)
+
+
+def test_factors_are_checked(small):
+    with pytest.raises(PointsegError, match="context_upscale must be one of 1, 2, 4"):
+        FeatureExtractor("efficientnet_lite0_s32", context_upscale=3)
+    image, truth = small
+    for bad in (3, "big", True):
+        with pytest.raises(PointsegError, match="context_upscale must be one of"):
+            Segmenter(classes=CLASSES, context_upscale=bad, precision="fp32").fit([image], [points_from_truth(truth, 4)])
+
+
+def test_a_trunk_without_context_ignores_the_factor(small):
+    ext = FeatureExtractor("efficientnet_lite0", precision="fp32", engine="torch", context_upscale=4)
+    assert ext.context_upscale == 1 and "-cu" not in ext.id
+    assert ext.context_upscale_for([(100, 100)]) == 1
+
+
+def test_size_rule_enlarges_only_images_below_the_context_reach(native):
+    assert native.spec.context_reach == 258 and native.spec.base_reach == 104
+    assert native.context_upscale_for([(200, 200)] * 3) == 4  # NEU-Seg
+    assert native.context_upscale_for([(250, 300), (222, 400), (300, 380)]) == 4  # the median decides
+    assert native.context_upscale_for([(112, 300), (300, 300), (400, 300)]) == 1
+    assert native.context_upscale_for([(320, 480)] * 3) == 1  # CrackForest
+    assert native.context_upscale_for([(500, 1250)]) == 1  # KolektorSDD
+    assert native.context_upscale_for([(257, 2000)]) == 2  # x4 would exceed CONTEXT_UPSCALE_MAX_PIXELS
+    assert native.context_upscale_for([(250, 20000)]) == 1
+    assert 16 * 250 * 1000 <= CONTEXT_UPSCALE_MAX_PIXELS < 16 * 257 * 2000
+
+
+def test_the_reaches_are_the_measured_receptive_fields(native):
+    """The spec's reaches are what the trunk's gradients say (a changed architecture fails here)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "context_diagnosis.py"
+    spec = importlib.util.spec_from_file_location("context_diagnosis", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    measured = module.receptive_field(size=768, trials=1)
+    assert abs(measured["context"]["80%"] - native.spec.context_reach) <= 0.1 * native.spec.context_reach
+    assert abs(measured["stride16"]["80%"] - native.spec.base_reach) <= 0.1 * native.spec.base_reach
+
+
+def _three_images(h=150, w=190):
+    images, points = [], []
+    for seed in range(3):
+        image, truth = two_texture_image(h=h, w=w, seed=seed)
+        images.append(image)
+        points.append(points_from_truth(truth, 8, seed=seed))
+    return images, points
+
+
+def test_size_rule_fits_the_factor_and_every_predictor_uses_it():
+    from pointseg import FeatureCache
+
+    images, points = _three_images()
+    cache = FeatureCache()
+    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(images, points)
+    assert seg.context_upscale_ == 4 and seg.extractor.context_upscale == 4
+    fixed = Segmenter(classes=CLASSES, precision="fp32", context_upscale=4, cache=cache).fit(images, points)
+    np.testing.assert_array_equal(seg.head_.coef, fixed.head_.coef)
+    np.testing.assert_array_equal(seg.predict(images[0]), fixed.predict(images[0]))
+    # the streamed path (what images above stream_above take) gives the cached map's scores
+    other = np.ascontiguousarray(images[1][:, ::-1])
+    streamed = seg.extractor.image_scores(other, *seg.head_.folded(), stream_above=0)
+    np.testing.assert_allclose(streamed.grid(), seg.decision_grid(other).grid(), atol=1e-3)
+
+
+def test_size_rule_leaves_images_at_least_the_reach_native(monkeypatch):
+    images, points = _three_images(h=260, w=300)
+    calls = []
+    original = FeatureExtractor.with_context_upscale
+    monkeypatch.setattr(FeatureExtractor, "with_context_upscale",
+                        lambda self, f: calls.append(f) or original(self, f))
+    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size").fit(images, points)
+    assert seg.context_upscale_ == 1 and set(calls) == {1}  # no enlarged copy was ever made
+    assert "-cu" not in seg.extractor.id
+
+
+def test_model_file_keeps_the_fitted_factor(tmp_path, small):
+    from modelkit import read_raw
+
+    image, truth = small
+    for factor, version in ((2, 2), (1, 1)):
+        seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale=factor)
+        seg.fit([image], [points_from_truth(truth, 6)])
+        path = tmp_path / f"m{factor}.pointseg"
+        seg.save(path)
+        meta, _ = read_raw(path)
+        assert meta["params"]["context_upscale"] == factor
+        assert meta["preprocessing"]["preprocessing_version"] == version  # older readers refuse only x2/x4
+        loaded = Segmenter.load(path, precision="fp32")
+        assert loaded.context_upscale_ == factor and loaded.extractor.context_upscale == factor
+        np.testing.assert_array_equal(loaded.predict(image), seg.predict(image))
+
+
+def test_cli_train_records_the_context_factor_and_refuses_a_bad_one(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from modelkit import read_raw
+
+    image, truth = two_texture_image(h=150, w=190)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "classes": [{"name": n, "color": c} for n, c in zip(CLASSES, ("#00ff00", "#0000ff", "#ff0000"))],
+        "images": [{"path": "a.png", "points": [[float(x), float(y), CLASSES[int(k)]]
+                                                 for x, y, k in points_from_truth(truth, 5)]}]}))
+
+    def train(value):
+        return subprocess.run([sys.executable, "-m", "pointseg.cli", "train", str(tmp_path / "ann.json"), "-o",
+                               str(tmp_path / "m.pointseg"), "--context-upscale", value],
+                              capture_output=True, text=True, timeout=300)
+
+    result = train("2")
+    assert result.returncode == 0, result.stderr
+    assert read_raw(tmp_path / "m.pointseg")[0]["params"]["context_upscale"] == 2
+    result = train("3")
+    assert result.returncode == 2 and "context_upscale must be one of 1, 2, 4" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_size_rule_accepts_the_native_feature_maps_the_app_passes():
+    from pointseg import FeatureCache
+
+    images, points = _three_images()
+    cache = FeatureCache()
+    native = Segmenter(classes=CLASSES, precision="fp32", cache=cache)
+    fmaps = [native.extract_features(image) for image in images]
+    from_maps = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(fmaps, points)
+    from_images = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(images, points)
+    assert from_maps.context_upscale_ == from_images.context_upscale_ == 4
+    np.testing.assert_array_equal(from_maps.head_.coef, from_images.head_.coef)
