@@ -420,7 +420,10 @@ def overlay(c, image_id: int, rev: int | None, box=None, scale: float = 1.0, tim
     if box is not None:
         params.update(box=",".join(map(str, box)), scale=scale)
     t0 = time.perf_counter()
-    r = c.get(f"/api/images/{image_id}/overlay.png", params=params, timeout=timeout)
+    while True:   # 504: still computing (the server waits at most 300 s a request); ask again, as the page does
+        r = c.get(f"/api/images/{image_id}/overlay.png", params=params, timeout=timeout)
+        if r.status_code != 504 or time.perf_counter() - t0 > timeout:
+            break
     r.raise_for_status()
     return (time.perf_counter() - t0) * 1000, r
 
