@@ -160,9 +160,10 @@ class AutoContextScores(Scores):
         self.w_context = torch.from_numpy(np.ascontiguousarray(context_weights, dtype=np.float32))
         self.image_size, self.extent = both.image_size, both.extent
         self.grid_size, self.stride = both.grid_size, both.stride
+        self.levels = both.levels  # the pooled levels of zoomed-out previews: stage 1's, as the grid
 
-    def grid_window(self, rows, cols) -> torch.Tensor:
-        return self.both.grid_window(rows, cols)[: self.k]
+    def grid_window(self, rows, cols, level: int = 0) -> torch.Tensor:
+        return self.both.grid_window(rows, cols, level)[: self.k]
 
     def grid(self) -> torch.Tensor:
         return self.grid_window((0, self.grid_size[0]), (0, self.grid_size[1]))

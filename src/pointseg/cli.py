@@ -52,6 +52,7 @@ def train(
     c: Annotated[Optional[float], typer.Option("--C", help="Inverse regularisation strength of the logistic regression.")] = None,
     download: Annotated[bool, typer.Option(help="Download missing torchvision weights (needs internet).")] = False,
     min_region: MinRegionOption = None,
+    ng_rule: Annotated[str, typer.Option("--ng-rule", help="Image score the learned OK/NG rule thresholds: largest_region (area of the largest defect region, px) or anomaly (how unlike the OK images the most unusual spot is; also flags defect types no click showed; not exportable to ONNX).")] = "largest_region",
     context_upscale: Annotated[Optional[str], typer.Option(
         help="The stride-32 context sees images enlarged by 1, 2 or 4, or 'size': x4 when the images are "
              "smaller than its receptive field (~258 px; helped NEU-Seg and magnetic tiles). Default 1.")] = None,
@@ -72,7 +73,11 @@ def train(
         params["min_region"] = min_region
     if context_upscale is not None:
         params["context_upscale"] = int(context_upscale) if context_upscale.isdigit() else context_upscale
-    seg = Segmenter(**params, classes=ann.classes, colors=ann.colors, weights=weights, download=download)
+    from pointseg.segmenter import check_ng_rule
+
+    check_ng_rule(ng_rule)   # a user error before minutes of feature extraction
+    seg = Segmenter(**params, classes=ann.classes, colors=ann.colors, weights=weights, download=download,
+                    ng_rule=ng_rule)
     images = [img.path for img in ann.images]
     with console.status(f"extracting {params['backbone']} features of {len(images)} image(s) and training…"):
         seg.fit(images, [img.points for img in ann.images], [img.scribbles for img in ann.images],
@@ -151,7 +156,7 @@ def predict(
     overlay: Annotated[bool, typer.Option(help="Also write <name>_overlay.png.")] = False,
     probabilities: Annotated[Optional[ProbabilityFormat], typer.Option(help="Also write float16 probabilities (npy or tiff).")] = None,
     ng_area: Annotated[Optional[float], typer.Option("--ng-area", help="Mark an image NG when more than this fraction of it is not the background class (overrides the model's NG rule).")] = None,
-    ng_rule: Annotated[Optional[str], typer.Option("--ng-rule", help="Override the model's learned OK/NG rule: SCORE:THRESHOLD, e.g. largest_region:300 (px) or quantile:0.9; 'any' = NG when any region is found.")] = None,
+    ng_rule: Annotated[Optional[str], typer.Option("--ng-rule", help="Override the model's learned OK/NG rule: SCORE:THRESHOLD, e.g. largest_region:300 (px), quantile:0.9 or anomaly:25 (models trained with --ng-rule anomaly); 'any' = NG when any region is found.")] = None,
     weights: WeightsOption = None,
     min_region: MinRegionOption = None,
     workers: Annotated[Optional[str], typer.Option(

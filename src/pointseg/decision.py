@@ -13,6 +13,10 @@ Image scores (:data:`SCORES`):
   reads like a specification.
 * ``"quantile"``: the 99.9th percentile of the defect probability (1 - P(background)) over the image: no
   regions needed, but no unit a person can check either.
+* ``"anomaly"``: how unlike normal surface the image's most unusual spot is - the largest distance of its
+  deep feature cells to their nearest neighbours in a memory bank of the OK images' cells (PatchCore-style,
+  :mod:`pointseg.anomaly`). It needs no defect example, so it also sees defect types no click showed; it
+  needs the image's features, so only a runner with the backbone can compute it (not an exported graph).
 
 The threshold (:func:`choose_threshold`) minimises false-alarm rate + miss rate over leave-one-image-out
 scores of the annotated images; without clean examples it falls back to half the smallest defective score.
@@ -33,7 +37,9 @@ import numpy as np
 
 from pointseg.errors import PointsegError
 
-SCORES = ("largest_region", "quantile")
+SCORES = ("largest_region", "quantile", "anomaly")
+#: scores computed from the labels / probabilities alone (what an exported graph's outputs allow)
+LABEL_SCORES = ("largest_region", "quantile")
 DEFAULT_SCORE = "largest_region"
 #: quantile of the defect probability used by the ``"quantile"`` score
 SCORE_QUANTILE = 0.999
@@ -81,7 +87,7 @@ class NGRule:
 
     @classmethod
     def parse(cls, text: str) -> "NGRule":
-        """``"largest_region:300"`` or ``"quantile:0.9"`` (the ``--ng-rule`` option)."""
+        """``"largest_region:300"``, ``"quantile:0.9"`` or ``"anomaly:40"`` (the ``--ng-rule`` option)."""
         score, sep, value = str(text).partition(":")
         try:
             threshold = float(value)
@@ -94,7 +100,7 @@ class NGRule:
         return cls(score.strip(), threshold, source="user")
 
     def describe(self) -> str:
-        unit = " px" if self.score == "largest_region" else ""
+        unit = " px" if self.score == "largest_region" else " (feature distance)" if self.score == "anomaly" else ""
         return f"NG when {self.score} > {self.threshold:g}{unit} ({self.source})"
 
 
@@ -134,7 +140,7 @@ def find_regions(labels: np.ndarray, background: int = 0) -> list[Region]:
 
 
 def image_score(kind: str, labels: np.ndarray, proba: np.ndarray | None = None, background: int = 0,
-                regions: list[Region] | None = None) -> float:
+                regions: list[Region] | None = None, anomaly: float | None = None) -> float:
     """The image score ``kind`` (see :data:`SCORES`) of one prediction.
 
     Parameters
@@ -142,6 +148,7 @@ def image_score(kind: str, labels: np.ndarray, proba: np.ndarray | None = None, 
     labels : ``(H, W)`` class indices (after ``min_region``).
     proba : ``(K, H, W)`` probabilities; needed by ``"quantile"``.
     regions : :func:`find_regions` of ``labels``, when already computed.
+    anomaly : the image's anomaly score (:meth:`pointseg.anomaly.AnomalyBank.score`); needed by ``"anomaly"``.
     """
     if kind == "largest_region":
         regions = find_regions(labels, background) if regions is None else regions
@@ -151,13 +158,19 @@ def image_score(kind: str, labels: np.ndarray, proba: np.ndarray | None = None, 
             raise PointsegError("the 'quantile' image score needs probabilities")
         defect = 1.0 - proba[background]
         return float(np.quantile(defect, SCORE_QUANTILE))
+    if kind == "anomaly":
+        if anomaly is None:
+            raise PointsegError("the 'anomaly' image score needs the model's anomaly bank and the image's features "
+                                "(Segmenter.decide computes it); choose largest_region or quantile here")
+        return float(anomaly)
     raise PointsegError(f"unknown image score {kind!r}; choose one of: {', '.join(SCORES)}")
 
 
-def decide_labels(labels: np.ndarray, proba: np.ndarray | None, rule: NGRule, background: int = 0) -> Decision:
-    """Apply ``rule`` to one prediction."""
+def decide_labels(labels: np.ndarray, proba: np.ndarray | None, rule: NGRule, background: int = 0,
+                  anomaly: float | None = None) -> Decision:
+    """Apply ``rule`` to one prediction (``anomaly``: the image's anomaly score, for an ``"anomaly"`` rule)."""
     regions = find_regions(labels, background)
-    score = image_score(rule.score, labels, proba, background, regions)
+    score = image_score(rule.score, labels, proba, background, regions, anomaly)
     return Decision(bool(score > rule.threshold), score, rule.threshold, regions, rule)
 
 
@@ -197,6 +210,12 @@ def choose_threshold(ng_scores, ok_scores, kind: str = DEFAULT_SCORE) -> tuple[f
         if best_key is None or key < best_key:
             best, best_key = max(0.0, float(t)), key
     return best, "leave-one-image-out"
+
+
+def threshold_from_evidence(evidence: dict, kind: str) -> tuple[float, str]:
+    """:func:`choose_threshold` on leave-one-image-out scores of one kind (``{"ng", "ok", "clean_surface"}``:
+    defective images, OK images, and clean-surface examples from the defective images)."""
+    return choose_threshold(evidence["ng"], list(evidence["ok"]) + list(evidence["clean_surface"]), kind)
 
 
 def auroc(ng_scores, ok_scores) -> float:

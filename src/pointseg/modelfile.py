@@ -56,6 +56,9 @@ CHECKSUM_KEY = "checksum"
 TENSORS = ("coef", "intercept", "mean", "scale")
 STAGE2_TENSORS = ("stage2_coef", "stage2_intercept", "stage2_mean", "stage2_scale")
 HEADS = ("linear", "autocontext")
+#: the anomaly bank's tensors (when ``anomaly_bank`` is set), by AnomalyBank field
+ANOMALY_TENSORS = {"vectors": "anomaly_vectors", "mean": "anomaly_mean", "scale": "anomaly_scale",
+                   "projection": "anomaly_projection"}
 
 RETRAIN = "retrain the model with `pointseg train` (or from its project in `pointseg serve`)"
 DAMAGED = f"the file is damaged or was edited by hand; copy it again or {RETRAIN}"
@@ -97,7 +100,8 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
                    "tile_size": seg.tile_size, "smoothing": seg.smoothing_,
                    "prior_correction": seg.prior_correction, "min_region": int(seg.min_region or 0),
-                   "context_upscale": int(ext.context_upscale)},
+                   "context_upscale": int(ext.context_upscale),
+                   "ng_rule": getattr(seg, "ng_rule", "largest_region")},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }
     meta.update(_decision_fields(seg))
@@ -107,6 +111,7 @@ def save_model(seg, path: str | os.PathLike) -> None:
     tensors = _head_tensors(head, TENSORS)
     if autocontext:
         tensors.update(_head_tensors(seg.head_.stage2, STAGE2_TENSORS))
+    tensors.update(_anomaly_tensors(seg, meta))
     # a model that would label every pixel wrong is refused here too, not only when it is read back
     _validate(meta, tensors, "the model")
     meta[CHECKSUM_KEY] = content_checksum(tensors, meta)
@@ -300,6 +305,14 @@ def _ng_rule(value) -> str | None:
     return expected + ", source a string, n_ok and n_ng integers >= 0" if any(typed) else None
 
 
+def _anomaly_bank(value) -> str | None:
+    from pointseg.anomaly import BANK_SOURCES
+
+    if not isinstance(value, dict) or value.get("source") not in BANK_SOURCES:
+        return f"null or an object with source (one of {', '.join(BANK_SOURCES)})"
+    return None
+
+
 COLOR = r"#[0-9a-fA-F]{6}"
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -337,6 +350,7 @@ FIELDS: list[Field] = [
     # the fitted context factor (Segmenter.context_upscale_); files before it: 1
     Field("params.context_upscale", lambda v: None if v in (1, 2, 4) and isinstance(v, int) and not isinstance(v, bool)
           else "1, 2 or 4", required=None, default=1),
+    Field("params.ng_rule", is_str(("largest_region", "anomaly")), required=None, default="largest_region"),
     Field("training_report", _training_report, required=None, default=None),
     # per-part decisions (pointseg.decision); files without them: background = the first class, and the
     # default rule (NG when any region is found)
@@ -348,6 +362,10 @@ FIELDS: list[Field] = [
     # the auto-context head (pointseg.autocontext, format 3): absent in linear models
     Field("head", is_str(HEADS), required=None, default="linear"),
     Field("autocontext_version", optional(is_int(1)), required=None, default=None),
+    # the anomaly score's memory bank (pointseg.anomaly), stored as the tensors ANOMALY_TENSORS when the
+    # model decides with it; null / absent: no bank (older files, and models with the area rule)
+    Field("anomaly_bank", lambda value: None if value is None else _anomaly_bank(value), required=None,
+          default=None),
 ]
 
 
@@ -424,6 +442,8 @@ def _check_consistency(meta: dict, where: str) -> None:
         if meta["autocontext_version"] != AUTOCONTEXT_VERSION:
             raise _fail(where, f"auto-context version {meta['autocontext_version']}, this pointseg {__version__} "
                                f"computes version {AUTOCONTEXT_VERSION}", RETRAIN + " from its annotations")
+    if (meta["ng_rule"] or {}).get("score") == "anomaly" and meta["anomaly_bank"] is None:
+        raise _fail(where, "ng_rule decides with the anomaly score but the file has no anomaly_bank")
     if meta["features"] == "hybrid":
         # files written before the bank was versioned carry no number: they used version 1
         bank = meta.get("filter_bank_version") or 1
@@ -459,6 +479,8 @@ def _check_tensors(meta: dict, tensors: dict[str, np.ndarray], where: str) -> No
         raise _fail(where, "scale has zero or negative entries (every pixel would get one class)")
     if meta["head"] == "autocontext":
         _check_stage2(tensors, k, c, where)
+    if meta["anomaly_bank"] is not None:
+        _stored_bank(meta, tensors, where)
 
 
 def _check_stage2(tensors: dict[str, np.ndarray], k: int, c: int, where: str) -> None:
@@ -477,6 +499,27 @@ def _check_stage2(tensors: dict[str, np.ndarray], k: int, c: int, where: str) ->
             raise _fail(where, f"{name} is not finite floating point")
     if (tensors["stage2_scale"] <= 0).any():
         raise _fail(where, "stage2_scale has zero or negative entries")
+
+
+def _stored_bank(meta: dict, tensors: dict[str, np.ndarray], where: str):
+    """The :class:`pointseg.anomaly.AnomalyBank` a file holds (checked: tensors present, shapes agree with
+    each other and with the deep channels, finite)."""
+    from pointseg.anomaly import AnomalyBank
+
+    missing = [name for name in ANOMALY_TENSORS.values() if name not in tensors]
+    if missing:
+        raise _fail(where, f"anomaly_bank is set but the tensors {', '.join(missing)} are missing")
+    parts = {key: tensors[name] for key, name in ANOMALY_TENSORS.items()}
+    if any(a.dtype.kind != "f" for a in parts.values()):
+        raise _fail(where, "the anomaly bank's tensors are not floating point")
+    try:
+        bank = AnomalyBank(**parts, source=meta["anomaly_bank"]["source"])
+    except PointsegError as exc:
+        raise _fail(where, f"anomaly_bank: {exc}") from None
+    deep = meta["feature_channels"].get("deep")
+    if deep is not None and bank.n_channels > deep:
+        raise _fail(where, f"the anomaly bank has {bank.n_channels} channels, more than the {deep} deep ones")
+    return bank
 
 
 def _validate(meta: dict, tensors: dict[str, np.ndarray], where: str) -> dict:
@@ -594,7 +637,7 @@ def load_model(cls, path, weights=None, cache=None, device=None, precision=None)
             f"{name}: coefficients have shape {coef.shape}, expected {expected} for "
             f"{meta['backbone']} with {ext.features} features; the file is damaged"
         )
-    _load_decision_fields(seg, meta, name)
+    _load_decision_fields(seg, meta, name, tensors)
     return seg
 
 
@@ -618,7 +661,19 @@ def _decision_fields(seg) -> dict:
             "ng_area": None if ng_area is None else float(ng_area)}
 
 
-def _load_decision_fields(seg, meta: dict, name: str) -> None:
+def _anomaly_tensors(seg, meta: dict) -> dict:
+    """The bank's tensors, and its metadata entry, for a model that decides with the anomaly score (the area
+    rule does not need the 4 MB bank, so its files stay as small as before)."""
+    bank = getattr(seg, "anomaly_bank_", None)
+    rule = getattr(seg, "ng_rule_", None)
+    if bank is None or getattr(rule, "score", None) != "anomaly":
+        meta["anomaly_bank"] = None
+        return {}
+    meta["anomaly_bank"] = {"source": bank.source, "n_vectors": bank.n_vectors, "channels": bank.n_channels}
+    return {name: np.ascontiguousarray(getattr(bank, key), dtype=np.float32) for key, name in ANOMALY_TENSORS.items()}
+
+
+def _load_decision_fields(seg, meta: dict, name: str, tensors: dict | None = None) -> None:
     """Set the decision state from fields :data:`FIELDS` has already validated."""
     from pointseg.decision import NGRule
 
@@ -627,3 +682,5 @@ def _load_decision_fields(seg, meta: dict, name: str) -> None:
     raw = meta["ng_rule"]
     seg.ng_rule_ = NGRule.from_dict(raw) if raw is not None else NGRule(source="default: NG when any region is found")
     seg.ng_area_ = meta["ng_area"]
+    seg.ng_rule = meta["params"]["ng_rule"]
+    seg.anomaly_bank_ = _stored_bank(meta, tensors, name) if meta["anomaly_bank"] is not None else None

@@ -99,6 +99,10 @@ class Segmenter:
         cross-validated estimate and the NG rule's held-out maps are the first stage's; zoomed-out
         previews (``predict_region`` with ``scale < 1``) show the first stage; ONNX export and tiled batch
         prediction refuse such models for now.
+    ng_rule : the image score the learned OK/NG rule (``ng_rule_``) thresholds: ``"largest_region"`` (area of
+        the largest predicted defect region, px) or ``"anomaly"`` (distance of the image's most unusual cell
+        from the OK images' cells, :mod:`pointseg.anomaly`: also sees defect types no click showed, but needs
+        the backbone's features to decide, so an exported ONNX graph cannot apply it).
     context_upscale : 1, 2 or 4: the stride-32 context stage sees every image enlarged by this factor (its
         map pooled back to the image's grid; see ``FeatureExtractor._upscaled_context``), which can help
         small images (~200 px), whose context cells otherwise see the whole image; the cost is a second
@@ -114,7 +118,7 @@ class Segmenter:
                  features: str | None = None, smoothing: float | None = None,
                  prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
                  background: int | str | None = None, autocontext: bool = False,
-                 context_upscale: int = 1):
+                 ng_rule: str = "largest_region", context_upscale: int = 1):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -135,6 +139,7 @@ class Segmenter:
         self.min_region = min_region
         self.background = background
         self.autocontext = autocontext
+        self.ng_rule = ng_rule
         self.context_upscale = context_upscale
         self._extractor: FeatureExtractor | None = None
 
@@ -156,7 +161,7 @@ class Segmenter:
             for k in ("backbone", "classes", "colors", "weights", "classifier", "C", "class_weight",
                       "precision", "device", "tile_size", "cross_validate", "features", "smoothing",
                       "prior_correction", "warm_start", "min_region", "background", "autocontext",
-                      "context_upscale")
+                      "ng_rule", "context_upscale")
         }
 
     #: parameters that change how features are computed; changing one drops the loaded extractor
@@ -263,6 +268,7 @@ class Segmenter:
         if ok is not None and len(ok) != len(images):
             raise PointsegError(f"got {len(images)} images but {len(ok)} OK flags; give one per image")
         n_classes = self._resolve_classes(points, scribbles)
+        check_ng_rule(self.ng_rule)
         if self.classifier != "logistic" and self.features_ != "deep":
             raise PointsegError(f"classifier={self.classifier!r} works on features='deep' only")
         def make_parts() -> list[_ImagePart]:
@@ -297,10 +303,12 @@ class Segmenter:
         fit_seconds = time.perf_counter() - start
         cv_acc, cv_method = (None, None)
         self.ng_rule_, part_confusion = NGRule(source="default: NG when any region is found"), None
+        self.anomaly_bank_, self.ng_evidence_ = None, None
         if self.cross_validate:
             cv_acc, cv_method = cross_validate(clf, X, y, groups, n_classes, standardizer)
             if isinstance(head, (LinearHead, AutoContextHead)):  # auto-context: stage 1's held-out maps
-                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer)
+                stage1 = head.stage1 if isinstance(head, AutoContextHead) else head
+                self.ng_rule_, part_confusion = self._learn_ng_rule(clf, parts, n_classes, standardizer, stage1)
         self.head_ = head
         self.n_features_in_ = X.shape[1]
         names = self.classes_
@@ -420,7 +428,7 @@ class Segmenter:
             np.concatenate([p.xy for p in clicked]), np.concatenate([p.y for p in clicked]),
             np.concatenate([np.full(len(p.y), j) for j, p in enumerate(clicked)]), n_classes, standardizer, init)
 
-    def _learn_ng_rule(self, clf, parts, n_classes, standardizer) -> tuple[NGRule, dict | None]:
+    def _learn_ng_rule(self, clf, parts, n_classes, standardizer, head) -> tuple[NGRule, dict | None]:
         """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
         (marked OK, or with a point of a defect class) is predicted by a model fitted without it.
 
@@ -428,7 +436,7 @@ class Segmenter:
         that no defect click falls in: the user clicked the defects, so such a region is (with corrective
         clicks nearly always) a false finding on clean surface, the kind a clean part would show.
         """
-        from pointseg.decision import DEFAULT_SCORE, choose_threshold, part_confusion
+        from pointseg.decision import DEFAULT_SCORE, part_confusion, threshold_from_evidence
 
         status = {p.index: (False if p.ok else True if (p.y != self.background_).any() else None) for p in parts}
         known = [p for p in parts if status[p.index] is not None]
@@ -450,12 +458,66 @@ class Segmenter:
                 clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
             else:
                 ok_scores.append(score)
-        threshold, source = choose_threshold(ng_scores, ok_scores + clean_surface, DEFAULT_SCORE)
-        rule = NGRule(DEFAULT_SCORE, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
+        kind = check_ng_rule(self.ng_rule)
+        # the bank and its evidence cost nearest-neighbour searches: only a model that decides with them pays
+        self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head) if kind == "anomaly" else (None, None)
+        self.ng_evidence_ = {"largest_region": {"ng": ng_scores, "ok": ok_scores, "clean_surface": clean_surface},
+                             "anomaly": anomaly}
+        if kind == "anomaly" and self.anomaly_bank_ is None:
+            kind = DEFAULT_SCORE   # nothing to build a bank from (no OK image, no background): the area rule
+        evidence = self.ng_evidence_[kind]
+        ng_scores, ok_scores = evidence["ng"], evidence["ok"]
+        threshold, source = threshold_from_evidence(evidence, kind)
+        rule = NGRule(kind, threshold, source, n_ok=len(ok_scores), n_ng=len(ng_scores))
         confusion = None
         if ok_scores:
-            confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out"}
+            confusion = {**part_confusion(ng_scores, ok_scores, threshold), "method": "leave-one-image-out",
+                         "score": kind}
         return rule, confusion
+
+    def _anomaly_evidence(self, parts, status: dict, head):
+        """The anomaly bank (:mod:`pointseg.anomaly`) and leave-one-image-out anomaly scores of the annotated
+        images: ``(bank or None, {"ng": [...], "ok": [...], "clean_surface": [...]})``.
+
+        With OK images the bank is their cells; an OK image is scored against the bank of the other OK
+        images, a defective one against all. Without OK images the bank is the defective images' safe
+        background (cells the full model calls background, away from defects and defect clicks); each
+        defective image is scored against the other images' background, and its own safe background gives a
+        clean example."""
+        from pointseg.anomaly import build_bank, cell_features, cell_grid_size, interior, safe_background_cells
+
+        evidence = {"ng": [], "ok": [], "clean_surface": []}
+        known = [p for p in parts if status[p.index] is not None]
+        if not known:
+            return None, evidence
+        feats = {p.index: cell_features(p.fmap) for p in known}
+        inner = {p.index: interior(cell_grid_size(p.fmap)).ravel() for p in known}
+        ok_parts = [p for p in known if not status[p.index]]
+        ng_parts = [p for p in known if status[p.index]]
+        if ok_parts:
+            bank = build_bank([feats[p.index][inner[p.index]] for p in ok_parts])
+            evidence["ng"] = [bank.score(p.fmap, feats[p.index]) for p in ng_parts]
+            for p in ok_parts:
+                rest = build_bank([feats[q.index][inner[q.index]] for q in ok_parts if q is not p])
+                if rest is not None:
+                    evidence["ok"].append(rest.score(p.fmap, feats[p.index]))
+            return bank, evidence
+        twin = copy.copy(self)
+        twin.head_, twin.n_features_in_ = head, int(head.coef.shape[1])
+        safe = {}
+        for p in ng_parts:
+            check_interrupted()
+            safe[p.index] = safe_background_cells(twin.predict(p.fmap), p.fmap, self.background_,
+                                                  p.xy[p.y != self.background_])
+        normal = {i: feats[i][safe[i].ravel() & inner[i]] for i in safe}
+        for p in ng_parts:
+            rest = build_bank([normal[q.index] for q in ng_parts if q is not p], "defective_background")
+            if rest is None:
+                continue
+            evidence["ng"].append(rest.score(p.fmap, feats[p.index]))
+            if safe[p.index].any():
+                evidence["clean_surface"].append(rest.score(p.fmap, feats[p.index], where=safe[p.index]))
+        return build_bank(list(normal.values()), "defective_background"), evidence
 
     def _resolve_classes(self, points, scribbles) -> int:
         if self.classes is not None:
@@ -726,8 +788,22 @@ class Segmenter:
 
         self._check_fitted()
         rule = rule if rule is not None else getattr(self, "ng_rule_", None) or NGRule()
-        result = self.predict_full(image, probabilities=rule.score == "quantile")
-        return decide_labels(result.labels, result.probabilities, rule, self.background_)
+        fmap = self.extract_features(image) if rule.score == "anomaly" else image
+        result = self.predict_full(fmap, probabilities=rule.score == "quantile")
+        return decide_labels(result.labels, result.probabilities, rule, self.background_,
+                             anomaly=self.anomaly_score(fmap) if rule.score == "anomaly" else None)
+
+    def anomaly_score(self, image) -> float:
+        """How unlike the normal surface the model was trained with the image's most unusual spot is (the
+        ``"anomaly"`` image score, :mod:`pointseg.anomaly`); needs a bank (learned with the NG rule from OK
+        images, or from the defective images' background)."""
+        self._check_fitted()
+        bank = getattr(self, "anomaly_bank_", None)
+        if bank is None:
+            raise PointsegError("this model has no anomaly bank (it learns one when fit cross-validates with "
+                                "annotated images; older model files have none): retrain it, or decide with "
+                                "--ng-rule largest_region:AREA")
+        return bank.score(self.extract_features(image))
 
     def _clean(self, labels: np.ndarray) -> np.ndarray:
         if not self.min_region:
@@ -790,6 +866,16 @@ class _ImagePart:
     pool: np.ndarray | None
     xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
 
+
+def check_ng_rule(value) -> str:
+    """The ``ng_rule`` parameter: an image score the learned rule can threshold."""
+    if value not in LEARNED_RULES:
+        raise PointsegError(f"ng_rule must be one of {', '.join(LEARNED_RULES)}, got {value!r}")
+    return value
+
+
+#: image scores :meth:`Segmenter.fit` can learn an NG threshold for (leave-one-image-out)
+LEARNED_RULES = ("largest_region", "anomaly")
 
 #: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
 OK_POOL_PIXELS = 4000

@@ -76,6 +76,13 @@ def test_parts_protocol_measures_false_alarms_misses_and_auroc(parts_dir):
     row = result["summary"]["default | 2 OK"]
     assert row["false_alarm_rate"]["mean"] == 0 and row["n_seeds"] == 1
     assert "| default | 2 |" in markdown_parts(result)
+    # both rules from the same clicks, on the same parts: the stored (area) one and the anomaly one
+    assert set(with_ok["rules"]) == {"largest_region", "anomaly"}
+    assert with_ok["rules"]["largest_region"]["threshold"] == pytest.approx(with_ok["rule"]["threshold"])
+    assert with_ok["rules"]["largest_region"]["false_alarms"] == with_ok["stored_rule"]["false_alarms"]
+    assert len(with_ok["scores"]["anomaly"]["ng"]) == 2 and with_ok["bank"]["source"] == "ok_images"
+    assert without["bank"]["source"] == "defective_background"
+    assert "| default | 2 | anomaly |" in markdown_parts(result)
     json.dumps(result)   # JSON-serialisable
 
 

@@ -72,6 +72,18 @@ def ng_rule_for(seg, options: BatchOptions):
     return getattr(seg, "ng_rule_", None) or NGRule(source="default: NG when any region is found")
 
 
+def anomaly_for(seg, rule, image) -> float | None:
+    """The image's anomaly score when ``rule`` needs it: the library path computes it from the backbone's
+    features (cached by the prediction); an exported graph has no features to compute it from."""
+    if rule.score != "anomaly":
+        return None
+    if not hasattr(seg, "anomaly_score"):
+        raise PointsegError("this model decides OK/NG with the anomaly score, which needs the backbone's "
+                            "features: the exported graph gives labels and probabilities only; drop --engine "
+                            "onnxruntime/openvino, or give --ng-rule largest_region:AREA")
+    return seg.anomaly_score(image)
+
+
 def ng_area_for(seg, options: BatchOptions) -> float | None:
     """The area rule of a batch: ``--ng-area`` when given; else the model's own (``ng_area_``, the app's NG
     setting recorded in the model file) unless ``--ng-rule`` asks for another rule."""
@@ -100,6 +112,9 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
             if getattr(seg, "autocontext", False):
                 raise PointsegError(f"{item.name} would be predicted in tiles, which auto-context models "
                                     "(autocontext=True) cannot do yet; raise --tile-above above its pixel count")
+            if ng_rule_for(seg, options).score == "anomaly":
+                raise PointsegError(f"{item.name} is predicted in tiles, and tiles are not judged with the anomaly "
+                                    "score; give --ng-rule largest_region:AREA (or raise --tile-above)")
             plan = plan_tiles(seg, found["plan"], found["fingerprint"], ng_rule_for(seg, options))
             return {"plan": {**plan, "ng_area": ng_area_for(seg, options)}}
         from pointseg.decision import decide_labels
@@ -110,7 +125,8 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
         result = seg.predict_full(image, probabilities=options.probabilities is not None or rule.score == "quantile")
         outputs = write_outputs(seg, item, output, options, found.get("rgb"), result)
         background = int(getattr(seg, "background_", 0))
-        decision = decide_labels(result.labels, result.probabilities, rule, background)
+        decision = decide_labels(result.labels, result.probabilities, rule, background,
+                                 anomaly=anomaly_for(seg, rule, image))
         height, width = result.labels.shape
         measures = {"height": int(height), "width": int(width),
                     **summarize(result.labels, seg.classes_, ng_area_for(seg, options), background, decision)}

@@ -298,6 +298,12 @@ def export_model(model_path: str | os.PathLike, output: str | os.PathLike, weigh
 def graph_metadata(seg, model_path, version: str) -> dict:
     """What a runner needs besides the graph: classes, colours, background, OK/NG rule, min_region, provenance."""
     rule = getattr(seg, "ng_rule_", None)
+    if rule is not None and rule.score == "anomaly":
+        raise PointsegError(
+            "this model decides OK/NG with the anomaly score (distance of the image's feature cells to the OK "
+            "images' bank), which an exported graph cannot compute: it outputs labels and probabilities only. "
+            "Retrain with `pointseg train --ng-rule largest_region` to export, or predict with the library "
+            "(`pointseg predict` without --engine)")
     return {
         "classes": list(seg.classes_),
         "colors": list(seg.colors_),

@@ -128,6 +128,9 @@ class Runner:
         self.min_region: int = int(self.metadata.get("min_region", 0))
         raw_rule = self.metadata.get("ng_rule")
         self.rule = NGRule.from_dict(raw_rule) if raw_rule else NGRule()
+        if self.rule.score == "anomaly":   # export refuses these; a graph that says so anyway is refused too
+            raise PointsegError(f"{self.path}: the OK/NG rule uses the anomaly score, which this graph cannot "
+                                "compute; re-export a model trained with the largest_region rule")
         #: the model's area rule (the app's NG setting), applied by :meth:`summary` unless told otherwise
         self.ng_area: float | None = self.metadata.get("ng_area")
 

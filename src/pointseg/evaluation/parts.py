@@ -35,6 +35,7 @@ class PartsConfig:
     ok_images: tuple[int, ...] = (3, 0)     # OK-marked images per seed; one condition per value
     budget: int = 10                        # corrective clicks per defective image
     test: int | None = None                 # held-out parts (None: all the others)
+    compare_anomaly: bool = True            # also learn the anomaly rule from the same fit and score it
 
     def check(self) -> None:
         if self.defective < 1:
@@ -120,7 +121,7 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
     """Run the per-part protocol for each ``methods`` entry (name -> a factory returning a fresh
     :class:`pointseg.Segmenter`) and each seed and OK count; returns a JSON-serialisable dict
     (``runs``: one entry per (method, seed, ok_images); ``summary``: mean and spread over seeds)."""
-    from pointseg.decision import SCORES, auroc, choose_threshold, image_score, part_confusion
+    from pointseg.decision import LABEL_SCORES, auroc, choose_threshold, image_score, part_confusion
 
     config.check()
     masks = {s: dataset.load_mask(s) for s in dataset.stems}
@@ -146,9 +147,14 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
                 seg.cross_validate = True
                 pts = [to_core_points(c) for c in clicks] + [None] * len(train_ok)
                 seg.fit([image(s) for s in train_ng + train_ok], pts, ok=[False] * len(train_ng) + [True] * len(train_ok))
+                if config.compare_anomaly and seg.ng_rule != "anomaly":
+                    # the same clicks and head, the rule learned on the anomaly score: both rules in one run
+                    seg.anomaly_twin_ = seg.clone(ng_rule="anomaly").fit(
+                        [image(s) for s in train_ng + train_ok], pts, ok=[False] * len(train_ng) + [True] * len(train_ok))
                 models.append({"method": name, "seed": seed, "ok_images": n_ok, "seg": seg, "held": held,
-                               "train": {"defective": train_ng, "ok": train_ok},
-                               "scores": {k: {} for k in SCORES},
+                               "train": {"defective": train_ng, "ok": train_ok,
+                                         "clicks": [np.asarray(c).tolist() for c in clicks]},
+                               "scores": {k: {} for k in LABEL_SCORES},
                                "iou": IoUAccumulator(dataset.n_classes)})
                 tick(1, f"{dataset.name} · {name} · seed {seed} · {n_ok} OK · trained")
     held_all = sorted({s for m in models for s in m["held"]})
@@ -159,8 +165,11 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
                 continue
             seg = m["seg"]
             result = seg.predict_full(img, probabilities=True)
-            for kind in SCORES:
+            for kind in LABEL_SCORES:
                 m["scores"][kind][stem] = image_score(kind, result.labels, result.probabilities, seg.background_)
+            scorer = getattr(seg, "anomaly_twin_", seg)
+            if getattr(scorer, "anomaly_bank_", None) is not None:
+                m["scores"].setdefault("anomaly", {})[stem] = scorer.anomaly_score(img)
             m["iou"].add(masks[stem], result.labels)
         images.pop(stem, None)
         tick(0, f"{dataset.name} · held-out parts")
@@ -171,7 +180,12 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
         entry = {"method": m["method"], "seed": m["seed"], "ok_images": m["ok_images"], "train": m["train"],
                  "rule": rule.as_dict(), "loio": seg.training_report_.part_confusion,
                  "transfer": m["iou"].as_dict(list(dataset.classes)), "scores": {}, "auroc": {}}
-        for kind in SCORES:
+        scorer = getattr(seg, "anomaly_twin_", seg)
+        entry["evidence"] = {**(getattr(seg, "ng_evidence_", None) or {}),
+                             **{k: v for k, v in (getattr(scorer, "ng_evidence_", None) or {}).items() if v}}
+        bank = getattr(scorer, "anomaly_bank_", None)
+        entry["bank"] = None if bank is None else {"source": bank.source, "n_vectors": bank.n_vectors}
+        for kind in m["scores"]:
             ng = [v for s, v in m["scores"][kind].items() if defective[s]]
             ok = [v for s, v in m["scores"][kind].items() if not defective[s]]
             entry["scores"][kind] = {"ng": ng, "ok": ok}
@@ -179,11 +193,25 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
         kind = rule.score
         ng, ok = entry["scores"][kind]["ng"], entry["scores"][kind]["ok"]
         entry["stored_rule"] = part_confusion(ng, ok, rule.threshold)
+        entry["rules"] = rules_of(entry)
         # the best any threshold could do on these held-out parts (an oracle, to read the rule against)
         best, _ = choose_threshold(ng, ok, kind)
         entry["oracle"] = part_confusion(ng, ok, best)
         runs.append(entry)
     return {"dataset": dataset.name, "config": asdict(config), "runs": runs, "summary": summarize_parts(runs)}
+
+
+def rules_of(entry: dict) -> dict:
+    """Every rule the run's fit could have learned (one per image score with leave-one-image-out evidence,
+    the stored one among them), applied to the same held-out parts: ``{score: part_confusion + threshold}``."""
+    from pointseg.decision import part_confusion, threshold_from_evidence
+
+    out = {}
+    for kind, evidence in (entry.get("evidence") or {}).items():
+        if kind in entry["scores"] and evidence["ng"]:
+            t, _ = threshold_from_evidence(evidence, kind)
+            out[kind] = {**part_confusion(entry["scores"][kind]["ng"], entry["scores"][kind]["ok"], t), "threshold": t}
+    return out
 
 
 def summarize_parts(runs: list[dict]) -> dict:
@@ -199,7 +227,11 @@ def summarize_parts(runs: list[dict]) -> dict:
             row[field] = _stat([g["stored_rule"][field] for g in group])
             row[f"oracle_{field}"] = _stat([g["oracle"][field] for g in group])
         for kind in group[0]["auroc"]:
-            row[f"auroc_{kind}"] = _stat([g["auroc"][kind] for g in group])
+            row[f"auroc_{kind}"] = _stat([g["auroc"].get(kind) for g in group])
+        rules = [g.get("rules") or rules_of(g) for g in group]
+        for kind in rules[0]:
+            for field in ("false_alarm_rate", "miss_rate"):
+                row[f"rule_{kind}_{field}"] = _stat([r.get(kind, {}).get(field) for r in rules])
         row["defect_iou"] = _stat([g["transfer"]["fg_iou"] for g in group])
         row["n_seeds"] = len(group)
         table[key] = row
@@ -216,11 +248,19 @@ def markdown_parts(result: dict) -> str:
     def cell(s):
         return "-" if s["mean"] is None else f"{s['mean']:.3f} ±{s['std']:.3f}"
 
-    lines = ["| method | OK images | false alarms | misses | AUROC largest region | AUROC quantile | "
-             "defect IoU | seeds |", "|---|---|---|---|---|---|---|---|"]
+    none = {"mean": None}
+    lines = ["| method | OK images | false alarms | misses | AUROC largest region | AUROC quantile | AUROC anomaly | "
+             "defect IoU | seeds |", "|---|---|---|---|---|---|---|---|---|"]
     for key, row in result["summary"].items():
         method, ok = key.split(" | ")
         lines.append(f"| {method} | {ok.split()[0]} | {cell(row['false_alarm_rate'])} | {cell(row['miss_rate'])} | "
                      f"{cell(row['auroc_largest_region'])} | {cell(row['auroc_quantile'])} | "
-                     f"{cell(row['defect_iou'])} | {row['n_seeds']} |")
+                     f"{cell(row.get('auroc_anomaly', none))} | {cell(row['defect_iou'])} | {row['n_seeds']} |")
+    lines += ["", "| method | OK images | rule (image score) | false alarms | misses |", "|---|---|---|---|---|"]
+    for key, row in result["summary"].items():
+        method, ok = key.split(" | ")
+        for kind in sorted({k[5:].rsplit("_false_alarm_rate", 1)[0] for k in row if k.endswith("_false_alarm_rate")
+                            and k.startswith("rule_")}):
+            lines.append(f"| {method} | {ok.split()[0]} | {kind} | {cell(row[f'rule_{kind}_false_alarm_rate'])} | "
+                         f"{cell(row[f'rule_{kind}_miss_rate'])} |")
     return "\n".join(lines)
