@@ -100,8 +100,8 @@ def save_model(seg, path: str | os.PathLike) -> None:
         "params": {"classifier": seg.classifier, "C": seg.C, "class_weight": seg.class_weight,
                    "tile_size": seg.tile_size, "smoothing": seg.smoothing_,
                    "prior_correction": seg.prior_correction, "min_region": int(seg.min_region or 0),
-                   "context_upscale": int(ext.context_upscale),
-                   "ng_rule": getattr(seg, "ng_rule", "largest_region")},
+                   "ng_rule": getattr(seg, "ng_rule", "largest_region"),
+                   "context_upscale": int(ext.context_upscale)},
         "training_report": seg.training_report_.as_dict() if hasattr(seg, "training_report_") else None,
     }
     meta.update(_decision_fields(seg))
@@ -347,10 +347,10 @@ FIELDS: list[Field] = [
     Field("params.smoothing", is_number(0, maximum=1000), required=None, default=0.0),  # sigma, pixels
     Field("params.prior_correction", is_number(0, maximum=1), required=None, default=0.0),
     Field("params.min_region", is_int(0), required=None, default=0),
+    Field("params.ng_rule", is_str(("largest_region", "anomaly")), required=None, default="largest_region"),
     # the fitted context factor (Segmenter.context_upscale_); files before it: 1
     Field("params.context_upscale", lambda v: None if v in (1, 2, 4) and isinstance(v, int) and not isinstance(v, bool)
           else "1, 2 or 4", required=None, default=1),
-    Field("params.ng_rule", is_str(("largest_region", "anomaly")), required=None, default="largest_region"),
     Field("training_report", _training_report, required=None, default=None),
     # per-part decisions (pointseg.decision); files without them: background = the first class, and the
     # default rule (NG when any region is found)
