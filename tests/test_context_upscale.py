@@ -193,3 +193,13 @@ def test_size_rule_accepts_the_native_feature_maps_the_app_passes():
     from_images = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(images, points)
     assert from_maps.context_upscale_ == from_images.context_upscale_ == 4
     np.testing.assert_array_equal(from_maps.head_.coef, from_images.head_.coef)
+
+
+def test_a_warm_started_clone_keeps_the_factor_its_head_was_trained_with(small):
+    image, truth = small
+    seg = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", warm_start=True)
+    seg.fit([image], [points_from_truth(truth, 4)])
+    assert seg.context_upscale_ == 4
+    clone = seg.clone()
+    assert clone.context_upscale_ == 4 and clone.extractor.context_upscale == 4
+    np.testing.assert_array_equal(clone.predict(image), seg.predict(image))

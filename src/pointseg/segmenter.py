@@ -198,6 +198,8 @@ class Segmenter:
             new._extractor = self._extractor
         if new.warm_start and hasattr(self, "head_"):
             new.head_ = self.head_
+            if "context_upscale_" in self.__dict__:  # the head's features: the factor goes with it
+                new.context_upscale_ = self.context_upscale_
         if "_ok_pools" in self.__dict__:
             # the OK images' pixel pools depend on the feature maps only (keyed by map): a refit of a clone,
             # the app's every click, would otherwise sample them again, which costs more than the fit
