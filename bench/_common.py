@@ -94,3 +94,16 @@ def save_md(name: str, text: str) -> Path:
     path = RESULTS / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def append_jsonl(name: str, row: dict) -> str:
+    """Print ``row`` as one JSON line and append it to ``bench/results/NAME.jsonl`` (runs accumulate, so
+    seeds run apart can be merged later); returns the line."""
+    import json
+
+    line = json.dumps(row)
+    print(line, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"{name}.jsonl", "a") as handle:
+        handle.write(line + "\n")
+    return line

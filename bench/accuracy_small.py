@@ -13,11 +13,12 @@ seed's model chose (``context_upscale_``) and the wall time. Appended to bench/r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from pathlib import Path
+
+from _common import append_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -81,12 +82,7 @@ def main() -> None:
             "wall_s": round(wall, 1), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load": round(os.getloadavg()[0], 2),
         }
-        line = json.dumps(row)
-        print(line, flush=True)
-        out = REPO / "bench" / "results"
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "accuracy_small.jsonl", "a") as handle:
-            handle.write(line + "\n")
+        append_jsonl("accuracy_small", row)
 
 
 if __name__ == "__main__":

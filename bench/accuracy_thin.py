@@ -28,11 +28,12 @@ Join several with "+". Results are appended to bench/results/accuracy_thin.jsonl
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
 from pathlib import Path
+
+from _common import append_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -255,12 +256,7 @@ def main() -> None:
            "transfer_fg": fg("transfer", args.budget),
            "noc85": round(summary["noc"]["85"]["mean"], 2), "wall_s": round(wall, 1),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": round(os.getloadavg()[0], 2)}
-    line = json.dumps(row)
-    print(line, flush=True)
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "accuracy_thin.jsonl", "a") as handle:
-        handle.write(line + "\n")
+    append_jsonl("accuracy_thin", row)
 
 
 if __name__ == "__main__":
