@@ -118,6 +118,26 @@ def _existing_file(store: ProjectStore, image_id: int) -> Path:
     return path
 
 
+def stamped_cache_file(store: ProjectStore, image_id: int, kind: str, suffix: str) -> Path:
+    """Where a file made from the image as it is now (a thumbnail, a display PNG) lives in ``thumbs/``:
+    named by the image's content hash *and* its file's size and modification time, as the previews are
+    (:class:`PreviewCache`), so an image file changed in place is shown anew, never from a stale copy.
+    410 when the file is gone."""
+    st = _existing_file(store, image_id).stat()
+    stem = f"{store.image_sha(image_id)[:32]}-{kind}-"
+    return store.dir / "thumbs" / f"{stem}{st.st_size:x}-{st.st_mtime_ns:x}{suffix}"
+
+
+def write_cache_file(out: Path, data: bytes) -> None:
+    """Write ``out`` atomically and remove the copies made from the image's file as it was before
+    (the same name up to the file stamp), so edits in place do not pile files up."""
+    atomic_write_bytes(out, data)
+    stem = out.name.rsplit("-", 2)[0]          # drop "<size>-<mtime><suffix>" (hex: no "-" inside)
+    for old in out.parent.glob(f"{stem}-*{out.suffix}"):
+        if old != out:
+            old.unlink(missing_ok=True)
+
+
 def display_file(store: ProjectStore, image_id: int) -> FileResponse:
     """The image as a browser shows it: the file itself when it can, else a PNG converted once."""
     from PIL import Image
@@ -135,18 +155,18 @@ def display_file(store: ProjectStore, image_id: int) -> FileResponse:
             media = {".png": "image/png", ".bmp": "image/bmp"}.get(suffix, "image/jpeg")
             return FileResponse(path, media_type=media, headers=cache)
     # 16-bit, TIFF, …: show exactly what the network sees (the core's rescaling), converted once
-    out = store.dir / "thumbs" / f"{store.image_sha(image_id)[:32]}-display.png"
+    out = stamped_cache_file(store, image_id, "display", ".png")
     if not out.is_file():
         from pointseg.outputs import encode_png
 
-        atomic_write_bytes(out, encode_png(Image.fromarray(read_image(path)), compress_level=1))
+        write_cache_file(out, encode_png(Image.fromarray(read_image(path)), compress_level=1))
     return FileResponse(out, media_type="image/png", headers=cache)
 
 
 def thumbnail(store: ProjectStore, image_id: int, previews: "PreviewCache | None" = None) -> FileResponse:
     """A small JPEG of the image, made once from its preview (not from the full image: opening a project
     of 50 MP images must not decode every one of them for the strip)."""
-    out = store.dir / "thumbs" / f"{store.image_sha(image_id)[:32]}.jpg"
+    out = stamped_cache_file(store, image_id, "thumb", ".jpg")
     if not out.is_file():
         from PIL import Image
 
@@ -154,7 +174,7 @@ def thumbnail(store: ProjectStore, image_id: int, previews: "PreviewCache | None
         im.thumbnail((THUMB_SIZE, THUMB_SIZE))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=82)
-        atomic_write_bytes(out, buf.getvalue())
+        write_cache_file(out, buf.getvalue())
     return FileResponse(out, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
@@ -176,14 +196,7 @@ class PreviewCache:
 
     def path(self, image_id: int) -> Path:
         """Where the preview of the image's file as it is now lives (410 when the file is gone)."""
-        st = _existing_file(self.store, image_id).stat()
-        return self._folder() / f"{self._stem(image_id)}{st.st_size:x}-{st.st_mtime_ns:x}.png"
-
-    def _folder(self) -> Path:
-        return self.store.dir / "thumbs"
-
-    def _stem(self, image_id: int) -> str:
-        return f"{self.store.image_sha(image_id)[:32]}-preview-{PREVIEW_SIDE}-"
+        return stamped_cache_file(self.store, image_id, f"preview-{PREVIEW_SIDE}", ".png")
 
     def has(self, image_id: int) -> bool:
         try:
@@ -235,7 +248,4 @@ class PreviewCache:
 
         from pointseg.outputs import encode_png
 
-        atomic_write_bytes(out, encode_png(Image.fromarray(pixels), compress_level=1))
-        for old in self._folder().glob(f"{self._stem(image_id)}*.png"):   # of the file as it was before
-            if old != out:
-                old.unlink(missing_ok=True)
+        write_cache_file(out, encode_png(Image.fromarray(pixels), compress_level=1))

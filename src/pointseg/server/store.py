@@ -13,7 +13,7 @@ Layout of a project folder::
                                                         model versions, predictions
       images/             copies of uploaded images, named by content hash
       features/           the core FeatureCache's disk cache (float16 feature maps)
-      thumbs/             thumbnails (JPEG), named by content hash
+      thumbs/             previews, thumbnails, display PNGs: named by content hash + file size + mtime
       models/             the current model file (.pointseg)
       predictions/        label PNGs from "predict all"
 
