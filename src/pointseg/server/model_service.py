@@ -7,7 +7,8 @@ the calls are testable one by one and the scheduler decides what to do with a re
 
 Models are made with :meth:`pointseg.Segmenter.clone` from one template that owns the loaded network
 (:class:`FeatureStore`), so every model shares one network and one feature cache; refits after a click
-start from the last solution (``warm_start``).
+start from the last solution (``warm_start``). After a restart the saved model of the same training set is
+served again instead of refitted (:meth:`ModelService.restore_current`).
 """
 from __future__ import annotations
 
@@ -483,5 +484,57 @@ class ModelService:
         path = self.store.dir / "models" / "current.pointseg"
         self.save(model, path)
         meta = {"rev": model.rev, "classes": model.classes, "background": model.background,
-                "settings": model.settings}
+                "settings": model.settings, "signature": model.signature, "version": model.version,
+                "report": model.report}
         atomic_write_bytes(path.with_suffix(".json"), json.dumps(meta).encode())
+
+    def restore_current(self, ts: TrainingSet, previous: ModelState) -> ModelState | None:
+        """The model the project saved last (``models/current.pointseg``) when it was trained on exactly
+        ``ts`` (same signature: annotations, OK marks, classes, settings), else ``None``.
+
+        Why: after a restart the user gets the model they had, at once and bit for bit, instead of a refit
+        that differs in the last digits (a chain of warm-started refits does not end where one fit from
+        scratch does) — so "predict all" resumes the images that model already predicted, and the NG rule
+        its cross-validation learned is there without running it again. The model is put on the template's
+        network (:meth:`_on_template`), as every other model of the app is."""
+        from pointseg import Segmenter
+
+        path = self.store.dir / "models" / "current.pointseg"
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("signature") != ts.signature() or not path.is_file():
+            return None
+        base = self.features.base
+        try:
+            loaded = Segmenter.load(path, weights=base.weights, cache=base.cache)
+        except (PointsegError, OSError, ValueError) as exc:
+            log.warning("the saved model is not used (%s); training again", public_message(exc))
+            return None
+        if loaded.backbone != base.backbone or loaded.features_ != self.features.kind \
+                or list(loaded.classes_) != list(ts.classes):
+            return None
+        seg = self._on_template(loaded)
+        report = meta.get("report") if isinstance(meta.get("report"), dict) else seg.training_report_.as_dict()
+        return ModelState(status="ok", message="", segmenter=seg, report=report, timings={"restored": True},
+                          rev=ts.rev, version=previous.version + 1, classes=list(ts.classes),
+                          colors=list(ts.colors), background=ts.background, settings=dict(ts.settings),
+                          signature=ts.signature(), cv_done=True, recorded=True, saved=True)
+
+    #: modelling parameters a saved model carries over to its copy on the template (the rest are the
+    #: template's: network, cache, the ``context_upscale`` rule — its fitted factor comes with the state)
+    _CARRIED_PARAMS = ("C", "class_weight", "smoothing", "prior_correction", "min_region", "background",
+                       "autocontext", "ng_rule")
+
+    def _on_template(self, loaded):
+        """``loaded``'s fitted state (every public attribute ending in ``_``, scikit-learn's convention) on
+        a clone of the template, so it shares the loaded network instead of holding a second one."""
+        seg = self.features.base.clone(classes=list(loaded.classes_), colors=list(loaded.colors_),
+                                       cross_validate=False, warm_start=True)
+        for name in self._CARRIED_PARAMS:
+            setattr(seg, name, getattr(loaded, name))
+        for name, value in vars(loaded).items():
+            if name.endswith("_") and not name.startswith("_"):
+                setattr(seg, name, value)
+        return seg

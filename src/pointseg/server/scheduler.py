@@ -536,7 +536,9 @@ class Scheduler:
         def stale() -> bool:
             return self.store.rev() > ts.rev and self.store.training_set().signature() != sig
 
-        new = self.service.fit(ts, m, stale)
+        new = self.service.restore_current(ts, m) if m.status == "none" else None   # after a restart
+        if new is None:
+            new = self.service.fit(ts, m, stale)
         if new is None:
             # cancelled: annotations changed during the fit; never predict with a stale model
             self.cancelled_fits += 1
