@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=30)
     ap.add_argument("--preset", default="default")
+    ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                    help="a Segmenter parameter on top of the preset, e.g. --set context_upscale=size")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--summarize", type=Path, nargs="+", help="re-summarize (and merge) result files")
     args = ap.parse_args()
@@ -47,6 +49,7 @@ def main() -> None:
     from pointseg.evaluation.datasets import load_dataset
     from pointseg.evaluation.folder import FolderConfig, markdown_folder, run_folder
 
+    overrides = dict(_param(text) for text in args.set)
     config = FolderConfig(seeds=_ints(args.seeds, "--seeds"), orders=tuple(args.orders.split(",")),
                           per_image=args.per_image, budget=args.budget, test=args.test,
                           candidates=args.candidates)
@@ -58,7 +61,7 @@ def main() -> None:
         cache = FeatureCache(max_bytes=2_000_000_000)
         start, load = time.time(), os.getloadavg()[0]
         result = run_folder(ds, lambda: Segmenter.preset(args.preset, classes=list(ds.classes), cache=cache,
-                                                         cross_validate=False), config,
+                                                         cross_validate=False, **overrides), config,
                             on_progress=lambda d: print(f"[{time.time() - start:6.0f}s] {d}", flush=True))
         result["meta"] = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           "command": "python bench/accuracy_folder.py " + " ".join(sys.argv[1:]),
@@ -67,6 +70,17 @@ def main() -> None:
         (args.out / f"accuracy_folder_{name}.json").write_text(json.dumps(result, indent=1))
         print(f"\n{name}: {result['meta']['date']}, commit {commit}, {result['meta']['wall_s']:.0f} s")
         print(markdown_folder(result), flush=True)
+
+
+def _param(text: str) -> tuple[str, object]:
+    """``name=value`` with the value as an int or float when it reads as one."""
+    name, _, value = text.partition("=")
+    for cast in (int, float):
+        try:
+            return name, cast(value)
+        except ValueError:
+            pass
+    return name, value
 
 
 def summarize(paths: list[Path]) -> None:
@@ -83,7 +97,8 @@ def summarize(paths: list[Path]) -> None:
         cfg = dict(result["config"])
         cfg["seeds"] = tuple(sorted({r["seed"] for r in result["runs"]}))
         cfg["orders"] = tuple(dict.fromkeys(r["order"] for r in result["runs"]))
-        config = FolderConfig(**cfg)
+        overrides = dict(_param(text) for text in args.set)
+    config = FolderConfig(**cfg)
         result["config"], result["summary"] = cfg, summarize_folder(result["runs"], config)
         print(f"\n{name}: seeds {list(cfg['seeds'])}; " + "; ".join(
             f"{m.get('date')} commit {m.get('commit')} load {m.get('load_average_start', '?')}" for m in result["metas"]))
