@@ -97,8 +97,7 @@ def summarize(paths: list[Path]) -> None:
         cfg = dict(result["config"])
         cfg["seeds"] = tuple(sorted({r["seed"] for r in result["runs"]}))
         cfg["orders"] = tuple(dict.fromkeys(r["order"] for r in result["runs"]))
-        overrides = dict(_param(text) for text in args.set)
-    config = FolderConfig(**cfg)
+        config = FolderConfig(**cfg)
         result["config"], result["summary"] = cfg, summarize_folder(result["runs"], config)
         print(f"\n{name}: seeds {list(cfg['seeds'])}; " + "; ".join(
             f"{m.get('date')} commit {m.get('commit')} load {m.get('load_average_start', '?')}" for m in result["metas"]))
