@@ -26,6 +26,16 @@ def _saved_signature(project):
         return None
 
 
+def _annotate_and_wait_saved(c, project) -> tuple[list[dict], list[int], dict]:
+    """Two classes, clicks on the first image, and the model saved in the project: (classes, ids, model)."""
+    cls = setup_classes(c)
+    ids = [i["id"] for i in c.get("/api/images").json()["images"]]
+    assert c.post(f"/api/images/{ids[0]}/annotations", json={"items": left_right_points(cls)}).status_code == 201
+    _wait(lambda: c.get("/api/model").json()["status"] == "ok")
+    _wait(lambda: _saved_signature(project) == c.get("/api/model").json()["signature"])
+    return cls, ids, c.get("/api/model").json()
+
+
 def _predict_all(c) -> dict:
     r = _wait(lambda: (r := c.post("/api/predict-all")).status_code == 202 and r)
     assert r.status_code == 202, r.text
@@ -37,16 +47,10 @@ def test_restart_serves_the_saved_model_and_predict_all_resumes_all_of_it(make_s
     project = tmp_path / "project"
     s = make_server(project, images=[tmp_path / "imgs"])
     with s.client() as c:
-        cls = setup_classes(c)
-        ids = [i["id"] for i in c.get("/api/images").json()["images"]]
-        assert c.post(f"/api/images/{ids[0]}/annotations", json={"items": left_right_points(cls)}).status_code == 201
-        first = _wait(lambda: (m := c.get("/api/model").json())["status"] == "ok" and m)
-        _wait(lambda: _saved_signature(project) == c.get("/api/model").json()["signature"])
-        trained = c.get("/api/model").json()
+        cls, ids, trained = _annotate_and_wait_saved(c, project)
         batch = _predict_all(c)
         assert batch["done"] == 3 and batch["failed"] == 0 and not batch["resumed"], batch
         exported = c.get("/api/export/model.pointseg").content
-    assert first["signature"] == trained["signature"]
     s.stop()
 
     s2 = make_server(project)
@@ -71,10 +75,7 @@ def test_a_saved_model_of_other_annotations_is_not_used(make_server, tmp_path):
     project = tmp_path / "project"
     s = make_server(project, images=[tmp_path / "imgs"])
     with s.client() as c:
-        cls = setup_classes(c)
-        ids = [i["id"] for i in c.get("/api/images").json()["images"]]
-        assert c.post(f"/api/images/{ids[0]}/annotations", json={"items": left_right_points(cls)}).status_code == 201
-        _wait(lambda: _saved_signature(project) == c.get("/api/model").json()["signature"])
+        _annotate_and_wait_saved(c, project)
         # the project changes behind the saved model's back (e.g. another pointseg edited the annotations)
         (project / "models" / "current.json").write_text(json.dumps({"signature": "not-these-annotations"}))
     s.stop()
