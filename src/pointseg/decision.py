@@ -248,12 +248,20 @@ def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
 #: share of the image by how few marks it has; ``"diversity"`` is the image's distance in feature space from the
 #: annotated images (needs them: ``annotated=``); ``"dense_uncertainty"`` is the uncertainty times how typical
 #: the image is of the candidates (information density: pure uncertainty tends to pick outliers);
-#: ``"uncertain_diverse"`` is the uncertainty times the diversity (uncertain *and* unlike what is annotated).
-RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertainty", "uncertain_diverse")
+#: ``"uncertain_diverse"`` is the uncertainty times the diversity (uncertain *and* unlike what is annotated);
+#: ``"committee"`` is the disagreement of a bootstrap committee (:func:`fit_committee`: refits on the clicks
+#: resampled), ``"committee_diverse"`` that times the diversity.
+RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertainty", "uncertain_diverse",
+            "committee", "committee_diverse")
 #: rankings whose priorities are comparable between images scored one at a time (the app scores image by image)
 PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
+#: rankings that need the annotated images' points (to fit the committee)
+COMMITTEE_RANKINGS = ("committee", "committee_diverse")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
-DEFAULT_RANKING = "uncertain_diverse"
+DEFAULT_RANKING = "committee"
+#: committee size and the pixels a member predicts per image (larger images: a whole-image preview)
+COMMITTEE_MEMBERS = 4
+COMMITTEE_PIXELS = 1_000_000
 
 
 def class_rarity(seg) -> np.ndarray:
@@ -321,10 +329,46 @@ def density_scores(seg, images) -> np.ndarray:
     return (sim * off).sum(axis=1) / off.sum(axis=1)
 
 
-def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotated=None) -> list[tuple[int, float]]:
+def fit_committee(seg, annotated, points, scribbles=None, ok=None, members: int = COMMITTEE_MEMBERS,
+                  seed: int = 0) -> list:
+    """``members`` refits of ``seg`` (clones: the same network and feature cache) on the clicks resampled
+    with replacement *within each class* (so every class keeps its count), scribbles and OK images as they
+    are. Where they disagree on an image, the clicks so far do not pin its labels down: query by committee,
+    the epistemic counterpart of one model's uncertainty (which a confident but wrong model lacks)."""
+    rng = np.random.default_rng(seed)
+    rows = [np.asarray(p if p is not None else np.zeros((0, 3)), dtype=np.float64).reshape(-1, 3) for p in points]
+    where = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)]) if rows else np.zeros(0)
+    pts = np.concatenate(rows) if rows else np.zeros((0, 3))
+    committee = []
+    for _ in range(members):
+        pick = np.concatenate([rng.choice(np.flatnonzero(pts[:, 2] == c), size=int((pts[:, 2] == c).sum()))
+                               for c in np.unique(pts[:, 2])]) if len(pts) else np.zeros(0, dtype=np.int64)
+        boot = [pts[pick[where[pick] == i]] for i in range(len(rows))]
+        member = seg.clone(warm_start=False, cross_validate=False)
+        committee.append(member.fit(list(annotated), boot, scribbles, ok))
+    return committee
+
+
+def committee_disagreement(committee, image) -> float:
+    """Mean over the image of the members' variance of each class probability, summed over classes. An
+    image over :data:`COMMITTEE_PIXELS` is judged on a whole-image preview of about that many pixels
+    (``predict_region`` with ``scale < 1``), so scoring costs the same for a 50 MP image as for a 1 MP one."""
+    fmap = image if hasattr(image, "image_size") else committee[0].extract_features(image)
+    h, w = fmap.image_size
+    scale = min(1.0, float(np.sqrt(COMMITTEE_PIXELS / (h * w))))
+    box = (0, h, 0, w)
+    stack = np.stack([(m.predict_full(fmap, probabilities=True) if scale == 1.0 else
+                       m.predict_region(fmap, box, scale=scale)).probabilities for m in committee])
+    return float(stack.var(axis=0).sum(axis=0).mean())
+
+
+def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotated=None, points=None,
+                               scribbles=None, ok=None) -> list[tuple[int, float]]:
     """Order unannotated ``images`` (arrays, paths or FeatureMaps) by how much annotating them should help
     the fitted Segmenter ``seg``: ``[(index, priority), ...]``, most useful first (ties keep input order).
-    ``annotated`` (the images annotated so far) is needed by ``kind="diversity"`` only.
+    ``annotated`` (the images annotated so far) is needed by the diversity- and committee-based kinds, and
+    the committee's by ``points`` (one ``[x, y, class]`` array per annotated image; ``scribbles``, ``ok`` as
+    :meth:`~pointseg.Segmenter.fit` takes them).
 
     The app's "next image to annotate" and the evaluation's folder protocol both call this; the folder
     protocol measures it against a random order (BENCHMARKS.md).
@@ -345,6 +389,14 @@ def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotat
         far = diversity_scores(seg, images, list(annotated))
         scores = [float(np.mean(seg.predict_full(image, probabilities=False).uncertainty)) * d
                   for image, d in zip(images, far)]
+    elif kind in COMMITTEE_RANKINGS:
+        if not annotated or points is None:
+            raise PointsegError(f"the {kind!r} ranking needs the annotated images and their points "
+                                "(annotated=..., points=...)")
+        committee = fit_committee(seg, list(annotated), list(points), scribbles, ok)
+        scores = [committee_disagreement(committee, image) for image in images]
+        if kind == "committee_diverse":
+            scores = [v * d for v, d in zip(scores, diversity_scores(seg, images, list(annotated)))]
     elif kind == "dense_uncertainty":
         density = density_scores(seg, images)
         scores = [float(np.mean(seg.predict_full(image, probabilities=False).uncertainty)) * float(w)

@@ -93,8 +93,9 @@ def evaluate_command(
              "0 = all).")] = 30,
     order: Annotated[str, typer.Option(
         help="Folder protocol: the order(s) compared: both (random and ranking), random, ranking (pointseg's "
-             "default ranking, uncertain_diverse), or a comma list of random and ranking kinds "
-             "(uncertainty, margin, rare_class, diversity, dense_uncertainty, uncertain_diverse).")] = "both",
+             "default ranking, committee), or a comma list of random and ranking kinds "
+             "(committee, committee_diverse, uncertainty, margin, rare_class, diversity, dense_uncertainty, "
+             "uncertain_diverse).")] = "both",
     backbone: Annotated[Optional[str], typer.Option(
         help="Backbone for the 'default' method (and any Segmenter option not set by a spec).",
         show_default=False)] = None,

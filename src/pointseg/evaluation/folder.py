@@ -78,7 +78,8 @@ def folder_session(seg, folder: dict, masks: dict, first: str, order: str, confi
             current = rest[int(rng.integers(len(rest)))]
         else:
             ranked = rank_images_for_annotation(seg, [images[s] for s in rest], kind=order,
-                                                annotated=[images[s] for s in annotated])
+                                                annotated=[images[s] for s in annotated],
+                                                points=[to_core_points(c) for c in clicks])
             current = rest[ranked[0][0]]
     return curve
 

@@ -24,18 +24,22 @@ from pydantic import BaseModel
 
 import numpy as np
 
-from pointseg.decision import (DEFAULT_RANKING, PER_IMAGE_RANKINGS, diversity_from_descriptors, image_descriptor,
+from pointseg.decision import (DEFAULT_RANKING, PER_IMAGE_RANKINGS, committee_disagreement,
+                               diversity_from_descriptors, fit_committee, image_descriptor,
                                rank_images_for_annotation)
 from pointseg.errors import PointsegError
 from pointseg.server.model_service import NoModel
 from pointseg.server.scheduler import PRIO_PREFETCH
 
-#: what the app offers: the per-image rankings, and "diversity" (from per-image feature means, which do not
-#: depend on the model: they are kept across refits, and only the annotated set changes the order)
-APP_RANKINGS = PER_IMAGE_RANKINGS + ("diversity", "uncertain_diverse")
+#: what the app offers: the per-image rankings, "diversity" (from per-image feature means, which do not
+#: depend on the model: they are kept across refits, and only the annotated set changes the order), and the
+#: committee's disagreement (a bootstrap committee fitted once per model version, then image by image)
+APP_RANKINGS = PER_IMAGE_RANKINGS + ("diversity", "uncertain_diverse", "committee", "committee_diverse")
 DESCRIPTOR = "descriptor"
+COMMITTEE = "committee"
 #: what each app ranking multiplies: per-image priorities of the model, and the diversity of descriptors
-NEEDS = {"diversity": (DESCRIPTOR,), "uncertain_diverse": ("uncertainty", DESCRIPTOR)}
+NEEDS = {"diversity": (DESCRIPTOR,), "uncertain_diverse": ("uncertainty", DESCRIPTOR),
+         "committee": (COMMITTEE,), "committee_diverse": (COMMITTEE, DESCRIPTOR)}
 
 #: feature computations queued (at prefetch priority) per request for images that cannot be scored yet
 PREFETCH = 8
@@ -73,6 +77,7 @@ class AnnotationRanking:
         self._lock = threading.Lock()
         self._values: dict[tuple[int, str], tuple[object, object]] = {}   # (image, what) -> (stamp, value)
         self._inflight: dict[tuple[int, str], Future] = {}
+        self._committee: tuple[int, list] | None = None    # (model version, members), made on the model thread
 
     def rank(self, services, kind: str = DEFAULT_RANKING, wait_s: float = 2.0) -> dict:
         """The ranking of the project's unannotated images (waits up to ``wait_s`` for scores to come in)."""
@@ -89,7 +94,7 @@ class AnnotationRanking:
         jobs = [(i["id"], what) for i in todo for what in needs] + [(i, DESCRIPTOR) for i in annotated_ids]
         futures, missing = [], []
         for image_id, what in jobs:
-            fut = self._request(scheduler, features, image_id, what, self._stamp(what, model, features))
+            fut = self._request(services, image_id, what, self._stamp(what, model, features))
             if fut is False:
                 missing.append(image_id)
             elif fut is not None:
@@ -104,8 +109,9 @@ class AnnotationRanking:
     def _stamp(what: str, model, features):
         return ("features", features.kind) if what == DESCRIPTOR else ("model", model.version)
 
-    def _request(self, scheduler, features, image_id: int, what: str, stamp):
+    def _request(self, services, image_id: int, what: str, stamp):
         """A future for the image's value, None when it is there already, False when its features are not."""
+        scheduler, features = services.scheduler, services.features
         key = (image_id, what)
         with self._lock:
             have = self._values.get(key)
@@ -116,23 +122,46 @@ class AnnotationRanking:
             return fut
         if not features.ready(image_id):
             return False
-        fut = scheduler.submit(lambda m: self._compute(m, image_id, what, features))
+        fut = scheduler.submit(lambda m: self._compute(m, image_id, what, services))
         with self._lock:
             self._inflight[key] = fut
         return fut
 
-    def _compute(self, model, image_id: int, what: str, features):
+    def _compute(self, model, image_id: int, what: str, services):
         """One image's value with ``model`` (on the model thread); None when it cannot be computed now."""
+        features = services.features
         if model.status != "ok" or model.segmenter is None or not features.ready(image_id):
             return None    # no model, or the features were evicted meanwhile: never compute them here
         fmap = features.get(image_id)
         if what == DESCRIPTOR:
             value = image_descriptor(model.segmenter, fmap)
+        elif what == COMMITTEE:
+            committee = self._committee_of(model, services)
+            if committee is None:
+                return None
+            value = committee_disagreement(committee, fmap)
         else:
             value = rank_images_for_annotation(model.segmenter, [fmap], what)[0][1]
         with self._lock:
             self._values[(image_id, what)] = (self._stamp(what, model, features), value)
         return value
+
+    def _committee_of(self, model, services) -> list | None:
+        """The bootstrap committee of ``model`` (:func:`pointseg.decision.fit_committee`), fitted once per
+        model version from the annotations it was trained on; None when they have changed since (the next
+        model's ranking asks again) or a training image's features are gone."""
+        with self._lock:
+            if self._committee is not None and self._committee[0] == model.version:
+                return self._committee[1]
+        ts = services.store.training_set()
+        if ts.signature() != model.signature or not all(services.features.ready(i) for i in ts.image_ids):
+            return None
+        fmaps = [services.features.get(i) for i in ts.image_ids]
+        points = [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points]
+        committee = fit_committee(model.segmenter, fmaps, points, ts.scribbles, ts.ok or None)
+        with self._lock:
+            self._committee = (model.version, committee)
+        return committee
 
     def _answer(self, model, features, todo: list[dict], annotated_ids: list[int], kind: str,
                 n_annotated: int) -> dict:

@@ -53,7 +53,8 @@ async def upload(files: Annotated[list[UploadFile], File(description="image file
 
 @router.get("/ranking", response_model=RankingOut)
 def ranking(services: ServicesDep,
-            kind: Annotated[str, Query(description="uncertainty, margin, rare_class or diversity")] = DEFAULT_RANKING,
+            kind: Annotated[str, Query(description="committee (the default), committee_diverse, uncertainty, margin, "
+                                                 "rare_class, diversity or uncertain_diverse")] = DEFAULT_RANKING,
             wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for scores")] = 2.0):
     """The unannotated images, most useful to annotate next first (``pointseg.decision``'s ranking with the
     current model), then the ones not scored yet (``pending``: features not computed, or still scoring).
