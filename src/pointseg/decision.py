@@ -259,9 +259,12 @@ PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
 COMMITTEE_RANKINGS = ("committee", "committee_diverse")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
 DEFAULT_RANKING = "committee"
-#: committee size and the pixels a member predicts per image (larger images: a whole-image preview)
+#: committee size, and the pixels a member predicts per image: larger images are judged on a whole-image
+#: preview of about that many, so that scoring an image (four predictions) costs about what the one-model
+#: ranking's single full prediction of a 1 MP image did (bench/bench_ranking_cost.py) and a click waiting
+#: behind it in the app waits no longer than before
 COMMITTEE_MEMBERS = 4
-COMMITTEE_PIXELS = 1_000_000
+COMMITTEE_PIXELS = 512 * 512
 
 
 def class_rarity(seg) -> np.ndarray:
