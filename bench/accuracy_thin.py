@@ -20,6 +20,15 @@ NoC@85 and the wall time. VARIANT is "none" or an exploratory patch that is not 
                      (pointseg.autocontext.STAGE2_PENALTY)
     s2unweighted     auto-context's stage 2 with unweighted classes (stage 1 stays balanced)
     oofpoints        auto-context's out-of-fold stage-1 heads by k-fold over the points, not by image
+    ctxwA            auto-context's standardised context channels times A (their penalty / A²)
+    ctxs=A,B,...     auto-context's filter scales (pointseg.autocontext.CONTEXT_SIGMAS; RADIUS follows)
+    mixctx           auto-context's stage 2 on each click twice: out-of-fold and in-sample context
+    pcaN             auto-context's stage 2 on N principal directions of the clicks' features + context
+    shiftA           the two-class defect-minus-background logit lowered by A (threshold at +A; auto-context:
+                     stage 2's)
+    oofshift[bacc]   linear head: the shift chosen from out-of-fold (leave-one-image-out) click margins,
+                     maximising the clicks' defect IoU (or balanced accuracy)
+    mlpH[aALPHA]     a one-hidden-layer ReLU head (H units, L2 ALPHA, default 1/C) instead of the linear one
     ctxN             the stride-32 context map of an image whose context grid is under N cells on its short
                      side computed on a copy upscaled by a power of two, pooled back to its grid
 
@@ -66,6 +75,20 @@ def apply_variant(variant: str) -> None:
             import pointseg.autocontext as AC
 
             AC.STAGE2_PENALTY = float(part[3:])
+        elif part.startswith("mlp"):  # a one-hidden-layer head instead of the linear one: mlpH[aALPHA]
+            hidden, _, alpha = part[3:].partition("a")
+            _mlp_head(int(hidden or 32), float(alpha) if alpha else None)
+        elif part == "mixctx":  # auto-context's stage 2 on out-of-fold and in-sample context rows
+            _mixed_context()
+        elif part.startswith("pca"):  # auto-context's stage 2 on N principal directions of the clicks + context
+            _stage2_projected(int(part[3:]))
+        elif part.startswith("ctxs="):  # auto-context's filter scales (the largest sets the margin)
+            import pointseg.autocontext as AC
+
+            AC.CONTEXT_SIGMAS = tuple(float(v) for v in part[5:].split(","))
+            AC.RADIUS = int(AC.TRUNCATE * max(AC.CONTEXT_SIGMAS) + 0.5) + 2
+        elif part.startswith("ctxw"):  # auto-context's context channels times A after standardisation
+            _context_weight(float(part[4:]))
         elif part == "oofpoints":  # auto-context's out-of-fold heads by k-fold over points, not by image
             import pointseg.autocontext as AC
 
@@ -74,6 +97,10 @@ def apply_variant(variant: str) -> None:
             import pointseg.autocontext as AC
 
             AC.STAGE2_CLASS_WEIGHT = None
+        elif part.startswith("oofshift"):  # the shift chosen from out-of-fold click margins
+            _oof_shift(part[8:] or "iou")
+        elif part.startswith("shift"):  # the defect logit minus a constant (threshold above 0)
+            _threshold_shift(float(part[5:]))
         elif part.startswith("ctxboth"):
             _context_upscaled(int(part[7:]), keep_original=True)
         elif part.startswith("ctx"):
@@ -104,6 +131,283 @@ def _block_weight(block: str, factor: float) -> None:
         return st
 
     CL.Standardizer.from_moments = classmethod(from_moments)
+
+
+def _context_weight(factor: float) -> None:
+    """Auto-context's standardised context channels times ``factor``: their L2 penalty divided by
+    factor² while the features keep stage 2's (STAGE2_PENALTY ×) penalty."""
+    import pointseg.autocontext as AC
+
+    orig = AC.Standardizer
+
+    class Weighted(orig):
+        def __init__(self, mean, scale):
+            scale = scale.copy()
+            n_ctx = AC.n_context_channels(2)
+            if scale.shape[0] > 300:  # the stage-2 standardiser: features then context
+                scale[-n_ctx:] /= factor
+            super().__init__(mean, scale)
+
+    AC.Standardizer = Weighted
+
+
+def _mlp_head(hidden: int, alpha: float | None) -> None:
+    """The logistic head replaced by a one-hidden-layer ReLU network on the standardised features, fitted
+    by full-batch L-BFGS on ``sum_i w_i CE_i + alpha/2 (|W1|^2 + |W2|^2)`` (balanced w_i; alpha default
+    1/C, the linear head's penalty in the same form). Prediction stays exact per box: the hidden layer's
+    pre-activations are a linear head with ``hidden`` rows (deep part on the stride-4 grid, fine part at
+    full resolution), then ReLU and the output layer per pixel."""
+    from dataclasses import dataclass
+
+    import numpy as np
+    import torch
+
+    import pointseg.classifier as CL
+    import pointseg.segmenter as S
+    from pointseg.features import Scores
+
+    @dataclass
+    class MLPHead:
+        w1: np.ndarray  # (H, C) on standardised features
+        b1: np.ndarray
+        w2: np.ndarray  # (K, H)
+        b2: np.ndarray
+        standardizer: object
+
+        def folded(self):
+            w = (self.w1 / self.standardizer.scale[None, :]).astype(np.float32)
+            return w, (self.b1 - w @ self.standardizer.mean).astype(np.float32)
+
+        def scores(self, X):
+            w, b = self.folded()
+            return np.maximum(X @ w.T + b, 0) @ self.w2.T + self.b2
+
+    class MLPScores(Scores):
+        def __init__(self, hidden_scores, w2, b2):
+            self.hidden = hidden_scores
+            self.w2 = torch.from_numpy(np.ascontiguousarray(w2, dtype=np.float32))
+            self.b2 = torch.from_numpy(np.ascontiguousarray(b2, dtype=np.float32))
+            self.image_size, self.extent = hidden_scores.image_size, hidden_scores.extent
+            self.grid_size, self.stride = hidden_scores.grid_size, hidden_scores.stride
+            self.levels = hidden_scores.levels
+
+        def _out(self, h):
+            k, shape = h.shape[0], h.shape[1:]
+            out = torch.matmul(self.w2, torch.relu(h).reshape(k, -1)) + self.b2[:, None]
+            return out.reshape(-1, *shape)
+
+        def grid_window(self, rows, cols, level=0):  # previews only: the network on the deep part alone
+            return self._out(self.hidden.grid_window(rows, cols, level))
+
+        def fine_mean_logits(self):
+            return None
+
+        def deep_logits(self, y0, y1, x0, x1):
+            return self._out(self.hidden.deep_logits(y0, y1, x0, x1))
+
+        def fine_logits(self, y0, y1, x0, x1):
+            return None
+
+        def logits(self, y0, y1, x0, x1):
+            return self._out(self.hidden.logits(y0, y1, x0, x1))
+
+    def fit(self, X, y, n_classes, standardizer, init=None):
+        present = np.unique(y)
+        Xs = torch.from_numpy(np.asarray(standardizer.transform(X), np.float64))
+        target = torch.from_numpy(np.searchsorted(present, y).astype(np.int64))
+        k, c = len(present), X.shape[1]
+        counts = np.bincount(target.numpy(), minlength=k).astype(np.float64)
+        sw = torch.from_numpy((len(y) / (k * counts))[target.numpy()] if self.class_weight == "balanced"
+                              else np.ones(len(y)))
+        lam = (1.0 / self.C) if alpha is None else alpha
+        g = torch.Generator().manual_seed(0)
+        w1 = (torch.randn(hidden, c, generator=g, dtype=torch.float64) / np.sqrt(c)).requires_grad_()
+        b1 = torch.zeros(hidden, dtype=torch.float64, requires_grad=True)
+        w2 = (torch.randn(k, hidden, generator=g, dtype=torch.float64) / np.sqrt(hidden)).requires_grad_()
+        b2 = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w1, b1, w2, b2], max_iter=300, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            out = torch.relu(Xs @ w1.T + b1) @ w2.T + b2
+            loss = (sw * torch.nn.functional.cross_entropy(out, target, reduction="none")).sum()
+            loss = loss + lam / 2 * ((w1 ** 2).sum() + (w2 ** 2).sum())
+            loss.backward()
+            return loss
+
+        with CL.single_thread():
+            opt.step(closure)
+        W2 = np.zeros((n_classes, hidden), np.float32)
+        B2 = np.full(n_classes, CL.ABSENT_LOGIT, np.float32)
+        W2[present], B2[present] = w2.detach().numpy(), b2.detach().numpy()
+        return MLPHead(w1.detach().numpy().astype(np.float32), b1.detach().numpy().astype(np.float32), W2, B2,
+                       standardizer)
+
+    CL.PointClassifier.fit = fit
+    orig_grid = S.Segmenter.decision_grid
+
+    def decision_grid(self, image, stream_above=None):
+        if isinstance(self.head_, MLPHead):
+            w, b = self.head_.folded()
+            return MLPScores(self.extractor.image_scores(image, w, b), self.head_.w2, self.head_.b2)
+        return orig_grid(self, image, stream_above)
+
+    S.Segmenter.decision_grid = decision_grid
+
+
+def _mixed_context() -> None:
+    """Auto-context's stage 2 trained on every click twice, half weight each: once with its out-of-fold
+    stage-1 context (as shipped) and once with the full stage-1 head's (in-sample) context, which is what
+    the clicked images show at prediction."""
+    import numpy as np
+
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+    from pointseg.classifier import single_thread
+
+    orig = AC.out_of_fold_context
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, groups, n_classes, standardizer, init=None):
+        with single_thread():
+            inner = np.zeros((len(y), AC.n_context_channels(n_classes)), np.float32)
+            w, b = stage1.folded()
+            for g in np.unique(groups):
+                rows = np.flatnonzero(groups == g)
+                inner[rows] = AC.context_at(fmaps[g].score(w, b), xy[rows], n_classes)
+        saved = AC.out_of_fold_context
+        AC.out_of_fold_context = lambda *a: np.concatenate([orig(*a), inner])
+        try:
+            return _fit(clf, stage1, fmaps, np.concatenate([X, X]), np.concatenate([xy, xy]),
+                        np.concatenate([y, y]), groups, n_classes, standardizer, init)
+        finally:
+            AC.out_of_fold_context = saved
+
+    def _fit(clf, stage1, fmaps, X2, xy2, y2, groups, n_classes, standardizer, init):
+        # the shipped fit, with out_of_fold_context called on the single rows (it returns both halves)
+        n = len(groups)
+        real = AC.out_of_fold_context
+        AC.out_of_fold_context = lambda c, s1, f, X, xy, y, g, k, st: real(c, s1, f, X[:n], xy[:n], y[:n], g, k, st)
+        try:
+            return orig_fit(clf, stage1, fmaps, X2, xy2, y2, groups, n_classes, standardizer, init)
+        finally:
+            AC.out_of_fold_context = real
+
+    orig_fit = AC.fit_autocontext
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
+
+
+def _stage2_projected(n_components: int) -> None:
+    """Auto-context's stage 2 on fewer inputs: the click rows' standardised features projected on their
+    ``n_components`` principal directions, plus the context channels (penalty C / STAGE2_PENALTY); folded
+    back into an ordinary stage-2 LinearHead on [features, context] (coef = c_pca @ V), so prediction and
+    the model file are unchanged."""
+    import numpy as np
+
+    import pointseg.autocontext as AC
+    from pointseg.classifier import LinearHead, PointClassifier, Standardizer, single_thread
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, groups, n_classes, standardizer, init=None):
+        with single_thread():
+            context = AC.out_of_fold_context(clf, stage1, fmaps, X, xy, y, groups, n_classes, standardizer)
+        mean, scale = context.mean(axis=0), context.std(axis=0)
+        scale[scale < 1e-3] = 1.0
+        both = Standardizer(np.concatenate([standardizer.mean, mean]).astype(np.float32),
+                            np.concatenate([standardizer.scale, scale]).astype(np.float32))
+        Xs = standardizer.transform(X).astype(np.float64)
+        _, _, vt = np.linalg.svd(Xs - Xs.mean(axis=0), full_matrices=False)
+        v = vt[: min(n_components, len(vt))]
+        z = np.concatenate([Xs @ v.T, (context - mean) / scale], axis=1).astype(np.float32)
+        weight = clf.class_weight if AC.STAGE2_CLASS_WEIGHT == "same" else AC.STAGE2_CLASS_WEIGHT
+        firm = PointClassifier(clf.kind, clf.C / AC.STAGE2_PENALTY, weight, clf.random_state)
+        identity = Standardizer(np.zeros(z.shape[1], np.float32), np.ones(z.shape[1], np.float32))
+        small = firm.fit(z, y, n_classes, identity)
+        k = len(v)
+        coef = np.concatenate([small.coef[:, :k] @ v, small.coef[:, k:]], axis=1).astype(np.float32)
+        return AC.AutoContextHead(stage1, LinearHead(coef, small.intercept, both))
+
+    AC.fit_autocontext = fit_autocontext
+    import pointseg.segmenter as S
+
+    S.fit_autocontext = fit_autocontext
+
+
+def _shift_head(head, shift: float):
+    """A two-class head (linear, or auto-context's stage 2) with the defect-minus-background logit lowered
+    by ``shift`` (the decision threshold moved to +shift)."""
+    import dataclasses
+
+    from pointseg.autocontext import AutoContextHead
+    from pointseg.classifier import LinearHead
+
+    if isinstance(head, AutoContextHead):
+        return dataclasses.replace(head, stage2=_shift_head(head.stage2, shift))
+    if not isinstance(head, LinearHead) or head.intercept.shape[0] != 2:
+        return head
+    intercept = head.intercept.copy()
+    intercept[1] -= shift
+    return LinearHead(head.coef, intercept, head.standardizer)
+
+
+def _threshold_shift(shift: float) -> None:
+    import pointseg.segmenter as S
+
+    orig = S.Segmenter.fit
+
+    def fit(self, *a, **k):
+        orig(self, *a, **k)
+        self.head_ = _shift_head(self.head_, shift)
+        return self
+
+    S.Segmenter.fit = fit
+
+
+#: the out-of-fold shifts chosen, for the record
+OOF_SHIFTS: list[float] = []
+
+
+def _oof_shift(criterion: str) -> None:
+    """Two classes: the threshold on the defect-minus-background logit chosen from out-of-fold margins of
+    the click rows (leave-one-image-out heads, the auto-context folds): the shift on a grid of -3..3 that
+    maximises the defect IoU counted over the clicks (criterion "iou") or the balanced accuracy ("bacc"),
+    ties broken toward 0. Linear head only (stage 1 before any stage 2)."""
+    import numpy as np
+
+    import pointseg.segmenter as S
+    from pointseg.autocontext import _folds
+    from pointseg.classifier import LinearHead, head_scores
+
+    orig = S.Segmenter._fit_parts
+    grid = np.round(np.arange(-3, 3.01, 0.25), 2)
+
+    def _fit_parts(self, clf, parts, n_classes, standardizer, init):
+        head, X, y, groups = orig(self, clf, parts, n_classes, standardizer, init)
+        if n_classes != 2 or not isinstance(head, LinearHead):
+            return head, X, y, groups
+        margin = np.full(len(y), np.nan)
+        for train, test in _folds(y, groups):
+            if len(np.unique(y[train])) < 2:
+                continue
+            h = clf.fit(X[train], y[train], n_classes, standardizer, init=head)
+            s = head_scores(h, X[test])
+            margin[test] = s[:, 1] - s[:, 0]
+        ok = ~np.isnan(margin)
+        if ok.sum() < 4 or len(np.unique(y[ok])) < 2:
+            return head, X, y, groups
+        m, t = margin[ok], y[ok] == 1
+        best, best_score = 0.0, -1.0
+        for shift in sorted(grid, key=abs):
+            pred = m > shift
+            if criterion == "bacc":
+                score = (pred[t].mean() + (~pred[~t]).mean()) / 2
+            else:
+                score = (pred & t).sum() / max((pred | t).sum(), 1)
+            if score > best_score + 1e-12:
+                best, best_score = float(shift), score
+        OOF_SHIFTS.append(best)
+        return _shift_head(head, best), X, y, groups
+
+    S.Segmenter._fit_parts = _fit_parts
 
 
 def _within_image_weight(block: str) -> None:
@@ -254,7 +558,9 @@ def main() -> None:
            "interactive_miou": round(curve["interactive"][str(args.budget)]["miou"]["mean"], 4),
            "transfer_fg10": fg("transfer", 10), "transfer_fg10_per_seed": [round(v, 4) for v in per_seed],
            "transfer_fg": fg("transfer", args.budget),
-           "noc85": round(summary["noc"]["85"]["mean"], 2), "wall_s": round(wall, 1),
+           "noc85": round(summary["noc"]["85"]["mean"], 2),
+           **({"oof_shift_mean": round(float(sum(OOF_SHIFTS) / len(OOF_SHIFTS)), 3),
+               "oof_shift_last": OOF_SHIFTS[-1]} if OOF_SHIFTS else {}), "wall_s": round(wall, 1),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": round(os.getloadavg()[0], 2)}
     append_jsonl("accuracy_thin", row)
 

@@ -32,7 +32,8 @@ from pointseg.features import Scores
 
 #: bumped whenever the context channels change (a model file stores it; a mismatch asks for a retrain)
 AUTOCONTEXT_VERSION = 1
-#: scales (pixels) at which the stage-1 probabilities are filtered
+#: scales (pixels) at which the stage-1 probabilities are filtered; under corrective clicks on CrackForest
+#: (0.5, 1, 2, 4), (1, 2) and (1, 2, 4, 8) all did worse (BENCHMARKS.md, "Thresholds, stage-2 inputs ...")
 CONTEXT_SIGMAS = (1.0, 2.0, 4.0)
 #: per scale: the smoothed probability, its gradient magnitude and its Hessian eigenvalues (max, min)
 PER_SIGMA = ("smoothed", "gradient", "hessian_max", "hessian_min")
@@ -42,7 +43,8 @@ TRUNCATE = 3.0
 RADIUS = int(TRUNCATE * max(CONTEXT_SIGMAS) + 0.5) + 2
 #: stage 2's L2 strength relative to stage 1's (C / this): a few strongly predictive context channels
 #: beside hundreds of features that already fit the points, so a firmer penalty keeps stage 2 from
-#: re-fitting the points through the features (bench/thin_diagnosis.py --ceiling)
+#: re-fitting the points through the features (bench/thin_diagnosis.py --ceiling); x10 was no better over
+#: six seeds, and a weaker or firmer penalty on the context channels alone did worse
 STAGE2_PENALTY = 4.0
 #: stage 2's class weighting: "same" (stage 1's ``class_weight``) or a value for stage 2 alone
 STAGE2_CLASS_WEIGHT = "same"
