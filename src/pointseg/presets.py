@@ -21,8 +21,9 @@ PRESETS: dict[str, dict] = {
                 "smoothing": DEFAULT_SMOOTHING},
     # The default plus a second, auto-context stage (pointseg.autocontext) for thin structures (cracks,
     # membranes): it lifts what the head can reach on CrackForest (0.50 -> 0.58 crack IoU with many points),
-    # +0.03 under 20 corrective clicks (0.53, six seeds), but loses on blob-like defects and a refit + 1 MP
-    # prediction costs several times the default's (BENCHMARKS.md, "Heads"): opt-in, `--preset thin`.
+    # +0.03 under 20 corrective clicks (0.53, six seeds) yet behind the default at 40 (0.48 vs 0.53), loses on
+    # blob-like defects, and a refit + 1 MP prediction costs several times the default's (BENCHMARKS.md,
+    # "Heads"): opt-in, `--preset thin`.
     "thin": {"backbone": DEFAULT_BACKBONE, "classifier": "logistic", "features": DEFAULT_FEATURES,
              "smoothing": DEFAULT_SMOOTHING, "autocontext": True},
 }
