@@ -31,7 +31,10 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=40, help="held-out parts per dataset (evenly spaced)")
     ap.add_argument("--ok-images", default="3,0")
     ap.add_argument("--budget", type=int, default=10)
-    ap.add_argument("--methods", nargs="+", default=["default", "seed"])
+    ap.add_argument("--methods", nargs="+", default=["default", "seed"],
+                    help="presets, each optionally with parameters: default:context_upscale=size,ng_rule=anomaly")
+    ap.add_argument("--ok-hard", type=int, default=None,
+                    help="hard negatives per OK image (pointseg.segmenter.OK_HARD; a screen, not a parameter)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", default="", help="suffix of the JSON file (to run seed groups in parallel)")
     ap.add_argument("--merge", nargs="+", type=Path, help="only merge these JSON files of one dataset and print")
@@ -40,6 +43,10 @@ def main() -> None:
         return merge(args.merge)
 
     from pointseg import FeatureCache, Segmenter
+    import pointseg.segmenter as segmenter_module
+
+    if args.ok_hard is not None:
+        segmenter_module.OK_HARD = args.ok_hard
     from pointseg.evaluation.command import _ints
     from pointseg.evaluation.datasets import load_dataset
     from pointseg.evaluation.parts import PartsConfig, markdown_parts, run_parts
@@ -52,7 +59,8 @@ def main() -> None:
     for name in args.datasets:
         ds = load_dataset(SHARED / "datasets" / name)
         cache = FeatureCache(max_bytes=1_500_000_000)
-        methods = {m: (lambda m=m: Segmenter.preset(m, classes=list(ds.classes), cache=cache))
+        methods = {m: (lambda m=m: Segmenter.preset(method_spec(m)[0], **method_spec(m)[1],
+                                                    classes=list(ds.classes), cache=cache))
                    for m in args.methods}
         start = time.time()
         result = run_parts(ds, methods, config,
@@ -65,6 +73,25 @@ def main() -> None:
         (args.out / f"accuracy_parts_{name}{args.tag}.json").write_text(json.dumps(result, indent=1))
         print(f"\n{name}: {result['meta']['date']}, commit {commit}, {result['meta']['wall_s']:.0f} s")
         print(markdown_parts(result), flush=True)
+
+
+def method_spec(text: str) -> tuple[str, dict]:
+    """``"default:context_upscale=size,min_region=20"`` -> ``("default", {"context_upscale": "size",
+    "min_region": 20})`` (values that read as integers or floats become numbers)."""
+    name, _, rest = text.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--methods {text!r}: write PRESET:KEY=VALUE,KEY=VALUE")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        params[key.strip()] = value
+    return name, params
 
 
 def merge(paths) -> None:

@@ -43,6 +43,12 @@ LABEL_SCORES = ("largest_region", "quantile")
 DEFAULT_SCORE = "largest_region"
 #: quantile of the defect probability used by the ``"quantile"`` score
 SCORE_QUANTILE = 0.999
+#: label/probability scores recorded with leave-one-image-out evidence so rules on them can be compared
+#: (:func:`label_scores`): the rule scores plus ``"region_share"`` (largest region / image area: robust to
+#: part size), ``"defect_share"`` (all defect pixels / image area) and ``"peak"`` (max defect probability)
+EVIDENCE_SCORES = ("largest_region", "quantile", "region_share", "defect_share", "peak")
+#: scores that are areas, spread over orders of magnitude: thresholds are placed on log(score + eps)
+AREA_EPS = {"largest_region": 1.0, "region_share": 1e-5, "defect_share": 1e-5}
 
 
 
@@ -153,6 +159,10 @@ def image_score(kind: str, labels: np.ndarray, proba: np.ndarray | None = None, 
     if kind == "largest_region":
         regions = find_regions(labels, background) if regions is None else regions
         return float(regions[0].area) if regions else 0.0
+    if kind in ("region_share", "defect_share", "peak"):
+        if kind == "peak" and proba is None:
+            raise PointsegError("the 'peak' image score needs probabilities")
+        return label_scores(labels, proba, background)[kind]
     if kind == "quantile":
         if proba is None:
             raise PointsegError("the 'quantile' image score needs probabilities")
@@ -164,6 +174,44 @@ def image_score(kind: str, labels: np.ndarray, proba: np.ndarray | None = None, 
                                 "(Segmenter.decide computes it); choose largest_region or quantile here")
         return float(anomaly)
     raise PointsegError(f"unknown image score {kind!r}; choose one of: {', '.join(SCORES)}")
+
+
+def label_scores(labels: np.ndarray, proba: np.ndarray | None, background: int = 0,
+                 avoid: np.ndarray | None = None) -> dict[str, float]:
+    """Every :data:`EVIDENCE_SCORES` score of one prediction, in one pass (``proba`` may be None: the
+    probability scores are then left out).
+
+    ``avoid`` (``(n, 2)`` [x, y], the defect clicks of an annotated image): score the image as if the
+    regions those points fall in were background - what the rest of a defective image shows, the clean
+    examples the leave-one-image-out threshold also learns from (:meth:`Segmenter._learn_ng_rule`).
+
+    >>> labels = np.zeros((10, 20), np.int64); labels[0:2, 0:5] = 1; labels[5:9, 10:15] = 1
+    >>> s = label_scores(labels, None, avoid=np.array([[11.0, 6.0]]))
+    >>> s["largest_region"], s["region_share"], s["defect_share"]
+    (10.0, 0.05, 0.05)
+    """
+    from scipy import ndimage
+
+    h, w = labels.shape
+    mask = labels != background
+    keep = np.ones(labels.shape, dtype=bool)
+    if avoid is not None and len(avoid) and mask.any():
+        regions, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        cols = np.clip(np.floor(avoid[:, 0]).astype(np.intp), 0, w - 1)
+        rows = np.clip(np.floor(avoid[:, 1]).astype(np.intp), 0, h - 1)
+        hit = np.unique(regions[rows, cols])
+        hit = hit[hit > 0]
+        if len(hit):
+            keep = ~np.isin(regions, hit)
+            mask = mask & keep
+    regions = find_regions(np.where(mask, labels, background), background)
+    largest = float(regions[0].area) if regions else 0.0
+    out = {"largest_region": largest, "region_share": largest / (h * w), "defect_share": float(mask.sum()) / (h * w)}
+    if proba is not None:
+        defect = (1.0 - proba[background])[keep]
+        out["quantile"] = float(np.quantile(defect, SCORE_QUANTILE)) if defect.size else 0.0
+        out["peak"] = float(defect.max()) if defect.size else 0.0
+    return out
 
 
 def decide_labels(labels: np.ndarray, proba: np.ndarray | None, rule: NGRule, background: int = 0,
@@ -195,8 +243,9 @@ def choose_threshold(ng_scores, ok_scores, kind: str = DEFAULT_SCORE) -> tuple[f
         return float(neg.max()), "fallback: no defective image, above every clean one"
     if len(neg) == 0:
         return float(pos.min()) / 2, "fallback: no OK image, half the smallest defect score"
-    warp = (lambda v: np.log1p(v)) if kind == "largest_region" else (lambda v: v)
-    unwarp = (lambda v: np.expm1(v)) if kind == "largest_region" else (lambda v: v)
+    eps = AREA_EPS.get(kind)
+    warp = (lambda v: np.log(v + eps)) if eps else (lambda v: v)
+    unwarp = (lambda v: np.exp(v) - eps) if eps else (lambda v: v)
     values = np.unique(np.concatenate([pos, neg]))
     w = warp(values)
     candidates = np.concatenate([[w[0] - 1.0], (w[:-1] + w[1:]) / 2, [w[-1] + 1.0]])

@@ -442,7 +442,11 @@ class Segmenter:
         known = [p for p in parts if status[p.index] is not None]
         if len(known) < 2:
             return NGRule(source="default: NG when any region is found"), None
-        ng_scores, ok_scores, clean_surface = [], [], []
+        from pointseg.decision import EVIDENCE_SCORES, label_scores
+
+        # every label score's evidence from the same held-out maps (the stored rule uses one; the others let
+        # the per-part protocol compare rules on the same fits)
+        loio = {k: {"ng": [], "ok": [], "clean_surface": []} for k in EVIDENCE_SCORES}
         twin = copy.copy(self)
         for p in known:
             check_interrupted()
@@ -451,18 +455,21 @@ class Segmenter:
                 continue
             twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
             twin.n_features_in_ = p.X.shape[1]
-            labels = twin.predict(p.fmap)
-            score = _largest_region(labels != self.background_)
+            pred = twin.predict_full(p.fmap, probabilities=True)
+            whole = label_scores(pred.labels, pred.probabilities, self.background_)
             if status[p.index]:
-                ng_scores.append(score)
-                clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
+                rest_of_it = label_scores(pred.labels, pred.probabilities, self.background_,
+                                          avoid=p.xy[p.y != self.background_])
+                for k in EVIDENCE_SCORES:
+                    loio[k]["ng"].append(whole[k])
+                    loio[k]["clean_surface"].append(rest_of_it[k])
             else:
-                ok_scores.append(score)
+                for k in EVIDENCE_SCORES:
+                    loio[k]["ok"].append(whole[k])
         kind = check_ng_rule(self.ng_rule)
         # the bank and its evidence cost nearest-neighbour searches: only a model that decides with them pays
         self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head) if kind == "anomaly" else (None, None)
-        self.ng_evidence_ = {"largest_region": {"ng": ng_scores, "ok": ok_scores, "clean_surface": clean_surface},
-                             "anomaly": anomaly}
+        self.ng_evidence_ = {**loio, "anomaly": anomaly}
         if kind == "anomaly" and self.anomaly_bank_ is None:
             kind = DEFAULT_SCORE   # nothing to build a bank from (no OK image, no background): the area rule
         evidence = self.ng_evidence_[kind]
@@ -929,24 +936,6 @@ class _Canvas:
 def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
     """The feature vectors a head trains on at points ``xy`` (:meth:`FeatureMap.sample`)."""
     return fmap.sample(xy)
-
-
-def _largest_region(mask: np.ndarray, avoid: np.ndarray | None = None) -> float:
-    """Area of the largest 8-connected region of ``mask``, leaving out regions that a point of ``avoid``
-    (``(n, 2)`` [x, y]) falls in."""
-    from scipy import ndimage
-
-    regions, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n == 0:
-        return 0.0
-    areas = np.bincount(regions.ravel())
-    areas[0] = 0
-    if avoid is not None and len(avoid):
-        h, w = mask.shape
-        cols = np.clip(np.floor(avoid[:, 0]).astype(np.intp), 0, w - 1)
-        rows = np.clip(np.floor(avoid[:, 1]).astype(np.intp), 0, h - 1)
-        areas[regions[rows, cols]] = 0
-    return float(areas.max())
 
 
 def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:
