@@ -25,6 +25,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from pointseg.decision import AREA_EPS, auroc, choose_threshold, part_confusion, threshold_from_evidence  # noqa: E402
 
 
+#: how the "learned" rows place a threshold where the evidence overlaps ("errors": the rule the runs of
+#: 2026-12-02 stored; --overlap means: today's)
+OVERLAP = "errors"
+
+
 def split(run: dict, kind: str) -> tuple[list[float], list[float]]:
     scores = run["by_stem"].get(kind) or {}
     ng = [v for s, v in scores.items() if run["defective"][s]]
@@ -41,7 +46,7 @@ def learned(run: dict, kind: str):
     ev = (run.get("evidence") or {}).get(kind)
     if not ev or not ev["ng"] or kind not in run["by_stem"]:
         return None
-    t, _ = threshold_from_evidence(ev, kind)
+    t, _ = threshold_from_evidence(ev, kind, overlap=OVERLAP)
     return t
 
 
@@ -87,8 +92,8 @@ def threshold_variants(run: dict, kind: str) -> dict:
     clean = np.asarray(list(ev["ok"]) + list(ev["clean_surface"]), float)
     ok_only = np.asarray(ev["ok"], float)
     if len(ok_only):
-        out["ok images only"], _ = choose_threshold(pos, ok_only, kind)
-    out["clean surface only"], _ = choose_threshold(pos, np.asarray(ev["clean_surface"], float), kind)
+        out["ok images only"], _ = choose_threshold(pos, ok_only, kind, overlap=OVERLAP)
+    out["clean surface only"], _ = choose_threshold(pos, np.asarray(ev["clean_surface"], float), kind, overlap=OVERLAP)
     if len(clean):
         eps = AREA_EPS.get(kind)
         warp = (lambda v: np.log(v + eps)) if eps else (lambda v: v)
@@ -154,7 +159,7 @@ def main(paths) -> None:
             for g in group:
                 ng, ok = split(g, kind)
                 if ng and ok:
-                    t, _ = choose_threshold(ng, ok, kind)
+                    t, _ = choose_threshold(ng, ok, kind, overlap="errors")
                     c = part_confusion(ng, ok, t)
                     orc.append((c["false_alarm_rate"], c["miss_rate"]))
             row(kind, rr, au, orc)
@@ -195,4 +200,7 @@ def row(name, rr, au, orc) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    if args[:1] == ["--overlap"]:
+        OVERLAP, args = args[1], args[2:]
+    main(args)

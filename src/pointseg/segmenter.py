@@ -100,7 +100,9 @@ class Segmenter:
         previews (``predict_region`` with ``scale < 1``) show the first stage; ONNX export and tiled batch
         prediction refuse such models for now.
     ng_rule : the image score the learned OK/NG rule (``ng_rule_``) thresholds: ``"largest_region"`` (area of
-        the largest predicted defect region, px) or ``"anomaly"`` (distance of the image's most unusual cell
+        the largest predicted defect region, px), ``"quantile"`` (99.9th percentile of the defect probability:
+        the better-ranking score on the per-part sets, BENCHMARKS.md "OK/NG per part", but images predicted in
+        tiles cannot compute it) or ``"anomaly"`` (distance of the image's most unusual cell
         from the OK images' cells, :mod:`pointseg.anomaly`: also sees defect types no click showed, but needs
         the backbone's features to decide, so an exported ONNX graph cannot apply it).
     context_upscale : 1, 2 or 4: the stride-32 context stage sees every image enlarged by this factor (its
@@ -882,7 +884,7 @@ def check_ng_rule(value) -> str:
 
 
 #: image scores :meth:`Segmenter.fit` can learn an NG threshold for (leave-one-image-out)
-LEARNED_RULES = ("largest_region", "anomaly")
+LEARNED_RULES = ("largest_region", "quantile", "anomaly")
 
 #: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
 OK_POOL_PIXELS = 4000

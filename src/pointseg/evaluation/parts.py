@@ -199,7 +199,7 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
         entry["stored_rule"] = part_confusion(ng, ok, rule.threshold)
         entry["rules"] = rules_of(entry)
         # the best any threshold could do on these held-out parts (an oracle, to read the rule against)
-        best, _ = choose_threshold(ng, ok, kind)
+        best, _ = choose_threshold(ng, ok, kind, overlap="errors")
         entry["oracle"] = part_confusion(ng, ok, best)
         runs.append(entry)
     return {"dataset": dataset.name, "config": asdict(config), "runs": runs, "summary": summarize_parts(runs),
