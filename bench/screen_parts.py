@@ -199,8 +199,51 @@ def row(name, rr, au, orc) -> None:
           f"{fmt([o[0] for o in orc])} | {fmt([o[1] for o in orc])} |")
 
 
+RULES = [("largest_region", "errors"), ("largest_region", "means"), ("region_share", "means"),
+         ("defect_share", "means"), ("quantile", "errors"), ("quantile", "means"), ("peak", "means"),
+         ("anomaly", "errors"), ("anomaly", "means")]
+COMBOS = [(("largest_region", "anomaly"), "errors"), (("largest_region", "anomaly"), "means"),
+          (("largest_region", "quantile"), "means")]
+
+
+def summary(paths) -> None:
+    """One markdown table: a row per rule (score x how its threshold meets overlapping evidence), a column
+    per (file, method, OK count): false alarms / misses, mean over seeds, and the mean of FA + misses."""
+    global OVERLAP
+    groups = {}
+    for p in paths:
+        res = json.loads(Path(p).read_text())
+        for r in res["runs"]:
+            groups.setdefault(f"{res['dataset'].replace('_parts', '')} {r['method']} {r['ok_images']} OK", []).append(r)
+    cols = list(groups)
+    print("| rule | " + " | ".join(cols) + " | mean of FA + misses |")
+    print("|---|" + "---|" * (len(cols) + 1))
+    saved = OVERLAP
+    for name, overlap in RULES + COMBOS:
+        OVERLAP = overlap
+        cells, sums = [], []
+        for c in cols:
+            if isinstance(name, tuple):
+                rr = [combined_rates(g, name) for g in groups[c]]
+            else:
+                rr = [rule_rates(g, name, learned(g, name)) for g in groups[c]]
+            rr = [x for x in rr if x is not None]
+            if not rr:
+                cells.append("-")
+                continue
+            fa, mi = np.mean([x[0] for x in rr]), np.mean([x[1] for x in rr])
+            sums.append(fa + mi)
+            cells.append(f"{fa:.3f} / {mi:.3f}" + ("" if len(rr) == len(groups[c]) else f" ({len(rr)} seeds)"))
+        label = " + ".join(name) if isinstance(name, tuple) else name
+        print(f"| {label}, {overlap} | " + " | ".join(cells) + f" | {np.mean(sums):.3f} |")
+    OVERLAP = saved
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["--overlap"]:
         OVERLAP, args = args[1], args[2:]
-    main(args)
+    if args[:1] == ["--summary"]:
+        summary(args[1:])
+    else:
+        main(args)

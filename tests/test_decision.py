@@ -222,6 +222,24 @@ def test_rule_is_learned_leave_one_image_out_and_reported(fitted):
     assert ev["region_share"]["ng"][0] == pytest.approx(ev["largest_region"]["ng"][0] / (128 * 160))
 
 
+def test_quantile_rule_is_learned_from_the_same_held_out_maps(fitted):
+    """ng_rule="quantile": the threshold on the 99.9th percentile of the defect probability, read off the
+    same leave-one-image-out evidence the area rule uses; it decides new parts like the area rule here."""
+    defects = [part(defect=True, seed=s)[0] for s in (0, 1)]
+    cleans = [part(defect=False, distractor=True, seed=s)[0] for s in (2, 3)]
+    seg = Segmenter(BACKBONE, classes=["ok", "defect"], ng_rule="quantile")
+    seg.fit(defects + cleans, [DEFECT_POINTS, DEFECT_POINTS, None, None], ok=[False, False, True, True])
+    rule = seg.ng_rule_
+    ev = seg.ng_evidence_["quantile"]
+    assert rule.score == "quantile" and rule.source == "leave-one-image-out" and 0 < rule.threshold < 1
+    assert max(ev["ok"]) < rule.threshold < min(ev["ng"])           # separated evidence: inside the gap
+    assert rule.threshold == pytest.approx(choose_threshold(ev["ng"], ev["ok"] + ev["clean_surface"], "quantile")[0])
+    assert seg.decide(part(defect=True, seed=7)[0]).ng
+    assert not seg.decide(part(defect=False, distractor=True, seed=8)[0]).ng
+    with pytest.raises(PointsegError, match="ng_rule must be one of"):
+        Segmenter(BACKBONE, classes=["ok", "defect"], ng_rule="peak").fit(defects, [DEFECT_POINTS] * 2)
+
+
 def test_decide_on_new_parts(fitted):
     d = fitted.decide(part(defect=True, seed=7)[0])
     assert d.ng and d.score > d.threshold == fitted.ng_rule_.threshold and d.regions[0].area == d.score
