@@ -81,8 +81,9 @@ def test_parts_protocol_measures_false_alarms_misses_and_auroc(parts_dir):
 
     assert set(with_ok["rules"]) == set(EVIDENCE_SCORES) | {"anomaly"}   # every recorded score's rule
     assert with_ok["context_upscale"] == 1 and len(with_ok["by_stem"]["region_share"]) == 8
-    h, w = result["sizes"][with_ok["held"][0]] if "held" in with_ok else (96, 112)
     stem = next(iter(with_ok["by_stem"]["largest_region"]))
+    h, w = result["sizes"][stem]
+    assert (h, w) == (96, 112)
     assert with_ok["by_stem"]["region_share"][stem] == pytest.approx(
         with_ok["by_stem"]["largest_region"][stem] / (h * w))
     assert with_ok["rules"]["largest_region"]["threshold"] == pytest.approx(with_ok["rule"]["threshold"])
