@@ -101,7 +101,7 @@ class Segmenter:
         prediction refuse such models for now.
     ng_rule : the image score the learned OK/NG rule (``ng_rule_``) thresholds: ``"largest_region"`` (area of
         the largest predicted defect region, px), ``"quantile"`` (99.9th percentile of the defect probability:
-        the better-ranking score on the per-part sets, BENCHMARKS.md "OK/NG per part", but images predicted in
+        the best rule measured on the per-part sets, BENCHMARKS.md "OK/NG per part", but images predicted in
         tiles cannot compute it) or ``"anomaly"`` (distance of the image's most unusual cell
         from the OK images' cells, :mod:`pointseg.anomaly`: also sees defect types no click showed, but needs
         the backbone's features to decide, so an exported ONNX graph cannot apply it).
