@@ -31,7 +31,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=40, help="held-out parts per dataset (evenly spaced)")
     ap.add_argument("--ok-images", default="3,0")
     ap.add_argument("--budget", type=int, default=10)
-    ap.add_argument("--methods", nargs="+", default=["default", "seed"])
+    ap.add_argument("--methods", nargs="+", default=["default", "seed"],
+                    help="presets, each optionally with parameters: default:context_upscale=size,ng_rule=anomaly")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", default="", help="suffix of the JSON file (to run seed groups in parallel)")
     ap.add_argument("--merge", nargs="+", type=Path, help="only merge these JSON files of one dataset and print")
@@ -40,6 +41,10 @@ def main() -> None:
         return merge(args.merge)
 
     from pointseg import FeatureCache, Segmenter
+    import pointseg.segmenter as segmenter_module
+
+    global ORIGINAL_BUDGET
+    ORIGINAL_BUDGET = segmenter_module._ok_budget
     from pointseg.evaluation.command import _ints
     from pointseg.evaluation.datasets import load_dataset
     from pointseg.evaluation.parts import PartsConfig, markdown_parts, run_parts
@@ -52,8 +57,7 @@ def main() -> None:
     for name in args.datasets:
         ds = load_dataset(SHARED / "datasets" / name)
         cache = FeatureCache(max_bytes=1_500_000_000)
-        methods = {m: (lambda m=m: Segmenter.preset(m, classes=list(ds.classes), cache=cache))
-                   for m in args.methods}
+        methods = {m: (lambda m=m: make_method(m, list(ds.classes), cache)) for m in args.methods}
         start = time.time()
         result = run_parts(ds, methods, config,
                            on_progress=lambda a, d: print(f"[{time.time() - start:6.0f}s] {d}", flush=True)
@@ -65,6 +69,43 @@ def main() -> None:
         (args.out / f"accuracy_parts_{name}{args.tag}.json").write_text(json.dumps(result, indent=1))
         print(f"\n{name}: {result['meta']['date']}, commit {commit}, {result['meta']['wall_s']:.0f} s")
         print(markdown_parts(result), flush=True)
+
+
+def method_spec(text: str) -> tuple[str, dict]:
+    """``"default:context_upscale=size,min_region=20"`` -> ``("default", {"context_upscale": "size",
+    "min_region": 20})`` (values that read as integers or floats become numbers)."""
+    name, _, rest = text.partition(":")
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--methods {text!r}: write PRESET:KEY=VALUE,KEY=VALUE")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        params[key.strip()] = value
+    return name, params
+
+
+ORIGINAL_BUDGET = None
+
+
+def make_method(spec: str, classes, cache):
+    """A fresh Segmenter for ``spec`` (:func:`method_spec`). ``ok_hard=N`` is not a Segmenter parameter: it
+    replaces the hard negatives per OK image (``pointseg.segmenter._ok_budget``; the evenly spread points
+    stay) for this model, which run_parts trains to the end (clicks, final fit, rule) before it makes the
+    next one; prediction does not refit, so it holds. A screen, not an option."""
+    import pointseg.segmenter as segmenter_module
+    from pointseg import Segmenter
+
+    name, params = method_spec(spec)
+    hard = params.pop("ok_hard", None)
+    segmenter_module._ok_budget = ORIGINAL_BUDGET if hard is None else (
+        lambda n_ok: (0, 0) if n_ok == 0 else (ORIGINAL_BUDGET(n_ok)[0], min(int(hard), sum(ORIGINAL_BUDGET(n_ok)))))
+    return Segmenter.preset(name, **params, classes=classes, cache=cache)
 
 
 def merge(paths) -> None:

@@ -16,7 +16,9 @@ from pointseg.decision import (
     choose_threshold,
     decide_labels,
     find_regions,
+    EVIDENCE_SCORES,
     image_score,
+    label_scores,
     part_confusion,
 )
 from pointseg.errors import ModelFileError, PointsegError
@@ -67,6 +69,44 @@ def test_threshold_separates_scores_and_falls_back_without_clean_examples():
     t, source = choose_threshold([400, 900], [])
     assert t == 200 and source.startswith("fallback")
     assert choose_threshold([], []) == (0.0, "default")
+
+
+def test_overlapping_scores_get_the_midpoint_of_their_means_not_the_fewest_errors():
+    """Known answer: log1p scores 1, 3 (clean) and 2, 6 (defective) overlap; their means are 2 and 4, so the
+    threshold is expm1(3). Counting errors instead picks a threshold in a gap next to one image."""
+    clean, defective = np.expm1([1.0, 3.0]), np.expm1([2.0, 6.0])
+    t, source = choose_threshold(defective, clean)
+    assert t == pytest.approx(np.expm1(3.0)) and source == "leave-one-image-out"
+    t_err, _ = choose_threshold(defective, clean, overlap="errors")
+    assert t_err != pytest.approx(t)
+    assert part_confusion(defective, clean, t_err)["false_alarms"] + part_confusion(defective, clean, t_err)["misses"] == 1
+    # separated scores: both rules take the middle of the gap (log scale for areas)
+    assert choose_threshold([400, 900], [0, 30]) == choose_threshold([400, 900], [0, 30], overlap="errors")
+    # a score without a log scale: plain means (0.2 + 0.6) / 2 and (0.5 + 0.9) / 2 -> 0.55
+    assert choose_threshold([0.5, 0.9], [0.2, 0.6], "quantile")[0] == pytest.approx(0.55)
+    # shares of the image: log scale too (geometric midpoint of the gap)
+    t, _ = choose_threshold([1e-2], [1e-4], "region_share")
+    assert t == pytest.approx(np.sqrt((1e-2 + 1e-5) * (1e-4 + 1e-5)) - 1e-5)
+    with pytest.raises(PointsegError, match="overlap"):
+        choose_threshold([1], [2], overlap="median")
+
+
+def test_label_scores_leave_out_the_regions_a_defect_click_falls_in():
+    labels = np.zeros((40, 50), np.int64)
+    labels[2:12, 2:12] = 1            # 100 px, clicked
+    labels[20:26, 30:35] = 1          # 30 px, not clicked
+    proba = np.stack([1 - labels * 0.8, labels * 0.8]).astype(np.float32)
+    proba[:, 2:12, 2:12] = np.array([0.05, 0.95], np.float32)[:, None, None]
+    whole = label_scores(labels, proba)
+    assert set(whole) == set(EVIDENCE_SCORES)
+    assert (whole["largest_region"], whole["region_share"], whole["defect_share"]) == (100.0, 100 / 2000, 130 / 2000)
+    assert whole["peak"] == pytest.approx(0.95)
+    rest = label_scores(labels, proba, avoid=np.array([[5.5, 5.5]]))
+    assert (rest["largest_region"], rest["defect_share"]) == (30.0, 30 / 2000)
+    assert rest["peak"] == pytest.approx(0.8)   # the clicked region's pixels are left out of the probabilities
+    assert image_score("region_share", labels) == whole["region_share"]
+    assert label_scores(np.zeros((4, 4), np.int64), None) == {"largest_region": 0.0, "region_share": 0.0,
+                                                              "defect_share": 0.0}
 
 
 def test_auroc_and_confusion():
@@ -176,6 +216,28 @@ def test_rule_is_learned_leave_one_image_out_and_reported(fitted):
     pc = fitted.training_report_.part_confusion
     assert pc["ok_images"] == 2 and pc["ng_images"] == 2 and pc["false_alarms"] == 0 and pc["misses"] == 0
     assert "per part" in fitted.training_report_.summary()
+    # every label score's leave-one-image-out evidence comes from the same held-out maps
+    ev = fitted.ng_evidence_
+    assert all(len(ev[k]["ng"]) == 2 and len(ev[k]["ok"]) == 2 for k in EVIDENCE_SCORES)
+    assert ev["region_share"]["ng"][0] == pytest.approx(ev["largest_region"]["ng"][0] / (128 * 160))
+
+
+def test_quantile_rule_is_learned_from_the_same_held_out_maps(fitted):
+    """ng_rule="quantile": the threshold on the 99.9th percentile of the defect probability, read off the
+    same leave-one-image-out evidence the area rule uses; it decides new parts like the area rule here."""
+    defects = [part(defect=True, seed=s)[0] for s in (0, 1)]
+    cleans = [part(defect=False, distractor=True, seed=s)[0] for s in (2, 3)]
+    seg = Segmenter(BACKBONE, classes=["ok", "defect"], ng_rule="quantile")
+    seg.fit(defects + cleans, [DEFECT_POINTS, DEFECT_POINTS, None, None], ok=[False, False, True, True])
+    rule = seg.ng_rule_
+    ev = seg.ng_evidence_["quantile"]
+    assert rule.score == "quantile" and rule.source == "leave-one-image-out" and 0 < rule.threshold < 1
+    assert max(ev["ok"]) < rule.threshold < min(ev["ng"])           # separated evidence: inside the gap
+    assert rule.threshold == pytest.approx(choose_threshold(ev["ng"], ev["ok"] + ev["clean_surface"], "quantile")[0])
+    assert seg.decide(part(defect=True, seed=7)[0]).ng
+    assert not seg.decide(part(defect=False, distractor=True, seed=8)[0]).ng
+    with pytest.raises(PointsegError, match="ng_rule must be one of"):
+        Segmenter(BACKBONE, classes=["ok", "defect"], ng_rule="peak").fit(defects, [DEFECT_POINTS] * 2)
 
 
 def test_decide_on_new_parts(fitted):

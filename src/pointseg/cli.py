@@ -52,7 +52,7 @@ def train(
     c: Annotated[Optional[float], typer.Option("--C", help="Inverse regularisation strength of the logistic regression.")] = None,
     download: Annotated[bool, typer.Option(help="Download missing torchvision weights (needs internet).")] = False,
     min_region: MinRegionOption = None,
-    ng_rule: Annotated[str, typer.Option("--ng-rule", help="Image score the learned OK/NG rule thresholds: largest_region (area of the largest defect region, px) or anomaly (how unlike the OK images the most unusual spot is; also flags defect types no click showed; not exportable to ONNX).")] = "largest_region",
+    ng_rule: Annotated[str, typer.Option("--ng-rule", help="Image score the learned OK/NG rule thresholds: largest_region (area of the largest defect region, px), quantile (99.9th percentile of the defect probability; not for images predicted in tiles) or anomaly (how unlike the OK images the most unusual spot is; also flags defect types no click showed; not exportable to ONNX).")] = "largest_region",
     context_upscale: Annotated[Optional[str], typer.Option(
         help="The stride-32 context sees images enlarged by 1, 2 or 4, or 'size': x4 when the images are "
              "smaller than its receptive field (~258 px; helped NEU-Seg and magnetic tiles). Default 1.")] = None,

@@ -100,7 +100,9 @@ class Segmenter:
         previews (``predict_region`` with ``scale < 1``) show the first stage; ONNX export and tiled batch
         prediction refuse such models for now.
     ng_rule : the image score the learned OK/NG rule (``ng_rule_``) thresholds: ``"largest_region"`` (area of
-        the largest predicted defect region, px) or ``"anomaly"`` (distance of the image's most unusual cell
+        the largest predicted defect region, px), ``"quantile"`` (99.9th percentile of the defect probability:
+        the best rule measured on the per-part sets, BENCHMARKS.md "OK/NG per part", but images predicted in
+        tiles cannot compute it) or ``"anomaly"`` (distance of the image's most unusual cell
         from the OK images' cells, :mod:`pointseg.anomaly`: also sees defect types no click showed, but needs
         the backbone's features to decide, so an exported ONNX graph cannot apply it).
     context_upscale : 1, 2 or 4: the stride-32 context stage sees every image enlarged by this factor (its
@@ -442,7 +444,11 @@ class Segmenter:
         known = [p for p in parts if status[p.index] is not None]
         if len(known) < 2:
             return NGRule(source="default: NG when any region is found"), None
-        ng_scores, ok_scores, clean_surface = [], [], []
+        from pointseg.decision import EVIDENCE_SCORES, label_scores
+
+        # every label score's evidence from the same held-out maps (the stored rule uses one; the others let
+        # the per-part protocol compare rules on the same fits)
+        loio = {k: {"ng": [], "ok": [], "clean_surface": []} for k in EVIDENCE_SCORES}
         twin = copy.copy(self)
         for p in known:
             check_interrupted()
@@ -451,18 +457,21 @@ class Segmenter:
                 continue
             twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
             twin.n_features_in_ = p.X.shape[1]
-            labels = twin.predict(p.fmap)
-            score = _largest_region(labels != self.background_)
+            pred = twin.predict_full(p.fmap, probabilities=True)
+            whole = label_scores(pred.labels, pred.probabilities, self.background_)
             if status[p.index]:
-                ng_scores.append(score)
-                clean_surface.append(_largest_region(labels != self.background_, avoid=p.xy[p.y != self.background_]))
+                rest_of_it = label_scores(pred.labels, pred.probabilities, self.background_,
+                                          avoid=p.xy[p.y != self.background_])
+                for k in EVIDENCE_SCORES:
+                    loio[k]["ng"].append(whole[k])
+                    loio[k]["clean_surface"].append(rest_of_it[k])
             else:
-                ok_scores.append(score)
+                for k in EVIDENCE_SCORES:
+                    loio[k]["ok"].append(whole[k])
         kind = check_ng_rule(self.ng_rule)
         # the bank and its evidence cost nearest-neighbour searches: only a model that decides with them pays
         self.anomaly_bank_, anomaly = self._anomaly_evidence(parts, status, head) if kind == "anomaly" else (None, None)
-        self.ng_evidence_ = {"largest_region": {"ng": ng_scores, "ok": ok_scores, "clean_surface": clean_surface},
-                             "anomaly": anomaly}
+        self.ng_evidence_ = {**loio, "anomaly": anomaly}
         if kind == "anomaly" and self.anomaly_bank_ is None:
             kind = DEFAULT_SCORE   # nothing to build a bank from (no OK image, no background): the area rule
         evidence = self.ng_evidence_[kind]
@@ -875,7 +884,7 @@ def check_ng_rule(value) -> str:
 
 
 #: image scores :meth:`Segmenter.fit` can learn an NG threshold for (leave-one-image-out)
-LEARNED_RULES = ("largest_region", "anomaly")
+LEARNED_RULES = ("largest_region", "quantile", "anomaly")
 
 #: pixels sampled (evenly, deterministically) from each OK image as the pool its background points come from
 OK_POOL_PIXELS = 4000
@@ -929,24 +938,6 @@ class _Canvas:
 def _point_features(fmap: FeatureMap, xy: np.ndarray) -> np.ndarray:
     """The feature vectors a head trains on at points ``xy`` (:meth:`FeatureMap.sample`)."""
     return fmap.sample(xy)
-
-
-def _largest_region(mask: np.ndarray, avoid: np.ndarray | None = None) -> float:
-    """Area of the largest 8-connected region of ``mask``, leaving out regions that a point of ``avoid``
-    (``(n, 2)`` [x, y]) falls in."""
-    from scipy import ndimage
-
-    regions, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n == 0:
-        return 0.0
-    areas = np.bincount(regions.ravel())
-    areas[0] = 0
-    if avoid is not None and len(avoid):
-        h, w = mask.shape
-        cols = np.clip(np.floor(avoid[:, 0]).astype(np.intp), 0, w - 1)
-        rows = np.clip(np.floor(avoid[:, 1]).astype(np.intp), 0, h - 1)
-        areas[regions[rows, cols]] = 0
-    return float(areas.max())
 
 
 def _pixel_sample(fmaps: list[FeatureMap], per_image: int = 8000) -> np.ndarray:

@@ -77,7 +77,15 @@ def test_parts_protocol_measures_false_alarms_misses_and_auroc(parts_dir):
     assert row["false_alarm_rate"]["mean"] == 0 and row["n_seeds"] == 1
     assert "| default | 2 |" in markdown_parts(result)
     # both rules from the same clicks, on the same parts: the stored (area) one and the anomaly one
-    assert set(with_ok["rules"]) == {"largest_region", "anomaly"}
+    from pointseg.decision import EVIDENCE_SCORES
+
+    assert set(with_ok["rules"]) == set(EVIDENCE_SCORES) | {"anomaly"}   # every recorded score's rule
+    assert with_ok["context_upscale"] == 1 and len(with_ok["by_stem"]["region_share"]) == 8
+    stem = next(iter(with_ok["by_stem"]["largest_region"]))
+    h, w = result["sizes"][stem]
+    assert (h, w) == (96, 112)
+    assert with_ok["by_stem"]["region_share"][stem] == pytest.approx(
+        with_ok["by_stem"]["largest_region"][stem] / (h * w))
     assert with_ok["rules"]["largest_region"]["threshold"] == pytest.approx(with_ok["rule"]["threshold"])
     assert with_ok["rules"]["largest_region"]["false_alarms"] == with_ok["stored_rule"]["false_alarms"]
     assert len(with_ok["scores"]["anomaly"]["ng"]) == 2 and with_ok["bank"]["source"] == "ok_images"

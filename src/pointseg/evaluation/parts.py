@@ -121,7 +121,7 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
     """Run the per-part protocol for each ``methods`` entry (name -> a factory returning a fresh
     :class:`pointseg.Segmenter`) and each seed and OK count; returns a JSON-serialisable dict
     (``runs``: one entry per (method, seed, ok_images); ``summary``: mean and spread over seeds)."""
-    from pointseg.decision import LABEL_SCORES, auroc, choose_threshold, image_score, part_confusion
+    from pointseg.decision import EVIDENCE_SCORES, auroc, choose_threshold, label_scores, part_confusion
 
     config.check()
     masks = {s: dataset.load_mask(s) for s in dataset.stems}
@@ -154,19 +154,21 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
                 models.append({"method": name, "seed": seed, "ok_images": n_ok, "seg": seg, "held": held,
                                "train": {"defective": train_ng, "ok": train_ok,
                                          "clicks": [np.asarray(c).tolist() for c in clicks]},
-                               "scores": {k: {} for k in LABEL_SCORES},
+                               "scores": {k: {} for k in EVIDENCE_SCORES},
                                "iou": IoUAccumulator(dataset.n_classes)})
                 tick(1, f"{dataset.name} · {name} · seed {seed} · {n_ok} OK · trained")
     held_all = sorted({s for m in models for s in m["held"]})
+    sizes = {s: list(images[s].shape[:2]) for s in images}   # the training images (still loaded)
     for stem in held_all:
         img = image(stem)
+        sizes[stem] = list(img.shape[:2])
         for m in models:
             if stem not in m["held"]:
                 continue
             seg = m["seg"]
             result = seg.predict_full(img, probabilities=True)
-            for kind in LABEL_SCORES:
-                m["scores"][kind][stem] = image_score(kind, result.labels, result.probabilities, seg.background_)
+            for kind, value in label_scores(result.labels, result.probabilities, seg.background_).items():
+                m["scores"][kind][stem] = value
             scorer = getattr(seg, "anomaly_twin_", seg)
             if getattr(scorer, "anomaly_bank_", None) is not None:
                 m["scores"].setdefault("anomaly", {})[stem] = scorer.anomaly_score(img)
@@ -178,6 +180,8 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
         seg = m["seg"]
         rule = seg.ng_rule_
         entry = {"method": m["method"], "seed": m["seed"], "ok_images": m["ok_images"], "train": m["train"],
+                 "context_upscale": int(getattr(seg, "context_upscale_", 1)),
+                 "by_stem": m["scores"], "defective": {s: defective[s] for s in m["held"]},
                  "rule": rule.as_dict(), "loio": seg.training_report_.part_confusion,
                  "transfer": m["iou"].as_dict(list(dataset.classes)), "scores": {}, "auroc": {}}
         scorer = getattr(seg, "anomaly_twin_", seg)
@@ -195,10 +199,11 @@ def run_parts(dataset: SegmentationDataset, methods: dict, config: PartsConfig, 
         entry["stored_rule"] = part_confusion(ng, ok, rule.threshold)
         entry["rules"] = rules_of(entry)
         # the best any threshold could do on these held-out parts (an oracle, to read the rule against)
-        best, _ = choose_threshold(ng, ok, kind)
+        best, _ = choose_threshold(ng, ok, kind, overlap="errors")
         entry["oracle"] = part_confusion(ng, ok, best)
         runs.append(entry)
-    return {"dataset": dataset.name, "config": asdict(config), "runs": runs, "summary": summarize_parts(runs)}
+    return {"dataset": dataset.name, "config": asdict(config), "runs": runs, "summary": summarize_parts(runs),
+            "sizes": sizes}
 
 
 def rules_of(entry: dict) -> dict:
@@ -233,6 +238,7 @@ def summarize_parts(runs: list[dict]) -> dict:
             for field in ("false_alarm_rate", "miss_rate"):
                 row[f"rule_{kind}_{field}"] = _stat([r.get(kind, {}).get(field) for r in rules])
         row["defect_iou"] = _stat([g["transfer"]["fg_iou"] for g in group])
+        row["context_upscale"] = [g.get("context_upscale") for g in group]   # per seed: did the size rule fire
         row["n_seeds"] = len(group)
         table[key] = row
     return table
