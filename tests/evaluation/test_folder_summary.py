@@ -35,3 +35,11 @@ def test_mean_curves_ratio_is_none_when_the_order_never_gets_there_and_counts_an
     # random's mean curve reaches its final value already at 10 clicks (then dips): the base is 10, not 20
     early = _runs({"random": [[0.1, 0.4, 0.3, 0.4]] * 2, "ranked": [[0.1, 0.2, 0.4, 0.4]] * 2})
     assert summarize_folder(early, CONFIG)["orders"]["ranked"]["clicks_vs_random_mean_curve"] == pytest.approx(1.5)
+
+
+def test_merged_runs_where_an_order_lacks_some_seeds_are_summarised_over_the_seeds_it_has():
+    runs = _runs({"random": [[0.1, 0.2, 0.3, 0.4]] * 3, "ranked": [[0.1, 0.4, 0.4, 0.4]]})   # ranked: seed 0 only
+    config = FolderConfig(seeds=(0, 1, 2), orders=("random", "ranked"), per_image=5, budget=20, test=1, candidates=4)
+    row = summarize_folder(runs, config)["orders"]["ranked"]
+    assert row["clicks_vs_random"]["n"] == 1 and row["clicks_vs_random"]["mean"] == pytest.approx(0.5)
+    assert row["fg_iou"]["20"]["n"] == 1

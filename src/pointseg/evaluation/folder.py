@@ -164,6 +164,8 @@ def summarize_folder(runs: list[dict], config: FolderConfig) -> dict:
         if order != "random" and "random" in config.orders:
             ratios = []
             for s, cs in by_seed.items():
+                if order not in cs or "random" not in cs:
+                    continue          # merged runs: this seed was run without this order
                 target = _value_at(cs["random"], config.budget, "fg_iou")
                 need = clicks_to_reach(cs[order], target, "fg_iou")
                 base = clicks_to_reach(cs["random"], target, "fg_iou")
@@ -171,7 +173,7 @@ def summarize_folder(runs: list[dict], config: FolderConfig) -> dict:
             row["clicks_vs_random"] = _stat([r for r in ratios if not math.isnan(r)])
             row["reached_random"] = int(sum(not math.isnan(r) for r in ratios))
             row["clicks_ratio"] = _stat([clicks_ratio(cs[order], cs["random"], checkpoints, config)
-                                         for cs in by_seed.values() if order in cs])
+                                         for cs in by_seed.values() if order in cs and "random" in cs])
         out["orders"][order] = row
     for order, row in out["orders"].items():
         if order != "random" and "random" in out["orders"]:
