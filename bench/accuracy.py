@@ -6,6 +6,11 @@ and prints Markdown tables for BENCHMARKS.md (also saved as bench/results/accura
 
     python bench/accuracy.py                       # everything below, ~30-60 min on 2 cores
     python bench/accuracy.py --datasets neu_seg --seeds 0 --test 5    # a quick look
+    python bench/accuracy.py --methods 'default:context_upscale="size"@default' 'default:context_upscale=1@default-ctx1' seed
+
+Each dataset's section also logs the context factor every Segmenter method fitted per seed
+(``context_upscale_``: ``"size"`` enlarges small images' context ×4) and the per-seed transfer defect IoU
+behind the headline's first table.
 
 The equivalent single command per dataset is printed in the Markdown (``pointseg evaluate ...``).
 """
@@ -15,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -78,7 +84,8 @@ def main() -> None:
         clicks=_ints(args.clicks, "--clicks"), budget=args.budget,
         transfer_at=_ints(args.transfer_at, "--transfer-at"),
     )
-    run_line = (f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, commit {git_commit()}; "
+    run_line = (f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine()}, "
+                f"load average {os.getloadavg()[0]:.1f} at start, commit {git_commit()}; "
                 f"`python bench/accuracy.py {' '.join(sys.argv[1:])}`".rstrip())
     if args.render_only:
         previous = args.out / "accuracy.md"
@@ -104,11 +111,14 @@ def main() -> None:
             cache = FeatureCache(max_bytes=3_000_000_000)
             methods = [build_method(parse_method_spec(m), dataset.classes, weights=str(WEIGHTS), cache=cache)
                        for m in args.methods]
+            factors = {m.name: _record_context_factors(m) for m in methods}
             t0 = time.perf_counter()
             results = evaluate(dataset, methods, config,
                                on_progress=lambda n, d: print(f"  {d}", end="\r", flush=True) if n == 0 else None)
             elapsed = time.perf_counter() - t0
             results["run"] = {"line": run_line}
+            results["context_upscale"] = {name: {str(seed): sorted(fs) for seed, fs in sorted(by_seed.items())}
+                                          for name, by_seed in factors.items() if by_seed}
             print()
             print_tables(results)
             write_json(results, args.out / f"{name}.json")
@@ -128,6 +138,7 @@ def main() -> None:
                   f"{elapsed / 60:.1f} min for all methods. Equivalent command:\n")
         md.append(f"```\n{cmd}\n```\n")
         md.append(markdown_tables(results))
+        md.append(_per_seed_lines(results))
         md.append(f"![{name}: mIoU against clicks](bench/figures/accuracy_{name}.png)\n")
         md.append(f"![{name}: defect IoU against clicks](bench/figures/accuracy_{name}_defect.png)\n")
         headline.append(_headline(name, results))
@@ -137,6 +148,54 @@ def main() -> None:
     text = "\n".join(md)
     (args.out / "accuracy.md").write_text(text)
     print(text)
+
+
+def _record_context_factors(method) -> dict:
+    """Wrap a Segmenter method's ``fit`` to collect, per seed, the context factors its fits ended with
+    (``context_upscale_``; a seed's fits share their training images, so one factor per seed is expected)."""
+    by_seed: dict = {}
+    segmenter = getattr(method, "segmenter", None)
+    if segmenter is None:
+        return by_seed
+    fit = method.fit
+
+    def recording_fit(images, points, keys, seed=0):
+        fit(images, points, keys, seed=seed)
+        factor = getattr(segmenter, "context_upscale_", segmenter.get_params().get("context_upscale", 1))
+        by_seed.setdefault(seed, set()).add(int(factor))
+
+    method.fit = recording_fit
+    return by_seed
+
+
+def _per_seed_lines(results: dict) -> str:
+    """Per seed: the transfer defect IoU after 10 corrective clicks per image (mean ± sd) and the fitted
+    context factor of every Segmenter method (absent in JSON files written before it was logged)."""
+    per: dict = {}
+    for run in results["runs"]:
+        if run["protocol"] != "corrective":
+            continue
+        value = next((c["transfer"]["fg_iou"] for c in run["curve"] if c["clicks"] == 10 and c["transfer"]), None)
+        if value is not None:
+            per.setdefault(run["method"], []).append((run["seed"], value))
+    out = []
+    if per:
+        out.append("*transfer defect IoU after 10 corrective clicks per image, per seed "
+                   f"({', '.join(str(s) for s, _ in next(iter(per.values())))}) — mean ± sd*\n")
+        out.append("| method | per seed | mean ± sd |")
+        out.append("|---|---|---|")
+        for name, pairs in per.items():
+            vals = [v for _, v in pairs]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            out.append(f"| {name} | {' '.join(f'{v:.3f}' for v in vals)} | {statistics.mean(vals):.3f} ± {sd:.3f} |")
+        out.append("")
+    factors = results.get("context_upscale")
+    if factors:
+        cells = "; ".join(f"{name} " + " ".join("×" + "/".join(str(f) for f in fs) for fs in by_seed.values())
+                          for name, by_seed in factors.items())
+        out.append(f"Context factor fitted per seed (`context_upscale_`, seeds {', '.join(next(iter(factors.values())))}): "
+                   f"{cells}.\n")
+    return "\n".join(out)
 
 
 def _join(values) -> str:
