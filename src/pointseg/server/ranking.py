@@ -27,7 +27,7 @@ import numpy as np
 from pointseg.decision import (DEFAULT_RANKING, PER_IMAGE_RANKINGS, diversity_from_descriptors, image_descriptor,
                                rank_images_for_annotation)
 from pointseg.errors import PointsegError
-from pointseg.server.model_service import NoModel
+from pointseg.server.model_service import NoModel, context_factor
 from pointseg.server.scheduler import PRIO_PREFETCH
 
 #: what the app offers: the per-image rankings, and "diversity" (from per-image feature means, which do not
@@ -123,9 +123,10 @@ class AnnotationRanking:
 
     def _compute(self, model, image_id: int, what: str, features):
         """One image's value with ``model`` (on the model thread); None when it cannot be computed now."""
-        if model.status != "ok" or model.segmenter is None or not features.ready(image_id):
+        factor = context_factor(model)
+        if model.status != "ok" or model.segmenter is None or not features.ready(image_id, factor=factor):
             return None    # no model, or the features were evicted meanwhile: never compute them here
-        fmap = features.get(image_id)
+        fmap = features.get(image_id, factor=factor)
         if what == DESCRIPTOR:
             value = image_descriptor(model.segmenter, fmap)
         else:
