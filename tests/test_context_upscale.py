@@ -301,3 +301,22 @@ def test_cli_train_records_the_rule_by_default_and_1_turns_it_off(tmp_path):
     assert meta["params"]["context_upscale"] == 4 and meta["preprocessing"]["preprocessing_version"] == 2
     meta = train("--context-upscale", "1")
     assert meta["params"]["context_upscale"] == 1 and meta["preprocessing"]["preprocessing_version"] == 1
+
+
+@pytest.mark.parametrize("tile_size", [1024, 256])
+def test_the_enlarged_copy_skips_the_fusion_and_gives_the_same_context(small, tile_size):
+    """The enlarged copy runs the trunk to its stride-16 map only (its fused map was always dropped): the
+    context is bit for bit the one the full base pass gives."""
+    from pointseg.features import DROP_FUSED
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", engine="torch", tile_size=tile_size)
+    up = upscale_image(np.pad(small[0], ((0, 10), (0, 2), (0, 0)), mode="reflect"), 4)
+    sunk = []
+    _, fast = ext._context_passes(up, sink=DROP_FUSED, upscaled=False)
+    _, full = ext._context_passes(up, sink=lambda box, fused: sunk.append(fused.shape), upscaled=False)
+    assert len(sunk) == ext.n_tiles(up.shape[:2]) and all(len(s) == 3 for s in sunk)  # the full pass fused
+    assert torch_equal(fast, full)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
