@@ -1,0 +1,167 @@
+"""What the default ``context_upscale="size"`` costs on small images, against the default before it (×1).
+
+    python bench/bench_context_cost.py [--repeat 5] [--folder 20] [--skip-predict]
+
+1. Extraction of a 200 × 200 image (NEU-Seg) and a 250 × 250 one (a crop of a CrackForest image), by the
+   default extractor (engine and precision as pointseg picks them, hybrid features): ``compute_parts`` (the
+   backbone) and ``extract`` (what a new image costs: backbone + the fine filters' statistics, fresh cache),
+   at ×1 (the default before), at ×4 as the previous session shipped it (the enlarged copy through the full
+   base pass, its fused map dropped) and at ×4 now (the copy through the stride-16 stage only). Interleaved
+   round by round, best of ``--repeat`` per round, best round; the ×4 contexts of both mechanisms are
+   checked to be identical.
+2. ``pointseg predict MODEL FOLDER -o OUT`` (a subprocess, wall time with start-up) on ``--folder`` NEU-Seg
+   images, with a model trained on 3 other NEU-Seg images by the default (which fits ×4 there) and the same
+   clicks with ``context_upscale=1``; alternated, two rounds, best. Images/s, and per image after start-up
+   (the slope from a 1-image run).
+
+Times on a shared machine: the ratios, measured side by side, are the figures; the load average is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED  # noqa: E402
+
+
+def _images() -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    neu = sorted((SHARED / "datasets" / "neu_seg" / "images").iterdir())[0]
+    crack = sorted((SHARED / "datasets" / "crackforest" / "images").iterdir())[0]
+    a = np.asarray(Image.open(neu).convert("RGB"))
+    b = np.asarray(Image.open(crack).convert("RGB"))[:250, :250]
+    return {f"{a.shape[0]}x{a.shape[1]}": np.ascontiguousarray(a), f"{b.shape[0]}x{b.shape[1]}": np.ascontiguousarray(b)}
+
+
+def extraction(repeat: int, rounds: int = 3) -> dict:
+    from pointseg import FeatureCache
+    from pointseg.features import FeatureExtractor, upscale_image
+
+    base = FeatureExtractor(features="hybrid")
+    x4 = base.with_context_upscale(4)
+
+    class Previous(type(x4)):
+        """×4 as shipped before: the enlarged copy's full base pass, its fused maps dropped."""
+
+        def _upscaled_context(self, padded):
+            import torch.nn.functional as F
+
+            up = upscale_image(padded, 4)
+            _, context = self._context_passes(up, sink=lambda box, fused: None, upscaled=False)
+            return F.avg_pool2d(context[None], 4)[0]
+
+    previous = Previous.__new__(Previous)
+    previous.__dict__.update(x4.__dict__)
+    ways = {"x1 (before)": base, "x4 previous": previous, "x4 now": x4}
+    out = {"extractor": base.id}
+    for name, image in _images().items():
+        ctx = {k: ext.compute_parts(image)[1] for k, ext in ways.items()}  # warm-up, and the check
+        same = float(np.abs(ctx["x4 previous"] - ctx["x4 now"]).max())
+        best = {(k, what): float("inf") for k in ways for what in ("compute_parts", "extract")}
+        for _ in range(rounds):
+            for k, ext in ways.items():
+                for _ in range(repeat):
+                    t = time.perf_counter()
+                    ext.compute_parts(image)
+                    best[k, "compute_parts"] = min(best[k, "compute_parts"], time.perf_counter() - t)
+                for _ in range(max(2, repeat // 2)):
+                    ext.cache = FeatureCache()
+                    t = time.perf_counter()
+                    ext.extract(image)
+                    best[k, "extract"] = min(best[k, "extract"], time.perf_counter() - t)
+        row = {f"{k} {what} ms": round(v * 1000, 1) for (k, what), v in best.items()}
+        for what in ("compute_parts", "extract"):
+            ref = best["x1 (before)", what]
+            row[f"{what} x4 now / x1"] = round(best["x4 now", what] / ref, 2)
+            row[f"{what} x4 previous / x1"] = round(best["x4 previous", what] / ref, 2)
+        out[name] = {"x4 contexts max |diff|": same, **row, "load": round(os.getloadavg()[0], 1)}
+        print(json.dumps({name: out[name]}), flush=True)
+    return out
+
+
+def predict_throughput(n_images: int) -> dict:
+    from PIL import Image
+
+    from pointseg import Segmenter
+
+    paths = sorted((SHARED / "datasets" / "neu_seg" / "images").iterdir())
+    masks = SHARED / "datasets" / "neu_seg" / "masks"
+    train, folder_paths = paths[:3], paths[3: 3 + n_images]
+    rng = np.random.default_rng(0)
+    images, points = [], []
+    for p in train:
+        images.append(np.asarray(Image.open(p).convert("RGB")))
+        mask = np.asarray(Image.open(next(masks.glob(p.stem + ".*"))))
+        mask = (mask[..., 0] if mask.ndim == 3 else mask) > 0  # defect (any class) vs background
+        pts = []
+        for c in (0, 1):
+            ys, xs = np.nonzero(mask == c)
+            pick = rng.choice(len(ys), min(10, len(ys)), replace=False)
+            pts += [[xs[i], ys[i], int(c)] for i in pick]
+        points.append(np.array(pts, dtype=np.float64))
+    classes = ["background", "defect"]
+    tmp = Path(tempfile.mkdtemp(prefix="ctxcost-"))
+    try:
+        models = {}
+        for label, params in (("x1 (before)", {"context_upscale": 1}), ("default", {})):
+            seg = Segmenter(classes=classes, cross_validate=False, **params).fit(images, points)
+            models[label] = (tmp / f"{label.split()[0]}.pointseg", seg.context_upscale_)
+            seg.save(models[label][0])
+        for sub, chosen in (("one", folder_paths[:1]), ("many", folder_paths)):
+            (tmp / sub).mkdir()
+            for p in chosen:
+                shutil.copy(p, tmp / sub / p.name)
+        best = {}
+        for _ in range(2):
+            for label, (model, _) in models.items():
+                for sub in ("one", "many"):
+                    out = tmp / f"out-{sub}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    t = time.perf_counter()
+                    r = subprocess.run([sys.executable, "-m", "pointseg.cli", "predict", str(model), str(tmp / sub),
+                                        "-o", str(out)], capture_output=True, text=True)
+                    wall = time.perf_counter() - t
+                    if r.returncode:
+                        raise SystemExit(r.stderr[-2000:])
+                    best[label, sub] = min(best.get((label, sub), float("inf")), wall)
+        result = {"images": len(folder_paths), "size": list(images[0].shape[:2])}
+        for label, (_, factor) in models.items():
+            many, one = best[label, "many"], best[label, "one"]
+            result[label] = {"factor": factor, "wall_s": round(many, 2), "images_per_s": round(len(folder_paths) / many, 2),
+                             "s_per_image_after_start": round((many - one) / (len(folder_paths) - 1), 3),
+                             "one_image_wall_s": round(one, 2)}
+        result["per_image_ratio"] = round(result["default"]["s_per_image_after_start"]
+                                          / result["x1 (before)"]["s_per_image_after_start"], 2)
+        result["load"] = round(os.getloadavg()[0], 1)
+        print(json.dumps({"predict": result}), flush=True)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--folder", type=int, default=20)
+    ap.add_argument("--skip-predict", action="store_true")
+    args = ap.parse_args()
+    print(json.dumps({"start": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                      "load": [round(v, 1) for v in os.getloadavg()]}), flush=True)
+    extraction(args.repeat)
+    if not args.skip_predict:
+        predict_throughput(args.folder)
+
+
+if __name__ == "__main__":
+    main()
