@@ -7,12 +7,15 @@
    backbone) and ``extract`` (what a new image costs: backbone + the fine filters' statistics, fresh cache),
    at ×1 (the default before), at ×4 as the previous session shipped it (the enlarged copy through the full
    base pass, its fused map dropped) and at ×4 now (the copy through the stride-16 stage only). Interleaved
-   round by round, best of ``--repeat`` per round, best round; the ×4 contexts of both mechanisms are
-   checked to be identical.
+   round by round, best of ``--repeat`` per round, best round, in wall time and in this process's CPU time
+   (all threads: the work, less sensitive to other jobs on a shared machine than the wall clock); the ×4
+   contexts of both mechanisms are checked to be identical.
 2. ``pointseg predict MODEL FOLDER -o OUT`` (a subprocess, wall time with start-up) on ``--folder`` NEU-Seg
    images, with a model trained on 3 other NEU-Seg images by the default (which fits ×4 there) and the same
    clicks with ``context_upscale=1``; alternated, two rounds, best. Images/s, and per image after start-up
    (the slope from a 1-image run).
+3. ``--first-view``: the app's first view of a new NEU-Seg image once a model exists (coarse view, features,
+   exact view), default vs ``context_upscale=1`` (one-off, not a timed test).
 
 Times on a shared machine: the ratios, measured side by side, are the figures; the load average is printed.
 """
@@ -68,23 +71,28 @@ def extraction(repeat: int, rounds: int = 3) -> dict:
     for name, image in _images().items():
         ctx = {k: ext.compute_parts(image)[1] for k, ext in ways.items()}  # warm-up, and the check
         same = float(np.abs(ctx["x4 previous"] - ctx["x4 now"]).max())
-        best = {(k, what): float("inf") for k in ways for what in ("compute_parts", "extract")}
+        best = {(k, what, clock): float("inf") for k in ways for what in ("compute_parts", "extract")
+                for clock in ("wall", "cpu")}
+
+        def timed(k, what, fn):
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            best[k, what, "wall"] = min(best[k, what, "wall"], time.perf_counter() - t)
+            best[k, what, "cpu"] = min(best[k, what, "cpu"], time.process_time() - c)
+
         for _ in range(rounds):
             for k, ext in ways.items():
                 for _ in range(repeat):
-                    t = time.perf_counter()
-                    ext.compute_parts(image)
-                    best[k, "compute_parts"] = min(best[k, "compute_parts"], time.perf_counter() - t)
+                    timed(k, "compute_parts", lambda: ext.compute_parts(image))
                 for _ in range(max(2, repeat // 2)):
                     ext.cache = FeatureCache()
-                    t = time.perf_counter()
-                    ext.extract(image)
-                    best[k, "extract"] = min(best[k, "extract"], time.perf_counter() - t)
-        row = {f"{k} {what} ms": round(v * 1000, 1) for (k, what), v in best.items()}
+                    timed(k, "extract", lambda: ext.extract(image))
+        row = {f"{k} {what} {clock} ms": round(v * 1000, 1) for (k, what, clock), v in best.items()}
         for what in ("compute_parts", "extract"):
-            ref = best["x1 (before)", what]
-            row[f"{what} x4 now / x1"] = round(best["x4 now", what] / ref, 2)
-            row[f"{what} x4 previous / x1"] = round(best["x4 previous", what] / ref, 2)
+            for clock in ("wall", "cpu"):
+                ref = best["x1 (before)", what, clock]
+                row[f"{what} {clock} x4 now / x1"] = round(best["x4 now", what, clock] / ref, 2)
+                row[f"{what} {clock} x4 previous / x1"] = round(best["x4 previous", what, clock] / ref, 2)
         out[name] = {"x4 contexts max |diff|": same, **row, "load": round(os.getloadavg()[0], 1)}
         print(json.dumps({name: out[name]}), flush=True)
     return out
@@ -150,14 +158,78 @@ def predict_throughput(n_images: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def first_view() -> dict:
+    """The app's first view of a new 200-px image once a model exists (one-off, in-process: the real store,
+    feature store and model service, as ``pointseg serve`` runs them): the coarse view (the whole method on
+    the image, not cached), then the image's features, then the exact view from them."""
+    from PIL import Image
+
+    from pointseg.server.model_service import FeatureStore, ModelService, ModelState
+    from pointseg.server.store import ProjectStore
+
+    paths = sorted((SHARED / "datasets" / "neu_seg" / "images").iterdir())
+    masks = SHARED / "datasets" / "neu_seg" / "masks"
+    out = {}
+    for label, factor in (("x1 (before)", 1), ("default", None)):
+        tmp = Path(tempfile.mkdtemp(prefix="ctxview-"))
+        try:
+            store = ProjectStore(tmp / "p")
+            classes = [store.add_class(n) for n in ("background", "defect")]
+            ids = []
+            rng = np.random.default_rng(0)
+            for p in paths[:4]:
+                h, w = Image.open(p).size[::-1]
+                img, _ = store.add_image(sha256=p.stem.ljust(64, "0"), name=p.name, width=w, height=h, n_bytes=1,
+                                         source_path=str(p))
+                ids.append(img["id"])
+            for image_id, p in zip(ids[:3], paths[:3]):
+                mask = np.asarray(Image.open(next(masks.glob(p.stem + ".*"))))
+                mask = (mask[..., 0] if mask.ndim == 3 else mask) > 0
+                items = []
+                for c in (0, 1):
+                    ys, xs = np.nonzero(mask == c)
+                    for i in rng.choice(len(ys), min(10, len(ys)), replace=False):
+                        items.append({"kind": "point", "class_id": classes[c]["id"], "x": float(xs[i]), "y": float(ys[i])})
+                store.add_annotations(image_id, items)
+            features = FeatureStore(store, backbone="efficientnet_lite0_s32")
+            if factor is not None:
+                features.base.set_params(context_upscale=factor)
+            service = ModelService(store, features)
+            features.warm()
+            model = service.fit(store.training_set(), ModelState(), lambda: False)
+            new = ids[3]
+            t = time.perf_counter()
+            coarse = service.predict_coarse(model, new)
+            t_coarse = time.perf_counter() - t
+            t = time.perf_counter()
+            features.get(new)
+            t_features = time.perf_counter() - t
+            t = time.perf_counter()
+            service.predict(model, new)
+            t_exact = time.perf_counter() - t
+            out[label] = {"factor": model.segmenter.context_upscale_, "coarse_view_ms": round(t_coarse * 1000),
+                          "coarse_model_ms": coarse.timings.get("model_ms"), "features_ms": round(t_features * 1000),
+                          "exact_view_ms": round(t_exact * 1000),
+                          "first_exact_view_ms": round((t_coarse + t_features + t_exact) * 1000)}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    out["load"] = round(os.getloadavg()[0], 1)
+    print(json.dumps({"first_view": out}), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--folder", type=int, default=20)
     ap.add_argument("--skip-predict", action="store_true")
+    ap.add_argument("--first-view", action="store_true", help="only the app's first view of a new image")
     args = ap.parse_args()
     print(json.dumps({"start": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                       "load": [round(v, 1) for v in os.getloadavg()]}), flush=True)
+    if args.first_view:
+        first_view()
+        return
     extraction(args.repeat)
     if not args.skip_predict:
         predict_throughput(args.folder)
