@@ -44,9 +44,11 @@ def passes(monkeypatch):
     return calls
 
 
-def test_a_small_image_project_trains_and_predicts_at_the_enlarged_factor_once(tmp_path, passes):
+@pytest.mark.parametrize("kind", ["hybrid", "deep"])  # deep maps keep no image: only the right factor works
+def test_a_small_image_project_trains_and_predicts_at_the_enlarged_factor_once(tmp_path, passes, kind):
     store, ids, images = _project(tmp_path, 150, 190)
-    features = FeatureStore(store, backbone="efficientnet_lite0_s32", precision="fp32")
+    store.update_settings({"features": kind})       # the project's setting decides the feature kind
+    features = FeatureStore(store, backbone="efficientnet_lite0_s32", precision="fp32", features=kind)
     service = ModelService(store, features)
     assert features.factor_for(ids[0]) == 4        # before any model: the rule on the image's own size
     features.get(ids[1])                            # the features thread, ahead of the first fit
