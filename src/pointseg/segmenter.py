@@ -846,8 +846,19 @@ class Segmenter:
     def from_fitted(cls, head: "LinearHead | AutoContextHead", classes, colors, *, training_report: TrainingReport | None = None,
                     model_metadata: dict | None = None, **params) -> "Segmenter":
         """A fitted Segmenter from a trained head and its classes (what a model file holds); ``params`` are
-        constructor parameters. The one place besides :meth:`fit` that sets the learned attributes."""
+        constructor parameters. The one place besides :meth:`fit` that sets the learned attributes.
+
+        A backbone with a context stage needs ``context_upscale``: the factor (1, 2, 4) the head's features
+        were made at (a fitted model's ``context_upscale_``); the default ``"size"`` rule would need the
+        training images, which a head does not carry."""
         seg = cls(classes=classes, colors=colors, **params)
+        if isinstance(seg.context_upscale, str):
+            from pointseg.backbones.registry import get_spec
+
+            if get_spec(seg.backbone).context_reach is not None:
+                raise PointsegError(
+                    f"from_fitted needs the context factor the head was trained at: pass context_upscale=1, 2 "
+                    f"or 4 (the fitted model's context_upscale_), not the rule {seg.context_upscale!r}")
         seg.head_ = head
         seg.n_features_in_ = int((head.stage1 if isinstance(head, AutoContextHead) else head).coef.shape[1])
         seg.classes_ = list(classes)
