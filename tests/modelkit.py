@@ -16,12 +16,16 @@ from synthetic import points_from_truth, two_texture_image
 CLASSES = ["left", "right", "disc"]
 
 
-def train_small_model(path: Path, backbone: str = "efficientnet_lite0") -> Path:
-    """Fit the default (hybrid) set-up on one small synthetic image and save it to ``path``."""
+def train_small_model(path: Path, backbone: str = "efficientnet_lite0", context_upscale=1) -> Path:
+    """Fit the default (hybrid) set-up on one small synthetic image and save it to ``path``.
+
+    ``context_upscale=1`` by default: the model-file and export tests that use it are about the file and the
+    graph, not the context; the default's ×4 for this 96 x 128 image would only make every export slower
+    (tests/deploy/test_export_context_upscale.py checks the enlarged graphs)."""
     from pointseg import Segmenter
 
     image, truth = two_texture_image(h=96, w=128)
-    seg = Segmenter(backbone, CLASSES, precision="fp32", cross_validate=False)
+    seg = Segmenter(backbone, CLASSES, precision="fp32", cross_validate=False, context_upscale=context_upscale)
     seg.fit([image], [points_from_truth(truth, 6)])
     seg.save(path)
     return path

@@ -187,8 +187,9 @@ def test_size_rule_accepts_the_native_feature_maps_the_app_passes():
 
     images, points = _three_images()
     cache = FeatureCache()
-    native = Segmenter(classes=CLASSES, precision="fp32", cache=cache)
+    native = Segmenter(classes=CLASSES, precision="fp32", cache=cache, context_upscale=1)
     fmaps = [native.extract_features(image) for image in images]
+    assert all("-cu" not in fmap.extractor_id for fmap in fmaps)
     from_maps = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(fmaps, points)
     from_images = Segmenter(classes=CLASSES, precision="fp32", context_upscale="size", cache=cache).fit(images, points)
     assert from_maps.context_upscale_ == from_images.context_upscale_ == 4
@@ -203,3 +204,119 @@ def test_a_warm_started_clone_keeps_the_factor_its_head_was_trained_with(small):
     clone = seg.clone()
     assert clone.context_upscale_ == 4 and clone.extractor.context_upscale == 4
     np.testing.assert_array_equal(clone.predict(image), seg.predict(image))
+
+
+# ---------------------------------------------------------------- "size" is the default
+
+
+def test_the_default_enlarges_the_context_of_small_images_only():
+    small = _three_images()
+    seg = Segmenter(classes=CLASSES, precision="fp32").fit(*small)
+    assert seg.get_params()["context_upscale"] == "size"
+    assert seg.context_upscale_ == 4 and seg.extractor.id.endswith("-cu4")
+    large = _three_images(h=260, w=300)  # the short side at least the context stage's reach (258 px)
+    seg = Segmenter(classes=CLASSES, precision="fp32").fit(*large)
+    assert seg.context_upscale_ == 1 and "-cu" not in seg.extractor.id
+    for name in ("default", "thin"):
+        assert Segmenter.preset(name).get_params()["context_upscale"] == "size"
+
+
+def test_the_default_extracts_each_training_image_once(monkeypatch):
+    """The rule is decided from the images' sizes before extraction, and features prepared before a fit
+    are made at the factor the rule gives the image: no native pass is made and thrown away."""
+    from pointseg import FeatureCache
+
+    calls = []
+    original = FeatureExtractor.compute_parts
+    monkeypatch.setattr(FeatureExtractor, "compute_parts",
+                        lambda self, rgb, **kw: calls.append(self.context_upscale) or original(self, rgb, **kw))
+    images, points = _three_images(h=140, w=170)
+    cache = FeatureCache()
+    Segmenter(classes=CLASSES, precision="fp32", cache=cache).fit(images, points)
+    assert calls == [4, 4, 4]
+    seg = Segmenter(classes=CLASSES, precision="fp32", cache=cache)
+    image, truth = two_texture_image(h=140, w=170, seed=5)
+    prepared = seg.extract_features(image)  # what the evaluation harness's prepare does
+    assert calls[-1] == 4 and prepared.extractor_id.endswith("-cu4")
+    seg.fit([prepared, *images[1:]], [points_from_truth(truth, 8), *points[1:]])
+    assert len(calls) == 4  # the prepared map and the cached maps were used as they are
+
+
+def test_a_default_model_file_records_the_fitted_factor_and_stays_readable_when_native(tmp_path):
+    from modelkit import read_raw
+
+    for (h, w), factor, version in (((150, 190), 4, 2), ((260, 300), 1, 1)):
+        images, points = _three_images(h=h, w=w)
+        seg = Segmenter(classes=CLASSES, precision="fp32").fit(images, points)
+        path = tmp_path / f"m{factor}.pointseg"
+        seg.save(path)
+        meta, _ = read_raw(path)
+        assert meta["params"]["context_upscale"] == factor
+        # a native model writes what pointseg before context_upscale wrote: older readers load it
+        assert meta["preprocessing"]["preprocessing_version"] == version
+        loaded = Segmenter.load(path, precision="fp32")
+        assert loaded.context_upscale_ == factor and loaded.get_params()["context_upscale"] == factor
+        np.testing.assert_array_equal(loaded.predict(images[0]), seg.predict(images[0]))
+
+
+def test_the_seed_preset_keeps_the_native_context(shared_weights):
+    from pointseg.presets import preset_params
+
+    params = preset_params("seed")
+    assert params == {"backbone": "resnet18", "classifier": "logistic", "C": 0.1, "class_weight": "balanced",
+                      "features": "deep", "smoothing": 0.0, "context_upscale": 1}
+    images, points = _three_images()
+    seed = Segmenter.preset("seed", classes=CLASSES, weights=shared_weights, precision="fp32").fit(images, points)
+    assert seed.context_upscale_ == 1 and "-cu" not in seed.extractor.id
+    # resnet18 has no context stage: the rule itself gives 1 too, with the same features
+    ruled = Segmenter.preset("seed", classes=CLASSES, weights=shared_weights, precision="fp32",
+                             context_upscale="size", cache=seed.cache).fit(images, points)
+    assert ruled.context_upscale_ == 1 and ruled.extractor.id == seed.extractor.id
+    np.testing.assert_array_equal(ruled.head_.coef, seed.head_.coef)
+
+
+def test_cli_train_records_the_rule_by_default_and_1_turns_it_off(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from modelkit import read_raw
+
+    image, truth = two_texture_image(h=150, w=190)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "classes": [{"name": n, "color": c} for n, c in zip(CLASSES, ("#00ff00", "#0000ff", "#ff0000"))],
+        "images": [{"path": "a.png", "points": [[float(x), float(y), CLASSES[int(k)]]
+                                                 for x, y, k in points_from_truth(truth, 5)]}]}))
+
+    def train(*extra):
+        result = subprocess.run([sys.executable, "-m", "pointseg.cli", "train", str(tmp_path / "ann.json"), "-o",
+                                 str(tmp_path / "m.pointseg"), *extra], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return read_raw(tmp_path / "m.pointseg")[0]
+
+    meta = train()
+    assert meta["params"]["context_upscale"] == 4 and meta["preprocessing"]["preprocessing_version"] == 2
+    meta = train("--context-upscale", "1")
+    assert meta["params"]["context_upscale"] == 1 and meta["preprocessing"]["preprocessing_version"] == 1
+
+
+@pytest.mark.parametrize("tile_size", [1024, 256])
+def test_the_enlarged_copy_skips_the_fusion_and_gives_the_same_context(small, tile_size):
+    """The enlarged copy runs the trunk to its stride-16 map only (its fused map was always dropped): the
+    context is bit for bit the one the full base pass gives."""
+    from pointseg.features import DROP_FUSED
+
+    ext = FeatureExtractor("efficientnet_lite0_s32", precision="fp32", engine="torch", tile_size=tile_size)
+    up = upscale_image(np.pad(small[0], ((0, 10), (0, 2), (0, 0)), mode="reflect"), 4)
+    sunk = []
+    _, fast = ext._context_passes(up, sink=DROP_FUSED, upscaled=False)
+    _, full = ext._context_passes(up, sink=lambda box, fused: sunk.append(fused.shape), upscaled=False)
+    assert len(sunk) == ext.n_tiles(up.shape[:2]) and all(len(s) == 3 for s in sunk)  # the full pass fused
+    assert torch_equal(fast, full)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())

@@ -272,6 +272,9 @@ def test_zoomed_out_preview_of_a_large_map_reads_a_pooled_level(smoothed, monkey
     assert [preview_level(s, 4, 2) for s in (1, 0.4, 0.25, 0.196, 0.125, 0.01)] == [0, 0, 1, 1, 2, 2]
     assert preview_level(0.01, 4, 0) == 0 and preview_level(0.01, 4, 1) == 1
     seg, image, truth = smoothed
+    # the big image is the training image x4: the default's x4 context (fitted on the small image) would see it
+    # x16 (one factor per model), which costs the view its last percent; this test is about pooled levels
+    seg = seg.clone(context_upscale=1).fit([image], [points_from_truth(truth, 8)])
     big, big_truth = np.kron(image, np.ones((4, 4, 1), np.uint8)), np.kron(truth, np.ones((4, 4), truth.dtype))
     monkeypatch.setenv("POINTSEG_PAGED_DEEP_ABOVE_PIXELS", "1000")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -342,9 +345,14 @@ def test_loaded_model_is_built_through_the_constructor_path(fitted, tmp_path):
     seg.save(tmp_path / "m.pointseg")
     loaded = Segmenter.load(tmp_path / "m.pointseg")
     assert loaded.n_features_in_ == seg.n_features_in_ and loaded.model_metadata_["classes"] == CLASSES
+    # the head was trained at the factor the default's rule chose (x4 for this small image, with a context
+    # stage): a Segmenter built from the head alone is told it, and refuses to guess it from the rule
     twin = Segmenter.from_fitted(seg.head_, seg.classes_, seg.colors_, backbone=seg.backbone, precision="fp32",
-                                 smoothing=0, cache=seg.cache)
+                                 smoothing=0, cache=seg.cache, context_upscale=seg.context_upscale_)
     np.testing.assert_array_equal(twin.predict(image), seg.predict(image))
+    if seg.extractor.spec.context_reach is not None:
+        with pytest.raises(PointsegError, match="from_fitted needs the context factor"):
+            Segmenter.from_fitted(seg.head_, seg.classes_, seg.colors_, backbone=seg.backbone)
 
 
 def test_paged_deep_map_predicts_as_the_same_map_held_in_memory(smoothed, monkeypatch, tmp_path):

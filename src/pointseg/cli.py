@@ -54,8 +54,9 @@ def train(
     min_region: MinRegionOption = None,
     ng_rule: Annotated[str, typer.Option("--ng-rule", help="Image score the learned OK/NG rule thresholds: largest_region (area of the largest defect region, px), quantile (99.9th percentile of the defect probability; not for images predicted in tiles) or anomaly (how unlike the OK images the most unusual spot is; also flags defect types no click showed; not exportable to ONNX).")] = "largest_region",
     context_upscale: Annotated[Optional[str], typer.Option(
-        help="The stride-32 context sees images enlarged by 1, 2 or 4, or 'size': x4 when the images are "
-             "smaller than its receptive field (~258 px; helped NEU-Seg and magnetic tiles). Default 1.")] = None,
+        help="The stride-32 context sees images enlarged by 1, 2 or 4, or 'size' (the default): x4 when the "
+             "training images are smaller than its receptive field (~258 px; helped NEU-Seg and magnetic "
+             "tiles, costs extraction time on them); 1 turns it off.")] = None,
 ) -> None:
     """Train a model on annotated images and print the training report."""
     from pointseg.annotations import AnnotationSet

@@ -1392,24 +1392,23 @@ class FeatureExtractor:
         upscale = upscaled and self.context_upscale > 1
         hp, wp = padded.shape[:2]
         margin, core = self.spec.tile_margin, self.tile_size
+        base = self._base_pass if sink is not DROP_FUSED else self._stride16_pass
         if hp <= core + 2 * margin and wp <= core + 2 * margin:
-            with self._inference():
-                fused, x16 = self.module.forward_base(self._prepare(padded))
+            fused, x16 = base(padded)
             context = self._upscaled_context(padded) if upscale else self._context_tail(x16[0])
             if progress is not None:
                 progress(1, 1)
             if sink is not None:
-                sink((0, hp, 0, wp), fused[0])
+                sink((0, hp, 0, wp), fused[0] if fused is not None else None)
                 return [], context
             return [((0, hp, 0, wp), fused[0])], context
         cores, s16, done = [], None, 0
         for (y0, y1, x0, x1), (ty0, ty1, tx0, tx1) in self._tile_grid(hp, wp):
-            with self._inference():
-                fused, x16 = self.module.forward_base(self._prepare(padded[ty0:ty1, tx0:tx1]))
+            fused, x16 = base(padded[ty0:ty1, tx0:tx1])
             if s16 is None:
                 s16 = torch.empty((x16.shape[1], hp // 16, wp // 16), dtype=x16.dtype)
             s16[:, y0 // 16: y1 // 16, x0 // 16: x1 // 16] = self._core(x16[0], y0, y1, x0, x1, ty0, tx0, 16)
-            fused_core = self._core(fused[0], y0, y1, x0, x1, ty0, tx0)
+            fused_core = self._core(fused[0], y0, y1, x0, x1, ty0, tx0) if fused is not None else None
             if sink is not None:
                 sink((y0, y1, x0, x1), fused_core)
             else:
@@ -1435,10 +1434,20 @@ class FeatureExtractor:
         """
         f = self.context_upscale
         up = upscale_image(padded, f)
-        # the enlarged copy's own passes; their fused maps are dropped as they come
-        _, context = self._context_passes(up, sink=lambda box, fused: None, upscaled=False)
+        # the enlarged copy's own passes, through the stride-16 stage only: its fused maps are never made
+        _, context = self._context_passes(up, sink=DROP_FUSED, upscaled=False)
         del up
         return F.avg_pool2d(context[None], f)[0]
+
+    def _base_pass(self, padded: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk up to the context tail over ``padded``: (fused stride-4/8/16 map, stride-16 map)."""
+        with self._inference():
+            return self.module.forward_base(self._prepare(padded))
+
+    def _stride16_pass(self, padded: np.ndarray) -> tuple[None, torch.Tensor]:
+        """(None, the stride-16 map) of ``padded``: :meth:`_base_pass` without fusing the stage maps."""
+        with self._inference():
+            return None, self.module.forward_stride16(self._prepare(padded))
 
     def _context_tail(self, s16: torch.Tensor) -> torch.Tensor:
         """The context tail over an image's stride-16 map, ``C x h x w`` → stride-32 ``C' x h/2 x w/2``.
@@ -1536,6 +1545,11 @@ CONTEXT_UPSCALES = (1, 2, 4)
 #: the largest enlarged copy (pixels) the "size" rule lets the median training image cost: a 250 x 1000 px
 #: strip still gets x4, a 300 x 4000 one x2
 CONTEXT_UPSCALE_MAX_PIXELS = 4_000_000
+
+
+def DROP_FUSED(box, fused) -> None:
+    """The ``sink`` of a pass whose fused maps nobody reads (the enlarged copy of ``context_upscale``): the
+    pass then runs the trunk to its stride-16 map only (``forward_stride16``)."""
 
 
 def check_context_upscale(factor) -> int:

@@ -43,7 +43,7 @@ from pointseg.features import (
     release_freed_memory,
 )
 from pointseg.imageio import coarse_scale, downscale, load_image  # noqa: F401 - coarse_scale: public here
-from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
+from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_CONTEXT_UPSCALE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
 from pointseg.sampling import sample_points
 
 #: images up to this many pixels are extracted whole and cached; larger ones stream tile by tile
@@ -108,9 +108,14 @@ class Segmenter:
     context_upscale : 1, 2 or 4: the stride-32 context stage sees every image enlarged by this factor (its
         map pooled back to the image's grid; see ``FeatureExtractor._upscaled_context``), which can help
         small images (~200 px), whose context cells otherwise see the whole image; the cost is a second
-        trunk pass over the enlarged copy. Or ``"size"``: ×4 when the training images are smaller than
-        the context stage's receptive field (258 px), else 1 (see ``FeatureExtractor.context_upscale_for``).
-        Fitted as ``context_upscale_``, which every predictor and the model file use. Default 1 (off).
+        trunk pass over the enlarged copy. Or ``"size"`` (the default): ×4 when the training images are
+        smaller than the context stage's receptive field (258 px), else 1 (see
+        ``FeatureExtractor.context_upscale_for``). Fitted as ``context_upscale_``, which every predictor and
+        the model file use. ``"size"`` is the default because the enlarged context lifted held-out defect
+        IoU on the small-image sets (NEU-Seg 0.130 → 0.160, magnetic tiles 0.134 → 0.183, six seeds;
+        BENCHMARKS.md, "Small images in the library") while images at least 258 px, and trunks without a
+        context stage (resnet18, the seed preset), get exactly the features of ``context_upscale=1``; the
+        price is extraction time on small images (several times a native pass). Pass 1 to turn it off.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, classes=None, *, colors=None, weights=None,
@@ -120,7 +125,7 @@ class Segmenter:
                  features: str | None = None, smoothing: float | None = None,
                  prior_correction: float = 0.0, warm_start: bool = False, min_region: int = 0,
                  background: int | str | None = None, autocontext: bool = False,
-                 ng_rule: str = "largest_region", context_upscale: int = 1):
+                 ng_rule: str = "largest_region", context_upscale: int | str = DEFAULT_CONTEXT_UPSCALE):
         self.backbone = backbone
         self.classes = list(classes) if classes is not None else None
         self.colors = list(colors) if colors is not None else None
@@ -242,8 +247,16 @@ class Segmenter:
         return check_context_upscale(self.context_upscale)
 
     def extract_features(self, image) -> FeatureMap:
-        """Features of an image (path, array or FeatureMap), computed once and cached."""
+        """Features of an image (path, array or FeatureMap), computed once and cached.
+
+        Before a fit, a ``"size"`` rule has no factor yet: the image's features are then made at the factor
+        the rule gives that image alone (a folder's images are usually of one size), so that features
+        prepared ahead of a fit are the ones it uses."""
         ext = self.extractor
+        if isinstance(self.context_upscale, str) and "context_upscale_" not in self.__dict__ \
+                and not isinstance(image, FeatureMap):
+            image = load_image(image)
+            ext = ext.with_context_upscale(self.context_factor_for([image.shape]))
         return ext.extract(ext.source_for(image))
 
     # ------------------------------------------------------------------ training
@@ -280,10 +293,16 @@ class Segmenter:
             return [part for part in made if part is not None]
 
         self.__dict__.pop("context_upscale_", None)
-        self.context_upscale_ = self._context_factor()
-        parts = make_parts()
         if isinstance(self.context_upscale, str):
-            parts = self._choose_context_upscale(parts, make_parts)
+            # the rule needs only the training images' sizes: decided before any extraction, so each image
+            # is extracted once, at the factor the model keeps (paths are read here once, not twice)
+            images = [image if isinstance(image, FeatureMap) or not _has_material(points[i], scribbles, ok, i)
+                      else load_image(image) for i, image in enumerate(images)]
+            sizes = [_image_size(image) for i, image in enumerate(images) if _has_material(points[i], scribbles, ok, i)]
+            self.context_upscale_ = self.context_factor_for(sizes)
+        else:
+            self.context_upscale_ = self._context_factor()
+        parts = make_parts()
         if not any(len(p.y) for p in parts):
             raise PointsegError("no points to train on; mark at least one point of two classes")
         standardizer = Standardizer.from_moments([p.moments for p in parts])
@@ -331,22 +350,22 @@ class Segmenter:
         )
         return self
 
-    def _choose_context_upscale(self, parts: list["_ImagePart"], make_parts) -> list["_ImagePart"]:
-        """Fit ``context_upscale_`` by the ``"size"`` rule (:meth:`FeatureExtractor.context_upscale_for`:
-        training images smaller than the context stage's receptive field get an enlarged context); returns
-        the training parts made with it. One factor per model, so that every image it predicts, and its
-        exported graph, sees the context at the scale it was trained at."""
-        factor = self.extractor.context_upscale_for([p.fmap.image_size for p in parts])
-        if factor == 1 or not parts:
-            return parts
-        self.context_upscale_ = factor
-        return make_parts()
+    def context_factor_for(self, image_sizes) -> int:
+        """The context factor (``context_upscale_``) a fit on training images of these ``(H, W)`` sizes gets:
+        ``context_upscale`` itself, or for the ``"size"`` rule :meth:`FeatureExtractor.context_upscale_for`
+        (training images smaller than the context stage's receptive field get an enlarged context). One
+        factor per model, so that every image it predicts, and its exported graph, sees the context at the
+        scale it was trained at. The app asks this before a fit to compute the features the fit will use."""
+        if not isinstance(self.context_upscale, str):
+            return check_context_upscale(self.context_upscale)
+        self._context_factor()  # a clear error for an unknown rule
+        return self.extractor.context_upscale_for([tuple(s)[:2] for s in image_sizes])
 
     def _image_part(self, i: int, image, pts, scrib, ok: bool, n_classes: int) -> "_ImagePart | None":
         """One image's training material: click features and labels, and for an OK image its pixel pool."""
-        pts = np.asarray(pts, dtype=np.float64) if pts is not None else np.zeros((0, 3))
-        if len(pts) == 0 and not scrib and not ok:
+        if not _has_material(pts, [scrib], [ok], 0):
             return None
+        pts = np.asarray(pts, dtype=np.float64) if pts is not None else np.zeros((0, 3))
         fmap = self.extract_features(image)
         where = f"image {i}"
         pts = validate_points(pts, n_classes, fmap.image_size, where=f"{where} points")
@@ -583,6 +602,7 @@ class Segmenter:
         """
         self._check_fitted()
         stream_above = STREAM_ABOVE_PIXELS if stream_above is None else stream_above
+        image = self.extractor.source_for(image)  # a hybrid map made at another context factor: its image
         if isinstance(self.head_, LinearHead):
             w, b = self.head_.folded()
             return self.extractor.image_scores(image, w, b, stream_above=stream_above)
@@ -835,8 +855,19 @@ class Segmenter:
     def from_fitted(cls, head: "LinearHead | AutoContextHead", classes, colors, *, training_report: TrainingReport | None = None,
                     model_metadata: dict | None = None, **params) -> "Segmenter":
         """A fitted Segmenter from a trained head and its classes (what a model file holds); ``params`` are
-        constructor parameters. The one place besides :meth:`fit` that sets the learned attributes."""
+        constructor parameters. The one place besides :meth:`fit` that sets the learned attributes.
+
+        A backbone with a context stage needs ``context_upscale``: the factor (1, 2, 4) the head's features
+        were made at (a fitted model's ``context_upscale_``); the default ``"size"`` rule would need the
+        training images, which a head does not carry."""
         seg = cls(classes=classes, colors=colors, **params)
+        if isinstance(seg.context_upscale, str):
+            from pointseg.backbones.registry import get_spec
+
+            if get_spec(seg.backbone).context_reach is not None:
+                raise PointsegError(
+                    f"from_fitted needs the context factor the head was trained at: pass context_upscale=1, 2 "
+                    f"or 4 (the fitted model's context_upscale_), not the rule {seg.context_upscale!r}")
         seg.head_ = head
         seg.n_features_in_ = int((head.stage1 if isinstance(head, AutoContextHead) else head).coef.shape[1])
         seg.classes_ = list(classes)
@@ -874,6 +905,17 @@ class _ImagePart:
     ok: bool
     pool: np.ndarray | None
     xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
+
+
+def _has_material(pts, scribbles, ok, i: int) -> bool:
+    """Whether image ``i`` trains anything (points, scribbles, or marked OK): fit skips the others."""
+    return (pts is not None and len(pts) > 0) or bool(scribbles is not None and scribbles[i]) or \
+        bool(ok is not None and ok[i])
+
+
+def _image_size(image) -> tuple[int, int]:
+    """``(H, W)`` of a FeatureMap or an ``H x W (x 3)`` array."""
+    return tuple(image.image_size) if isinstance(image, FeatureMap) else tuple(image.shape[:2])
 
 
 def check_ng_rule(value) -> str:

@@ -46,3 +46,23 @@ def test_tile_stats_hold_no_view_of_the_tile():
             assert strip.base is None and strip.nbytes <= 64 * 8
     assert stats["preview"].base is None and stats["preview"].shape == (8, 8)
     assert stats["regions"] == [0, 1] and stats["pixels"] == [64 * 64 - 100, 100]
+
+
+def test_a_model_with_an_enlarged_context_refuses_tiles_with_what_to_do(tmp_path):
+    """The default fits x4 on small training images; the tile tasks run the context stage on the native
+    stride-16 map, so such a model says so instead of predicting other labels than the whole image's."""
+    from synthetic import points_from_truth, two_texture_image
+
+    image, truth = two_texture_image()
+    seg = Segmenter(classes=["left", "right", "disc"], tile_size=TILE, cross_validate=False).fit(
+        [image], [points_from_truth(truth, 5)])
+    assert seg.context_upscale_ == 4
+    seg.save(tmp_path / "m.pointseg")
+    big = mosaic(2 * TILE + 40, 2 * TILE + 90)
+    store = lazyio.zarr_store(str(tmp_path / "slide.zarr"), read_only=False)
+    zarr.open_array(store=store, mode="w", shape=big.shape, chunks=(128, 128, 3), dtype="u1")[:] = big
+    (result,) = predict_many(tmp_path / "m.pointseg", [str(tmp_path / "slide.zarr")], str(tmp_path / "out"),
+                             options=BatchOptions(tile_above_pixels=100_000))
+    assert not result.ok
+    assert "context_upscale 4" in result.error and "--tile-above" in result.error
+    assert "--context-upscale 1" in result.error

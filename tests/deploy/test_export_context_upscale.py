@@ -21,7 +21,7 @@ def test_export_of_an_enlarged_context_equals_the_library_on_a_small_image(tmp_p
                         context_upscale=factor).fit([image], [points_from_truth(truth, 6)])
         seg.save(tmp_path / "m.pointseg")
         native = Segmenter("efficientnet_lite0_s32", ["a", "b", "c"], precision="fp32", cross_validate=False,
-                           ).fit([image], [points_from_truth(truth, 6)])
+                           context_upscale=1).fit([image], [points_from_truth(truth, 6)])
     meta = export_model(tmp_path / "m.pointseg", tmp_path / "m.onnx", test_image=image)
     assert meta["export_check"]["passed"]
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

@@ -48,6 +48,9 @@ class SlowSegmenter:
 
     extractor = None      # nothing to load
 
+    def context_factor_for(self, image_sizes):   # Segmenter's: no enlarged context here
+        return 1
+
     @property
     def features_(self):
         return self.params["features"]
@@ -102,10 +105,13 @@ class FakeFeatures:
     def warm(self):
         pass
 
-    def ready(self, image_id):
+    def use_factor(self, factor):
+        self.factor = factor
+
+    def ready(self, image_id, factor=None):
         return self.store is None or image_id in self._maps
 
-    def get(self, image_id, progress=None):
+    def get(self, image_id, progress=None, factor=None):
         if self.store is None:
             return SimpleNamespace(image_size=(8, 10), moments=lambda: None)
         if image_id not in self._maps:

@@ -45,6 +45,11 @@ class MultiScaleTrunk(nn.Module):
         """The context tail: stride-16 map → stride-32 map."""
         raise NotImplementedError
 
+    def forward_stride16(self, x: torch.Tensor) -> torch.Tensor:
+        """The tail's input alone (``forward_base(x)[1]``), for the enlarged copy the context stage sees
+        (``context_upscale``), whose fused map nobody reads; subclasses skip the fusion."""
+        return self.forward_base(x)[1]
+
 
 def load_used_keys(module: nn.Module, state_dict: dict, source: str) -> None:
     """Load exactly the parameters ``module`` uses; extra keys (layer4, fc, heads) are ignored.

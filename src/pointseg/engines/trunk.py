@@ -130,5 +130,9 @@ class EngineTrunk:
         *maps, x16 = self._run("base", x)
         return MultiScaleTrunk.fuse(maps), x16
 
+    def forward_stride16(self, x: torch.Tensor) -> torch.Tensor:
+        """The base graph's tail input without the torch-side fusion of its stage maps."""
+        return self._run("base", x)[-1]
+
     def forward_context(self, x16: torch.Tensor) -> torch.Tensor:
         return self._run("context", x16)[0]

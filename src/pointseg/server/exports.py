@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pointseg.fileio import atomic_write_bytes, default_file_mode
-from pointseg.server.model_service import ModelService, ModelState
+from pointseg.server.model_service import ModelService, ModelState, context_factor
 from pointseg.server.store import ProjectStore, StoreError
 
 #: the two zip variants download under distinct names
@@ -149,7 +149,7 @@ def results_zip(service: ModelService, model: ModelState, *, labels: bool, overl
                 if labels:
                     z.write(store.dir / p["label_path"], f"labels/{stem}.png")
                 if overlays or probabilities:
-                    fmap = service.features.get(img["id"])
+                    fmap = service.features.get(img["id"], factor=context_factor(model))
                     pred = model.segmenter.predict_full(fmap, probabilities=probabilities)
                     if overlays:
                         rgb = read_image(store.image_file(img["id"]))

@@ -130,7 +130,10 @@ class FeatureStore:
                                      cache=self.cache, cross_validate=False)
         if features is not None:
             self.base.set_params(features=features)
-        self._keys: dict[int, str] = {}
+        # the context factor (Segmenter.context_upscale_) the current model's features are made at; None
+        # before the first fit (then each image gets what the base's rule gives it alone)
+        self.factor: int | None = None
+        self._keys: dict[tuple[int, int], str] = {}   # (image id, context factor) -> cache key
         self._pinned: dict[int, object] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -158,30 +161,55 @@ class FeatureStore:
         seg.fit([fmap], [np.array([[5, 5, 0], [50, 50, 1], [10, 5, 0], [55, 50, 1]], dtype=np.float64)])
         seg.predict_full(fmap, probabilities=True)
 
-    def ready(self, image_id: int) -> bool:
-        key = self._keys.get(image_id)
-        return image_id in self._pinned or (key is not None and key in self.cache)
+    def use_factor(self, factor: int) -> None:
+        """Make features at context factor ``factor`` from now on (the factor of the model being fitted);
+        maps at other factors stay in the cache, and a model asks for its own (``get(..., factor=)``)."""
+        self.factor = int(factor)
 
-    def get(self, image_id: int, progress: Callable[[int, int], None] | None = None):
-        """The FeatureMap of an image: from memory, from disk, or computed now (``progress(done, total)``
-        is called as the backbone's tiles finish, for the page's progress bar)."""
+    def factor_for(self, image_id: int, factor: int | None = None) -> int:
+        """``factor``, else the current model's, else the base's rule for this image's size alone."""
+        if factor is not None:
+            return int(factor)
+        if self.factor is not None:
+            return self.factor
+        img = self.store.image(image_id)
+        return self.base.context_factor_for([(img["height"], img["width"])])
+
+    def ready(self, image_id: int, factor: int | None = None) -> bool:
+        factor = self.factor_for(image_id, factor)
+        if self._pinned_map(image_id, factor) is not None:
+            return True
+        key = self._keys.get((image_id, factor))
+        return key is not None and key in self.cache
+
+    def _pinned_map(self, image_id: int, factor: int):
         fmap = self._pinned.get(image_id)
+        if fmap is not None and fmap.extractor_id == self.base.extractor.with_context_upscale(factor).id:
+            return fmap
+        return None
+
+    def get(self, image_id: int, progress: Callable[[int, int], None] | None = None, factor: int | None = None):
+        """The FeatureMap of an image at context factor ``factor`` (default :meth:`factor_for`): from memory,
+        from disk, or computed now (``progress(done, total)`` is called as the backbone's tiles finish, for
+        the page's progress bar)."""
+        factor = self.factor_for(image_id, factor)
+        fmap = self._pinned_map(image_id, factor)
         if fmap is not None:
             return fmap
-        key = self._keys.get(image_id)
+        key = self._keys.get((image_id, factor))
         if key is not None and (fmap := self.cache.get(key)) is not None:
             return fmap
         with self._guard:
             lock = self._locks.setdefault(image_id, threading.Lock())
         with lock:
-            key = self._keys.get(image_id)
+            key = self._keys.get((image_id, factor))
             if key is not None and (fmap := self.cache.get(key)) is not None:
                 return fmap
             path = self.store.image_file(image_id)
             start = time.perf_counter()
-            fmap = self.base.extractor.extract(str(path), progress=progress)
+            fmap = self.base.extractor.with_context_upscale(factor).extract(str(path), progress=progress)
             self.compute_ms[image_id] = (time.perf_counter() - start) * 1000
-            self._keys[image_id] = fmap.key
+            self._keys[(image_id, factor)] = fmap.key
             return fmap
 
     def pin(self, image_ids: list[int], fmaps: list) -> None:
@@ -190,7 +218,15 @@ class FeatureStore:
 
     def forget(self, image_id: int) -> None:
         self._pinned.pop(image_id, None)
-        self._keys.pop(image_id, None)
+        for key in [k for k in self._keys if k[0] == image_id]:
+            self._keys.pop(key, None)
+
+
+def context_factor(model) -> int | None:
+    """The context factor of ``model``'s features (a ModelState or Segmenter), for ``FeatureStore.get``:
+    a model predicts from maps made at the factor it was trained at, even when a newer fit changed it."""
+    seg = getattr(model, "segmenter", model)
+    return getattr(seg, "context_upscale_", None)
 
 
 def classes_with_marks(ts: TrainingSet) -> set[int]:
@@ -243,6 +279,10 @@ class ModelService:
         t0 = time.perf_counter()
         try:
             self.features.use_kind(ts.settings.get("features") or self.features.kind)
+            seg = self._estimator(ts, previous)
+            # the context factor the fit will choose (the "size" rule reads the images' sizes only), so the
+            # training images are extracted once, at it, and the views after the fit find their maps ready
+            self.features.use_factor(self._context_factor(seg, ts))
             fmaps = [self.features.get(i) for i in ts.image_ids]
         except Exception as exc:  # noqa: BLE001 - shown to the user as the model's state
             return self._error(common, f"cannot compute features: {exc}")
@@ -250,7 +290,6 @@ class ModelService:
         if is_stale():
             return None
         self.features.pin(ts.image_ids, fmaps)
-        seg = self._estimator(ts, previous)
         try:
             seg.fit(fmaps, _points(ts), ts.scribbles, ok=ts.ok or None)
         except PointsegError as exc:
@@ -264,6 +303,11 @@ class ModelService:
         return ModelState(status="ok", message="", segmenter=seg, report=seg.training_report_.as_dict(),
                           timings={"features_ms": round((t1 - t0) * 1000, 1),
                                    "fit_ms": round((t2 - t1) * 1000, 1)}, **common)
+
+    def _context_factor(self, seg, ts: TrainingSet) -> int:
+        """The context factor ``seg``'s fit on ``ts`` gets (from the stored image sizes, no pixels read)."""
+        sizes = [(img["height"], img["width"]) for img in map(self.store.image, ts.image_ids)]
+        return seg.context_factor_for(sizes)
 
     def _estimator(self, ts: TrainingSet, previous: ModelState):
         """An unfitted model for ``ts``: a clone of the last one when the classes are the same (so the fit
@@ -298,7 +342,7 @@ class ModelService:
         if hit is not None:
             return hit
         t0 = time.perf_counter()
-        fmap = self.features.get(image_id)
+        fmap = self.features.get(image_id, factor=context_factor(model))
         t1 = time.perf_counter()
         pred = model.segmenter.predict_full(fmap, probabilities=True)
         t2 = time.perf_counter()
@@ -313,7 +357,7 @@ class ModelService:
             hit = self._scores.get(image_id)
         if hit is not None and hit[0] == model.version:
             return hit[1]
-        scores = model.segmenter.decision_grid(self.features.get(image_id))
+        scores = model.segmenter.decision_grid(self.features.get(image_id, factor=context_factor(model)))
         with self._scores_lock:
             self._scores.pop(image_id, None)
             self._scores[image_id] = (model.version, scores)
@@ -390,9 +434,9 @@ class ModelService:
         if not items:
             return None
         return BatchRun(model.require().segmenter, items, str(self.batch_folder()), resume=True,
-                        reader=self._batch_reader(feature_error))
+                        reader=self._batch_reader(feature_error, context_factor(model)))
 
-    def _batch_reader(self, feature_error: Callable[[int], str | None]):
+    def _batch_reader(self, feature_error: Callable[[int], str | None], factor: int | None = None):
         """The engine's reader for the app: the image's cached FeatureMap (never the network again), and
         the file's fingerprint for the manifest."""
         from pointseg.batch.manifest import fingerprint
@@ -403,7 +447,7 @@ class ModelService:
             if error is not None:
                 raise PointsegError(error)
             try:
-                fmap = self.features.get(image_id)
+                fmap = self.features.get(image_id, factor=factor)
             except Exception as exc:  # noqa: BLE001 - an unreadable image: a one-line error without paths
                 raise PointsegError(public_message(exc)) from None
             try:
@@ -447,7 +491,8 @@ class ModelService:
 
         start = time.perf_counter()
         seg = self._estimator(ts, ModelState()).set_params(cross_validate=True, warm_start=False)
-        fmaps = [self.features.get(i) for i in ts.image_ids]
+        factor = self._context_factor(seg, ts)
+        fmaps = [self.features.get(i, factor=factor) for i in ts.image_ids]
         learn_rule = any(ts.ok)
         res, rule, confusion = None, None, None
         try:
@@ -516,6 +561,7 @@ class ModelService:
                 or list(loaded.classes_) != list(ts.classes):
             return None
         seg = self._on_template(loaded)
+        self.features.use_factor(getattr(seg, "context_upscale_", 1))   # views find its maps, as after a fit
         report = meta.get("report") if isinstance(meta.get("report"), dict) else seg.training_report_.as_dict()
         return ModelState(status="ok", message="", segmenter=seg, report=report, timings={"restored": True},
                           rev=ts.rev, version=previous.version + 1, classes=list(ts.classes),

@@ -28,7 +28,7 @@ from pointseg.decision import (DEFAULT_RANKING, PER_IMAGE_RANKINGS, committee_di
                                diversity_from_descriptors, fit_committee, image_descriptor,
                                rank_images_for_annotation)
 from pointseg.errors import PointsegError
-from pointseg.server.model_service import NoModel
+from pointseg.server.model_service import NoModel, context_factor
 from pointseg.server.scheduler import PRIO_PREFETCH
 
 #: what the app offers: the per-image rankings, "diversity" (from per-image feature means, which do not
@@ -130,9 +130,10 @@ class AnnotationRanking:
     def _compute(self, model, image_id: int, what: str, services):
         """One image's value with ``model`` (on the model thread); None when it cannot be computed now."""
         features = services.features
-        if model.status != "ok" or model.segmenter is None or not features.ready(image_id):
+        factor = context_factor(model)
+        if model.status != "ok" or model.segmenter is None or not features.ready(image_id, factor=factor):
             return None    # no model, or the features were evicted meanwhile: never compute them here
-        fmap = features.get(image_id)
+        fmap = features.get(image_id, factor=factor)
         if what == DESCRIPTOR:
             value = image_descriptor(model.segmenter, fmap)
         elif what == COMMITTEE:
@@ -154,9 +155,11 @@ class AnnotationRanking:
             if self._committee is not None and self._committee[0] == model.version:
                 return self._committee[1]
         ts = services.store.training_set()
-        if ts.signature() != model.signature or not all(services.features.ready(i) for i in ts.image_ids):
+        factor = context_factor(model)
+        if ts.signature() != model.signature or \
+                not all(services.features.ready(i, factor=factor) for i in ts.image_ids):
             return None
-        fmaps = [services.features.get(i) for i in ts.image_ids]
+        fmaps = [services.features.get(i, factor=factor) for i in ts.image_ids]
         points = [np.asarray(p, dtype=np.float64).reshape(-1, 3) for p in ts.points]
         committee = fit_committee(model.segmenter, fmaps, points, ts.scribbles, ts.ok or None)
         with self._lock:

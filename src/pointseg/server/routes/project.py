@@ -13,7 +13,8 @@ router = APIRouter(prefix="/api", tags=["project"])
 def project(services: ServicesDep):
     s, store, scheduler = services.settings, services.store, services.scheduler
     params = services.features.base.get_params()
-    method = {k: params[k] for k in ("backbone", "features", "smoothing", "classifier", "C") if k in params}
+    method = {k: params[k] for k in ("backbone", "features", "smoothing", "classifier", "C", "context_upscale")
+              if k in params}
     return {"name": store.dir.name, "backbone": s.backbone, "method": method, "settings": store.settings(),
             **store.summary(), "token_required": s.token is not None, **scheduler.status(),
             "max_upload_bytes": s.max_upload_bytes}
