@@ -23,20 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def best_of(repeat: int, fn) -> float:
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1000
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--size", type=int, default=1024)
     args = ap.parse_args()
+    from _common import timed
     from synthetic import points_from_truth, two_texture_image
 
     from pointseg import Segmenter
@@ -58,7 +50,7 @@ def main() -> None:
                          (f"committee: score one image, {n}²", lambda: committee_disagreement(committee, new)),
                          (f"uncertainty: one prediction, {2 * n}²", lambda: seg.predict_full(big, probabilities=False)),
                          (f"committee: score one image, {2 * n}²", lambda: committee_disagreement(committee, big))):
-            rows[name] = min(rows.get(name, np.inf), best_of(1, fn))
+            rows[name] = min(rows.get(name, np.inf), 1000 * timed(fn, repeat=1, warmup=0))
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {os.getloadavg()[0]:.1f}, "
           f"python bench/bench_ranking_cost.py --repeat {args.repeat} --size {n}")
     print("| step | ms |\n|---|---|")

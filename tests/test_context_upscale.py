@@ -153,14 +153,13 @@ def test_model_file_keeps_the_fitted_factor(tmp_path, small):
         np.testing.assert_array_equal(loaded.predict(image), seg.predict(image))
 
 
-def test_cli_train_records_the_context_factor_and_refuses_a_bad_one(tmp_path):
+def _cli_train(tmp_path, *extra):
+    """``pointseg train`` on one small image (150 x 190 px, 5 clicks per class) with ``extra`` options."""
     import json
     import subprocess
     import sys
 
     from PIL import Image
-
-    from modelkit import read_raw
 
     image, truth = two_texture_image(h=150, w=190)
     Image.fromarray(image).save(tmp_path / "a.png")
@@ -168,11 +167,16 @@ def test_cli_train_records_the_context_factor_and_refuses_a_bad_one(tmp_path):
         "classes": [{"name": n, "color": c} for n, c in zip(CLASSES, ("#00ff00", "#0000ff", "#ff0000"))],
         "images": [{"path": "a.png", "points": [[float(x), float(y), CLASSES[int(k)]]
                                                  for x, y, k in points_from_truth(truth, 5)]}]}))
+    return subprocess.run([sys.executable, "-m", "pointseg.cli", "train", str(tmp_path / "ann.json"), "-o",
+                           str(tmp_path / "m.pointseg"), *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_train_records_the_context_factor_and_refuses_a_bad_one(tmp_path):
+    from modelkit import read_raw
+
 
     def train(value):
-        return subprocess.run([sys.executable, "-m", "pointseg.cli", "train", str(tmp_path / "ann.json"), "-o",
-                               str(tmp_path / "m.pointseg"), "--context-upscale", value],
-                              capture_output=True, text=True, timeout=300)
+        return _cli_train(tmp_path, "--context-upscale", value)
 
     result = train("2")
     assert result.returncode == 0, result.stderr
@@ -276,24 +280,11 @@ def test_the_seed_preset_keeps_the_native_context(shared_weights):
 
 
 def test_cli_train_records_the_rule_by_default_and_1_turns_it_off(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    from PIL import Image
-
     from modelkit import read_raw
 
-    image, truth = two_texture_image(h=150, w=190)
-    Image.fromarray(image).save(tmp_path / "a.png")
-    (tmp_path / "ann.json").write_text(json.dumps({
-        "classes": [{"name": n, "color": c} for n, c in zip(CLASSES, ("#00ff00", "#0000ff", "#ff0000"))],
-        "images": [{"path": "a.png", "points": [[float(x), float(y), CLASSES[int(k)]]
-                                                 for x, y, k in points_from_truth(truth, 5)]}]}))
 
     def train(*extra):
-        result = subprocess.run([sys.executable, "-m", "pointseg.cli", "train", str(tmp_path / "ann.json"), "-o",
-                                 str(tmp_path / "m.pointseg"), *extra], capture_output=True, text=True, timeout=300)
+        result = _cli_train(tmp_path, *extra)
         assert result.returncode == 0, result.stderr
         return read_raw(tmp_path / "m.pointseg")[0]
 

@@ -388,12 +388,19 @@ class ModelService:
         (:class:`~pointseg.server.media.PreviewCache`: read from ``thumbs/``, or made now from the file when
         the background has not made it yet) via :meth:`~pointseg.Segmenter.predict_coarse`, at that size.
         Timings say which (``preview``: ``cached`` | ``decoded``) and what it cost (``read_ms``,
-        ``model_ms``)."""
+        ``model_ms``).
+
+        An image no larger than the preview *is* its preview: its first view is then its exact prediction,
+        from the feature map the exact view reads (made once, shared with the features thread) — a separate
+        coarse pass would cost as much as those features (small images get the ×4 context) and be thrown
+        away."""
         from pointseg.imageio import coarse_scale
 
         model.require()
         img = self.store.image(image_id)
         size = (img["height"], img["width"])
+        if max(size) <= COARSE_SIDE:
+            return self.predict(model, image_id)
         t0 = time.perf_counter()
         pixels, cached = self.previews.get(image_id)
         t1 = time.perf_counter()
