@@ -174,8 +174,9 @@ def predict_throughput(n_images: int, rounds: int = 2) -> dict:
 
 def first_view() -> dict:
     """The app's first view of a new 200-px image once a model exists (one-off, in-process: the real store,
-    feature store and model service, as ``pointseg serve`` runs them): the coarse view (the whole method on
-    the image, not cached), then the image's features, then the exact view from them."""
+    feature store and model service, as ``pointseg serve`` runs them): the first view (for an image no larger
+    than its 512-px preview, the exact prediction from the shared feature map: features included), then the
+    image's features and the exact view (cache hits once the first view made them)."""
     from PIL import Image
 
     from pointseg.server.model_service import FeatureStore, ModelService, ModelState
