@@ -26,13 +26,29 @@ def test_current_scores_first_then_stale_then_pending():
 def test_uncertain_diverse_multiplies_uncertainty_by_the_distance_from_the_annotated():
     r = AnnotationRanking()
     model, features = SimpleNamespace(rev=1, version=1), SimpleNamespace(kind="hybrid")
-    stamp = ("features", "hybrid")
+    stamp = ("features", "hybrid", None)
     r._values = {(9, DESCRIPTOR): (stamp, np.array([0.0, 0.0])),                 # the annotated image
                  (1, DESCRIPTOR): (stamp, np.array([0.1, 0.0])), (1, "uncertainty"): (("model", 1), 0.9),
                  (2, DESCRIPTOR): (stamp, np.array([3.0, 3.0])), (2, "uncertainty"): (("model", 1), 0.3),
-                 (3, DESCRIPTOR): (("features", "deep"), np.array([5.0, 5.0])), (3, "uncertainty"): (("model", 1), 1.0)}
+                 (3, DESCRIPTOR): (("features", "deep", None), np.array([5.0, 5.0])), (3, "uncertainty"): (("model", 1), 1.0)}
     out = r._answer(model, features, [_img(i) for i in (1, 2, 3)], [9], "uncertain_diverse", 1)
     assert [x["id"] for x in out["ranked"]] == [2, 1]       # far and somewhat unsure beats near and unsure
     assert out["pending"] == [3]                             # its descriptor is of another feature kind
     out = r._answer(model, features, [_img(i) for i in (1, 2)], [], "diversity", 0)
     assert out["ranked"] == [] and out["pending"] == [1, 2]  # nothing annotated to compare with
+
+
+def test_descriptors_of_another_context_factor_are_stale():
+    """A model refitted at context factor 4 (small images joined the project) describes images from maps
+    made at x4: descriptors computed for the x1 model must be recomputed, not compared with the new ones."""
+    r = AnnotationRanking()
+    features = SimpleNamespace(kind="hybrid")
+    native = SimpleNamespace(rev=1, version=1, segmenter=SimpleNamespace(context_upscale_=1))
+    enlarged = SimpleNamespace(rev=2, version=2, segmenter=SimpleNamespace(context_upscale_=4))
+    at = lambda m: r._stamp(DESCRIPTOR, m, features)
+    assert at(native) != at(enlarged)
+    r._values = {(9, DESCRIPTOR): (at(native), np.array([0.0, 0.0])),
+                 (1, DESCRIPTOR): (at(native), np.array([1.0, 0.0]))}
+    assert [x["id"] for x in r._answer(native, features, [_img(1)], [9], "diversity", 1)["ranked"]] == [1]
+    out = r._answer(enlarged, features, [_img(1)], [9], "diversity", 1)
+    assert out["ranked"] == [] and out["pending"] == [1]

@@ -71,7 +71,7 @@ def is_annotated(img: dict) -> bool:
 
 class AnnotationRanking:
     """Per-image values (a priority, or a feature descriptor for "diversity") computed as scheduler jobs
-    and kept with what they depend on (the model version, or the feature kind)."""
+    and kept with what they depend on (the model version, or the feature kind and context factor)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -94,7 +94,7 @@ class AnnotationRanking:
         jobs = [(i["id"], what) for i in todo for what in needs] + [(i, DESCRIPTOR) for i in annotated_ids]
         futures, missing = [], []
         for image_id, what in jobs:
-            fut = self._request(services, image_id, what, self._stamp(what, model, features))
+            fut = self._request(services, image_id, what, self._stamp(what, model, features), context_factor(model))
             if fut is False:
                 missing.append(image_id)
             elif fut is not None:
@@ -107,10 +107,15 @@ class AnnotationRanking:
 
     @staticmethod
     def _stamp(what: str, model, features):
-        return ("features", features.kind) if what == DESCRIPTOR else ("model", model.version)
+        """What a value depends on: a descriptor on the feature kind and the context factor its map was made
+        at (a model refitted at another factor describes images differently), a score on the model."""
+        if what == DESCRIPTOR:
+            return ("features", features.kind, context_factor(model))
+        return ("model", model.version)
 
-    def _request(self, services, image_id: int, what: str, stamp):
-        """A future for the image's value, None when it is there already, False when its features are not."""
+    def _request(self, services, image_id: int, what: str, stamp, factor: int | None):
+        """A future for the image's value, None when it is there already, False when its features (at the
+        model's context ``factor``) are not."""
         scheduler, features = services.scheduler, services.features
         key = (image_id, what)
         with self._lock:
@@ -120,7 +125,7 @@ class AnnotationRanking:
             fut = self._inflight.get(key)
         if fut is not None and not fut.done():
             return fut
-        if not features.ready(image_id):
+        if not features.ready(image_id, factor=factor):
             return False
         fut = scheduler.submit(lambda m: self._compute(m, image_id, what, services))
         with self._lock:
