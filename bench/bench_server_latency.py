@@ -155,6 +155,9 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=5)
     ap.add_argument("--points", type=int, default=300)
+    ap.add_argument("--ok-images", type=int, default=0,
+                    help="further images marked OK (defect-free: every pixel background, hard negatives mined "
+                         "on each refit) beside the annotated ones")
     ap.add_argument("--clicks", type=int, default=60)
     ap.add_argument("--burst", type=int, default=20, help="clicks sent back to back")
     ap.add_argument("--size", default="1000",
@@ -179,7 +182,7 @@ def small_main(args) -> None:
     rng = np.random.default_rng(0)
     load0 = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="pointseg-bench-"))
-    files = make_images(tmp / "imgs", args.images + 1, args.size)
+    files = make_images(tmp / "imgs", args.images + args.ok_images + 1, args.size)
     fresh = files.pop()                                   # kept out of the project until the cold test
     (tmp / "cold").mkdir()
     fresh = fresh.rename(tmp / "cold" / fresh.name)
@@ -189,7 +192,10 @@ def small_main(args) -> None:
         with httpx.Client(base_url=url, timeout=300) as c:
             method = c.get("/api/project").json()["method"]
             ids = [i["id"] for i in c.get("/api/images").json()["images"] if i["name"] != fresh.name]
+            ids, ok_ids = ids[:args.images], ids[args.images:]
             cls = [c.post("/api/classes", json={"name": n}).json() for n in ("left", "right")]
+            for image_id in ok_ids:                       # marked OK: no clicks, all background
+                rev = c.put(f"/api/images/{image_id}/ok", json={"ok": True}).json()["rev"]
             per_image = args.points // len(ids)
             for image_id in ids:
                 items = []
@@ -200,9 +206,9 @@ def small_main(args) -> None:
                                   "y": float(rng.uniform(0, args.size - 1))})
                 rev = c.post(f"/api/images/{image_id}/annotations", json={"items": items}).json()["rev"]
             t0 = time.perf_counter()
-            for image_id in ids:                          # view every image once: features in background
+            for image_id in ids + ok_ids:                 # view every image once: features in background
                 c.get(f"/api/images/{image_id}")
-            for image_id in ids:
+            for image_id in ids + ok_ids:
                 c.get(f"/api/images/{image_id}/overlay.png", params={"min_rev": rev}).raise_for_status()
             result["setup_seconds"] = time.perf_counter() - t0
             time.sleep(1.0)
@@ -296,7 +302,8 @@ def small_main(args) -> None:
     text = [
         header("bench_server_latency.py", sys.argv[1:]),
         "",
-        f"Project: {args.images} images of {args.size}×{args.size} ({mp:.1f} MP), {report['n_points']} points "
+        f"Project: {args.images} images of {args.size}×{args.size} ({mp:.1f} MP)"
+        f"{f' + {args.ok_images} marked OK' if args.ok_images else ''}, {report['n_points']} points "
         f"at the end ({args.points} before the measured clicks), 2 classes; the default method "
         f"({', '.join(f'{k} {v}' for k, v in method.items() if v is not None)}); "
         f"load average {load0:.1f} → {load1:.1f} (other jobs on the 2 cores).",
