@@ -356,3 +356,26 @@ def test_ng_rule_predictions_yield_to_a_stop_request_like_the_folds():
     with cross_validation_context(lambda: False):
         seg.fit(images, [DEFECT_POINTS, DEFECT_POINTS, None], ok=[False, False, True])
     assert seg.ng_rule_.n_ok == 1
+
+
+def test_a_stop_request_is_seen_between_filter_tiles_of_a_held_out_prediction():
+    """The NG rule's held-out predictions ask ``should_stop`` between the fine filter bank's tiles (and between
+    the two fits of an OK image's hard-negative mining), not once per image: on 1-MP images a whole
+    prediction costs ~250 ms of filtering, which a click after a pause in the app would otherwise wait for."""
+    from pointseg.classifier import cross_validation_context
+    from pointseg.features import FINE_TILE
+
+    h, w = 2 * FINE_TILE - 40, 3 * FINE_TILE - 40          # 2 x 3 filter tiles per image
+    images = [part(h, w, defect=True, seed=s)[0] for s in (0, 3)] + [part(h, w, defect=False, seed=1)[0]]
+    seg = Segmenter(BACKBONE, classes=["ok", "defect"])
+    calls = {"before": 0, "after": 0}
+
+    def should_stop():
+        calls["after" if ctx.result is not None else "before"] += 1
+        return False
+
+    with cross_validation_context(should_stop) as ctx:
+        seg.fit(images, [DEFECT_POINTS, DEFECT_POINTS, None], ok=[False, False, True])
+    assert seg.ng_rule_.n_ok == 1
+    # three held-out predictions (two defective images, one OK) of six tiles each, each tile asked before
+    assert calls["after"] >= 3 * 6

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pointseg.backbones import build_backbone
+from pointseg.classifier import check_interrupted
 from pointseg.errors import PointsegError
 from pointseg.imageio import load_image
 from pointseg.lru import ByteLRU
@@ -672,6 +673,7 @@ class Scores:
             return None
         out = torch.empty((self._w_fine.shape[0], y1 - y0, x1 - x0), dtype=torch.float32)
         for (r0, c0), piece in self._fine_from.fine_pieces(y0, y1, x0, x1):  # tile by tile: no box-sized copy
+            check_interrupted()   # the app's held-out predictions yield to a click between filter tiles
             c, h, w = piece.shape
             target = out[:, r0 - y0: r0 - y0 + h, c0 - x0: c0 - x0 + w]
             flat = torch.from_numpy(piece)

@@ -424,6 +424,7 @@ class Segmenter:
             head = clf.fit(Xc, yc, n_classes, standardizer, init=init)
         if not ok_parts or not isinstance(head, LinearHead) or n_hard == 0:
             return head, Xc, yc, gc
+        check_interrupted()   # the app's held-out fits yield to a click between the two fits, not after both
         from threadpoolctl import threadpool_limits
 
         hard = []
@@ -476,9 +477,11 @@ class Segmenter:
                 continue
             twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
             twin.n_features_in_ = p.X.shape[1]
+            check_interrupted()
             pred = twin.predict_full(p.fmap, probabilities=True)
             whole = label_scores(pred.labels, pred.probabilities, self.background_)
             if status[p.index]:
+                check_interrupted()
                 rest_of_it = label_scores(pred.labels, pred.probabilities, self.background_,
                                           avoid=p.xy[p.y != self.background_])
                 for k in EVIDENCE_SCORES:
@@ -800,6 +803,7 @@ class Segmenter:
         canvas = _Canvas(scores.image_size, probabilities)
         large = deep_dtype(scores.image_size) is np.float16
         for y0, y1, band in self._iter_bands(scores, probabilities, sigma):
+            check_interrupted()   # inside the app's held-out work (the NG rule's predictions) a click waits a band
             canvas.add(y0, y1, band)
             del band
             if large:  # a band's temporaries (and the fine tiles it pushed out) do not pile up in the heap
