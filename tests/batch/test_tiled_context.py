@@ -48,9 +48,11 @@ def test_tile_stats_hold_no_view_of_the_tile():
     assert stats["regions"] == [0, 1] and stats["pixels"] == [64 * 64 - 100, 100]
 
 
-def test_a_model_with_an_enlarged_context_refuses_tiles_with_what_to_do(tmp_path):
-    """The default fits x4 on small training images; the tile tasks run the context stage on the native
-    stride-16 map, so such a model says so instead of predicting other labels than the whole image's."""
+def test_a_model_with_an_enlarged_context_predicts_tiles_as_the_whole_image(tmp_path, monkeypatch):
+    """The default fits x4 on small training images (their context stage sees a 4x copy). Tiled, the
+    context stage's input is the enlarged image's stride-16 map tile by tile (phase A'), from the native
+    pixels each enlarged tile covers: the labels are the whole image's. With the context stage in context
+    tiles too (as on a slide above ~1,150 px a side at x4), equal up to float rounding."""
     from synthetic import points_from_truth, two_texture_image
 
     image, truth = two_texture_image()
@@ -61,8 +63,27 @@ def test_a_model_with_an_enlarged_context_refuses_tiles_with_what_to_do(tmp_path
     big = mosaic(2 * TILE + 40, 2 * TILE + 90)
     store = lazyio.zarr_store(str(tmp_path / "slide.zarr"), read_only=False)
     zarr.open_array(store=store, mode="w", shape=big.shape, chunks=(128, 128, 3), dtype="u1")[:] = big
-    (result,) = predict_many(tmp_path / "m.pointseg", [str(tmp_path / "slide.zarr")], str(tmp_path / "out"),
+    whole = Segmenter.load(tmp_path / "m.pointseg")
+    expected = whole.predict(big)
+    native = whole.clone(context_upscale=1)
+    native.fit([image], [points_from_truth(truth, 5)])
+    assert np.mean(native.predict(big) != expected) > 1e-3     # the enlarged context decides some pixels
+
+    enlarged = []
+    original = tiled.enlarged_tile
+    monkeypatch.setattr(tiled, "enlarged_tile", lambda key, job, box, value_range, ready: enlarged.append(box) or
+                        original(key, job, box, value_range, ready))
+    (result,) = predict_many(tmp_path / "m.pointseg", [str(tmp_path / "slide.zarr")], str(tmp_path / "one"),
                              options=BatchOptions(tile_above_pixels=100_000))
-    assert not result.ok
-    assert "context_upscale 4" in result.error and "--tile-above" in result.error
-    assert "--context-upscale 1" in result.error
+    assert result.ok, result.error
+    assert len(enlarged) == 9 * 10              # the padded 576 x 608 px extent x4 in 256-px cores
+    labels = read_labels(str(tmp_path / "one" / "slide.ome.zarr"))
+    assert labels.shape == expected.shape and np.array_equal(labels, expected)
+
+    monkeypatch.setattr(tiled, "CONTEXT_WHOLE_CELLS", 0)
+    monkeypatch.setattr(tiled, "CONTEXT_CORE", 8)   # 2 native stride-32 cells per context core at x4
+    (result,) = predict_many(tmp_path / "m.pointseg", [str(tmp_path / "slide.zarr")], str(tmp_path / "tiles"),
+                             options=BatchOptions(tile_above_pixels=100_000))
+    assert result.ok, result.error
+    labels = read_labels(str(tmp_path / "tiles" / "slide.ome.zarr"))
+    assert np.mean(labels != expected) < 1e-4

@@ -112,11 +112,6 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
             if getattr(seg, "autocontext", False):
                 raise PointsegError(f"{item.name} would be predicted in tiles, which auto-context models "
                                     "(autocontext=True) cannot do yet; raise --tile-above above its pixel count")
-            if getattr(seg, "context_upscale_", 1) > 1:  # phase B runs the context stage on the native map
-                raise PointsegError(f"{item.name} would be predicted in tiles, which models whose context sees "
-                                    f"an enlarged copy (context_upscale {seg.context_upscale_}: trained on "
-                                    "images under 258 px) cannot do yet; raise --tile-above above its pixel "
-                                    "count, or train with --context-upscale 1")
             if ng_rule_for(seg, options).score == "anomaly":
                 raise PointsegError(f"{item.name} is predicted in tiles, and tiles are not judged with the anomaly "
                                     "score; give --ng-rule largest_region:AREA (or raise --tile-above)")

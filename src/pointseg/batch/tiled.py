@@ -9,11 +9,17 @@ A. per tile of the extractor's own tile grid (``spec.tile_margin`` of context, t
    ``FeatureExtractor._tile_grid``): the fused stride-4/8/16 map of the core, scored at once by the linear
    head (K channels instead of hundreds are kept), and the core's stride-16 map (the context stage's input),
    both written to a work zarr in OUT;
+A'. for a model whose context stage sees the image enlarged (``context_upscale`` f > 1, a model trained on
+   small images): per tile of the enlarged image's tile grid, the stride-16 map of its core, from the
+   native pixels it covers (plus one pixel) upscaled as ``features.upscale_image`` upscales the whole
+   image — bilinear interpolation is local, so each enlarged tile equals that part of the whole enlarged
+   copy — written to the work zarr in place of the native stride-16 map;
 B. the context stage over the assembled stride-16 map: one task while that map has at most
    :data:`CONTEXT_WHOLE_CELLS` cells (a 4,600 × 4,600 px image; identical to the single process), else
    context tiles with a margin of :data:`CONTEXT_MARGIN` stride-16 cells, which covers the stage's
    receptive field (equal up to float rounding: convolutions over other extents may sum in another order);
-   the context scores go to the work zarr at stride 32;
+   the context scores go to the work zarr at stride 32 (an enlarged map's average-pooled by f back to the
+   image's stride-32 grid first, as ``FeatureExtractor._upscaled_context`` does);
 C. per tile: the scores of the core plus a halo (bilinear upsampling from the cells it needs, exactly as
    ``features.upsample_window``; full-resolution filters with ``filters.HALO`` of context; Gaussian smoothing
    with 3σ + 1), then labels. They go into an OME-Zarr label image with a multiscale pyramid, and each
@@ -70,6 +76,7 @@ class TileJob:
     levels: int
     preview_factor: int
     started: float
+    upscale: int = 1          # the model's context factor: phase A' runs on the image enlarged this much
 
 
 def plan_tiles(seg, plan: dict, fingerprint: dict, rule) -> dict:
@@ -94,9 +101,12 @@ def plan_tiles(seg, plan: dict, fingerprint: dict, rule) -> dict:
     factor = 1
     while max(h, w) / factor > PREVIEW_SIDE and ext.tile_size % (2 * factor) == 0:  # tiles hold whole cells
         factor *= 2
+    context = getattr(ext.module, "context_start", None) is not None
+    upscale = int(getattr(seg, "context_upscale_", 1) or 1) if context else 1
+    enlarged = [tuple(map(tuple, b)) for b in ext._tile_grid(upscale * hp, upscale * wp)] if upscale > 1 else []
     return {**plan, "extent": (hp, wp), "core": ext.tile_size, "boxes": boxes, "levels": levels, "rule": rule,
             "preview_factor": factor, "fingerprint": fingerprint, "started": time.time(),
-            "context": getattr(ext.module, "context_start", None) is not None}
+            "context": context, "upscale": upscale, "enlarged_boxes": enlarged}
 
 
 def run_tiled(submit, key: ModelKey, item: InputItem, output: str, options, plan: dict):
@@ -104,7 +114,7 @@ def run_tiled(submit, key: ModelKey, item: InputItem, output: str, options, plan
     job = TileJob(plan["location"], options.channels, tuple(plan["shape"]), tuple(plan["extent"]), plan["dtype"],
                   plan["core"], lazyio.join(output, ".pointseg-work", item.stem.replace("/", "__")),
                   lazyio.join(output, f"{item.stem}.ome.zarr.partial"), plan["context"], plan["levels"],
-                  plan["preview_factor"], plan["started"])
+                  plan["preview_factor"], plan["started"], plan.get("upscale", 1))
     boxes = plan["boxes"]
     ready = submit(prepare, key, job)
     value_range = None
@@ -114,7 +124,10 @@ def run_tiled(submit, key: ModelKey, item: InputItem, output: str, options, plan
     base = [submit(base_tile, key, job, box, value_range, ready) for box in boxes]
     scored = base
     if job.context:
-        scored = [submit(context_tile, key, job, box, base) for box in context_boxes(job)]
+        # the context stage's input: the native tiles' stride-16 maps, or the enlarged image's (phase A')
+        inputs = base if job.upscale == 1 else \
+            [submit(enlarged_tile, key, job, box, value_range, ready) for box in plan["enlarged_boxes"]]
+        scored = [submit(context_tile, key, job, box, inputs) for box in context_boxes(job)] + base
     tiles = [submit(label_tile, key, job, core, value_range, scored) for core, _ in boxes]
     ng_area = plan.get("ng_area", options.ng_area)  # resolved with the model (its own rule) by predict_image
     return submit(finish, key, job, item, output, ng_area, plan["rule"], [core for core, _ in boxes], tiles,
@@ -152,9 +165,9 @@ def prepare(key: ModelKey, job: TileJob) -> bool:
     work = zarr.open_group(store=lazyio.zarr_store(job.work, read_only=False), mode="w")
     work.create_array("grid", shape=(k, hp // 4, wp // 4), chunks=(k, core // 4, core // 4), dtype="f4")
     if job.context:
-        channels = _stride16_channels(ext)
-        work.create_array("s16", shape=(channels, hp // 16, wp // 16), chunks=(channels, core // 16, core // 16),
-                          dtype="f4")
+        channels, f = _stride16_channels(ext), job.upscale
+        work.create_array("s16", shape=(channels, f * hp // 16, f * wp // 16),
+                          chunks=(channels, core // 16, core // 16), dtype="f4")
         side = CONTEXT_CORE if _context_tiled(job) else max(hp, wp) // 32
         work.create_array("coarse", shape=(k, hp // 32, wp // 32), chunks=(k, side, side), dtype="f4")
     root = zarr.open_group(store=lazyio.zarr_store(job.partial, read_only=False), mode="w", zarr_format=2)
@@ -174,16 +187,19 @@ def _stride16_channels(ext) -> int:
 
 
 def _context_tiled(job: TileJob) -> bool:
-    return (job.extent[0] // 16) * (job.extent[1] // 16) > CONTEXT_WHOLE_CELLS
+    """Whether the stride-16 map the context stage runs on (the enlarged image's, f² times the cells, for an
+    enlarged context) is too large for one task."""
+    return (job.upscale * job.extent[0] // 16) * (job.upscale * job.extent[1] // 16) > CONTEXT_WHOLE_CELLS
 
 
 def context_boxes(job: TileJob) -> list[tuple[int, int, int, int]]:
-    """Phase-B cores in stride-32 cells; one box for the whole map unless it is large."""
+    """Phase-B cores in the image's stride-32 cells; one box for the whole map unless it is large. With an
+    enlarged context a core covers 1/f of the cells per side, so its stride-16 input stays the same size."""
     hc, wc = job.extent[0] // 32, job.extent[1] // 32
     if not _context_tiled(job):
         return [(0, hc, 0, wc)]
-    return [(y, min(y + CONTEXT_CORE, hc), x, min(x + CONTEXT_CORE, wc))
-            for y in range(0, hc, CONTEXT_CORE) for x in range(0, wc, CONTEXT_CORE)]
+    side = max(1, CONTEXT_CORE // job.upscale)
+    return [(y, min(y + side, hc), x, min(x + side, wc)) for y in range(0, hc, side) for x in range(0, wc, side)]
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -244,14 +260,42 @@ def base_tile(key: ModelKey, job: TileJob, box, value_range, _ready) -> None:
     if job.context:
         with ext._inference():
             fused, x16 = ext.module.forward_base(ext._prepare(crop))
-        s16 = ext._core(x16[0], y0, y1, x0, x1, ty0, tx0, 16)
-        work["s16"][:, y0 // 16: y1 // 16, x0 // 16: x1 // 16] = s16.float().numpy()
+        if job.upscale == 1:   # else the context stage's input comes from the enlarged image (phase A')
+            s16 = ext._core(x16[0], y0, y1, x0, x1, ty0, tx0, 16)
+            work["s16"][:, y0 // 16: y1 // 16, x0 // 16: x1 // 16] = s16.float().numpy()
         data = _to_numpy(ext._core(fused[0], y0, y1, x0, x1, ty0, tx0))
     else:
         data = ext._core(ext._run(crop), y0, y1, x0, x1, ty0, tx0)
     with single_thread():
         scores = _deep_scores(seg, data)
     work["grid"][:, y0 // 4: y1 // 4, x0 // 4: x1 // 4] = scores.numpy()
+
+
+@_trimmed
+def enlarged_tile(key: ModelKey, job: TileJob, box, value_range, _ready) -> None:
+    """Phase A': the stride-16 map of one core of the image enlarged ``job.upscale`` times (``box`` in
+    enlarged pixels, a box of ``FeatureExtractor._tile_grid`` over the enlarged extent, as the whole-image
+    path tiles its enlarged copy). The native rows and columns the tile covers, one more on each side, are
+    upscaled and cropped: bilinear interpolation reads at most the neighbouring source pixel, so the crop
+    equals that part of ``features.upscale_image`` of the whole padded image, edges included."""
+    import zarr
+
+    from pointseg.features import upscale_image
+
+    seg = model_for(key)
+    ext = seg.extractor
+    f = job.upscale
+    hp, wp = job.extent
+    (y0, y1, x0, x1), (ty0, ty1, tx0, tx1) = box
+    r0, r1 = max(0, ty0 // f - 1), min(hp, -(-ty1 // f) + 1)
+    c0, c1 = max(0, tx0 // f - 1), min(wp, -(-tx1 // f) + 1)
+    up = upscale_image(read_padded(job, (r0, r1, c0, c1), value_range), f)
+    tile = np.ascontiguousarray(up[ty0 - f * r0: ty1 - f * r0, tx0 - f * c0: tx1 - f * c0])
+    del up
+    _, x16 = ext._stride16_pass(tile)
+    s16 = ext._core(x16[0], y0, y1, x0, x1, ty0, tx0, 16)
+    work = zarr.open_group(store=lazyio.zarr_store(job.work, read_only=False), mode="r+")
+    work["s16"][:, y0 // 16: y1 // 16, x0 // 16: x1 // 16] = s16.float().numpy()
 
 
 def _head(seg) -> tuple[np.ndarray, np.ndarray]:
@@ -282,14 +326,18 @@ def context_tile(key: ModelKey, job: TileJob, box, _base) -> str:
     work = zarr.open_group(store=lazyio.zarr_store(job.work, read_only=False), mode="r+")
     s16 = work["s16"]
     cy0, cy1, cx0, cx1 = box
+    f = job.upscale           # the stride-16 map is the enlarged image's: its stride-32 cells are f x finer
     margin = CONTEXT_MARGIN if _context_tiled(job) else 0
-    r0, r1 = max(0, 2 * cy0 - margin), min(s16.shape[1], 2 * cy1 + margin)
-    c0, c1 = max(0, 2 * cx0 - margin), min(s16.shape[2], 2 * cx1 + margin)
+    r0, r1 = max(0, 2 * f * cy0 - margin), min(s16.shape[1], 2 * f * cy1 + margin)
+    c0, c1 = max(0, 2 * f * cx0 - margin), min(s16.shape[2], 2 * f * cx1 + margin)
     dtype = torch.bfloat16 if ext.precision == "bf16" else torch.float32
     x16 = torch.from_numpy(np.asarray(s16[:, r0:r1, c0:c1])).to(dtype)
     with ext._inference():
         context = ext.module.forward_context(ext._channels_last(x16[None]))[0].float()
-    context = context[:, cy0 - r0 // 2: cy1 - r0 // 2, cx0 - c0 // 2: cx1 - c0 // 2].contiguous()
+    context = context[:, f * cy0 - r0 // 2: f * cy1 - r0 // 2, f * cx0 - c0 // 2: f * cx1 - c0 // 2]
+    if f > 1:                 # back to the image's stride-32 grid, as FeatureExtractor._upscaled_context
+        context = torch.nn.functional.avg_pool2d(context[None], f)[0]
+    context = context.contiguous()
     weights, _ = _head(seg)
     c_deep = ext.channels
     w_ctx = torch.from_numpy(np.ascontiguousarray(weights[:, c_deep - context.shape[0]: c_deep]))
