@@ -87,3 +87,30 @@ def test_a_model_with_an_enlarged_context_predicts_tiles_as_the_whole_image(tmp_
     assert result.ok, result.error
     labels = read_labels(str(tmp_path / "tiles" / "slide.ome.zarr"))
     assert np.mean(labels != expected) < 1e-4
+
+
+def test_an_auto_context_model_predicts_tiles_as_the_whole_image(tmp_path):
+    """The thin preset's two-stage head in tiles: the tile tasks keep both stages' linear scores (2K rows)
+    and each label tile runs stage 2 on stage 1's probabilities around its box, so the labels are the whole
+    image's (was refused)."""
+    from synthetic import points_from_truth, two_texture_image
+
+    image, truth = two_texture_image()
+    other, other_truth = two_texture_image(seed=1)
+    seg = Segmenter(classes=["left", "right", "disc"], tile_size=TILE, cross_validate=False, autocontext=True,
+                    context_upscale=1).fit([image, other], [points_from_truth(truth, 5),
+                                                             points_from_truth(other_truth, 5)])
+    seg.save(tmp_path / "m.pointseg")
+    big = mosaic(2 * TILE + 40, 2 * TILE + 90)
+    store = lazyio.zarr_store(str(tmp_path / "slide.zarr"), read_only=False)
+    zarr.open_array(store=store, mode="w", shape=big.shape, chunks=(128, 128, 3), dtype="u1")[:] = big
+    whole = Segmenter.load(tmp_path / "m.pointseg")
+    expected = whole.predict(big)
+    stage1 = whole.clone(autocontext=False).fit([image, other], [points_from_truth(truth, 5),
+                                                                 points_from_truth(other_truth, 5)])
+    assert np.mean(stage1.predict(big) != expected) > 1e-3     # stage 2 changes some labels
+    (result,) = predict_many(tmp_path / "m.pointseg", [str(tmp_path / "slide.zarr")], str(tmp_path / "out"),
+                             options=BatchOptions(tile_above_pixels=100_000))
+    assert result.ok, result.error
+    labels = read_labels(str(tmp_path / "out" / "slide.ome.zarr"))
+    assert np.array_equal(labels, expected)

@@ -109,9 +109,6 @@ def predict_image(key: ModelKey, item: InputItem, output: str, options: BatchOpt
             if not hasattr(seg, "extractor"):
                 raise PointsegError(f"{item.name} is predicted in tiles, which runs on the library path; "
                                     "drop --engine onnxruntime/openvino (or raise --tile-above) for it")
-            if getattr(seg, "autocontext", False):
-                raise PointsegError(f"{item.name} would be predicted in tiles, which auto-context models "
-                                    "(autocontext=True) cannot do yet; raise --tile-above above its pixel count")
             if ng_rule_for(seg, options).score == "anomaly":
                 raise PointsegError(f"{item.name} is predicted in tiles, and tiles are not judged with the anomaly "
                                     "score; give --ng-rule largest_region:AREA (or raise --tile-above)")

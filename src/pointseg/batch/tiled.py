@@ -161,7 +161,7 @@ def prepare(key: ModelKey, job: TileJob) -> bool:
     lazyio.remove_tree(job.work)
     lazyio.remove_tree(job.partial)
     hp, wp = job.extent
-    k, core = len(seg.classes_), job.core
+    k, core = _head(seg)[0].shape[0], job.core     # score rows: K, or 2K for an auto-context head
     work = zarr.open_group(store=lazyio.zarr_store(job.work, read_only=False), mode="w")
     work.create_array("grid", shape=(k, hp // 4, wp // 4), chunks=(k, core // 4, core // 4), dtype="f4")
     if job.context:
@@ -299,8 +299,10 @@ def enlarged_tile(key: ModelKey, job: TileJob, box, value_range, _ready) -> None
 
 
 def _head(seg) -> tuple[np.ndarray, np.ndarray]:
-    """The folded linear head, as ``Segmenter.decision_grid`` hands it to the features (float32)."""
-    w, b = seg.head_.folded()
+    """The folded linear head, as ``Segmenter.decision_grid`` hands it to the features (float32): for an
+    auto-context head its stacked linear parts (stage 1's K rows, then stage 2's feature part), whose
+    scores :class:`~pointseg.autocontext.AutoContextScores` turns into stage 2's logits per box."""
+    w, b = seg.head_.folded()[:2]
     return np.asarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32)
 
 
@@ -358,6 +360,7 @@ def label_tile(key: ModelKey, job: TileJob, core, value_range, _scored) -> dict:
     """
     import zarr
 
+    from pointseg.autocontext import AutoContextHead, AutoContextScores
     from pointseg.features import Scores
 
     seg = model_for(key)
@@ -377,6 +380,8 @@ def label_tile(key: ModelKey, job: TileJob, core, value_range, _scored) -> dict:
     weights, _ = _head(seg)
     fine_weights = weights[:, seg.extractor.channels:] if seg.extractor.hybrid else None
     scores = Scores(job.shape, job.extent, grid.shape[1:], grid_window, _LazyFine(job, value_range), fine_weights)
+    if isinstance(seg.head_, AutoContextHead):   # stage 2 reads stage 1's probabilities around the box
+        scores = AutoContextScores(scores, seg.head_.folded()[2])
     labels = seg.predict_region(scores, (y0, y1, x0, x1), probabilities=False).labels.astype(np.uint8)
     pyramid = zarr.open_group(store=lazyio.zarr_store(job.partial, read_only=False), mode="r+")["labels"][LABEL_NAME]
     for level in range(job.levels):
