@@ -379,3 +379,29 @@ def test_a_stop_request_is_seen_between_filter_tiles_of_a_held_out_prediction():
     assert seg.ng_rule_.n_ok == 1
     # three held-out predictions (two defective images, one OK) of six tiles each, each tile asked before
     assert calls["after"] >= 3 * 6
+
+
+def test_the_ng_rules_held_out_predictions_do_not_evict_the_tiles_in_use(monkeypatch):
+    """Learning the NG rule predicts every annotated image once; in the app that runs when the user pauses,
+    and its filter tiles used to push the tiles of the image being clicked out of the shared cache, so the
+    next click recomputed them. They now enter the cache only where there is room."""
+    from pointseg import features
+    from pointseg.lru import ByteLRU
+
+    h, w = 2 * features.FINE_TILE, 2 * features.FINE_TILE
+    images = [part(h, w, defect=True, seed=s)[0] for s in (0, 3)] + [part(h, w, defect=False, seed=1)[0]]
+    seg = Segmenter(BACKBONE, classes=["ok", "defect"])
+    fmaps = [seg.extract_features(im) for im in images]
+    viewed = seg.extract_features(part(h, w, defect=True, seed=7)[0])
+    one_image = 4 * features.FINE_TILE ** 2 * 4 * viewed.fine_channels      # 4 tiles, float32
+    small = ByteLRU(int(1.5 * one_image), size=lambda a: a.nbytes)          # room for one image's tiles
+    monkeypatch.setattr(features, "fine_tile_cache", lambda: small)
+    for fmap in fmaps + [viewed]:
+        fmap._fine_source = None                                            # made anew on the small cache
+    seg.fit(fmaps, [DEFECT_POINTS, DEFECT_POINTS, None], ok=[False, False, True])
+    seg.predict(viewed)                                                     # the image the user looks at
+    viewed_tiles = {k for k in small._items if k[0] == viewed.key}
+    assert len(viewed_tiles) == 4
+    seg.fit(fmaps, [DEFECT_POINTS, DEFECT_POINTS, None], ok=[False, False, True])   # held-out predictions
+    assert seg.ng_rule_.n_ok == 1
+    assert viewed_tiles <= set(small._items)

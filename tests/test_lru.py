@@ -23,3 +23,13 @@ def test_discard_where_and_pop_keep_the_byte_count():
     c.discard_where(lambda key: key[0] == 0)
     assert sorted(c.keys()) == [(1, 1), (1, 3)] and c.nbytes == 4
     assert c.pop((1, 1)) == b"xx" and c.nbytes == 2 and c.pop("nope") is None
+
+
+def test_put_if_room_never_pushes_anything_out():
+    cache = ByteLRU(max_bytes=10, size=len)
+    cache.put("a", b"12345")
+    assert cache.put_if_room("b", b"1234") and "b" in cache        # fits beside "a"
+    assert not cache.put_if_room("c", b"12") and "c" not in cache   # would exceed 10 bytes
+    assert "a" in cache and cache.nbytes == 9
+    assert not cache.put_if_room("a", b"1")                         # present already: left as it is
+    assert cache.get("a") == b"12345"

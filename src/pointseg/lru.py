@@ -55,6 +55,18 @@ class ByteLRU(Generic[V]):
                 _, (_, dropped) = self._items.popitem(last=False)
                 self._bytes -= dropped
 
+    def put_if_room(self, key: Hashable, value: V) -> bool:
+        """Store ``value`` only if it fits beside what is cached without pushing anything out; True when
+        stored. For values of background work (which must not evict what the user is working on)."""
+        n = int(self._size(value))
+        with self._lock:
+            if key in self._items or self._bytes + n > self.max_bytes or (
+                    self.max_items is not None and len(self._items) >= self.max_items):
+                return False
+            self._items[key] = (value, n)
+            self._bytes += n
+            return True
+
     def pop(self, key: Hashable) -> V | None:
         with self._lock:
             item = self._items.pop(key, None)

@@ -41,6 +41,7 @@ from pointseg.features import (
     check_context_upscale,
     deep_dtype,
     release_freed_memory,
+    tiles_without_eviction,
 )
 from pointseg.imageio import coarse_scale, downscale, load_image  # noqa: F401 - coarse_scale: public here
 from pointseg.presets import DEFAULT_BACKBONE, DEFAULT_CONTEXT_UPSCALE, DEFAULT_FEATURES, DEFAULT_SMOOTHING, preset_params
@@ -478,7 +479,8 @@ class Segmenter:
             twin.head_, *_ = self._fit_parts(clf, rest, n_classes, standardizer, None)
             twin.n_features_in_ = p.X.shape[1]
             check_interrupted()
-            pred = twin.predict_full(p.fmap, probabilities=True)
+            with tiles_without_eviction():   # one pass per image: keep the tiles of the images in use
+                pred = twin.predict_full(p.fmap, probabilities=True)
             whole = label_scores(pred.labels, pred.probabilities, self.background_)
             if status[p.index]:
                 check_interrupted()
