@@ -28,6 +28,7 @@ from pointseg.decision import (DEFAULT_RANKING, PER_IMAGE_RANKINGS, committee_di
                                diversity_from_descriptors, fit_committee, image_descriptor,
                                rank_images_for_annotation)
 from pointseg.errors import PointsegError
+from pointseg.features import tiles_without_eviction
 from pointseg.server.model_service import NoModel, context_factor
 from pointseg.server.scheduler import PRIO_PREFETCH
 
@@ -139,15 +140,16 @@ class AnnotationRanking:
         if model.status != "ok" or model.segmenter is None or not features.ready(image_id, factor=factor):
             return None    # no model, or the features were evicted meanwhile: never compute them here
         fmap = features.get(image_id, factor=factor)
-        if what == DESCRIPTOR:
-            value = image_descriptor(model.segmenter, fmap)
-        elif what == COMMITTEE:
-            committee = self._committee_of(model, services)
-            if committee is None:
-                return None
-            value = committee_disagreement(committee, fmap)
-        else:
-            value = rank_images_for_annotation(model.segmenter, [fmap], what)[0][1]
+        with tiles_without_eviction():   # scoring the folder must not evict the tiles of the image in use
+            if what == DESCRIPTOR:
+                value = image_descriptor(model.segmenter, fmap)
+            elif what == COMMITTEE:
+                committee = self._committee_of(model, services)
+                if committee is None:
+                    return None
+                value = committee_disagreement(committee, fmap)
+            else:
+                value = rank_images_for_annotation(model.segmenter, [fmap], what)[0][1]
         with self._lock:
             self._values[(image_id, what)] = (self._stamp(what, model, features), value)
         return value
