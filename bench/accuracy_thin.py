@@ -22,6 +22,12 @@ NoC@85 and the wall time. VARIANT is "none" or an exploratory patch that is not 
     oofpoints        auto-context's out-of-fold stage-1 heads by k-fold over the points, not by image
     ctxwA            auto-context's standardised context channels times A (their penalty / A²)
     ctxs=A,B,...     auto-context's filter scales (pointseg.autocontext.CONTEXT_SIGMAS; RADIUS follows)
+    s2growN / s2propN  auto-context's stage-2 penalty times n_rows / N (s2grow: never below the shipped x4)
+    s2decayN         auto-context's stage-2 penalty times N / n_rows beyond N rows, never below stage 1's
+    s2offN           auto-context: the linear head (stage 2 off) beyond N click rows
+    s2blendA         auto-context: logits A * stage 2 + (1 - A) * stage 1
+    s2fadeN          auto-context: the same with A = min(1, N / n_rows)
+    s2firstN         auto-context's stage 2 fitted on the first N click rows of each image only
     mixctx           auto-context's stage 2 on each click twice: out-of-fold and in-sample context
     pcaN             auto-context's stage 2 on N principal directions of the clicks' features + context
     shiftA           the two-class defect-minus-background logit lowered by A (threshold at +A; auto-context:
@@ -75,6 +81,18 @@ def apply_variant(variant: str) -> None:
             import pointseg.autocontext as AC
 
             AC.STAGE2_PENALTY = float(part[3:])
+        elif part.startswith("s2grow") or part.startswith("s2prop"):  # stage-2 penalty x n_rows / N
+            _stage2_penalty_with_clicks(float(part[6:] or 60), floor=part.startswith("s2grow"))
+        elif part.startswith("s2decay"):  # stage-2 penalty x N / n_rows beyond N rows (down to stage 1's)
+            _stage2_penalty_decay(float(part[7:] or 60))
+        elif part.startswith("s2off"):  # no stage 2 (the linear head) beyond N click rows
+            _stage2_blend(lambda n, n0=float(part[5:] or 60): 0.0 if n > n0 else 1.0)
+        elif part.startswith("s2blend"):  # stage-2 logits averaged with stage 1's, weight A on stage 2
+            _stage2_blend(lambda n, a=float(part[7:] or 0.5): a)
+        elif part.startswith("s2fade"):  # stage 2's weight N / n beyond N rows
+            _stage2_blend(lambda n, n0=float(part[6:] or 60): min(1.0, n0 / n))
+        elif part.startswith("s2first"):  # stage 2 on the first N rows (clicks) of each image only
+            _stage2_first_clicks(int(part[7:] or 20))
         elif part.startswith("mlp"):  # a one-hidden-layer head instead of the linear one: mlpH[aALPHA]
             hidden, _, alpha = part[3:].partition("a")
             _mlp_head(int(hidden or 32), float(alpha) if alpha else None)
@@ -131,6 +149,103 @@ def _block_weight(block: str, factor: float) -> None:
         return st
 
     CL.Standardizer.from_moments = classmethod(from_moments)
+
+
+#: the stage-2 row counts and penalties used, for the record
+STAGE2_LOG: list[tuple[int, float]] = []
+
+
+def _stage2_penalty_with_clicks(n0: float, floor: bool) -> None:
+    """Auto-context's stage-2 penalty times n / n0 (n: the click rows it is fitted on): C2 ∝ 1/n, a
+    penalty per click rather than per model, so that more clicks do not let stage 2 follow them through the
+    features. ``floor``: never below the shipped STAGE2_PENALTY (max(1, n / n0))."""
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+
+    orig = AC.fit_autocontext
+    base = AC.STAGE2_PENALTY
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, *a, **k):
+        factor = len(y) / n0
+        AC.STAGE2_PENALTY = base * (max(1.0, factor) if floor else factor)
+        STAGE2_LOG.append((len(y), AC.STAGE2_PENALTY))
+        try:
+            return orig(clf, stage1, fmaps, X, xy, y, *a, **k)
+        finally:
+            AC.STAGE2_PENALTY = base
+
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
+
+
+def _stage2_penalty_decay(n0: float) -> None:
+    """Auto-context's stage-2 penalty times n0 / n beyond n0 click rows, never below stage 1's (×1): as
+    clicks accumulate stage 2 relaxes toward the linear head's penalty (which gains from more clicks)."""
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+
+    orig = AC.fit_autocontext
+    base = AC.STAGE2_PENALTY
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, *a, **k):
+        AC.STAGE2_PENALTY = max(1.0, base * min(1.0, n0 / len(y)))
+        STAGE2_LOG.append((len(y), AC.STAGE2_PENALTY))
+        try:
+            return orig(clf, stage1, fmaps, X, xy, y, *a, **k)
+        finally:
+            AC.STAGE2_PENALTY = base
+
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
+
+
+def _stage2_blend(weight) -> None:
+    """Auto-context's stage-2 head replaced by ``a * stage 2 + (1 - a) * stage 1`` (logits; a = weight(n),
+    n the click rows): one folded stage-2 LinearHead (the features share stage 1's standardiser), so the
+    prediction path is unchanged; a = 0 is the linear head exactly (context weights zero)."""
+    import numpy as np
+
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+    from pointseg.classifier import LinearHead
+
+    orig = AC.fit_autocontext
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, *rest, **k):
+        a = float(weight(len(y)))
+        STAGE2_LOG.append((len(y), a))
+        head = orig(clf, stage1, fmaps, X, xy, y, *rest, **k)
+        if a == 1.0:
+            return head
+        s2, c = head.stage2, stage1.coef.shape[1]
+        coef = a * s2.coef.astype(np.float64)
+        coef[:, :c] += (1 - a) * stage1.coef
+        intercept = a * s2.intercept + (1 - a) * stage1.intercept
+        return AC.AutoContextHead(stage1, LinearHead(coef.astype(np.float32), intercept.astype(np.float32),
+                                                     s2.standardizer))
+
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
+
+
+def _stage2_first_clicks(n_first: int) -> None:
+    """Auto-context's stage 2 (and its out-of-fold stage-1 heads) fitted on the first ``n_first`` click rows
+    of each image only (the rows are in click order); stage 1 keeps every click."""
+    import numpy as np
+
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+
+    orig = AC.fit_autocontext
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, groups, *a, **k):
+        keep = np.concatenate([np.flatnonzero(groups == g)[:n_first] for g in np.unique(groups)])
+        keep.sort()
+        STAGE2_LOG.append((len(keep), AC.STAGE2_PENALTY))
+        return orig(clf, stage1, fmaps, X[keep], xy[keep], y[keep], groups[keep], *a, **k)
+
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
 
 
 def _context_weight(factor: float) -> None:
@@ -560,7 +675,9 @@ def main() -> None:
            "transfer_fg": fg("transfer", args.budget),
            "noc85": round(summary["noc"]["85"]["mean"], 2),
            **({"oof_shift_mean": round(float(sum(OOF_SHIFTS) / len(OOF_SHIFTS)), 3),
-               "oof_shift_last": OOF_SHIFTS[-1]} if OOF_SHIFTS else {}), "wall_s": round(wall, 1),
+               "oof_shift_last": OOF_SHIFTS[-1]} if OOF_SHIFTS else {}),
+           **({"stage2_rows_max": max(r for r, _ in STAGE2_LOG),
+               "stage2_penalty_max": round(max(p for _, p in STAGE2_LOG), 3)} if STAGE2_LOG else {}), "wall_s": round(wall, 1),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": round(os.getloadavg()[0], 2)}
     append_jsonl("accuracy_thin", row)
 
