@@ -10,7 +10,8 @@ Runs `pointseg evaluate`'s corrective protocol (the same splits and clicks: 3 tr
 BUDGET clicks each, N held-out images evenly spaced) for one method spec, with VARIANT patched into the
 library first, and prints one JSON line: interactive defect IoU at BUDGET clicks (the issue's crack target),
 transfer defect IoU at 10 and BUDGET clicks (mean ± sd over seeds, as the BENCHMARKS tables give them),
-NoC@85 and the wall time. VARIANT is "none" or an exploratory patch that is not (yet) a library option:
+NoC@85, the tolerant defect F1 (within 2 px, as crack-detection papers score; with its precision and
+recall) interactive and at 10 clicks transfer, and the wall time. VARIANT is "none" or an exploratory patch that is not (yet) a library option:
 
     sigmas=A,B,...   the fine filter bank's scales (pointseg.filters.SIGMAS)
     ridge            add line measures per scale (dark and bright ridges from the Hessian eigenvalues)
@@ -658,8 +659,8 @@ def main() -> None:
     summary = result["summary"]["corrective"][method.name]
     curve = summary["curve"]
 
-    def fg(split, k):
-        stat = curve[split].get(str(k), {}).get("fg_iou")
+    def fg(split, k, key="fg_iou"):
+        stat = curve[split].get(str(k), {}).get(key)
         return None if stat is None else [round(stat["mean"], 4), round(stat["std"], 4)]
 
     per_seed = [next(c["transfer"]["fg_iou"] for c in run["curve"] if c["clicks"] == 10 and c["transfer"])
@@ -674,6 +675,18 @@ def main() -> None:
            "transfer_fg10": fg("transfer", 10), "transfer_fg10_per_seed": [round(v, 4) for v in per_seed],
            "transfer_fg": fg("transfer", args.budget),
            "noc85": round(summary["noc"]["85"]["mean"], 2),
+           # the tolerant crack F1 (2 px, crack-detection papers' measure; pointseg.evaluation.metrics)
+           "interactive_f1tol": fg("interactive", args.budget, "fg_f1_tol"),
+           "interactive_f1tol_per_seed": [round(next(c["interactive"]["fg_f1_tol"] for c in run["curve"]
+                                                     if c["clicks"] == args.budget), 4) for run in result["runs"]],
+           "interactive_ptol_rtol": [fg("interactive", args.budget, "fg_precision_tol")[0],
+                                     fg("interactive", args.budget, "fg_recall_tol")[0]],
+           "transfer_f1tol10": fg("transfer", 10, "fg_f1_tol"),
+           "transfer_f1tol10_per_seed": [round(next(c["transfer"]["fg_f1_tol"] for c in run["curve"]
+                                                    if c["clicks"] == 10 and c["transfer"]), 4)
+                                         for run in result["runs"]],
+           "transfer_ptol_rtol10": [fg("transfer", 10, "fg_precision_tol")[0],
+                                    fg("transfer", 10, "fg_recall_tol")[0]],
            **({"oof_shift_mean": round(float(sum(OOF_SHIFTS) / len(OOF_SHIFTS)), 3),
                "oof_shift_last": OOF_SHIFTS[-1]} if OOF_SHIFTS else {}),
            **({"stage2_rows_max": max(r for r, _ in STAGE2_LOG),
