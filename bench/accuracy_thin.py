@@ -23,11 +23,14 @@ recall) interactive and at 10 clicks transfer, and the wall time. VARIANT is "no
     oofpoints        auto-context's out-of-fold stage-1 heads by k-fold over the points, not by image
     ctxwA            auto-context's standardised context channels times A (their penalty / A²)
     ctxs=A,B,...     auto-context's filter scales (pointseg.autocontext.CONTEXT_SIGMAS; RADIUS follows)
+    nofade           auto-context without the fade of stage 2 into stage 1 beyond 20 clicks per image
+                     (pointseg.autocontext.STAGE2_FULL_CLICKS = None: the thin preset before this change)
     s2growN / s2propN  auto-context's stage-2 penalty times n_rows / N (s2grow: never below the shipped x4)
     s2decayN         auto-context's stage-2 penalty times N / n_rows beyond N rows, never below stage 1's
     s2offN           auto-context: the linear head (stage 2 off) beyond N click rows
     s2blendA         auto-context: logits A * stage 2 + (1 - A) * stage 1
     s2fadeN          auto-context: the same with A = min(1, N / n_rows)
+    skelW            two classes: the predicted mask's skeleton dilated by a disk of radius W, within the mask
     s2firstN         auto-context's stage 2 fitted on the first N click rows of each image only
     mixctx           auto-context's stage 2 on each click twice: out-of-fold and in-sample context
     pcaN             auto-context's stage 2 on N principal directions of the clicks' features + context
@@ -82,6 +85,10 @@ def apply_variant(variant: str) -> None:
             import pointseg.autocontext as AC
 
             AC.STAGE2_PENALTY = float(part[3:])
+        elif part == "nofade":  # auto-context without the fade into stage 1 (the thin preset before 2026-12-02)
+            import pointseg.autocontext as AC
+
+            AC.STAGE2_FULL_CLICKS = None
         elif part.startswith("s2grow") or part.startswith("s2prop"):  # stage-2 penalty x n_rows / N
             _stage2_penalty_with_clicks(float(part[6:] or 60), floor=part.startswith("s2grow"))
         elif part.startswith("s2decay"):  # stage-2 penalty x N / n_rows beyond N rows (down to stage 1's)
@@ -92,6 +99,8 @@ def apply_variant(variant: str) -> None:
             _stage2_blend(lambda n, a=float(part[7:] or 0.5): a)
         elif part.startswith("s2fade"):  # stage 2's weight N / n beyond N rows
             _stage2_blend(lambda n, n0=float(part[6:] or 60): min(1.0, n0 / n))
+        elif part.startswith("skel"):  # predicted crack thinned to its skeleton, dilated by a disk of radius W
+            _skeleton_width(float(part[4:] or 1))
         elif part.startswith("s2first"):  # stage 2 on the first N rows (clicks) of each image only
             _stage2_first_clicks(int(part[7:] or 20))
         elif part.startswith("mlp"):  # a one-hidden-layer head instead of the linear one: mlpH[aALPHA]
@@ -163,6 +172,7 @@ def _stage2_penalty_with_clicks(n0: float, floor: bool) -> None:
     import pointseg.autocontext as AC
     import pointseg.segmenter as S
 
+    AC.STAGE2_FULL_CLICKS = None  # measured before the library's fade (its own rule instead)
     orig = AC.fit_autocontext
     base = AC.STAGE2_PENALTY
 
@@ -185,6 +195,7 @@ def _stage2_penalty_decay(n0: float) -> None:
     import pointseg.autocontext as AC
     import pointseg.segmenter as S
 
+    AC.STAGE2_FULL_CLICKS = None  # measured before the library's fade (its own rule instead)
     orig = AC.fit_autocontext
     base = AC.STAGE2_PENALTY
 
@@ -210,6 +221,7 @@ def _stage2_blend(weight) -> None:
     import pointseg.segmenter as S
     from pointseg.classifier import LinearHead
 
+    AC.STAGE2_FULL_CLICKS = None  # measured before the library's fade (s2fade60 is that fade)
     orig = AC.fit_autocontext
 
     def fit_autocontext(clf, stage1, fmaps, X, xy, y, *rest, **k):
@@ -229,6 +241,32 @@ def _stage2_blend(weight) -> None:
     S.fit_autocontext = fit_autocontext
 
 
+def _skeleton_width(radius: float) -> None:
+    """Two classes: the predicted defect mask replaced by its skeleton (skimage) dilated by a disk of
+    ``radius`` px, within the original mask: non-maximum suppression across a thin structure's width, then
+    a fixed width (radius 1: 3 px, CrackForest's annotated cracks are 3-5 px wide)."""
+    import numpy as np
+    from scipy import ndimage as ndi
+    from skimage.morphology import skeletonize
+
+    import pointseg.segmenter as S
+
+    orig = S.Segmenter.predict
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
+    disk = (yy ** 2 + xx ** 2) <= radius ** 2 + 1e-9
+
+    def predict(self, image, *a, **k):
+        labels = np.asarray(orig(self, image, *a, **k))
+        if len(self.classes_) != 2 or labels.ndim != 2:
+            return labels
+        mask = labels == 1
+        thin = ndi.binary_dilation(skeletonize(mask), structure=disk) & mask
+        return np.where(thin, 1, np.where(mask, 0, labels)).astype(labels.dtype)
+
+    S.Segmenter.predict = predict
+
+
 def _stage2_first_clicks(n_first: int) -> None:
     """Auto-context's stage 2 (and its out-of-fold stage-1 heads) fitted on the first ``n_first`` click rows
     of each image only (the rows are in click order); stage 1 keeps every click."""
@@ -237,6 +275,7 @@ def _stage2_first_clicks(n_first: int) -> None:
     import pointseg.autocontext as AC
     import pointseg.segmenter as S
 
+    AC.STAGE2_FULL_CLICKS = None  # measured before the library's fade
     orig = AC.fit_autocontext
 
     def fit_autocontext(clf, stage1, fmaps, X, xy, y, groups, *a, **k):
