@@ -30,6 +30,9 @@ recall) interactive and at 10 clicks transfer, and the wall time. VARIANT is "no
     s2offN           auto-context: the linear head (stage 2 off) beyond N click rows
     s2blendA         auto-context: logits A * stage 2 + (1 - A) * stage 1
     s2fadeN          auto-context: the same with A = min(1, N / n_rows)
+    ridgeD[rR]       two classes: a predicted defect pixel kept only within D (logit) of the window maximum
+                     (window 2R+1, R default 3)
+    hystD            two classes: ridge pixels of the logit above -D connected to the predicted defect added
     skelW            two classes: the predicted mask's skeleton dilated by a disk of radius W, within the mask
     s2firstN         auto-context's stage 2 fitted on the first N click rows of each image only
     mixctx           auto-context's stage 2 on each click twice: out-of-fold and in-sample context
@@ -99,6 +102,11 @@ def apply_variant(variant: str) -> None:
             _stage2_blend(lambda n, a=float(part[7:] or 0.5): a)
         elif part.startswith("s2fade"):  # stage 2's weight N / n beyond N rows
             _stage2_blend(lambda n, n0=float(part[6:] or 60): min(1.0, n0 / n))
+        elif part.startswith("ridge") and part != "ridge":  # ridgeD[rR]: keep crack pixels near the local max
+            delta, _, radius = part[5:].partition("r")
+            _ridge_relative(float(delta), int(radius or 3))
+        elif part.startswith("hyst"):  # hystD: faint crack ridges connected to the predicted crack added
+            _hysteresis_ridges(float(part[4:] or 2))
         elif part.startswith("skel"):  # predicted crack thinned to its skeleton, dilated by a disk of radius W
             _skeleton_width(float(part[4:] or 1))
         elif part.startswith("s2first"):  # stage 2 on the first N rows (clicks) of each image only
@@ -239,6 +247,57 @@ def _stage2_blend(weight) -> None:
 
     AC.fit_autocontext = fit_autocontext
     S.fit_autocontext = fit_autocontext
+
+
+def _ridge_relative(delta: float, radius: int) -> None:
+    """Two classes: a predicted defect pixel is kept only where its (smoothed) defect-minus-background
+    logit is within ``delta`` of the largest one in the (2 radius + 1)² window around it: a threshold
+    relative to the structure's own ridge, which narrows a thin crack's shoulders (the band the head marks
+    past the annotation) and leaves a flat-topped wide region whole."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    import pointseg.segmenter as S
+
+    def predict(self, image, *a, **k):
+        full = self.predict_full(image, probabilities=True)
+        labels = np.asarray(full.labels)
+        if len(self.classes_) != 2:
+            return labels
+        p = np.clip(np.asarray(full.probabilities, dtype=np.float64), 1e-7, 1.0)
+        logit = np.log(p[1]) - np.log(p[0])
+        peak = ndi.maximum_filter(logit, size=2 * radius + 1, mode="nearest")
+        drop = (labels == 1) & (logit < peak - delta)
+        return np.where(drop, 0, labels).astype(labels.dtype)
+
+    S.Segmenter.predict = predict
+
+
+def _hysteresis_ridges(low: float, ridge: float = 0.5) -> None:
+    """Two classes: hysteresis on the (smoothed) defect-minus-background logit, as Canny links edges —
+    pixels above ``-low`` that lie on a ridge of the logit (within ``ridge`` of their 3×3 maximum) join the
+    predicted defect when connected (8-neighbours) to it: faint stretches of a crack the head misses (its
+    tolerant recall is the weak side) without widening the band, which is off the ridge."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    import pointseg.segmenter as S
+
+    def predict(self, image, *a, **k):
+        full = self.predict_full(image, probabilities=True)
+        labels = np.asarray(full.labels)
+        if len(self.classes_) != 2:
+            return labels
+        p = np.clip(np.asarray(full.probabilities, dtype=np.float64), 1e-7, 1.0)
+        logit = np.log(p[1]) - np.log(p[0])
+        strong = labels == 1
+        weak = strong | ((logit > -low) & (logit >= ndi.maximum_filter(logit, size=3, mode="nearest") - ridge))
+        comp, _ = ndi.label(weak, structure=np.ones((3, 3)))
+        keep = np.unique(comp[strong])
+        grown = np.isin(comp, keep[keep > 0])
+        return np.where(grown & ~strong & (labels == 0), 1, labels).astype(labels.dtype)
+
+    S.Segmenter.predict = predict
 
 
 def _skeleton_width(radius: float) -> None:
