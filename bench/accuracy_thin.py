@@ -33,6 +33,7 @@ recall) interactive and at 10 clicks transfer, and the wall time. VARIANT is "no
     ridgeD[rR]       two classes: a predicted defect pixel kept only within D (logit) of the window maximum
                      (window 2R+1, R default 3)
     hystD            two classes: ridge pixels of the logit above -D connected to the predicted defect added
+    anisoS           two classes: the defect logit smoothed along the structure tensor's direction (σ S px)
     skelW            two classes: the predicted mask's skeleton dilated by a disk of radius W, within the mask
     s2firstN         auto-context's stage 2 fitted on the first N click rows of each image only
     mixctx           auto-context's stage 2 on each click twice: out-of-fold and in-sample context
@@ -107,6 +108,8 @@ def apply_variant(variant: str) -> None:
             _ridge_relative(float(delta), int(radius or 3))
         elif part.startswith("hyst"):  # hystD: faint crack ridges connected to the predicted crack added
             _hysteresis_ridges(float(part[4:] or 2))
+        elif part.startswith("aniso"):  # anisoS: the crack logit smoothed along the structure tensor's direction
+            _anisotropic_logit(float(part[5:] or 3))
         elif part.startswith("skel"):  # predicted crack thinned to its skeleton, dilated by a disk of radius W
             _skeleton_width(float(part[4:] or 1))
         elif part.startswith("s2first"):  # stage 2 on the first N rows (clicks) of each image only
@@ -296,6 +299,48 @@ def _hysteresis_ridges(low: float, ridge: float = 0.5) -> None:
         keep = np.unique(comp[strong])
         grown = np.isin(comp, keep[keep > 0])
         return np.where(grown & ~strong & (labels == 0), 1, labels).astype(labels.dtype)
+
+    S.Segmenter.predict = predict
+
+
+def _anisotropic_logit(sigma_along: float, sigma_across: float = 0.5, n_angles: int = 8) -> None:
+    """Two classes: the (smoothed) defect-minus-background logit re-smoothed along the local structure only
+    (a 1-D Gaussian of ``sigma_along`` px oriented along the structure tensor's minor direction of the logit,
+    ``sigma_across`` across; the nearest of ``n_angles`` oriented kernels per pixel), then thresholded at 0:
+    a crack's faint stretches borrow evidence from its neighbours along it, nothing is blurred across it."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    import pointseg.segmenter as S
+
+    r = int(np.ceil(3 * sigma_along))
+    yy, xx = np.mgrid[-r: r + 1, -r: r + 1].astype(np.float64)
+    angles = np.pi * np.arange(n_angles) / n_angles
+    kernels = []
+    for t in angles:  # t: direction along the structure (x = cos t, y = sin t)
+        along = xx * np.cos(t) + yy * np.sin(t)
+        across = -xx * np.sin(t) + yy * np.cos(t)
+        k = np.exp(-0.5 * (along / sigma_along) ** 2 - 0.5 * (across / sigma_across) ** 2)
+        kernels.append(k / k.sum())
+
+    def predict(self, image, *a, **k):
+        full = self.predict_full(image, probabilities=True)
+        labels = np.asarray(full.labels)
+        if len(self.classes_) != 2:
+            return labels
+        p = np.clip(np.asarray(full.probabilities, dtype=np.float64), 1e-7, 1.0)
+        logit = np.log(p[1]) - np.log(p[0])
+        gy, gx = np.gradient(ndi.gaussian_filter(logit, 1.0))
+        jxx, jyy, jxy = (ndi.gaussian_filter(v, 2.0) for v in (gx * gx, gy * gy, gx * gy))
+        theta = 0.5 * np.arctan2(2 * jxy, jxx - jyy) + np.pi / 2  # along = perpendicular to the gradient
+        idx = np.round((theta % np.pi) / (np.pi / n_angles)).astype(int) % n_angles
+        out = np.empty_like(logit)
+        for i, kern in enumerate(kernels):
+            sel = idx == i
+            if sel.any():
+                out[sel] = ndi.convolve(logit, kern, mode="nearest")[sel]
+        crack = out > 0
+        return np.where(labels == 1, np.where(crack, 1, 0), np.where(crack & (labels == 0), 1, labels)).astype(labels.dtype)
 
     S.Segmenter.predict = predict
 
