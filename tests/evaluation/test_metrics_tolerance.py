@@ -33,6 +33,16 @@ def test_the_tolerance_is_a_distance_not_a_count_of_pixels_shifted():
     assert tolerance_counts(dot, diag, 1, 3).tolist() == [1, 1, 1, 1]
 
 
+@pytest.mark.parametrize("tolerance", [0, 0.5, 1, 1.5, 2, 2.9, 4.3, 8, 9.5])
+def test_the_disk_dilation_equals_the_distance_transform(tolerance):
+    from scipy.ndimage import distance_transform_edt
+
+    from pointseg.evaluation.metrics import within
+
+    region = np.random.default_rng(1).random((60, 70)) < 0.02
+    np.testing.assert_array_equal(within(region, tolerance), distance_transform_edt(~region) <= tolerance + 1e-9)
+
+
 def test_zero_tolerance_is_plain_pixel_precision_and_recall():
     rng = np.random.default_rng(0)
     truth, pred = rng.integers(0, 2, (30, 30)), rng.integers(0, 2, (30, 30))
