@@ -123,8 +123,7 @@ def print_tables(results: dict, console=None) -> None:
         console.print(table)
     tol_rows = tolerant_rows(results)
     if tol_rows:
-        table = Table(title=f"Corrective clicks: {fg.replace(' IoU', '')} F1 within {tol_rows[0]['tolerance']:g} px "
-                            "(crack-detection papers' measure)")
+        table = Table(title=f"{fg.replace(' IoU', '')} F1 within {tol_rows[0]['tolerance']:g} px")
         table.add_column("method")
         table.add_column("split")
         cols = list(tol_rows[0]["cells"])
