@@ -10,7 +10,8 @@ Runs `pointseg evaluate`'s corrective protocol (the same splits and clicks: 3 tr
 BUDGET clicks each, N held-out images evenly spaced) for one method spec, with VARIANT patched into the
 library first, and prints one JSON line: interactive defect IoU at BUDGET clicks (the issue's crack target),
 transfer defect IoU at 10 and BUDGET clicks (mean ± sd over seeds, as the BENCHMARKS tables give them),
-NoC@85 and the wall time. VARIANT is "none" or an exploratory patch that is not (yet) a library option:
+NoC@85, the tolerant defect F1 (within 2 px, as crack-detection papers score; with its precision and
+recall) interactive and at 10 clicks transfer, and the wall time. VARIANT is "none" or an exploratory patch that is not (yet) a library option:
 
     sigmas=A,B,...   the fine filter bank's scales (pointseg.filters.SIGMAS)
     ridge            add line measures per scale (dark and bright ridges from the Hessian eigenvalues)
@@ -22,6 +23,19 @@ NoC@85 and the wall time. VARIANT is "none" or an exploratory patch that is not 
     oofpoints        auto-context's out-of-fold stage-1 heads by k-fold over the points, not by image
     ctxwA            auto-context's standardised context channels times A (their penalty / A²)
     ctxs=A,B,...     auto-context's filter scales (pointseg.autocontext.CONTEXT_SIGMAS; RADIUS follows)
+    nofade           auto-context without the fade of stage 2 into stage 1 beyond 20 clicks per image
+                     (pointseg.autocontext.STAGE2_FULL_CLICKS = None: the thin preset before this change)
+    s2growN / s2propN  auto-context's stage-2 penalty times n_rows / N (s2grow: never below the shipped x4)
+    s2decayN         auto-context's stage-2 penalty times N / n_rows beyond N rows, never below stage 1's
+    s2offN           auto-context: the linear head (stage 2 off) beyond N click rows
+    s2blendA         auto-context: logits A * stage 2 + (1 - A) * stage 1
+    s2fadeN          auto-context: the same with A = min(1, N / n_rows)
+    ridgeD[rR]       two classes: a predicted defect pixel kept only within D (logit) of the window maximum
+                     (window 2R+1, R default 3)
+    hystD            two classes: ridge pixels of the logit above -D connected to the predicted defect added
+    anisoS           two classes: the defect logit smoothed along the structure tensor's direction (σ S px)
+    skelW            two classes: the predicted mask's skeleton dilated by a disk of radius W, within the mask
+    s2firstN         auto-context's stage 2 fitted on the first N click rows of each image only
     mixctx           auto-context's stage 2 on each click twice: out-of-fold and in-sample context
     pcaN             auto-context's stage 2 on N principal directions of the clicks' features + context
     shiftA           the two-class defect-minus-background logit lowered by A (threshold at +A; auto-context:
@@ -75,6 +89,31 @@ def apply_variant(variant: str) -> None:
             import pointseg.autocontext as AC
 
             AC.STAGE2_PENALTY = float(part[3:])
+        elif part == "nofade":  # auto-context without the fade into stage 1 (the thin preset before 2026-12-02)
+            import pointseg.autocontext as AC
+
+            AC.STAGE2_FULL_CLICKS = None
+        elif part.startswith("s2grow") or part.startswith("s2prop"):  # stage-2 penalty x n_rows / N
+            _stage2_penalty_with_clicks(float(part[6:] or 60), floor=part.startswith("s2grow"))
+        elif part.startswith("s2decay"):  # stage-2 penalty x N / n_rows beyond N rows (down to stage 1's)
+            _stage2_penalty_decay(float(part[7:] or 60))
+        elif part.startswith("s2off"):  # no stage 2 (the linear head) beyond N click rows
+            _stage2_blend(lambda n, n0=float(part[5:] or 60): 0.0 if n > n0 else 1.0)
+        elif part.startswith("s2blend"):  # stage-2 logits averaged with stage 1's, weight A on stage 2
+            _stage2_blend(lambda n, a=float(part[7:] or 0.5): a)
+        elif part.startswith("s2fade"):  # stage 2's weight N / n beyond N rows
+            _stage2_blend(lambda n, n0=float(part[6:] or 60): min(1.0, n0 / n))
+        elif part.startswith("ridge") and part != "ridge":  # ridgeD[rR]: keep crack pixels near the local max
+            delta, _, radius = part[5:].partition("r")
+            _ridge_relative(float(delta), int(radius or 3))
+        elif part.startswith("hyst"):  # hystD: faint crack ridges connected to the predicted crack added
+            _hysteresis_ridges(float(part[4:] or 2))
+        elif part.startswith("aniso"):  # anisoS: the crack logit smoothed along the structure tensor's direction
+            _anisotropic_logit(float(part[5:] or 3))
+        elif part.startswith("skel"):  # predicted crack thinned to its skeleton, dilated by a disk of radius W
+            _skeleton_width(float(part[4:] or 1))
+        elif part.startswith("s2first"):  # stage 2 on the first N rows (clicks) of each image only
+            _stage2_first_clicks(int(part[7:] or 20))
         elif part.startswith("mlp"):  # a one-hidden-layer head instead of the linear one: mlpH[aALPHA]
             hidden, _, alpha = part[3:].partition("a")
             _mlp_head(int(hidden or 32), float(alpha) if alpha else None)
@@ -131,6 +170,226 @@ def _block_weight(block: str, factor: float) -> None:
         return st
 
     CL.Standardizer.from_moments = classmethod(from_moments)
+
+
+#: the stage-2 row counts and penalties used, for the record
+STAGE2_LOG: list[tuple[int, float]] = []
+
+
+def _stage2_penalty_with_clicks(n0: float, floor: bool) -> None:
+    """Auto-context's stage-2 penalty times n / n0 (n: the click rows it is fitted on): C2 ∝ 1/n, a
+    penalty per click rather than per model, so that more clicks do not let stage 2 follow them through the
+    features. ``floor``: never below the shipped STAGE2_PENALTY (max(1, n / n0))."""
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+
+    AC.STAGE2_FULL_CLICKS = None  # measured before the library's fade (its own rule instead)
+    orig = AC.fit_autocontext
+    base = AC.STAGE2_PENALTY
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, *a, **k):
+        factor = len(y) / n0
+        AC.STAGE2_PENALTY = base * (max(1.0, factor) if floor else factor)
+        STAGE2_LOG.append((len(y), AC.STAGE2_PENALTY))
+        try:
+            return orig(clf, stage1, fmaps, X, xy, y, *a, **k)
+        finally:
+            AC.STAGE2_PENALTY = base
+
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
+
+
+def _stage2_penalty_decay(n0: float) -> None:
+    """Auto-context's stage-2 penalty times n0 / n beyond n0 click rows, never below stage 1's (×1): as
+    clicks accumulate stage 2 relaxes toward the linear head's penalty (which gains from more clicks)."""
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+
+    AC.STAGE2_FULL_CLICKS = None  # measured before the library's fade (its own rule instead)
+    orig = AC.fit_autocontext
+    base = AC.STAGE2_PENALTY
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, *a, **k):
+        AC.STAGE2_PENALTY = max(1.0, base * min(1.0, n0 / len(y)))
+        STAGE2_LOG.append((len(y), AC.STAGE2_PENALTY))
+        try:
+            return orig(clf, stage1, fmaps, X, xy, y, *a, **k)
+        finally:
+            AC.STAGE2_PENALTY = base
+
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
+
+
+def _stage2_blend(weight) -> None:
+    """Auto-context's stage-2 head replaced by ``a * stage 2 + (1 - a) * stage 1`` (logits; a = weight(n),
+    n the click rows): one folded stage-2 LinearHead (the features share stage 1's standardiser), so the
+    prediction path is unchanged; a = 0 is the linear head exactly (context weights zero)."""
+    import numpy as np
+
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+    from pointseg.classifier import LinearHead
+
+    AC.STAGE2_FULL_CLICKS = None  # measured before the library's fade (s2fade60 is that fade)
+    orig = AC.fit_autocontext
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, *rest, **k):
+        a = float(weight(len(y)))
+        STAGE2_LOG.append((len(y), a))
+        head = orig(clf, stage1, fmaps, X, xy, y, *rest, **k)
+        if a == 1.0:
+            return head
+        s2, c = head.stage2, stage1.coef.shape[1]
+        coef = a * s2.coef.astype(np.float64)
+        coef[:, :c] += (1 - a) * stage1.coef
+        intercept = a * s2.intercept + (1 - a) * stage1.intercept
+        return AC.AutoContextHead(stage1, LinearHead(coef.astype(np.float32), intercept.astype(np.float32),
+                                                     s2.standardizer))
+
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
+
+
+def _ridge_relative(delta: float, radius: int) -> None:
+    """Two classes: a predicted defect pixel is kept only where its (smoothed) defect-minus-background
+    logit is within ``delta`` of the largest one in the (2 radius + 1)² window around it: a threshold
+    relative to the structure's own ridge, which narrows a thin crack's shoulders (the band the head marks
+    past the annotation) and leaves a flat-topped wide region whole."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    import pointseg.segmenter as S
+
+    def predict(self, image, *a, **k):
+        full = self.predict_full(image, probabilities=True)
+        labels = np.asarray(full.labels)
+        if len(self.classes_) != 2:
+            return labels
+        p = np.clip(np.asarray(full.probabilities, dtype=np.float64), 1e-7, 1.0)
+        logit = np.log(p[1]) - np.log(p[0])
+        peak = ndi.maximum_filter(logit, size=2 * radius + 1, mode="nearest")
+        drop = (labels == 1) & (logit < peak - delta)
+        return np.where(drop, 0, labels).astype(labels.dtype)
+
+    S.Segmenter.predict = predict
+
+
+def _hysteresis_ridges(low: float, ridge: float = 0.5) -> None:
+    """Two classes: hysteresis on the (smoothed) defect-minus-background logit, as Canny links edges —
+    pixels above ``-low`` that lie on a ridge of the logit (within ``ridge`` of their 3×3 maximum) join the
+    predicted defect when connected (8-neighbours) to it: faint stretches of a crack the head misses (its
+    tolerant recall is the weak side) without widening the band, which is off the ridge."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    import pointseg.segmenter as S
+
+    def predict(self, image, *a, **k):
+        full = self.predict_full(image, probabilities=True)
+        labels = np.asarray(full.labels)
+        if len(self.classes_) != 2:
+            return labels
+        p = np.clip(np.asarray(full.probabilities, dtype=np.float64), 1e-7, 1.0)
+        logit = np.log(p[1]) - np.log(p[0])
+        strong = labels == 1
+        weak = strong | ((logit > -low) & (logit >= ndi.maximum_filter(logit, size=3, mode="nearest") - ridge))
+        comp, _ = ndi.label(weak, structure=np.ones((3, 3)))
+        keep = np.unique(comp[strong])
+        grown = np.isin(comp, keep[keep > 0])
+        return np.where(grown & ~strong & (labels == 0), 1, labels).astype(labels.dtype)
+
+    S.Segmenter.predict = predict
+
+
+def _anisotropic_logit(sigma_along: float, sigma_across: float = 0.5, n_angles: int = 8) -> None:
+    """Two classes: the (smoothed) defect-minus-background logit re-smoothed along the local structure only
+    (a 1-D Gaussian of ``sigma_along`` px oriented along the structure tensor's minor direction of the logit,
+    ``sigma_across`` across; the nearest of ``n_angles`` oriented kernels per pixel), then thresholded at 0:
+    a crack's faint stretches borrow evidence from its neighbours along it, nothing is blurred across it."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    import pointseg.segmenter as S
+
+    r = int(np.ceil(3 * sigma_along))
+    yy, xx = np.mgrid[-r: r + 1, -r: r + 1].astype(np.float64)
+    angles = np.pi * np.arange(n_angles) / n_angles
+    kernels = []
+    for t in angles:  # t: direction along the structure (x = cos t, y = sin t)
+        along = xx * np.cos(t) + yy * np.sin(t)
+        across = -xx * np.sin(t) + yy * np.cos(t)
+        k = np.exp(-0.5 * (along / sigma_along) ** 2 - 0.5 * (across / sigma_across) ** 2)
+        kernels.append(k / k.sum())
+
+    def predict(self, image, *a, **k):
+        full = self.predict_full(image, probabilities=True)
+        labels = np.asarray(full.labels)
+        if len(self.classes_) != 2:
+            return labels
+        p = np.clip(np.asarray(full.probabilities, dtype=np.float64), 1e-7, 1.0)
+        logit = np.log(p[1]) - np.log(p[0])
+        gy, gx = np.gradient(ndi.gaussian_filter(logit, 1.0))
+        jxx, jyy, jxy = (ndi.gaussian_filter(v, 2.0) for v in (gx * gx, gy * gy, gx * gy))
+        theta = 0.5 * np.arctan2(2 * jxy, jxx - jyy) + np.pi / 2  # along = perpendicular to the gradient
+        idx = np.round((theta % np.pi) / (np.pi / n_angles)).astype(int) % n_angles
+        out = np.empty_like(logit)
+        for i, kern in enumerate(kernels):
+            sel = idx == i
+            if sel.any():
+                out[sel] = ndi.convolve(logit, kern, mode="nearest")[sel]
+        crack = out > 0
+        return np.where(labels == 1, np.where(crack, 1, 0), np.where(crack & (labels == 0), 1, labels)).astype(labels.dtype)
+
+    S.Segmenter.predict = predict
+
+
+def _skeleton_width(radius: float) -> None:
+    """Two classes: the predicted defect mask replaced by its skeleton (skimage) dilated by a disk of
+    ``radius`` px, within the original mask: non-maximum suppression across a thin structure's width, then
+    a fixed width (radius 1: 3 px, CrackForest's annotated cracks are 3-5 px wide)."""
+    import numpy as np
+    from scipy import ndimage as ndi
+    from skimage.morphology import skeletonize
+
+    import pointseg.segmenter as S
+
+    orig = S.Segmenter.predict
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
+    disk = (yy ** 2 + xx ** 2) <= radius ** 2 + 1e-9
+
+    def predict(self, image, *a, **k):
+        labels = np.asarray(orig(self, image, *a, **k))
+        if len(self.classes_) != 2 or labels.ndim != 2:
+            return labels
+        mask = labels == 1
+        thin = ndi.binary_dilation(skeletonize(mask), structure=disk) & mask
+        return np.where(thin, 1, np.where(mask, 0, labels)).astype(labels.dtype)
+
+    S.Segmenter.predict = predict
+
+
+def _stage2_first_clicks(n_first: int) -> None:
+    """Auto-context's stage 2 (and its out-of-fold stage-1 heads) fitted on the first ``n_first`` click rows
+    of each image only (the rows are in click order); stage 1 keeps every click."""
+    import numpy as np
+
+    import pointseg.autocontext as AC
+    import pointseg.segmenter as S
+
+    AC.STAGE2_FULL_CLICKS = None  # measured before the library's fade
+    orig = AC.fit_autocontext
+
+    def fit_autocontext(clf, stage1, fmaps, X, xy, y, groups, *a, **k):
+        keep = np.concatenate([np.flatnonzero(groups == g)[:n_first] for g in np.unique(groups)])
+        keep.sort()
+        STAGE2_LOG.append((len(keep), AC.STAGE2_PENALTY))
+        return orig(clf, stage1, fmaps, X[keep], xy[keep], y[keep], groups[keep], *a, **k)
+
+    AC.fit_autocontext = fit_autocontext
+    S.fit_autocontext = fit_autocontext
 
 
 def _context_weight(factor: float) -> None:
@@ -543,8 +802,8 @@ def main() -> None:
     summary = result["summary"]["corrective"][method.name]
     curve = summary["curve"]
 
-    def fg(split, k):
-        stat = curve[split].get(str(k), {}).get("fg_iou")
+    def fg(split, k, key="fg_iou"):
+        stat = curve[split].get(str(k), {}).get(key)
         return None if stat is None else [round(stat["mean"], 4), round(stat["std"], 4)]
 
     per_seed = [next(c["transfer"]["fg_iou"] for c in run["curve"] if c["clicks"] == 10 and c["transfer"])
@@ -559,8 +818,22 @@ def main() -> None:
            "transfer_fg10": fg("transfer", 10), "transfer_fg10_per_seed": [round(v, 4) for v in per_seed],
            "transfer_fg": fg("transfer", args.budget),
            "noc85": round(summary["noc"]["85"]["mean"], 2),
+           # the tolerant crack F1 (2 px, crack-detection papers' measure; pointseg.evaluation.metrics)
+           "interactive_f1tol": fg("interactive", args.budget, "fg_f1_tol"),
+           "interactive_f1tol_per_seed": [round(next(c["interactive"]["fg_f1_tol"] for c in run["curve"]
+                                                     if c["clicks"] == args.budget), 4) for run in result["runs"]],
+           "interactive_ptol_rtol": [fg("interactive", args.budget, "fg_precision_tol")[0],
+                                     fg("interactive", args.budget, "fg_recall_tol")[0]],
+           "transfer_f1tol10": fg("transfer", 10, "fg_f1_tol"),
+           "transfer_f1tol10_per_seed": [round(next(c["transfer"]["fg_f1_tol"] for c in run["curve"]
+                                                    if c["clicks"] == 10 and c["transfer"]), 4)
+                                         for run in result["runs"]],
+           "transfer_ptol_rtol10": [fg("transfer", 10, "fg_precision_tol")[0],
+                                    fg("transfer", 10, "fg_recall_tol")[0]],
            **({"oof_shift_mean": round(float(sum(OOF_SHIFTS) / len(OOF_SHIFTS)), 3),
-               "oof_shift_last": OOF_SHIFTS[-1]} if OOF_SHIFTS else {}), "wall_s": round(wall, 1),
+               "oof_shift_last": OOF_SHIFTS[-1]} if OOF_SHIFTS else {}),
+           **({"stage2_rows_max": max(r for r, _ in STAGE2_LOG),
+               "stage2_penalty_max": round(max(p for _, p in STAGE2_LOG), 3)} if STAGE2_LOG else {}), "wall_s": round(wall, 1),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": round(os.getloadavg()[0], 2)}
     append_jsonl("accuracy_thin", row)
 

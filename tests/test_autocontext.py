@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+import pointseg.autocontext as AC
 from pointseg import Segmenter
 from pointseg.autocontext import (
     RADIUS,
@@ -60,8 +61,52 @@ def fitted(cache):
     points = line_points(truth)
     make = dict(backbone="efficientnet_lite0", classes=CLASSES, precision="fp32", cross_validate=False, cache=cache)
     linear = Segmenter(**make).fit([image], [points])
-    auto = Segmenter(**make, autocontext=True).fit([image], [points])
+    with pytest.MonkeyPatch.context() as mp:  # stage 2 itself: 120 points on one image would fade it
+        mp.setattr(AC, "STAGE2_FULL_CLICKS", None)  # (test_many_clicks_per_image_fade_stage2_into_stage1)
+        auto = Segmenter(**make, autocontext=True).fit([image], [points])
     return image, truth, points, linear, auto
+
+
+def _make(cache):
+    return dict(backbone="efficientnet_lite0", classes=CLASSES, precision="fp32", cross_validate=False, cache=cache)
+
+
+def test_stage2_weight_is_full_up_to_the_clicks_per_image_then_falls_as_their_inverse():
+    assert AC.STAGE2_FULL_CLICKS == 20
+    assert AC.stage2_weight(60, 3) == 1.0 and AC.stage2_weight(20, 1) == 1.0
+    assert AC.stage2_weight(120, 3) == pytest.approx(0.5) and AC.stage2_weight(120, 1) == pytest.approx(1 / 6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AC, "STAGE2_FULL_CLICKS", None)
+        assert AC.stage2_weight(1000, 1) == 1.0
+
+
+def test_many_clicks_per_image_fade_stage2_into_stage1(fitted, cache):
+    """Beyond 20 clicks per image the thin preset's logits are blended toward the linear head's (under
+    corrective clicks stage 2 helps at 20 per image and hurts at 40: BENCHMARKS, "The thin preset under more
+    clicks"): 120 points on one image give stage 2 a sixth of the logits, exactly, on every box."""
+    image, _, points, linear, full = fitted
+    faded = Segmenter(**_make(cache), autocontext=True).fit([image], [points])
+    a = 20 / 120
+    c = linear.head_.coef.shape[1]
+    expected = a * full.head_.stage2.coef.astype(np.float64)
+    expected[:, :c] += (1 - a) * linear.head_.coef
+    np.testing.assert_allclose(faded.head_.stage2.coef, expected, atol=1e-4)
+    np.testing.assert_allclose(faded.head_.stage1.coef, linear.head_.coef, atol=1e-6)
+    box = (40, 100, 60, 140)
+    got = faded.decision_grid(image).logits(*box).numpy()
+    want = a * full.decision_grid(image).logits(*box).numpy() + (1 - a) * linear.decision_grid(image).logits(*box).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    assert np.abs(got - full.decision_grid(image).logits(*box).numpy()).max() > 0.1  # not stage 2 unchanged
+
+
+def test_few_clicks_per_image_keep_the_full_stage2(fitted, cache):
+    image, _, points, _, _ = fitted
+    few = points[::6]  # 20 points: stage 2 in full
+    default = Segmenter(**_make(cache), autocontext=True).fit([image], [few])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AC, "STAGE2_FULL_CLICKS", None)
+        unfaded = Segmenter(**_make(cache), autocontext=True).fit([image], [few])
+    np.testing.assert_allclose(default.head_.stage2.coef, unfaded.head_.stage2.coef, atol=1e-6)
 
 
 def test_stage2_beats_stage1_on_thin_lines(fitted):

@@ -14,6 +14,13 @@ stage-1 heads fitted without them: leave-one-image-out when the points span seve
 stratified k-fold over the points (the one cross-validation protocol's splits,
 :func:`pointseg.classifier.cross_validation_folds`). Prediction uses the full stage-1 head.
 
+More clicks. Under corrective clicks the second stage helps up to ~20 clicks per image and hurts beyond
+(CrackForest: +0.026 IoU over the linear head at 20, -0.05 at 40): the late clicks land in the 1-3 px band
+where the annotation and the image disagree, and stage 2 follows them. Its logits are therefore faded into
+stage 1's as clicks accumulate (:func:`stage2_weight`): ``a * stage 2 + (1 - a) * stage 1`` with
+``a = min(1, STAGE2_FULL_CLICKS / clicks per image)`` — the full stage 2 up to that many clicks per
+annotated image, half of it at twice as many (BENCHMARKS.md, "The thin preset under more clicks").
+
 Cost. Context channels need only the stage-1 logits of a box plus a margin of :data:`RADIUS` pixels, so a
 box's stage-2 logits equal the same crop of the whole image's (viewports stay exact); both heads' linear
 parts are one matrix product with 2K rows.
@@ -46,6 +53,10 @@ RADIUS = int(TRUNCATE * max(CONTEXT_SIGMAS) + 0.5) + 2
 #: re-fitting the points through the features (bench/thin_diagnosis.py --ceiling); x10 was no better over
 #: six seeds, and a weaker or firmer penalty on the context channels alone did worse
 STAGE2_PENALTY = 4.0
+#: clicks (point rows) per annotated image up to which stage 2 counts in full; beyond, its logits are
+#: blended with stage 1's, weight STAGE2_FULL_CLICKS / clicks per image (None: never faded). A stage-2
+#: penalty growing or decaying with the clicks, and stage 2 fitted on the first 20 clicks only, did worse
+STAGE2_FULL_CLICKS: float | None = 20.0
 #: stage 2's class weighting: "same" (stage 1's ``class_weight``) or a value for stage 2 alone
 STAGE2_CLASS_WEIGHT = "same"
 #: how the out-of-fold stage-1 heads are made: "images" (leave-one-image-out when the points span several
@@ -194,6 +205,27 @@ class AutoContextScores(Scores):
         return out.reshape(self.k, y1 - y0, x1 - x0).add_(inner)
 
 
+def stage2_weight(n_rows: int, n_images: int) -> float:
+    """Stage 2's share of the logits after ``n_rows`` click rows on ``n_images`` annotated images (module
+    docstring, "More clicks"): 1 up to STAGE2_FULL_CLICKS per image, then that over the clicks per image."""
+    if STAGE2_FULL_CLICKS is None or n_rows <= 0 or n_images <= 0:
+        return 1.0
+    return float(min(1.0, STAGE2_FULL_CLICKS * n_images / n_rows))
+
+
+def blended(stage1: LinearHead, stage2: LinearHead, weight: float) -> LinearHead:
+    """The stage-2 head whose logits are ``weight * stage 2 + (1 - weight) * stage 1``: stage 2's feature
+    inputs share stage 1's standardiser, so the blend is one stage-2 LinearHead (context weights scaled),
+    and prediction, boxes and the model file are those of any stage-2 head."""
+    if weight >= 1.0:
+        return stage2
+    c = stage1.coef.shape[1]
+    coef = weight * stage2.coef.astype(np.float64)
+    coef[:, :c] += (1.0 - weight) * stage1.coef
+    intercept = weight * stage2.intercept.astype(np.float64) + (1.0 - weight) * stage1.intercept
+    return LinearHead(coef.astype(np.float32), intercept.astype(np.float32), stage2.standardizer)
+
+
 def fit_autocontext(clf: PointClassifier, stage1: LinearHead, fmaps: list, X: np.ndarray, xy: np.ndarray,
                     y: np.ndarray, groups: np.ndarray, n_classes: int, standardizer: Standardizer,
                     init: AutoContextHead | None = None) -> AutoContextHead:
@@ -210,7 +242,7 @@ def fit_autocontext(clf: PointClassifier, stage1: LinearHead, fmaps: list, X: np
     weight = clf.class_weight if STAGE2_CLASS_WEIGHT == "same" else STAGE2_CLASS_WEIGHT
     firm = PointClassifier(clf.kind, clf.C / STAGE2_PENALTY, weight, clf.random_state)
     stage2 = firm.fit(np.concatenate([X, context], axis=1), y, n_classes, both, init=start)
-    return AutoContextHead(stage1, stage2)
+    return AutoContextHead(stage1, blended(stage1, stage2, stage2_weight(len(y), len(np.unique(groups)))))
 
 
 def _folds(y: np.ndarray, groups: np.ndarray) -> list:

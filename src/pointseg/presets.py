@@ -28,10 +28,11 @@ PRESETS: dict[str, dict] = {
     "default": {"backbone": DEFAULT_BACKBONE, "classifier": "logistic", "features": DEFAULT_FEATURES,
                 "smoothing": DEFAULT_SMOOTHING, "context_upscale": DEFAULT_CONTEXT_UPSCALE},
     # The default plus a second, auto-context stage (pointseg.autocontext) for thin structures (cracks,
-    # membranes): it lifts what the head can reach on CrackForest (0.50 -> 0.58 crack IoU with many points),
-    # +0.03 under 20 corrective clicks (0.53, six seeds) yet behind the default at 40 (0.48 vs 0.53), loses on
-    # blob-like defects, and a refit + 1 MP prediction costs several times the default's (BENCHMARKS.md,
-    # "Heads"): opt-in, `--preset thin`.
+    # membranes): +0.03 crack IoU on CrackForest under 20 corrective clicks (0.53, six seeds); beyond 20 clicks
+    # per image its second stage fades into the first (level with the default at 40 clicks, 0.53, where it
+    # was 0.48 unfaded; dense spread points so get about the linear head), loses on blob-like defects, and a
+    # refit + 1 MP prediction costs several times the default's (BENCHMARKS.md, "Heads", "The thin preset
+    # under more clicks"): opt-in, `--preset thin`.
     "thin": {"backbone": DEFAULT_BACKBONE, "classifier": "logistic", "features": DEFAULT_FEATURES,
              "smoothing": DEFAULT_SMOOTHING, "autocontext": True, "context_upscale": DEFAULT_CONTEXT_UPSCALE},
 }

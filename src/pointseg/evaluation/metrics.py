@@ -2,6 +2,11 @@
 
 IoU of class c = TP / (TP + FP + FN) from a confusion matrix summed over all evaluated images, ignore
 pixels excluded; a class whose union is empty over the whole set has no IoU (NaN) and is left out of means.
+
+Tolerant precision / recall / F1 (:func:`tolerance_counts`): the measure crack-detection papers report
+(CrackForest, Shi et al. 2016: a predicted pixel within 2 px of an annotated crack pixel is correct), since
+a thin structure's annotated width is uncertain by a pixel or two and strict IoU punishes a 1-px offset of
+a 3-px line as much as a miss.
 """
 from __future__ import annotations
 
@@ -67,17 +72,29 @@ class IoUAccumulator:
     1.0
     """
 
-    def __init__(self, n_classes: int):
+    def __init__(self, n_classes: int, tolerance: float | None = None):
         self.n_classes = n_classes
         self.cm = np.zeros((n_classes, n_classes), dtype=np.int64)
         self.n_images = 0
+        #: with a tolerance (pixels), also the tolerant counts of each foreground class (:func:`tolerance_counts`)
+        self.tolerance = tolerance
+        self.tol_counts = np.zeros((max(n_classes - 1, 0), 4), dtype=np.int64)
 
     def add(self, mask: np.ndarray, prediction: np.ndarray) -> np.ndarray:
         """Add one image; returns that image's confusion matrix."""
         cm = confusion_matrix(mask, prediction, self.n_classes)
         self.cm += cm
         self.n_images += 1
+        if self.tolerance is not None:
+            for c in range(1, self.n_classes):
+                self.tol_counts[c - 1] += tolerance_counts(mask, prediction, c, self.tolerance)
         return cm
+
+    def tolerant(self) -> dict:
+        """Foreground precision / recall / F1 with the tolerance: per class from the summed counts, then the
+        mean over the foreground classes that have any (as :func:`foreground_iou`)."""
+        per = [tolerance_scores(c) for c in self.tol_counts]
+        return {k: _nanmean([p[k] for p in per]) for k in ("precision", "recall", "f1")}
 
     @property
     def iou(self) -> np.ndarray:
@@ -92,12 +109,83 @@ class IoUAccumulator:
         return foreground_iou(self.cm)
 
     def as_dict(self, class_names: list[str] | tuple[str, ...]) -> dict:
-        return {
+        out = {
             "miou": self.miou,
             "fg_iou": self.fg_iou,
             "iou": {name: float(v) for name, v in zip(class_names, self.iou)},
             "n_images": self.n_images,
         }
+        if self.tolerance is not None:  # extra keys only: the IoU fields are unchanged
+            tol = self.tolerant()
+            out.update({"tolerance_px": float(self.tolerance), "fg_f1_tol": tol["f1"],
+                        "fg_precision_tol": tol["precision"], "fg_recall_tol": tol["recall"]})
+        return out
+
+
+def tolerance_counts(mask: np.ndarray, prediction: np.ndarray, cls: int, tolerance: float) -> np.ndarray:
+    """``[predicted hits, predicted, true hits, true]`` pixel counts of class ``cls`` with a distance
+    tolerance (pixels, Euclidean): a predicted pixel is a hit when an annotated pixel of the class lies
+    within ``tolerance`` of it, an annotated pixel is a hit when a predicted one does. Ignore pixels count
+    neither as predicted nor as annotated (an annotated pixel next to them still matches). ``tolerance`` 0
+    gives plain pixel precision and recall.
+
+    Examples
+    --------
+    >>> line = np.zeros((5, 5), int); line[2] = 1
+    >>> shifted = np.roll(line, 1, axis=0)
+    >>> tolerance_counts(line, shifted, 1, 1).tolist(), tolerance_counts(line, shifted, 1, 0).tolist()
+    ([5, 5, 5, 5], [0, 5, 0, 5])
+    """
+    if mask.shape != prediction.shape:
+        raise ValueError(f"prediction shape {prediction.shape} != mask shape {mask.shape}")
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    keep = mask != IGNORE
+    true = (mask == cls) & keep
+    pred = (np.asarray(prediction) == cls) & keep
+    counts = np.array([0, int(pred.sum()), 0, int(true.sum())], dtype=np.int64)
+    if counts[1] and counts[3]:
+        near_true, near_pred = within(true, tolerance), within(pred, tolerance)
+        counts[0] = int((pred & near_true).sum())
+        counts[2] = int((true & near_pred).sum())
+    return counts
+
+
+#: tolerances (px) up to which :func:`within` dilates by the disk instead of a distance transform
+DILATION_MAX_TOLERANCE = 8.0
+
+
+def within(region: np.ndarray, tolerance: float) -> np.ndarray:
+    """Pixels whose Euclidean distance to ``region`` (bool) is at most ``tolerance``: the dilation of the
+    region by the disk of that radius, which equals scipy's ``distance_transform_edt(~region) <= tolerance``
+    on the pixel grid and is ~7x faster at 1 MP for 2 px; the distance transform above
+    :data:`DILATION_MAX_TOLERANCE`."""
+    from scipy import ndimage as ndi
+
+    if tolerance > DILATION_MAX_TOLERANCE:
+        return ndi.distance_transform_edt(~region) <= tolerance + 1e-9
+    r = int(math.floor(tolerance + 1e-9))
+    if r == 0:
+        return region.copy()
+    yy, xx = np.mgrid[-r: r + 1, -r: r + 1]
+    return ndi.binary_dilation(region, structure=(yy ** 2 + xx ** 2) <= tolerance ** 2 + 1e-9)
+
+
+def tolerance_scores(counts) -> dict:
+    """``{"precision", "recall", "f1"}`` from :func:`tolerance_counts` (summed over images). Nothing
+    annotated and nothing predicted: NaN (as IoU's empty union); one of them empty: the other scores 0."""
+    hit_p, n_p, hit_t, n_t = (float(c) for c in counts)
+    if n_p == 0 and n_t == 0:
+        return {"precision": math.nan, "recall": math.nan, "f1": math.nan}
+    precision = hit_p / n_p if n_p else 0.0
+    recall = hit_t / n_t if n_t else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def tolerant_f1(mask: np.ndarray, prediction: np.ndarray, cls: int = 1, tolerance: float = 2.0) -> float:
+    """F1 of class ``cls`` on one image with a distance tolerance (:func:`tolerance_counts`)."""
+    return tolerance_scores(tolerance_counts(mask, prediction, cls, tolerance))["f1"]
 
 
 def image_miou(mask: np.ndarray, prediction: np.ndarray, n_classes: int) -> float:

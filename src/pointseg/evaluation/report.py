@@ -22,6 +22,30 @@ def _fg_label(results: dict) -> str:
     return f"{classes[1]} IoU" if len(classes) == 2 else "defect IoU (mean of classes 1..K-1)"
 
 
+#: tolerant foreground scores an entry may carry (runner's EvalConfig.tolerance; old results have none)
+TOLERANT_KEYS = ("fg_f1_tol", "fg_precision_tol", "fg_recall_tol")
+
+
+def tolerant_rows(results: dict) -> list[dict]:
+    """Rows of the tolerant-F1 table (corrective protocol): per (method, split) the foreground F1 with
+    the tolerance at the report's click counts, ``{"method", "split", "tolerance", "cells": {"@k": stat}}``;
+    empty for results without tolerant scores."""
+    cfg = results["config"]
+    rows = []
+    for method, entry in results["summary"].get("corrective", {}).items():
+        for split in ("interactive", "transfer"):
+            cells, tol = {}, None
+            for k in cfg["report_at"]:
+                if k > cfg["budget"]:
+                    continue
+                st = entry["curve"].get(split, {}).get(str(k))
+                if st and "fg_f1_tol" in st:
+                    cells[f"@{k}"], tol = st["fg_f1_tol"], st.get("tolerance_px", tol)
+            if cells:
+                rows.append({"method": method, "split": split, "tolerance": tol, "cells": cells})
+    return rows
+
+
 def _noc_fmt(stat: dict | None) -> str:
     if not stat or stat.get("mean") is None:
         return "–"
@@ -97,6 +121,17 @@ def print_tables(results: dict, console=None) -> None:
             noc_cells = [_noc_fmt(r["noc"][t]) if "noc" in r else "" for t in nocs]
             table.add_row(r["method"], r["split"], *cells, *noc_cells)
         console.print(table)
+    tol_rows = tolerant_rows(results)
+    if tol_rows:
+        table = Table(title=f"{fg.replace(' IoU', '')} F1 within {tol_rows[0]['tolerance']:g} px")
+        table.add_column("method")
+        table.add_column("split")
+        cols = list(tol_rows[0]["cells"])
+        for c in cols:
+            table.add_column(c, justify="right")
+        for r in tol_rows:
+            table.add_row(r["method"], r["split"], *[_fmt(r["cells"].get(c)) for c in cols])
+        console.print(table)
     timings = results.get("timings", {})
     if timings:
         parts = []
@@ -146,6 +181,7 @@ def csv_rows(results: dict) -> list[dict]:
     def flat(entry):
         d = {"miou": entry["miou"], "fg_iou": entry["fg_iou"]}
         d.update({f"iou:{k}": v for k, v in entry["iou"].items()})
+        d.update({k: entry[k] for k in TOLERANT_KEYS if k in entry})
         return d
 
     for r in results["runs"]:
@@ -179,6 +215,7 @@ def csv_rows(results: dict) -> list[dict]:
 def _agg(st: dict, agg: str) -> dict:
     d = {"miou": st["miou"][agg], "fg_iou": st["fg_iou"][agg]}
     d.update({f"iou:{k}": v[agg] for k, v in st["iou"].items()})
+    d.update({k: st[k][agg] for k in TOLERANT_KEYS if k in st})
     return d
 
 
@@ -272,5 +309,14 @@ def markdown_tables(results: dict) -> str:
             cells = [f"{_fmt(m, 3, False)} / {_fmt(f, 3, False)}" for m, f in (r["cells"][c] for c in cols)]
             noc_cells = [_noc_fmt(r["noc"][t]) if "noc" in r else "" for t in nocs]
             out.append("| " + " | ".join([r["method"], r["split"], *cells, *noc_cells]) + " |")
+        out.append("")
+    tol_rows = tolerant_rows(results)
+    if tol_rows:
+        cols = list(tol_rows[0]["cells"])
+        out.append(f"*corrective clicks — {fg.replace(' IoU', '')} F1 within {tol_rows[0]['tolerance']:g} px*\n")
+        out.append("| " + " | ".join(["method", "split", *cols]) + " |")
+        out.append("|" + "---|" * (len(cols) + 2))
+        for r in tol_rows:
+            out.append("| " + " | ".join([r["method"], r["split"], *[_fmt(r["cells"].get(c), 3, False) for c in cols]]) + " |")
         out.append("")
     return "\n".join(out)

@@ -8,7 +8,10 @@
 * corrective: ``{"protocol": "corrective", "curve": [{"clicks": k, "interactive": {...}, "transfer": {...} | None}],
   "noc": {"80": .., "85": .., "90": ..}, "per_image": {stem: {"curve": [[clicks, mIoU], ...], "noc": {...}}}}``
 
-where each ``{...}`` is ``{"miou", "fg_iou", "iou": {class: IoU}, "n_images"}`` accumulated over the images.
+where each ``{...}`` is ``{"miou", "fg_iou", "iou": {class: IoU}, "n_images"}`` accumulated over the images,
+plus, with ``EvalConfig.tolerance`` (pixels, default 2), the foreground's tolerant ``"fg_f1_tol"``,
+``"fg_precision_tol"``, ``"fg_recall_tol"`` and ``"tolerance_px"`` (:func:`.metrics.tolerance_counts`: the
+measure crack-detection papers report; strict IoU stays the headline).
 
 Corrective protocol, precisely: every training image starts with one click per class present (deepest point of
 the class's largest region); the method is trained on all clicks. Then, for a target k = k0+1 … budget
@@ -51,6 +54,7 @@ class EvalConfig:
     transfer_at: tuple[int, ...] | None = (5, 10, 20)   # None: after every corrective round
     noc_thresholds: tuple[float, ...] = (0.80, 0.85, 0.90)
     report_at: tuple[int, ...] = (5, 10, 20)
+    tolerance: float | None = 2.0   # px: the tolerant foreground F1 beside the IoU (None: not computed)
 
     def check(self) -> None:
         bad = [p for p in self.protocols if p not in PROTOCOLS]
@@ -154,8 +158,8 @@ class _Driver:
         self._preds[stem] = (self.version, pred)
         return pred
 
-    def accumulate(self, stems) -> IoUAccumulator:
-        acc = IoUAccumulator(self.store.dataset.n_classes)
+    def accumulate(self, stems, tolerance: float | None = None) -> IoUAccumulator:
+        acc = IoUAccumulator(self.store.dataset.n_classes, tolerance)
         for s in stems:
             acc.add(self.store.mask(s), self.predict(s))
         return acc
@@ -181,8 +185,8 @@ def run_random(driver: _Driver, split: Split, seed: int, config: EvalConfig, nam
         pts = [st[n] for st in sets]
         _check_trainable(pts, f"seed {seed}")
         driver.fit(split.train, pts, seed)
-        inter = driver.accumulate(split.train)
-        trans = driver.accumulate(split.test) if split.test else None
+        inter = driver.accumulate(split.train, config.tolerance)
+        trans = driver.accumulate(split.test, config.tolerance) if split.test else None
         points.append({
             "clicks": n,
             "n_points": int(sum(len(p) for p in pts)),
@@ -221,7 +225,7 @@ def run_corrective(driver: _Driver, split: Split, seed: int, config: EvalConfig,
                     continue
                 clicks[i] = np.vstack([clicks[i], click[None]])
                 driver.fit(stems, clicks, seed)
-        inter = IoUAccumulator(K)
+        inter = IoUAccumulator(K, config.tolerance)
         for i, stem in enumerate(stems):
             pred = driver.predict(stem)
             inter.add(masks[i], pred)
@@ -231,7 +235,7 @@ def run_corrective(driver: _Driver, split: Split, seed: int, config: EvalConfig,
             if last_transfer is not None and last_transfer[0] == driver.version:
                 trans = last_transfer[1]
             else:
-                trans = driver.accumulate(split.test).as_dict(names)
+                trans = driver.accumulate(split.test, config.tolerance).as_dict(names)
                 last_transfer = (driver.version, trans)
         curve.append({
             "clicks": k,
@@ -377,10 +381,20 @@ def summarize(runs: list[dict], config: EvalConfig) -> dict:
     return out
 
 
+#: the tolerant foreground scores an entry may carry (EvalConfig.tolerance)
+TOLERANT_KEYS = ("fg_f1_tol", "fg_precision_tol", "fg_recall_tol")
+
+
 def _stats_of(entries: list[dict]) -> dict:
     names = list(entries[0]["iou"])
-    return {
+    out = {
         "miou": _stat([e["miou"] for e in entries]),
         "fg_iou": _stat([e["fg_iou"] for e in entries]),
         "iou": {n: _stat([e["iou"][n] for e in entries]) for n in names},
     }
+    for key in TOLERANT_KEYS:
+        if all(key in e for e in entries):
+            out[key] = _stat([e[key] for e in entries])
+    if all("tolerance_px" in e for e in entries):
+        out["tolerance_px"] = entries[0]["tolerance_px"]
+    return out
