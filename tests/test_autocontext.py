@@ -256,9 +256,10 @@ def test_preview_uses_stage1_grid(fitted):
     assert auto.predict_region(image, (0, 160, 0, 224), scale=0.25).labels.shape == (40, 56)
 
 
-def test_batch_predicts_with_stage2_and_refuses_tiles(fitted, tmp_path):
-    """`pointseg predict`'s engine applies stage 2 (the label PNG is the Segmenter's labels); an image big
-    enough to be cut into tile tasks, which cannot run stage 2 yet, is refused with the way out."""
+def test_batch_predicts_with_stage2_whole_and_in_tiles(fitted, tmp_path):
+    """`pointseg predict`'s engine applies stage 2 (the label PNG is the Segmenter's labels), and so do the
+    tile tasks of an image big enough to be cut into them (each label tile runs stage 2 around its box)."""
+    from pointseg.batch.tiled import read_labels
     import zarr
     from PIL import Image
 
@@ -276,7 +277,8 @@ def test_batch_predicts_with_stage2_and_refuses_tiles(fitted, tmp_path):
     zarr.open_array(store=store, mode="w", shape=image.shape, chunks=(64, 64, 3), dtype="u1")[:] = image
     (tiled,) = predict_many(str(tmp_path / "m.pointseg"), [str(tmp_path / "big.zarr")], str(tmp_path / "out2"),
                             options=BatchOptions(tile_above_pixels=10_000))
-    assert not tiled.ok and "auto-context" in tiled.error and "--tile-above" in tiled.error
+    assert tiled.ok, tiled.error
+    np.testing.assert_array_equal(read_labels(str(tmp_path / "out2" / "big.ome.zarr")), auto.predict(image))
 
 
 def test_export_refuses_autocontext(fitted):
@@ -331,3 +333,18 @@ def test_cli_trains_the_thin_preset_and_predicts_with_it(tmp_path):
     assert result.returncode == 0, result.stderr
     written = np.asarray(Image.open(tmp_path / "out" / "lines.png"))
     np.testing.assert_array_equal(written, Segmenter.load(tmp_path / "m.pointseg").predict(image))
+
+
+def test_a_scribble_counts_as_one_action_for_the_fade(fitted, cache):
+    """The fade counts what the user did: a scribble stroke is one action however many points it is
+    rasterised into (placed along the structure, not corrective clicks), so a few clicks and one long stroke
+    keep the full stage 2, where counting its rows (40 + 10) would have faded it to 0.4."""
+    image, _, points, _, _ = fitted
+    few = points[::12]                                            # 10 clicks
+    stroke = [{"class": 0, "width": 3, "points": [[5, 10], [215, 10]]}]   # ~50 rasterised points on the ground
+    default = Segmenter(**_make(cache), autocontext=True).fit([image], [few], scribbles=[stroke])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AC, "STAGE2_FULL_CLICKS", None)
+        unfaded = Segmenter(**_make(cache), autocontext=True).fit([image], [few], scribbles=[stroke])
+    np.testing.assert_allclose(default.head_.stage2.coef, unfaded.head_.stage2.coef, atol=1e-6)
+    assert AC.stage2_weight(len(few) + 50, 1) < 0.5                # what the rows alone would have given

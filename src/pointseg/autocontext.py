@@ -206,8 +206,9 @@ class AutoContextScores(Scores):
 
 
 def stage2_weight(n_rows: int, n_images: int) -> float:
-    """Stage 2's share of the logits after ``n_rows`` click rows on ``n_images`` annotated images (module
-    docstring, "More clicks"): 1 up to STAGE2_FULL_CLICKS per image, then that over the clicks per image."""
+    """Stage 2's share of the logits after ``n_rows`` clicks (scribble strokes count one each) on
+    ``n_images`` annotated images (module docstring, "More clicks"): 1 up to STAGE2_FULL_CLICKS per image,
+    then that over the clicks per image."""
     if STAGE2_FULL_CLICKS is None or n_rows <= 0 or n_images <= 0:
         return 1.0
     return float(min(1.0, STAGE2_FULL_CLICKS * n_images / n_rows))
@@ -228,9 +229,12 @@ def blended(stage1: LinearHead, stage2: LinearHead, weight: float) -> LinearHead
 
 def fit_autocontext(clf: PointClassifier, stage1: LinearHead, fmaps: list, X: np.ndarray, xy: np.ndarray,
                     y: np.ndarray, groups: np.ndarray, n_classes: int, standardizer: Standardizer,
-                    init: AutoContextHead | None = None) -> AutoContextHead:
+                    init: AutoContextHead | None = None, n_actions: int | None = None) -> AutoContextHead:
     """Fit stage 2 on click rows ``X`` (features), ``xy`` (positions), ``y``, ``groups`` (index into
-    ``fmaps``) with out-of-fold stage-1 context (module docstring); ``stage1`` is the full stage-1 head."""
+    ``fmaps``) with out-of-fold stage-1 context (module docstring); ``stage1`` is the full stage-1 head.
+    ``n_actions``: the user's clicks and scribble strokes behind the rows, which the fade counts (default:
+    the rows; a scribble's rasterised points are one stroke, placed along the structure, not corrective
+    clicks)."""
     with single_thread():  # hundreds of patch-sized products: a thread pool only adds waiting (see classifier)
         context = out_of_fold_context(clf, stage1, fmaps, X, xy, y, groups, n_classes, standardizer)
     mean = context.mean(axis=0)
@@ -242,7 +246,8 @@ def fit_autocontext(clf: PointClassifier, stage1: LinearHead, fmaps: list, X: np
     weight = clf.class_weight if STAGE2_CLASS_WEIGHT == "same" else STAGE2_CLASS_WEIGHT
     firm = PointClassifier(clf.kind, clf.C / STAGE2_PENALTY, weight, clf.random_state)
     stage2 = firm.fit(np.concatenate([X, context], axis=1), y, n_classes, both, init=start)
-    return AutoContextHead(stage1, blended(stage1, stage2, stage2_weight(len(y), len(np.unique(groups)))))
+    n_actions = len(y) if n_actions is None else int(n_actions)
+    return AutoContextHead(stage1, blended(stage1, stage2, stage2_weight(n_actions, len(np.unique(groups)))))
 
 
 def _folds(y: np.ndarray, groups: np.ndarray) -> list:

@@ -371,7 +371,9 @@ class Segmenter:
         where = f"image {i}"
         pts = validate_points(pts, n_classes, fmap.image_size, where=f"{where} points")
         xy, labels = pts[:, :2], pts[:, 2].astype(np.int64)
+        n_actions = len(pts)
         for s in validate_scribbles(scrib, n_classes, fmap.image_size, where=f"{where} scribbles"):
+            n_actions += 1
             raster = rasterize_scribble(s, spacing=float(self.extractor.spec.stride))
             h, w = fmap.image_size
             raster = raster[(raster[:, 0] >= 0) & (raster[:, 0] < w) & (raster[:, 1] >= 0) & (raster[:, 1] < h)]
@@ -384,7 +386,7 @@ class Segmenter:
                 "remove them or unmark the image"
             )
         pool = self._ok_pool(fmap) if ok else None
-        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool, xy)
+        return _ImagePart(i, fmap, _point_features(fmap, xy), labels, fmap.moments(), ok, pool, xy, n_actions)
 
     def _ok_pool(self, fmap: FeatureMap) -> np.ndarray:
         """The OK image's pixel pool, kept (for the last :data:`OK_POOL_CACHE` maps, weakly) between refits:
@@ -449,7 +451,8 @@ class Segmenter:
         return fit_autocontext(
             clf, stage1, [p.fmap for p in clicked], np.concatenate([p.X for p in clicked]),
             np.concatenate([p.xy for p in clicked]), np.concatenate([p.y for p in clicked]),
-            np.concatenate([np.full(len(p.y), j) for j, p in enumerate(clicked)]), n_classes, standardizer, init)
+            np.concatenate([np.full(len(p.y), j) for j, p in enumerate(clicked)]), n_classes, standardizer, init,
+            n_actions=sum(p.n_actions for p in clicked))
 
     def _learn_ng_rule(self, clf, parts, n_classes, standardizer, head) -> tuple[NGRule, dict | None]:
         """The NG threshold from leave-one-image-out scores: each annotated image whose status is known
@@ -911,6 +914,7 @@ class _ImagePart:
     ok: bool
     pool: np.ndarray | None
     xy: np.ndarray | None = None  # the click / scribble positions, ``(n, 2)`` [x, y]
+    n_actions: int = 0            # clicks + scribble strokes (the rows minus each stroke's rasterised points)
 
 
 def _has_material(pts, scribbles, ok, i: int) -> bool:
