@@ -30,7 +30,7 @@ PRESETS: dict[str, dict] = {
     # The default plus a second, auto-context stage (pointseg.autocontext) for thin structures (cracks,
     # membranes): +0.03 crack IoU on CrackForest under 20 corrective clicks (0.53, six seeds); beyond 20 clicks
     # per image its second stage fades into the first (level with the default at 40 clicks, 0.53, where it
-    # was 0.48 unfaded; dense spread points so get about the linear head), loses on blob-like defects, and a
+    # was 0.48 unfaded; scribble strokes count one click each, but dense spread points get about the linear head), loses on blob-like defects, and a
     # refit + 1 MP prediction costs several times the default's (BENCHMARKS.md, "Heads", "The thin preset
     # under more clicks"): opt-in, `--preset thin`.
     "thin": {"backbone": DEFAULT_BACKBONE, "classifier": "logistic", "features": DEFAULT_FEATURES,
