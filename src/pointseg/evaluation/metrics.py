@@ -67,7 +67,7 @@ class IoUAccumulator:
     Examples
     --------
     >>> acc = IoUAccumulator(2)
-    >>> acc.add(np.array([[0, 1]]), np.array([[0, 1]]))
+    >>> _ = acc.add(np.array([[0, 1]]), np.array([[0, 1]]))
     >>> acc.miou
     1.0
     """
