@@ -79,7 +79,8 @@ def folder_session(seg, folder: dict, masks: dict, first: str, order: str, confi
         else:
             ranked = rank_images_for_annotation(seg, [images[s] for s in rest], kind=order,
                                                 annotated=[images[s] for s in annotated],
-                                                points=[to_core_points(c) for c in clicks])
+                                                points=[to_core_points(c) for c in clicks],
+                                                clusters=math.ceil(config.budget / config.per_image))
             current = rest[ranked[0][0]]
     return curve
 
