@@ -458,8 +458,18 @@ def defect_disagreement(committee, image, floor: float = DEFECT_FLOOR) -> float:
     Why: defects are small, and most of a clean surface's disagreement is the members' wavering on which
     shade of background it is - what decides held-out defect IoU is where a defect may or may not be. An
     image nobody finds a defect in scores 0."""
-    stack = committee_probabilities(committee, image)
-    background = int(getattr(committee[0], "background_", 0))
+    return flagged_disagreement(committee_probabilities(committee, image),
+                                int(getattr(committee[0], "background_", 0)), floor)
+
+
+def flagged_disagreement(stack: np.ndarray, background: int, floor: float = DEFECT_FLOOR) -> float:
+    """:func:`defect_disagreement` of the members' probabilities ``stack`` ``(members, K, H, W)``.
+
+    >>> stack = np.zeros((2, 2, 10, 10)); stack[:, 0] = 1.0          # both members: background everywhere
+    >>> stack[0, :, :5, :5] = [[[0.2]], [[0.8]]]                       # one member: a defect in 25 pixels
+    >>> round(flagged_disagreement(stack, background=0), 4)           # var 0.16 per class there, 2 classes
+    0.32
+    """
     flagged = (stack.argmax(axis=1) != background).any(axis=0)
     var = stack.var(axis=0).sum(axis=0)
     return float((var * flagged).sum() / max(float(flagged.sum()), floor * flagged.size, 1.0))
@@ -482,7 +492,13 @@ def expected_change(seg, image, grid: int = CHANGE_GRID_PIXELS, pixels: int = CH
     step = max(1.0, float(np.sqrt(h * w / grid)))
     ys, xs = np.meshgrid(np.arange(step / 2, h, step), np.arange(step / 2, w, step), indexing="ij")
     X = np.asarray(fmap.sample(np.column_stack([xs.ravel(), ys.ravel()])), dtype=np.float64)
-    logits = head_scores(head, X)
+    return float(np.linalg.norm(runner_up_gradient(head_scores(head, X), head.standardizer.transform(X), pixels)))
+
+
+def runner_up_gradient(logits: np.ndarray, z: np.ndarray, pixels: int = CHANGE_PIXELS) -> np.ndarray:
+    """Gradient ``(K, C)`` of the mean softmax cross-entropy with respect to the weights on ``z``
+    (``(n, C)``, the standardised features; ``logits`` ``(n, K)``), over the ``pixels`` rows whose two most
+    likely classes are closest, each labelled with its runner-up class: ``mean((p - onehot) ⊗ z)``."""
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     order = np.argsort(p, axis=1)
@@ -491,9 +507,7 @@ def expected_change(seg, image, grid: int = CHANGE_GRID_PIXELS, pixels: int = CH
     pick = np.argsort(p[rows, top] - p[rows, second], kind="stable")[:pixels]
     target = np.zeros((len(pick), p.shape[1]))
     target[np.arange(len(pick)), second[pick]] = 1.0
-    z = head.standardizer.transform(X[pick])
-    grad = (p[pick] - target).T @ z / len(pick)       # (K, C): d(mean cross-entropy) / d(coef)
-    return float(np.linalg.norm(grad))
+    return (p[pick] - target).T @ z[pick] / len(pick)
 
 
 def coverage_clusters(candidates: np.ndarray, annotated: np.ndarray, clusters: int, seed: int = 0) -> np.ndarray:
