@@ -103,6 +103,37 @@ def summarize(paths: list[Path]) -> None:
             f"{m.get('date')} commit {m.get('commit')} load {m.get('load_average_start', '?')}" for m in result["metas"]))
         print(markdown_folder(result))
         print(budget_reading(result["runs"], config))
+        print(paired_differences(result["runs"], config))
+
+
+def paired_differences(runs: list[dict], config) -> str:
+    """Held-out IoU of each order minus the random order's (and minus the committee's), seed by seed, at
+    the budget and averaged over the checkpoints: mean ± standard error over the seeds both were run on.
+    Pairing removes what a seed does to every order alike (its first image, its held-out images' luck)."""
+    import numpy as np
+    from pointseg.evaluation.folder import _value_at
+
+    by_seed: dict = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], {})[r["order"]] = r["curve"]
+    ks = list(range(config.per_image, config.budget + 1, config.per_image))
+    lines = ["| order − base | seeds | IoU @budget, mean ± s.e. | mean over checkpoints, mean ± s.e. |",
+             "|---|---|---|---|"]
+    for base in ("random", "committee"):
+        for order in config.orders:
+            if order in ("random", base):
+                continue
+            seeds = [s for s in by_seed if order in by_seed[s] and base in by_seed[s]]
+            if len(seeds) < 2:
+                continue
+            last = np.array([_value_at(by_seed[s][order], config.budget, "fg_iou")
+                             - _value_at(by_seed[s][base], config.budget, "fg_iou") for s in seeds])
+            area = np.array([np.mean([_value_at(by_seed[s][order], k, "fg_iou") for k in ks])
+                             - np.mean([_value_at(by_seed[s][base], k, "fg_iou") for k in ks]) for s in seeds])
+            se = lambda d: d.std(ddof=1) / np.sqrt(len(d))
+            lines.append(f"| {order} − {base} | {len(seeds)} | {last.mean():+.3f} ±{se(last):.3f} "
+                         f"| {area.mean():+.3f} ±{se(area):.3f} |")
+    return "\n".join(lines)
 
 
 def budget_reading(runs: list[dict], config) -> str:
