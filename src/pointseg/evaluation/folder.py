@@ -72,8 +72,8 @@ def folder_session(seg, folder: dict, masks: dict, first: str, order: str, confi
         curve.append({"clicks": total, "images": len(annotated), "image": current, "transfer": acc.as_dict(
             [str(k) for k in range(n_classes)])})
         rest = [s for s in folder if s not in annotated]
-        if not rest:
-            break
+        if not rest or total >= config.budget:
+            break       # the budget is spent: no next image to rank
         if order == "random":
             current = rest[int(rng.integers(len(rest)))]
         else:
