@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--test", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=30)
+    ap.add_argument("--coverage", default="budget", choices=("budget", "annotated"),
+                    help="clusters of committee_coverage: the budget's images, or one more than the annotated")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
                     help="a Segmenter parameter on top of the preset, e.g. --set context_upscale=size")
@@ -52,7 +54,7 @@ def main() -> None:
     overrides = dict(_param(text) for text in args.set)
     config = FolderConfig(seeds=_ints(args.seeds, "--seeds"), orders=tuple(args.orders.split(",")),
                           per_image=args.per_image, budget=args.budget, test=args.test,
-                          candidates=args.candidates)
+                          candidates=args.candidates, coverage=args.coverage)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     args.out.mkdir(parents=True, exist_ok=True)

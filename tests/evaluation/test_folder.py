@@ -155,3 +155,9 @@ def test_folder_session_gives_the_coverage_ranking_one_cluster_per_image_of_the_
                            2, np.random.default_rng(0))
     assert asked == [2]                      # ranked once: not again once the budget is spent
     assert curve[1]["image"] in TYPE_B       # the uncovered kind next
+
+
+def test_the_coverage_setting_is_checked():
+    with pytest.raises(Exception, match="coverage"):
+        FolderConfig(coverage="all").check()
+    FolderConfig(coverage="annotated").check()
