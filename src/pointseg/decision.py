@@ -318,13 +318,19 @@ def part_confusion(ng_scores, ok_scores, threshold: float) -> dict:
 #: the image is of the candidates (information density: pure uncertainty tends to pick outliers);
 #: ``"uncertain_diverse"`` is the uncertainty times the diversity (uncertain *and* unlike what is annotated);
 #: ``"committee"`` is the disagreement of a bootstrap committee (:func:`fit_committee`: refits on the clicks
-#: resampled), ``"committee_diverse"`` that times the diversity.
+#: resampled), ``"committee_diverse"`` that times the diversity. Screened in the folder protocol beside them
+#: (BENCHMARKS.md, "Four more rankings"): ``"expected_change"`` (how far one gradient step would move the head
+#: if the image's most uncertain pixels were labelled with their runner-up class), ``"committee_dense"`` (the
+#: disagreement times how typical the image is of the unannotated ones), ``"committee_coverage"`` (images of a
+#: descriptor cluster with no annotated image first, then by disagreement) and ``"committee_defect"`` (the
+#: disagreement over the pixels some member calls a defect only).
 RANKINGS = ("uncertainty", "margin", "rare_class", "diversity", "dense_uncertainty", "uncertain_diverse",
-            "committee", "committee_diverse")
+            "committee", "committee_diverse", "expected_change", "committee_dense", "committee_coverage",
+            "committee_defect")
 #: rankings whose priorities are comparable between images scored one at a time (the app scores image by image)
 PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
 #: rankings that need the annotated images' points (to fit the committee)
-COMMITTEE_RANKINGS = ("committee", "committee_diverse")
+COMMITTEE_RANKINGS = ("committee", "committee_diverse", "committee_dense", "committee_coverage", "committee_defect")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
 DEFAULT_RANKING = "committee"
 #: committee size, and the pixels a member predicts per image: larger images are judged on a whole-image
@@ -333,6 +339,13 @@ DEFAULT_RANKING = "committee"
 #: behind it in the app waits no longer than before
 COMMITTEE_MEMBERS = 4
 COMMITTEE_PIXELS = 512 * 512
+#: ``"expected_change"``: pixels sampled per image (an even grid) and how many of the most uncertain of them
+#: are imagined labelled with their runner-up class
+CHANGE_GRID_PIXELS = 4096
+CHANGE_PIXELS = 64
+#: ``"committee_defect"``: the disagreement is averaged over the flagged pixels, but over at least this share
+#: of the image, so that a speck of a few flagged pixels cannot outrank an image with a real disputed region
+DEFECT_FLOOR = 0.01
 
 
 def class_rarity(seg) -> np.ndarray:
@@ -420,26 +433,109 @@ def fit_committee(seg, annotated, points, scribbles=None, ok=None, members: int 
     return committee
 
 
-def committee_disagreement(committee, image) -> float:
-    """Mean over the image of the members' variance of each class probability, summed over classes. An
-    image over :data:`COMMITTEE_PIXELS` is judged on a whole-image preview of about that many pixels
-    (``predict_region`` with ``scale < 1``), so scoring costs the same for a 50 MP image as for a 1 MP one."""
+def committee_probabilities(committee, image) -> np.ndarray:
+    """The members' probabilities ``(members, K, H, W)`` of one image. An image over
+    :data:`COMMITTEE_PIXELS` is judged on a whole-image preview of about that many pixels (``predict_region``
+    with ``scale < 1``), so scoring costs the same for a 50 MP image as for a 1 MP one."""
     fmap = image if hasattr(image, "image_size") else committee[0].extract_features(image)
     h, w = fmap.image_size
     scale = min(1.0, float(np.sqrt(COMMITTEE_PIXELS / (h * w))))
     box = (0, h, 0, w)
-    stack = np.stack([(m.predict_full(fmap, probabilities=True) if scale == 1.0 else
-                       m.predict_region(fmap, box, scale=scale)).probabilities for m in committee])
-    return float(stack.var(axis=0).sum(axis=0).mean())
+    return np.stack([(m.predict_full(fmap, probabilities=True) if scale == 1.0 else
+                      m.predict_region(fmap, box, scale=scale)).probabilities for m in committee])
+
+
+def committee_disagreement(committee, image) -> float:
+    """Mean over the image of the members' variance of each class probability, summed over classes
+    (:func:`committee_probabilities`: large images on a preview)."""
+    return float(committee_probabilities(committee, image).var(axis=0).sum(axis=0).mean())
+
+
+def defect_disagreement(committee, image, floor: float = DEFECT_FLOOR) -> float:
+    """The committee's disagreement (as :func:`committee_disagreement`) averaged over the pixels that at least
+    one member labels a defect (not its ``background_`` class) only, over at least ``floor`` of the image.
+
+    Why: defects are small, and most of a clean surface's disagreement is the members' wavering on which
+    shade of background it is - what decides held-out defect IoU is where a defect may or may not be. An
+    image nobody finds a defect in scores 0."""
+    return flagged_disagreement(committee_probabilities(committee, image),
+                                int(getattr(committee[0], "background_", 0)), floor)
+
+
+def flagged_disagreement(stack: np.ndarray, background: int, floor: float = DEFECT_FLOOR) -> float:
+    """:func:`defect_disagreement` of the members' probabilities ``stack`` ``(members, K, H, W)``.
+
+    >>> stack = np.zeros((2, 2, 10, 10)); stack[:, 0] = 1.0          # both members: background everywhere
+    >>> stack[0, :, :5, :5] = [[[0.2]], [[0.8]]]                       # one member: a defect in 25 pixels
+    >>> round(flagged_disagreement(stack, background=0), 4)           # var 0.16 per class there, 2 classes
+    0.32
+    """
+    flagged = (stack.argmax(axis=1) != background).any(axis=0)
+    var = stack.var(axis=0).sum(axis=0)
+    return float((var * flagged).sum() / max(float(flagged.sum()), floor * flagged.size, 1.0))
+
+
+def expected_change(seg, image, grid: int = CHANGE_GRID_PIXELS, pixels: int = CHANGE_PIXELS) -> float:
+    """Expected model change (expected gradient length, Settles & Craven 2008): the norm of the gradient of
+    the head's cross-entropy, with respect to its weights on the standardised features, if the image's
+    ``pixels`` most uncertain pixels (smallest margin between the two best classes, among an even grid of
+    about ``grid``) were labelled with their runner-up class - how far one step of a refit would move the
+    head, i.e. how much the image would teach it if the model is wrong where it hesitates. Raw per-pixel
+    head scores (no smoothing); an auto-context model is judged by its first stage."""
+    from pointseg.classifier import LinearHead, head_scores
+
+    head = getattr(seg.head_, "stage1", seg.head_)
+    if not isinstance(head, LinearHead):
+        raise PointsegError("the 'expected_change' ranking needs a linear head (classifier='logistic')")
+    fmap = image if hasattr(image, "image_size") else seg.extract_features(image)
+    h, w = fmap.image_size
+    step = max(1.0, float(np.sqrt(h * w / grid)))
+    ys, xs = np.meshgrid(np.arange(step / 2, h, step), np.arange(step / 2, w, step), indexing="ij")
+    X = np.asarray(fmap.sample(np.column_stack([xs.ravel(), ys.ravel()])), dtype=np.float64)
+    return float(np.linalg.norm(runner_up_gradient(head_scores(head, X), head.standardizer.transform(X), pixels)))
+
+
+def runner_up_gradient(logits: np.ndarray, z: np.ndarray, pixels: int = CHANGE_PIXELS) -> np.ndarray:
+    """Gradient ``(K, C)`` of the mean softmax cross-entropy with respect to the weights on ``z``
+    (``(n, C)``, the standardised features; ``logits`` ``(n, K)``), over the ``pixels`` rows whose two most
+    likely classes are closest, each labelled with its runner-up class: ``mean((p - onehot) ⊗ z)``."""
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    order = np.argsort(p, axis=1)
+    top, second = order[:, -1], order[:, -2]
+    rows = np.arange(len(p))
+    pick = np.argsort(p[rows, top] - p[rows, second], kind="stable")[:pixels]
+    target = np.zeros((len(pick), p.shape[1]))
+    target[np.arange(len(pick)), second[pick]] = 1.0
+    return (p[pick] - target).T @ z[pick] / len(pick)
+
+
+def coverage_clusters(candidates: np.ndarray, annotated: np.ndarray, clusters: int, seed: int = 0) -> np.ndarray:
+    """Which candidates lie in a descriptor cluster that holds no annotated image (a boolean per candidate).
+
+    The candidates' and annotated images' descriptors, standardised per channel, are split into ``clusters``
+    groups by k-means (deterministic: ``seed``); a group with no annotated image is a kind of image the user
+    has not shown the model yet."""
+    from sklearn.cluster import KMeans
+
+    cand, seen = np.atleast_2d(candidates), np.atleast_2d(annotated)
+    allx = np.concatenate([cand, seen])
+    k = int(min(max(1, clusters), len(allx)))
+    z = (allx - allx.mean(axis=0)) / (allx.std(axis=0) + 1e-6)
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(z)
+    covered = set(labels[len(cand):].tolist())
+    return np.array([lab not in covered for lab in labels[:len(cand)]])
 
 
 def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotated=None, points=None,
-                               scribbles=None, ok=None) -> list[tuple[int, float]]:
+                               scribbles=None, ok=None, clusters: int | None = None) -> list[tuple[int, float]]:
     """Order unannotated ``images`` (arrays, paths or FeatureMaps) by how much annotating them should help
     the fitted Segmenter ``seg``: ``[(index, priority), ...]``, most useful first (ties keep input order).
     ``annotated`` (the images annotated so far) is needed by the diversity- and committee-based kinds, and
     the committee's by ``points`` (one ``[x, y, class]`` array per annotated image; ``scribbles``, ``ok`` as
-    :meth:`~pointseg.Segmenter.fit` takes them).
+    :meth:`~pointseg.Segmenter.fit` takes them). ``clusters``: how many descriptor clusters
+    ``"committee_coverage"`` covers (the folder protocol passes the images its budget allows; default: one
+    more than the annotated images, so at least one cluster is always uncovered).
 
     The app's "next image to annotate" and the evaluation's folder protocol both call this; the folder
     protocol measures it against a random order (BENCHMARKS.md).
@@ -465,9 +561,22 @@ def rank_images_for_annotation(seg, images, kind: str = DEFAULT_RANKING, annotat
             raise PointsegError(f"the {kind!r} ranking needs the annotated images and their points "
                                 "(annotated=..., points=...)")
         committee = fit_committee(seg, list(annotated), list(points), scribbles, ok)
-        scores = [committee_disagreement(committee, image) for image in images]
+        if kind == "committee_defect":
+            scores = [defect_disagreement(committee, image) for image in images]
+        else:
+            scores = [committee_disagreement(committee, image) for image in images]
         if kind == "committee_diverse":
             scores = [v * d for v, d in zip(scores, diversity_scores(seg, images, list(annotated)))]
+        elif kind == "committee_dense":
+            scores = [v * float(w) for v, w in zip(scores, density_scores(seg, images))]
+        elif kind == "committee_coverage":
+            cand = np.stack([image_descriptor(seg, im) for im in images])
+            seen = np.stack([image_descriptor(seg, im) for im in annotated])
+            fresh = coverage_clusters(cand, seen, clusters if clusters else len(seen) + 1)
+            lift = max(scores) + 1.0     # every image of an uncovered cluster ahead of every other
+            scores = [v + lift * bool(f) for v, f in zip(scores, fresh)]
+    elif kind == "expected_change":
+        scores = [expected_change(seg, image) for image in images]
     elif kind == "dense_uncertainty":
         density = density_scores(seg, images)
         scores = [float(np.mean(seg.predict_full(image, probabilities=False).uncertainty)) * float(w)

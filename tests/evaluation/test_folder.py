@@ -133,3 +133,31 @@ def test_rare_class_diversity_and_density_rankings(folder_ds):
     fmaps = [seg.extract_features(folder_ds.load_image(s)) for s in stems]
     density = density_scores(seg, fmaps)
     assert int(np.argmin(density)) == 1 and density.max() <= 1
+
+
+def test_folder_session_gives_the_coverage_ranking_one_cluster_per_image_of_the_budget(folder_ds, monkeypatch):
+    import pointseg.decision as decision
+
+    asked = []
+    real = decision.coverage_clusters
+
+    def spy(candidates, annotated, clusters, seed=0):
+        asked.append(clusters)
+        return real(candidates, annotated, clusters, seed)
+
+    monkeypatch.setattr(decision, "coverage_clusters", spy)
+    masks = {s: folder_ds.load_mask(s) for s in folder_ds.stems}
+    images = {s: folder_ds.load_image(s) for s in folder_ds.stems}
+    held = ["im00", "im04", "im07", "im11"]
+    folder = [s for s in folder_ds.stems if s not in held]
+    config = FolderConfig(per_image=3, budget=6)     # two images: two clusters, kind A's and kind B's
+    curve = folder_session(_make(folder_ds)(), folder, masks, "im01", "committee_coverage", config, held, images,
+                           2, np.random.default_rng(0))
+    assert asked == [2]                      # ranked once: not again once the budget is spent
+    assert curve[1]["image"] in TYPE_B       # the uncovered kind next
+
+
+def test_the_coverage_setting_is_checked():
+    with pytest.raises(Exception, match="coverage"):
+        FolderConfig(coverage="all").check()
+    FolderConfig(coverage="annotated").check()

@@ -34,6 +34,9 @@ class FolderConfig:
     budget: int = 30              # total clicks
     test: int = 10                # held-out images
     candidates: int | None = 30   # folder images the user may move to (evenly spaced; None: all)
+    #: clusters the "committee_coverage" ranking covers: "budget" = the images the budget allows, "annotated"
+    #: = one more than the images annotated so far (what the ranking does when nobody tells it a budget)
+    coverage: str = "budget"
 
     def check(self) -> None:
         bad = [o for o in self.orders if o not in ORDERS]
@@ -41,6 +44,8 @@ class FolderConfig:
             raise PointsegError(f"unknown order {bad[0] if bad else ''!r}; choose from {', '.join(ORDERS)}")
         if self.per_image < 1 or self.budget < self.per_image:
             raise PointsegError(f"need 1 <= --per-image <= --budget, got {self.per_image} and {self.budget}")
+        if self.coverage not in ("budget", "annotated"):
+            raise PointsegError(f"coverage must be 'budget' or 'annotated', got {self.coverage!r}")
         if self.test < 1 or (self.candidates is not None and self.candidates < 2):
             raise PointsegError("the folder protocol needs --test >= 1 held-out images and --candidates >= 2")
 
@@ -72,14 +77,16 @@ def folder_session(seg, folder: dict, masks: dict, first: str, order: str, confi
         curve.append({"clicks": total, "images": len(annotated), "image": current, "transfer": acc.as_dict(
             [str(k) for k in range(n_classes)])})
         rest = [s for s in folder if s not in annotated]
-        if not rest:
-            break
+        if not rest or total >= config.budget:
+            break       # the budget is spent: no next image to rank
         if order == "random":
             current = rest[int(rng.integers(len(rest)))]
         else:
             ranked = rank_images_for_annotation(seg, [images[s] for s in rest], kind=order,
                                                 annotated=[images[s] for s in annotated],
-                                                points=[to_core_points(c) for c in clicks])
+                                                points=[to_core_points(c) for c in clicks],
+                                                clusters=math.ceil(config.budget / config.per_image)
+                                                if config.coverage == "budget" else None)
             current = rest[ranked[0][0]]
     return curve
 
