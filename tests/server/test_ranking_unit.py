@@ -52,3 +52,22 @@ def test_descriptors_of_another_context_factor_are_stale():
     assert [x["id"] for x in r._answer(native, features, [_img(1)], [9], "diversity", 1)["ranked"]] == [1]
     out = r._answer(enlarged, features, [_img(1)], [9], "diversity", 1)
     assert out["ranked"] == [] and out["pending"] == [1]
+
+
+def test_committee_coverage_puts_an_image_of_an_unshown_kind_first():
+    """Two kinds of image, one annotated: the most disagreed-on image of the kind already shown comes after
+    every image of the other kind (one descriptor cluster more than the annotated images, as the library)."""
+    r = AnnotationRanking()
+    features = SimpleNamespace(kind="hybrid")
+    model = SimpleNamespace(rev=1, version=1, segmenter=SimpleNamespace(context_upscale_=1))
+    stamp = r._stamp(DESCRIPTOR, model, features)
+    shown, other = np.array([0.0, 0.0]), np.array([10.0, 10.0])
+    r._values = {(9, DESCRIPTOR): (stamp, shown),                               # the annotated image
+                 (1, DESCRIPTOR): (stamp, shown + 0.1), (1, "committee"): (("model", 1), 0.9),
+                 (2, DESCRIPTOR): (stamp, shown - 0.1), (2, "committee"): (("model", 1), 0.5),
+                 (3, DESCRIPTOR): (stamp, other), (3, "committee"): (("model", 1), 0.2),
+                 (4, DESCRIPTOR): (stamp, other + 0.1), (4, "committee"): (("model", 1), 0.3)}
+    out = r._answer(model, features, [_img(i) for i in (1, 2, 3, 4)], [9], "committee_coverage", 1)
+    assert [x["id"] for x in out["ranked"]] == [4, 3, 1, 2]
+    plain = r._answer(model, features, [_img(i) for i in (1, 2, 3, 4)], [9], "committee", 1)
+    assert [x["id"] for x in plain["ranked"]] == [1, 2, 4, 3]

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 import numpy as np
 
 from pointseg.decision import (DEFAULT_RANKING, PER_IMAGE_RANKINGS, committee_disagreement,
-                               diversity_from_descriptors, fit_committee, image_descriptor,
+                               coverage_clusters, diversity_from_descriptors, fit_committee, image_descriptor,
                                rank_images_for_annotation)
 from pointseg.errors import PointsegError
 from pointseg.features import tiles_without_eviction
@@ -35,12 +35,17 @@ from pointseg.server.scheduler import PRIO_PREFETCH
 #: what the app offers: the per-image rankings, "diversity" (from per-image feature means, which do not
 #: depend on the model: they are kept across refits, and only the annotated set changes the order), and the
 #: committee's disagreement (a bootstrap committee fitted once per model version, then image by image)
-APP_RANKINGS = PER_IMAGE_RANKINGS + ("diversity", "uncertain_diverse", "committee", "committee_diverse")
+APP_RANKINGS = PER_IMAGE_RANKINGS + ("diversity", "uncertain_diverse", "committee", "committee_diverse",
+                                     "committee_coverage")
 DESCRIPTOR = "descriptor"
 COMMITTEE = "committee"
 #: what each app ranking multiplies: per-image priorities of the model, and the diversity of descriptors
 NEEDS = {"diversity": (DESCRIPTOR,), "uncertain_diverse": ("uncertainty", DESCRIPTOR),
-         "committee": (COMMITTEE,), "committee_diverse": (COMMITTEE, DESCRIPTOR)}
+         "committee": (COMMITTEE,), "committee_diverse": (COMMITTEE, DESCRIPTOR),
+         "committee_coverage": (COMMITTEE, DESCRIPTOR)}
+#: rankings whose descriptors decide coverage (an image of a kind no annotated image shows comes first) rather
+#: than multiplying the priority by the distance from the annotated images
+COVERAGE = ("committee_coverage",)
 
 #: feature computations queued (at prefetch priority) per request for images that cannot be scored yet
 PREFETCH = 8
@@ -192,7 +197,13 @@ class AnnotationRanking:
         far: dict[int, float] = {}
         have_desc = [(i["id"], desc(i["id"])) for i in todo] if DESCRIPTOR in needs and seen else []
         have_desc = [(i, d) for i, d in have_desc if d is not None]
-        if have_desc:   # one call: the channels are standardised over all of them, as in the library
+        fresh: set[int] = set()
+        if have_desc and kind in COVERAGE:   # as the library: one cluster more than the annotated images
+            cand = np.stack([d for _, d in have_desc])
+            flags = coverage_clusters(cand, np.stack(seen), len(seen) + 1)
+            fresh = {i for (i, _), f in zip(have_desc, flags) if f}
+            far = {i: 1.0 for i, _ in have_desc}
+        elif have_desc:   # one call: the channels are standardised over all of them, as in the library
             dist = diversity_from_descriptors(np.stack([d for _, d in have_desc]), np.stack(seen))
             far = {i: float(v) for (i, _), v in zip(have_desc, dist)}
         rows, pending = [], []
@@ -213,6 +224,10 @@ class AnnotationRanking:
                 rows.append({"id": img["id"], "name": img["name"], "priority": priority, "current": current})
                 continue
             pending.append(img["id"])
+        if fresh and rows:   # every image of an uncovered kind ahead of every other, as in the library
+            lift = max(r["priority"] for r in rows) + 1.0
+            for r in rows:
+                r["priority"] += lift if r["id"] in fresh else 0.0
         rows.sort(key=lambda r: (not r["current"], -r["priority"]))
         return {"kind": kind, "model_rev": model.rev, "model_version": model.version, "ranked": rows,
                 "pending": pending, "complete": not pending and all(r["current"] for r in rows),
