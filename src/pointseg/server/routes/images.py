@@ -11,7 +11,7 @@ from pointseg.server import media
 from pointseg.server.deps import SchedulerDep, ServicesDep, StoreDep
 from pointseg.decision import DEFAULT_RANKING
 from pointseg.server.guards import MAX_FILES_PER_UPLOAD
-from pointseg.server.ranking import RankingOut
+from pointseg.server.ranking import APP_RANKINGS, RankingOut
 from pointseg.server.scheduler import PRIO_PREFETCH, PRIO_VIEW
 from pointseg.server.schemas import ImageDetailOut, ImageId, ImagesOut, RevOut, UploadOut
 from pointseg.server.store import StoreError
@@ -53,8 +53,9 @@ async def upload(files: Annotated[list[UploadFile], File(description="image file
 
 @router.get("/ranking", response_model=RankingOut)
 def ranking(services: ServicesDep,
-            kind: Annotated[str, Query(description="committee (the default), committee_diverse, uncertainty, margin, "
-                                                 "rare_class, diversity or uncertain_diverse")] = DEFAULT_RANKING,
+            kind: Annotated[str, Query(description=f"{DEFAULT_RANKING} (the default), or one of: "
+                                                 f"{', '.join(k for k in APP_RANKINGS if k != DEFAULT_RANKING)}")]
+            = DEFAULT_RANKING,
             wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for scores")] = 2.0):
     """The unannotated images, most useful to annotate next first (``pointseg.decision``'s ranking with the
     current model), then the ones not scored yet (``pending``: features not computed, or still scoring).
