@@ -53,7 +53,8 @@ def test_ranking_orders_unannotated_images_by_the_measured_criterion(make_server
             assert row["priority"] == pytest.approx(expect[row["name"]], rel=0.05)   # the same committee
         # the other orders the app offers, each checked against the library on the same model
         paths, annotated = [str(folder / n) for n in names], [str(folder / "part_00.png")]
-        for kind in ("uncertainty", "rare_class", "diversity", "uncertain_diverse", "committee_diverse"):
+        for kind in ("uncertainty", "rare_class", "diversity", "uncertain_diverse", "committee_diverse",
+                     "committee_coverage"):
             data_k = wait_ranking_complete(c, kind=kind)
             want = [p for _, p in sorted(rank_images_for_annotation(seg, paths, kind, annotated=annotated,
                                                                     points=points))]
