@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--test", type=int, default=10)
     ap.add_argument("--candidates", type=int, default=30)
-    ap.add_argument("--coverage", default="budget", choices=("budget", "annotated"),
+    ap.add_argument("--coverage", default="annotated", choices=("budget", "annotated"),
                     help="clusters of committee_coverage: the budget's images, or one more than the annotated")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",

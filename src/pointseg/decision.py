@@ -332,7 +332,7 @@ PER_IMAGE_RANKINGS = ("uncertainty", "margin", "rare_class")
 #: rankings that need the annotated images' points (to fit the committee)
 COMMITTEE_RANKINGS = ("committee", "committee_diverse", "committee_dense", "committee_coverage", "committee_defect")
 #: what the app's "next image to annotate" uses (chosen by measurement: BENCHMARKS.md, folder protocol)
-DEFAULT_RANKING = "committee"
+DEFAULT_RANKING = "committee_coverage"
 #: committee size, and the pixels a member predicts per image: larger images are judged on a whole-image
 #: preview of about that many, so that scoring an image (four predictions) costs about what the one-model
 #: ranking's single full prediction of a 1 MP image did (bench/bench_ranking_cost.py) and a click waiting

@@ -150,7 +150,7 @@ def test_folder_session_gives_the_coverage_ranking_one_cluster_per_image_of_the_
     images = {s: folder_ds.load_image(s) for s in folder_ds.stems}
     held = ["im00", "im04", "im07", "im11"]
     folder = [s for s in folder_ds.stems if s not in held]
-    config = FolderConfig(per_image=3, budget=6)     # two images: two clusters, kind A's and kind B's
+    config = FolderConfig(per_image=3, budget=6, coverage="budget")   # two images: two clusters, A's and B's
     curve = folder_session(_make(folder_ds)(), folder, masks, "im01", "committee_coverage", config, held, images,
                            2, np.random.default_rng(0))
     assert asked == [2]                      # ranked once: not again once the budget is spent

@@ -50,8 +50,9 @@ def write_images(folder: Path, n: int = 2, h: int = 128, w: int = 160) -> list[P
 def ranking_folder(root: Path) -> Path:
     """For "next image to annotate": part_00 (to annotate), part_01 the same scene with other noise (a model
     trained on part_00 is sure of it), part_02 the scene at half contrast (where refits of the model on its
-    clicks resampled disagree most: the top of the default, committee ranking), part_03 colour noise unlike
-    anything annotated (the one model is least sure of it: the top of the uncertainty ranking)."""
+    clicks resampled disagree most: the top of the committee ranking), part_03 colour noise unlike anything
+    annotated (the one model is least sure of it: the top of the uncertainty ranking; a kind of image of its
+    own: the top of the default, committee_coverage ranking, then part_02)."""
     root.mkdir(parents=True)
     Image.fromarray(two_region_image(seed=0)).save(root / "part_00.png")
     Image.fromarray(two_region_image(seed=1)).save(root / "part_01.png")

@@ -36,7 +36,7 @@ class FolderConfig:
     candidates: int | None = 30   # folder images the user may move to (evenly spaced; None: all)
     #: clusters the "committee_coverage" ranking covers: "budget" = the images the budget allows, "annotated"
     #: = one more than the images annotated so far (what the ranking does when nobody tells it a budget)
-    coverage: str = "budget"
+    coverage: str = "annotated"
 
     def check(self) -> None:
         bad = [o for o in self.orders if o not in ORDERS]

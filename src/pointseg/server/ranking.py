@@ -84,6 +84,7 @@ class AnnotationRanking:
         self._values: dict[tuple[int, str], tuple[object, object]] = {}   # (image, what) -> (stamp, value)
         self._inflight: dict[tuple[int, str], Future] = {}
         self._committee: tuple[int, list] | None = None    # (model version, members), made on the model thread
+        self._coverage: tuple[tuple, set] | None = None     # (what it was computed from, uncovered image ids)
 
     def rank(self, services, kind: str = DEFAULT_RANKING, wait_s: float = 2.0) -> dict:
         """The ranking of the project's unannotated images (waits up to ``wait_s`` for scores to come in)."""
@@ -198,10 +199,8 @@ class AnnotationRanking:
         have_desc = [(i["id"], desc(i["id"])) for i in todo] if DESCRIPTOR in needs and seen else []
         have_desc = [(i, d) for i, d in have_desc if d is not None]
         fresh: set[int] = set()
-        if have_desc and kind in COVERAGE:   # as the library: one cluster more than the annotated images
-            cand = np.stack([d for _, d in have_desc])
-            flags = coverage_clusters(cand, np.stack(seen), len(seen) + 1)
-            fresh = {i for (i, _), f in zip(have_desc, flags) if f}
+        if have_desc and kind in COVERAGE:
+            fresh = self._uncovered(have_desc, seen, (feature_stamp, tuple(annotated_ids), len(seen)))
             far = {i: 1.0 for i, _ in have_desc}
         elif have_desc:   # one call: the channels are standardised over all of them, as in the library
             dist = diversity_from_descriptors(np.stack([d for _, d in have_desc]), np.stack(seen))
@@ -232,6 +231,20 @@ class AnnotationRanking:
         return {"kind": kind, "model_rev": model.rev, "model_version": model.version, "ranked": rows,
                 "pending": pending, "complete": not pending and all(r["current"] for r in rows),
                 "annotated": n_annotated}
+
+    def _uncovered(self, have_desc: list, seen: list, basis: tuple) -> set[int]:
+        """The images of ``have_desc`` in a descriptor cluster with no annotated image (as the library: one
+        cluster more than the annotated images); kept while the same images are described, since the page asks
+        every few seconds and k-means over thousands of images takes a second."""
+        key = (basis, tuple(i for i, _ in have_desc))
+        with self._lock:
+            if self._coverage is not None and self._coverage[0] == key:
+                return self._coverage[1]
+        flags = coverage_clusters(np.stack([d for _, d in have_desc]), np.stack(seen), len(seen) + 1)
+        fresh = {i for (i, _), f in zip(have_desc, flags) if f}
+        with self._lock:
+            self._coverage = (key, fresh)
+        return fresh
 
     def forget_image(self, image_id: int) -> None:
         with self._lock:
