@@ -34,3 +34,13 @@ def points_from_truth(truth: np.ndarray, per_class: int, seed: int = 0) -> np.nd
         idx = rng.choice(len(xs), per_class, replace=False)
         pts += [[xs[i], ys[i], c] for i in idx]
     return np.array(pts, dtype=np.float64)
+
+
+def fitted_two_texture(backbone: str = "efficientnet_lite0"):
+    """A Segmenter fitted on :func:`two_texture_image` (seed 0) with 6 points per class, the model the ranking
+    tests score other images with: ``(seg, image, truth, points)``."""
+    from pointseg import Segmenter
+
+    image, truth = two_texture_image(seed=0)
+    points = points_from_truth(truth, per_class=6, seed=0)
+    return Segmenter(backbone, cross_validate=False).fit([image], [points]), image, truth, points

@@ -5,20 +5,16 @@ import numpy as np
 import pytest
 
 import pointseg.decision as decision
-from pointseg import Segmenter
 from pointseg.decision import committee_disagreement, fit_committee, rank_images_for_annotation
 from pointseg.errors import PointsegError
-from synthetic import points_from_truth, two_texture_image
+from synthetic import fitted_two_texture, two_texture_image
 
 BACKBONE = "efficientnet_lite0"  # ships with its package: no weights needed
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    image, truth = two_texture_image(seed=0)
-    points = points_from_truth(truth, per_class=6, seed=0)
-    seg = Segmenter(BACKBONE, cross_validate=False).fit([image], [points])
-    return seg, image, truth, points
+    return fitted_two_texture(BACKBONE)
 
 
 def test_every_member_keeps_each_class_count_and_they_differ(fitted):

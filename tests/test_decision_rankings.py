@@ -3,19 +3,16 @@
 import numpy as np
 import pytest
 
-from pointseg import Segmenter
 from pointseg.decision import (RANKINGS, committee_disagreement, coverage_clusters, density_scores, fit_committee,
                                flagged_disagreement, rank_images_for_annotation, runner_up_gradient)
-from synthetic import points_from_truth, two_texture_image
+from synthetic import fitted_two_texture, two_texture_image
 
 BACKBONE = "efficientnet_lite0"  # ships with its package: no weights needed
 
 
 @pytest.fixture(scope="module")
 def fitted():
-    image, truth = two_texture_image(seed=0)
-    points = points_from_truth(truth, per_class=6, seed=0)
-    seg = Segmenter(BACKBONE, cross_validate=False).fit([image], [points])
+    seg, image, _, points = fitted_two_texture(BACKBONE)
     same_scene, _ = two_texture_image(seed=5)
     faint = (0.4 * same_scene.astype(np.float32) + 80).astype(np.uint8)  # the scene at low contrast
     return seg, image, points, [same_scene, faint]

@@ -14,10 +14,16 @@ from pointseg.batch.tiled import read_labels
 from pointseg.segmenter import Segmenter
 
 
-def test_context_tiles_give_the_single_process_labels(model_path, tmp_path, monkeypatch):
+def _slide(tmp_path):
+    """A mosaic of 2 x 2 tiles and a bit, written as ``slide.zarr`` in ``tmp_path``; returns its pixels."""
     image = mosaic(2 * TILE + 40, 2 * TILE + 90)
     store = lazyio.zarr_store(str(tmp_path / "slide.zarr"), read_only=False)
     zarr.open_array(store=store, mode="w", shape=image.shape, chunks=(128, 128, 3), dtype="u1")[:] = image
+    return image
+
+
+def test_context_tiles_give_the_single_process_labels(model_path, tmp_path, monkeypatch):
+    image = _slide(tmp_path)
     expected = Segmenter.load(model_path).predict(image)
 
     boxes = []
@@ -60,9 +66,7 @@ def test_a_model_with_an_enlarged_context_predicts_tiles_as_the_whole_image(tmp_
         [image], [points_from_truth(truth, 5)])
     assert seg.context_upscale_ == 4
     seg.save(tmp_path / "m.pointseg")
-    big = mosaic(2 * TILE + 40, 2 * TILE + 90)
-    store = lazyio.zarr_store(str(tmp_path / "slide.zarr"), read_only=False)
-    zarr.open_array(store=store, mode="w", shape=big.shape, chunks=(128, 128, 3), dtype="u1")[:] = big
+    big = _slide(tmp_path)
     whole = Segmenter.load(tmp_path / "m.pointseg")
     expected = whole.predict(big)
     native = whole.clone(context_upscale=1)
@@ -101,9 +105,7 @@ def test_an_auto_context_model_predicts_tiles_as_the_whole_image(tmp_path):
                     context_upscale=1).fit([image, other], [points_from_truth(truth, 5),
                                                              points_from_truth(other_truth, 5)])
     seg.save(tmp_path / "m.pointseg")
-    big = mosaic(2 * TILE + 40, 2 * TILE + 90)
-    store = lazyio.zarr_store(str(tmp_path / "slide.zarr"), read_only=False)
-    zarr.open_array(store=store, mode="w", shape=big.shape, chunks=(128, 128, 3), dtype="u1")[:] = big
+    big = _slide(tmp_path)
     whole = Segmenter.load(tmp_path / "m.pointseg")
     expected = whole.predict(big)
     stage1 = whole.clone(autocontext=False).fit([image, other], [points_from_truth(truth, 5),
